@@ -1,0 +1,14 @@
+"""pixelar: autoregressive image models with exact bits/dim.
+
+Public API (stable)::
+
+    pixelar.list_models(); pixelar.ImageSpec(channels, height, width, num_values=256)
+    model = pixelar.create_model(name, image, size="tiny", **overrides)
+    model.log_prob(x, cond=None, reduce=True); model.generation_order(); model.sample(n, ...)
+    model.save(path); pixelar.load_model(path); pixelar.bits_per_dim(nats, image)
+"""
+from .models import create_model, list_models, load_model
+from .types import ImageSpec, bits_per_dim
+
+__version__ = "0.1.0"
+__all__ = ["ImageSpec", "bits_per_dim", "create_model", "list_models", "load_model", "__version__"]

@@ -1,0 +1,125 @@
+"""Discretized mixture of logistics (Salimans et al. 2017, PixelCNN++ section 2.1-2.2; released `nn.py`).
+
+Values v in [0, K) sit at bin centres 2v/(K-1) - 1 in [-1, 1], bin half-width 1/(K-1). The first and last
+bins extend to -inf / +inf, so the K bin masses sum to exactly one. When a bin's mass underflows
+(< 1e-5) the log-density at the bin centre times the bin width is used instead (the released code's
+fallback, with the width generalised to any K).
+
+For 3 channels, one mixture indicator is shared by R, G, B and the means are coupled linearly with the
+true earlier channels: mu_G += alpha * r, mu_B += beta * r + gamma * g (coefficients through tanh).
+Parameter layout per pixel, M = nr_mix: [logits (M) | per channel c: means (M), log-scales (M)
+| coefficients (M) per earlier-channel pair (G<-R, B<-R, B<-G)].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..types import ImageSpec
+from .base import OutputDistribution, check_temperature, upcast, gumbel_argmax
+
+LOG_SCALE_MIN = -7.0
+
+
+class DiscretizedLogisticMixture(OutputDistribution):
+    joint = True
+
+    def __init__(self, image: ImageSpec, nr_mix: int = 10):
+        super().__init__(image)
+        if int(nr_mix) < 1:
+            raise ValueError(f"nr_mix must be >= 1, got {nr_mix}")
+        self.nr_mix = int(nr_mix)
+        C = image.channels
+        self.pairs = [(c, p) for c in range(C) for p in range(c)]  # (G,R), (B,R), (B,G)
+        self.num_params = self.nr_mix * (1 + 2 * C + len(self.pairs))
+        self.half_width = 1.0 / (image.num_values - 1)
+
+    def config(self) -> dict:
+        return {"nr_mix": self.nr_mix}
+
+    def _split(self, params: torch.Tensor):
+        """params (B, P, ...) -> logits (B, M, ...), means/log_scales (B, C, M, ...), coeffs (B, npairs, M, ...)."""
+        M, C = self.nr_mix, self.image.channels
+        params = upcast(params)
+        logits = params[:, :M]
+        rest = params[:, M:]
+        B = params.shape[0]
+        tail = params.shape[2:]
+        means = rest[:, : C * M].reshape(B, C, M, *tail)
+        log_scales = rest[:, C * M : 2 * C * M].reshape(B, C, M, *tail).clamp(min=LOG_SCALE_MIN)
+        coeffs = torch.tanh(rest[:, 2 * C * M :].reshape(B, len(self.pairs), M, *tail))
+        return logits, means, log_scales, coeffs
+
+    def _to_unit(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Values -> bin centres in [-1, 1]."""
+        return x.to(dtype) * (2.0 / (self.image.num_values - 1)) - 1.0
+
+    def _coupled_means(self, means, coeffs, xs):
+        """Add the linear dependence on earlier channels. xs: (B, C, 1, ...) scaled values."""
+        means = list(means.unbind(1))
+        for k, (c, p) in enumerate(self.pairs):
+            means[c] = means[c] + coeffs[:, k] * xs[:, p]
+        return torch.stack(means, dim=1)
+
+    def _bin_log_prob(self, x: torch.Tensor, xs: torch.Tensor, means, log_scales) -> torch.Tensor:
+        """log mass of the bin of x under each logistic. x int (B,C,1,..), xs scaled; -> (B, C, M, ...)."""
+        K = self.image.num_values
+        centered = xs - means
+        inv_s = torch.exp(-log_scales)
+        plus_in = inv_s * (centered + self.half_width)
+        min_in = inv_s * (centered - self.half_width)
+        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigma(plus_in), for value 0
+        log_one_minus_cdf_min = -F.softplus(min_in)  # log (1 - sigma(min_in)), for value K-1
+        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+        mid_in = inv_s * centered
+        log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)
+        # nested where (not masks) keeps gradients finite, as in the released code
+        inner = torch.where(
+            cdf_delta > 1e-5,
+            torch.log(cdf_delta.clamp_min(1e-12)),
+            log_pdf_mid + math.log(2.0 * self.half_width),
+        )
+        return torch.where(x == 0, log_cdf_plus, torch.where(x == K - 1, log_one_minus_cdf_min, inner))
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logits, means, log_scales, coeffs = self._split(params)  # (B,M,H,W), (B,C,M,H,W) ...
+        x5 = x.unsqueeze(2)  # (B, C, 1, H, W)
+        xs = self._to_unit(x5, means.dtype)
+        means = self._coupled_means(means, coeffs, xs)
+        lp = self._bin_log_prob(x5, xs, means, log_scales)  # (B, C, M, H, W)
+        log_mix = F.log_softmax(logits, dim=1)  # (B, M, H, W)
+        # joint log p(x_0..c) for each prefix c; per-sub-pixel conditionals are successive differences
+        prefix = torch.logsumexp(log_mix.unsqueeze(1) + lp.cumsum(dim=1), dim=2)  # (B, C, H, W)
+        return torch.cat([prefix[:, :1], prefix[:, 1:] - prefix[:, :-1]], dim=1)
+
+    def sample(self, params, temperature=1.0, generator=None, channel=None):
+        """params (B, P) -> (B, C). The component is drawn by Gumbel-max on logits / T, each channel by a
+        logistic draw with scale * T, binned to the nearest value; later channels couple to the binned
+        (not the continuous) earlier values, so sampling matches log_prob exactly at T = 1."""
+        t = check_temperature(temperature)
+        if channel is not None:
+            raise ValueError("the logistic mixture samples whole pixels: channel must be None")
+        K = self.image.num_values
+        logits, means, log_scales, coeffs = self._split(params)  # (B,M), (B,C,M), (B,C,M), (B,pairs,M)
+        comp = gumbel_argmax(logits, t, generator)  # (B,)
+        idx = comp.view(-1, 1, 1)
+        mu = means.gather(2, idx.expand(-1, means.shape[1], 1)).squeeze(2)  # (B, C)
+        ls = log_scales.gather(2, idx.expand(-1, log_scales.shape[1], 1)).squeeze(2)
+        co = coeffs.gather(2, idx.expand(-1, coeffs.shape[1], 1)).squeeze(2) if self.pairs else None
+        u = torch.rand(mu.shape, generator=generator, device=params.device).to(mu.dtype).clamp(1e-7, 1.0 - 1e-7)
+        noise = torch.log(u) - torch.log1p(-u)
+        B, C = mu.shape
+        out = torch.zeros(B, C, dtype=torch.long, device=params.device)
+        xs = torch.zeros(B, C, device=params.device, dtype=mu.dtype)
+        for c in range(C):
+            m = mu[:, c]
+            for k, (cc, p) in enumerate(self.pairs):
+                if cc == c:
+                    m = m + co[:, k] * xs[:, p]
+            cont = m + (torch.exp(ls[:, c]) * t) * noise[:, c]
+            v = torch.round((cont + 1.0) * 0.5 * (K - 1)).clamp(0, K - 1).long()
+            out[:, c] = v
+            xs[:, c] = self._to_unit(v, mu.dtype)
+        return out

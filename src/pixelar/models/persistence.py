@@ -1,0 +1,44 @@
+"""Saving and loading a model directory: config.json (architecture) + model.safetensors (weights)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import read_json, read_tensors, write_json, write_tensors
+from ..types import ImageSpec
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_model_dir(model, path) -> None:
+    path = Path(path)
+    write_tensors(path / WEIGHTS_NAME, model.state_dict())
+    write_json(path / CONFIG_NAME, model.config())
+
+
+def model_from_config(cfg: dict, source: str = "config"):
+    from .base import CONFIG_FORMAT
+    from .registry import build_model
+
+    if cfg.get("format") != CONFIG_FORMAT or "model" not in cfg or "image" not in cfg or "hparams" not in cfg:
+        raise ValueError(f"{source} is not a pixelar model config (needs format={CONFIG_FORMAT!r}, model, image, hparams)")
+    return build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
+
+
+def load_model(path, map_location: str = "cpu"):
+    """Load a model saved with `model.save(path)` (or a training run directory). Never executes code."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model directory at {path}")
+    cfg = read_json(path / CONFIG_NAME, "model config")
+    model = model_from_config(cfg.get("model_config", cfg), str(path / CONFIG_NAME))
+    state = read_tensors(path / WEIGHTS_NAME, "model weights")
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    if missing or unexpected:
+        raise ValueError(f"model weights {path / WEIGHTS_NAME} do not match config.json: "
+                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"model weights {path / WEIGHTS_NAME} do not match config.json: {e}") from None
+    return model.to(map_location).eval()

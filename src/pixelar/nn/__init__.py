@@ -1,0 +1,17 @@
+"""Reusable layers. Nothing here knows about a model."""
+from .masked_conv import MaskedConv2d, causal_mask, channel_groups
+from .shifted_conv import (
+    DownRightShiftedConv2d,
+    DownRightShiftedConvTranspose2d,
+    DownShiftedConv2d,
+    DownShiftedConvTranspose2d,
+    concat_elu,
+    down_shift,
+    right_shift,
+)
+
+__all__ = [
+    "MaskedConv2d", "causal_mask", "channel_groups",
+    "DownShiftedConv2d", "DownRightShiftedConv2d", "DownShiftedConvTranspose2d",
+    "DownRightShiftedConvTranspose2d", "concat_elu", "down_shift", "right_shift",
+]

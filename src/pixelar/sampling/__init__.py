@@ -1,0 +1,45 @@
+"""Sampling and completion for any ARImageModel. Knows no model family."""
+from __future__ import annotations
+
+import torch
+
+from ..distributions.base import check_temperature
+from .naive import sample_naive
+
+METHODS = ("cached", "naive")
+
+
+def sample(model, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
+           method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw n images (n, C, H, W) int64; see ARImageModel.sample for the arguments."""
+    if method not in METHODS:
+        raise ValueError(f"unknown sampling method {method!r}; valid: {list(METHODS)}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    temperature = check_temperature(temperature)
+    cond = model.check_cond(cond, n)
+    device = next(model.parameters()).device
+    spec = model.image
+    if (x_known is None) != (known is None):
+        raise ValueError("completion needs both x_known (n, C, H, W) and known (n, H, W)")
+    if known is not None:
+        x = model.check_input(x_known).clone().to(device)
+        if x.shape[0] != n:
+            raise ValueError(f"x_known has {x.shape[0]} images but n={n}")
+        if known.shape != (n, spec.height, spec.width) or known.dtype != torch.bool:
+            raise ValueError(f"known must be a bool mask of shape ({n}, {spec.height}, {spec.width}), "
+                             f"got {known.dtype} {tuple(known.shape)}")
+        known = known.to(device)
+    else:
+        x = torch.zeros(n, *spec.shape, dtype=torch.long, device=device)
+    if method == "cached":
+        raise NotImplementedError("cached sampling is not implemented yet; use method='naive'")
+    was_training = model.training
+    model.eval()
+    try:
+        return sample_naive(model, x, cond, temperature, generator, known)
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["sample", "sample_naive", "METHODS"]
