@@ -1,0 +1,109 @@
+"""Dataset names and load_dataset: from a name and split to an ImageDataset."""
+from __future__ import annotations
+
+import torch
+
+from pixelar.data.cifar import load_cifar10
+from pixelar.data.dataset import ImageDataset, RawSplit
+from pixelar.data.folder import load_folder
+from pixelar.data.mnist import MNIST_SOURCES, load_mnist_like
+from pixelar.data.npz import load_npz
+from pixelar.data.splits import check_split, default_val_size, train_val_indices
+from pixelar.types import ImageSpec
+
+# Pixel >= this is 1 in the fixed binarization of "*_binary" sets.
+BINARY_THRESHOLD = 128
+
+# Built-in name -> (source family, binarization: None, "fixed" or "dynamic").
+_BUILTINS: dict[str, tuple[str, str | None]] = {}
+for _family in MNIST_SOURCES:
+    _BUILTINS[_family] = (_family, None)
+    _BUILTINS[f"{_family}_binary"] = (_family, "fixed")
+    _BUILTINS[f"{_family}_dynamic"] = (_family, "dynamic")
+_BUILTINS["cifar10"] = ("cifar10", None)
+
+_PATH_PREFIXES = ("npz:", "folder:")
+
+
+def list_datasets() -> list[str]:
+    """Names of the built-in datasets.
+
+    ``load_dataset`` also accepts ``npz:/path/to/file.npz`` and ``folder:/path/to/dir``.
+    """
+    return sorted(_BUILTINS)
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    download: bool = True,
+    val_size: int | None = None,
+) -> ImageDataset:
+    """Load one split of a dataset into memory.
+
+    Args:
+        name: a name from :func:`list_datasets`, ``npz:PATH`` or ``folder:PATH``.
+        split: "train", "val" (carved from the training files), "test" or
+            "full_train" (train + val).
+        data_dir: directory searched first for built-in datasets' files (itself and
+            its ``<dataset>/`` subfolder) and used for downloads.
+        download: fetch missing built-in files from their canonical address
+            (MD5-checked). If False, missing files raise DatasetNotFoundError at once.
+        val_size: images in "val" (default: 5000 for built-in sets, otherwise
+            max(1, N // 10)); only used by the "train" and "val" splits.
+
+    Raises:
+        ValueError: unknown name or split, or corrupt data files.
+        DatasetNotFoundError: built-in files missing and not downloadable.
+    """
+    check_split(split)
+    part = "test" if split == "test" else "train"
+    binarize: str | None = None
+    if name in _BUILTINS:
+        family, binarize = _BUILTINS[name]
+        builtin = True
+        if family == "cifar10":
+            raw = load_cifar10(part, data_dir, download)
+        else:
+            raw = load_mnist_like(family, part, data_dir, download)
+    elif name.startswith(_PATH_PREFIXES):
+        kind, _, path = name.partition(":")
+        if not path:
+            raise ValueError(f"dataset name {name!r} needs a path after '{kind}:'")
+        builtin = False
+        raw = load_npz(path, part) if kind == "npz" else load_folder(path, part)
+    else:
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}, "
+            "or npz:/path/to/file.npz, folder:/path/to/dir"
+        )
+
+    if split in ("train", "val"):
+        n = len(raw.images)
+        size = default_val_size(n, builtin) if val_size is None else val_size
+        train_idx, val_idx = train_val_indices(n, size)
+        raw = _select(raw, train_idx if split == "train" else val_idx)
+
+    images = raw.images
+    channels, height, width = images.shape[1:]
+    num_values = 256
+    if binarize == "fixed":
+        images = (images >= BINARY_THRESHOLD).to(torch.uint8)
+        num_values = 2
+    elif binarize == "dynamic":
+        num_values = 2  # images stay 8-bit; iterate_batches binarizes each batch
+    return ImageDataset(
+        images=images.contiguous(),
+        labels=raw.labels,
+        spec=ImageSpec(int(channels), int(height), int(width), num_values),
+        num_classes=raw.num_classes,
+        name=name,
+        stochastic_binarize=binarize == "dynamic",
+        split=split,
+    )
+
+
+def _select(raw: RawSplit, idx: torch.Tensor) -> RawSplit:
+    labels = raw.labels[idx] if raw.labels is not None else None
+    return RawSplit(raw.images[idx], labels, raw.num_classes)
