@@ -58,6 +58,28 @@ class GatedLayer(nn.Module):
             h_out = h_out + h
         return v_out, h_out
 
+    def cache_graph(self, g, v, h, cond, name="layer"):
+        """This layer as nodes of a pixelar.nn.cache.CausalGraph: (v, h) nodes -> (v_out or None, h_out)."""
+        k = self.k
+        v_pre = g.conv(v, self.v_conv, pad=(k // 2, k // 2, k // 2, 0), name=f"{name}.v_conv")
+        v_h = g.conv(g.shift(v_pre, 1, 0, name=f"{name}.v_down"), self.v_to_h, name=f"{name}.v_to_h")
+        h_bias = self.h_cond(cond) if self.h_cond is not None else None
+
+        def h_sum(y, vh):
+            out = y + vh
+            return out if h_bias is None else out + h_bias
+
+        h_pre = g.conv(h, self.h_conv, post=h_sum, extras=[v_h], name=f"{name}.h_conv")
+        v_out = None
+        if not self.last:
+            v_bias = self.v_cond(cond) if self.v_cond is not None else None
+            v_out = g.map(lambda t: gate(t if v_bias is None else t + v_bias), v_pre, name=f"{name}.v_gate")
+        if self.first:
+            h_out = g.conv(h_pre, self.h_res, pre=gate, name=f"{name}.h_res")
+        else:
+            h_out = g.conv(h_pre, self.h_res, pre=gate, post=lambda y, hin: y + hin, extras=[h], name=f"{name}.h_res")
+        return v_out, h_out
+
 
 @register_model("gated_pixelcnn", sizes={
     "tiny": dict(channels=6, num_layers=3, kernel_size=3, out_hidden=12, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
@@ -86,3 +108,18 @@ class GatedPixelCNN(ARImageModel):
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return self.out2(F.relu(self.out1(F.relu(h))))
+
+    # ----- cached sampling (pixelar.nn.cache) --------------------------------------------------------------
+    def cache_graph(self, g, x, cond=None):
+        """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
+        v = h = g.input(x, self.scale_input, name="x")
+        for i, layer in enumerate(self.layers):
+            v, h = layer.cache_graph(g, v, h, cond, name=f"layers.{i}")
+        h = g.conv(h, self.out1, pre=F.relu, name="out1")
+        return g.conv(h, self.out2, pre=F.relu, name="out2")
+
+    def begin_cache(self, x, cond=None):
+        """Incremental forward for cached sampling: an object whose params_at(i, j) is forward(x)[:, :, i, j]."""
+        from ..nn.cache import begin_incremental
+
+        return begin_incremental(self, x, cond)

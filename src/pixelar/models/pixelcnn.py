@@ -40,6 +40,17 @@ class ResidualBlock(nn.Module):
         y = self.conv3(F.relu(y))
         return x + y
 
+    def cache_graph(self, g, x, bias=None, name="block"):
+        """This block as nodes of a pixelar.nn.cache.CausalGraph; `bias` (B, 2h, 1, 1) is added after it."""
+        y = g.conv(x, self.conv1, pre=F.relu, name=f"{name}.conv1")
+        y = g.conv(y, self.conv2, pre=F.relu, name=f"{name}.conv2")
+
+        def residual(t, h):
+            out = h + t
+            return out if bias is None else out + bias
+
+        return g.conv(y, self.conv3, pre=F.relu, post=residual, extras=[x], name=f"{name}.conv3")
+
 
 @register_model("pixelcnn", sizes={
     "tiny": dict(hidden=6, num_blocks=2, out_hidden=12, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
@@ -68,3 +79,19 @@ class PixelCNN(ARImageModel):
             if self.cond_bias is not None:
                 h = h + self.cond_bias[i](cond)
         return self.out2(F.relu(self.out1(F.relu(h))))
+
+    # ----- cached sampling (pixelar.nn.cache) --------------------------------------------------------------
+    def cache_graph(self, g, x, cond=None):
+        """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
+        h = g.conv(g.input(x, self.scale_input, name="x"), self.input_conv, name="input_conv")
+        for i, block in enumerate(self.blocks):
+            bias = self.cond_bias[i](cond) if self.cond_bias is not None else None
+            h = block.cache_graph(g, h, bias, name=f"blocks.{i}")
+        h = g.conv(h, self.out1, pre=F.relu, name="out1")
+        return g.conv(h, self.out2, pre=F.relu, name="out2")
+
+    def begin_cache(self, x, cond=None):
+        """Incremental forward for cached sampling: an object whose params_at(i, j) is forward(x)[:, :, i, j]."""
+        from ..nn.cache import begin_incremental
+
+        return begin_incremental(self, x, cond)

@@ -52,6 +52,31 @@ class GatedResnet(nn.Module):
         a, b = c.chunk(2, dim=1)
         return x + a * torch.sigmoid(b)
 
+    def cache_graph(self, g, x, skip=(), cond=None, name="resnet"):
+        """This resnet as nodes of a pixelar.nn.cache.CausalGraph; skip: nodes concatenated as the short-cut."""
+        from ..nn.cache import pointwise_conv
+
+        skip = list(skip)
+        if self.skip is None:
+            c = g.conv(x, self.conv1, pre=concat_elu, name=f"{name}.conv1")
+        else:
+            nin = pointwise_conv(self.skip)
+
+            def add_skip(y, *s):
+                return y + nin(concat_elu(torch.cat(s, dim=1) if len(s) > 1 else s[0]))
+
+            c = g.conv(x, self.conv1, pre=concat_elu, post=add_skip, extras=skip, name=f"{name}.conv1")
+        bias = self.cond(cond) if self.cond is not None else None
+
+        def gated(y, xin):
+            if bias is not None:
+                y = y + bias
+            a, b = y.chunk(2, dim=1)
+            return xin + a * torch.sigmoid(b)
+
+        return g.conv(c, self.conv2, pre=lambda t: self.dropout(concat_elu(t)), post=gated, extras=[x],
+                      name=f"{name}.conv2")
+
 
 @register_model("pixelcnn_pp", sizes={
     "tiny": dict(nr_filters=8, nr_resnet=1, dropout=0.0, output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
@@ -111,3 +136,41 @@ class PixelCNNPP(ARImageModel):
                 ul = self.upsample_ul[stage](ul, size)
         assert not u_list and not ul_list
         return self.out(F.elu(ul))
+
+    # ----- cached sampling (pixelar.nn.cache) --------------------------------------------------------------
+    def cache_graph(self, g, x, cond=None):
+        """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
+
+        def prepare(t):
+            ts = self.scale_input(t)
+            return torch.cat([ts, torch.ones_like(ts[:, :1])], dim=1)
+
+        xp = g.input(x, prepare, name="x")
+        u_list = [g.shift(g.conv(xp, self.u_init, name="u_init"), 1, 0, name="u_init.down")]
+        ul_up = g.shift(g.conv(xp, self.ul_init_up, name="ul_init_up"), 1, 0, name="ul_init_up.down")
+        ul_left = g.shift(g.conv(xp, self.ul_init_left, name="ul_init_left"), 0, 1, name="ul_init_left.right")
+        ul_list = [g.map(torch.add, ul_up, ul_left, name="ul_init")]
+        for stage in range(3):
+            for k, (res_u, res_ul) in enumerate(zip(self.up_u[stage], self.up_ul[stage])):
+                u_list.append(res_u.cache_graph(g, u_list[-1], cond=cond, name=f"up_u.{stage}.{k}"))
+                ul_list.append(res_ul.cache_graph(g, ul_list[-1], [u_list[-1]], cond=cond, name=f"up_ul.{stage}.{k}"))
+            if stage < 2:
+                u_list.append(g.conv(u_list[-1], self.downsample_u[stage], name=f"downsample_u.{stage}"))
+                ul_list.append(g.conv(ul_list[-1], self.downsample_ul[stage], name=f"downsample_ul.{stage}"))
+        u, ul = u_list.pop(), ul_list.pop()
+        for stage in range(3):
+            for k, (res_u, res_ul) in enumerate(zip(self.down_u[stage], self.down_ul[stage])):
+                u = res_u.cache_graph(g, u, [u_list.pop()], cond=cond, name=f"down_u.{stage}.{k}")
+                ul = res_ul.cache_graph(g, ul, [u, ul_list.pop()], cond=cond, name=f"down_ul.{stage}.{k}")
+            if stage < 2:
+                size = (u_list[-1].H, u_list[-1].W)
+                u = g.conv_transpose(u, self.upsample_u[stage], size, name=f"upsample_u.{stage}")
+                ul = g.conv_transpose(ul, self.upsample_ul[stage], size, name=f"upsample_ul.{stage}")
+        assert not u_list and not ul_list
+        return g.conv(ul, self.out, pre=F.elu, name="out")
+
+    def begin_cache(self, x, cond=None):
+        """Incremental forward for cached sampling: an object whose params_at(i, j) is forward(x)[:, :, i, j]."""
+        from ..nn.cache import begin_incremental
+
+        return begin_incremental(self, x, cond)

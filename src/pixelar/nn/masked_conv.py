@@ -85,3 +85,10 @@ class MaskedConv2d(nn.Conv2d):
         if any(self._pad):
             x = F.pad(x, self._pad)
         return F.conv2d(x, self.weight * self.mask, self.bias)
+
+    def cache_geometry(self):
+        """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
+        from .cache import ConvGeometry
+
+        return ConvGeometry(self.weight * self.mask, self.bias, tuple(self.stride), pad=tuple(self._pad),
+                            taps=self.mask.flatten(0, 1).ne(0).any(0))

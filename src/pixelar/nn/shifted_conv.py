@@ -32,6 +32,12 @@ class DownShiftedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self._pad))
 
+    def cache_geometry(self):
+        """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
+        from .cache import ConvGeometry
+
+        return ConvGeometry(self.weight, self.bias, tuple(self.stride), pad=tuple(self._pad))
+
 
 class DownRightShiftedConv2d(nn.Conv2d):
     """Output (i, j) sees input rows i-kh+1..i and columns j-kw+1..j."""
@@ -43,6 +49,12 @@ class DownRightShiftedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self._pad))
+
+    def cache_geometry(self):
+        """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
+        from .cache import ConvGeometry
+
+        return ConvGeometry(self.weight, self.bias, tuple(self.stride), pad=tuple(self._pad))
 
 
 class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
@@ -60,6 +72,13 @@ class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
         left = (kw - 1) // 2
         return y[:, :, : out_size[0], left : left + out_size[1]]
 
+    def cache_geometry(self):
+        """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
+        from .cache import ConvGeometry
+
+        return ConvGeometry(self.weight, self.bias, tuple(self.stride), transposed=True,
+                            crop=(0, (self.kernel_size[1] - 1) // 2), output_padding=tuple(self.output_padding))
+
 
 class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
     """Stride-2 upsampling that keeps the "down-right" causality: crops the bottom rows and right columns."""
@@ -70,6 +89,13 @@ class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         y = super().forward(x)  # (B, C, 2H+1, 2W+1) for kernel (2, 2)
         return y[:, :, : out_size[0], : out_size[1]]
+
+    def cache_geometry(self):
+        """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
+        from .cache import ConvGeometry
+
+        return ConvGeometry(self.weight, self.bias, tuple(self.stride), transposed=True, crop=(0, 0),
+                            output_padding=tuple(self.output_padding))
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:

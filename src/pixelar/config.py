@@ -1,0 +1,132 @@
+"""TrainConfig: every setting of a training run, saved as the "train" section of a run's config.json."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (see pixelar.training.train).
+
+    lr(step) = lr * min(1, (step + 1) / warmup_steps) * lr_decay ** step (no warm-up factor when
+    warmup_steps is 0). grad_clip None turns clipping off; ema_decay 0 turns the weight average off
+    (evaluation then uses the raw weights). train_subset / test_subset keep only the first N images
+    of the split (quick experiments and tests). sample_n 0 skips samples.png.
+    """
+
+    model: str = "pixelcnn_pp"
+    size: str = "small"
+    model_overrides: dict = field(default_factory=dict)
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    class_conditional: bool = False
+    batch_size: int = 32
+    max_steps: int = 1000
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.95, 0.9995)
+    eps: float = 1e-8
+    lr_decay: float = 0.9995
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    precision: str = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 10
+    eval_batch_size: int = 500
+    max_bad_steps: int = 5
+    sample_n: int = 64
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (betas as a list); from_dict(to_dict()) gives an equal config."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict such as config.json's "train" section; missing keys take their defaults."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config must be a dict, got {type(d).__name__}")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
+        d = dict(d)
+        if isinstance(d.get("betas"), list):  # JSON has no tuples
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad setting; return self so calls can chain."""
+        from .models import SIZES, list_models  # the registry only; no model family is named here
+
+        if self.model not in list_models():
+            raise ValueError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        _check_str(self, "dataset")
+        if self.data_dir is not None:
+            _check_str(self, "data_dir")
+        if not isinstance(self.class_conditional, bool):
+            raise ValueError(f"class_conditional must be true or false, got {self.class_conditional!r}")
+        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "eval_batch_size", "max_bad_steps"):
+            _check_int(self, name, low=1)
+        for name in ("warmup_steps", "sample_n"):
+            _check_int(self, name, low=0)
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                _check_int(self, name, low=1)
+        _check_int(self, "seed", low=0, high=2**63 - 1)
+        _check_float(self, "lr", lambda v: v > 0, "> 0")
+        _check_float(self, "eps", lambda v: v > 0, "> 0")
+        _check_float(self, "lr_decay", lambda v: 0 < v <= 1, "in (0, 1]")
+        _check_float(self, "ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.grad_clip is not None:
+            _check_float(self, "grad_clip", lambda v: v > 0, "> 0 (or None for no clipping)")
+        betas = self.betas
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check_str(self, "device")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {self.device!r}") from None
+        return self
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_str(cfg, name: str) -> None:
+    v = getattr(cfg, name)
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{name} must be a non-empty string, got {v!r}")
+
+
+def _check_int(cfg, name: str, low: int, high: int | None = None) -> None:
+    v = getattr(cfg, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bound}, got {v!r}")
+
+
+def _check_float(cfg, name: str, ok, requirement: str) -> None:
+    v = getattr(cfg, name)
+    if not _is_number(v) or not ok(v):
+        raise ValueError(f"{name} must be a number {requirement}, got {v!r}")

@@ -1,0 +1,50 @@
+"""Cached sampler (Ramachandran et al. 2017): the naive sampler's steps, each step's parameters computed
+incrementally instead of by a full forward pass.
+
+It knows no model family. The model provides the incremental-step protocol:
+
+    state = model.begin_cache(x, cond)   # x: the (n, C, H, W) int64 image being filled in place
+    state.params_at(i, j) -> (n, P)      # == model(x, cond)[:, :, i, j] for the current x
+
+`params_at` may assume that pixels before (i, j) in raster order are final and, for per-channel outputs,
+that the channels of (i, j) drawn so far are set; requests come in non-decreasing raster order (pixels
+known in every image are skipped). Convolutional models get this from pixelar.nn.cache. The draws are
+exactly the naive sampler's (same `dist.sample` calls, order and shapes), so for one generator seed both
+samplers return the same images.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def begin(model, x: torch.Tensor, cond):
+    """The model's incremental state, or NotImplementedError naming the model."""
+    start = getattr(model, "begin_cache", None)
+    if not callable(start):
+        name = getattr(model, "name", "") or type(model).__name__
+        raise NotImplementedError(f"model {name!r} ({type(model).__name__}) has no incremental forward "
+                                  "(begin_cache) for cached sampling; use method='naive'")
+    return start(x, cond)
+
+
+@torch.no_grad()
+def sample_cached(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
+    """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
+    dist = model.distribution
+    C, H, W = model.image.shape
+    state = begin(model, x, cond)
+    for i in range(H):
+        for j in range(W):
+            keep = known[:, i, j] if known is not None else None
+            if keep is not None and bool(keep.all()):
+                continue
+            if dist.joint:
+                params = state.params_at(i, j)  # (n, P)
+                new = dist.sample(params, temperature, generator)  # (n, C)
+                x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
+            else:
+                for c in range(C):
+                    params = state.params_at(i, j)
+                    new = dist.sample(params, temperature, generator, channel=c)  # (n,)
+                    x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
+    return x

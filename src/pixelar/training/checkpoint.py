@@ -1,0 +1,218 @@
+"""A training run directory: its config, its checkpoint and the EMA weights, written crash-safely.
+
+Files of a run directory:
+    config.json                  model.config() plus "train": TrainConfig.to_dict(); pixelar.load_model reads it
+    model.safetensors            the EMA weights of the latest checkpoint (what evaluation and sampling use)
+    training_state.safetensors   "model.*" raw weights, "optim.<param index>.<key>" Adam tensors, "ema.*" EMA,
+                                 "rng.torch", "rng.cuda.<i>", "rng.data" generator states (uint8);
+                                 metadata {"step", "fingerprint"}
+    training_state.json          step, epoch, batch (within the epoch), bad_steps, elapsed_s, Adam's scalar
+                                 state (per-parameter step counts) and the fingerprint of its tensors file
+    training_state.prev.json     exists only while a save is in progress: the record being replaced
+
+Every file is written to a temporary file and renamed (pixelar.io), so each one is always whole. A checkpoint
+is the pair (training_state.json, training_state.safetensors) with the same fingerprint. A save writes
+training_state.prev.json (the current record), then the new training_state.json, then the tensors, then
+model.safetensors, then removes the .prev file. A crash at any moment therefore leaves either the new pair, or
+the old tensors with the old record in training_state.prev.json; `load` picks the record whose fingerprint
+matches the tensors and never mixes two checkpoints. The first save of a run writes the tensors first (there
+is no older checkpoint to protect), so training_state.json existing means a complete checkpoint exists.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..io import read_json, read_tensors, write_json, write_tensors
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATE_TENSORS_NAME = "training_state.safetensors"
+STATE_JSON_NAME = "training_state.json"
+PREV_STATE_JSON_NAME = "training_state.prev.json"
+STATE_FORMAT = "pixelar-training-state"
+STATE_VERSION = 1
+PROGRESS_KEYS = ("step", "epoch", "batch", "bad_steps")
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run needs to continue exactly.
+
+    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0) and "elapsed_s" (float).
+    model, ema: state dicts (raw and averaged weights).
+    optimizer: the "state" part of a torch optimizer's state_dict, {param index: {key: tensor or number}}.
+    rng: generator states as uint8 tensors, {"torch", "cuda.<i>", "data"}.
+    """
+
+    progress: dict
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict[str, torch.Tensor]
+
+
+class RunDir:
+    """Reads and writes the files of one run directory (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config_path = self.path / CONFIG_NAME
+        self.weights_path = self.path / WEIGHTS_NAME
+        self.tensors_path = self.path / STATE_TENSORS_NAME
+        self.record_path = self.path / STATE_JSON_NAME
+        self.prev_record_path = self.path / PREV_STATE_JSON_NAME
+        self._committed: dict | None = None  # training_state.json record of the checkpoint on disk
+
+    @property
+    def checkpoint_step(self) -> int | None:
+        """Step of the checkpoint this object last saved or loaded (None: neither yet)."""
+        return None if self._committed is None else self._committed["step"]
+
+    def has_checkpoint(self) -> bool:
+        return self.record_path.exists() or self.prev_record_path.exists()
+
+    # ----- config.json -------------------------------------------------------------------------------------
+    def write_config(self, model_config: dict, train_config: dict) -> None:
+        write_json(self.config_path, {**model_config, "train": train_config})
+
+    def read_config(self) -> tuple[dict, dict]:
+        """(model config, "train" section) of config.json."""
+        cfg = read_json(self.config_path, "run config")
+        train = cfg.pop("train", None)
+        if not isinstance(train, dict):
+            raise ValueError(f"run config {self.config_path} has no 'train' section: "
+                             "it is a saved model, not a training run directory")
+        return cfg, train
+
+    # ----- checkpoints -------------------------------------------------------------------------------------
+    def save(self, ckpt: Checkpoint) -> None:
+        """Write a checkpoint and model.safetensors in the crash-safe order of the module docstring."""
+        step = int(ckpt.progress["step"])
+        fingerprint = f"{step}-{secrets.token_hex(8)}"
+        tensors = {f"model.{k}": v for k, v in ckpt.model.items()}
+        tensors.update({f"ema.{k}": v for k, v in ckpt.ema.items()})
+        tensors.update({f"rng.{k}": v for k, v in ckpt.rng.items()})
+        scalars = {}
+        for index, per_param in ckpt.optimizer.items():
+            for key, value in per_param.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    tensors[f"optim.{index}.{key}"] = value
+                else:  # 0-dim tensors (Adam's step) and plain numbers go to JSON, exactly
+                    scalars.setdefault(str(index), {})[key] = _scalar_to_json(value)
+        record = {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": fingerprint,
+                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS},
+                  "elapsed_s": float(ckpt.progress.get("elapsed_s", 0.0)), "optimizer_scalars": scalars}
+        metadata = {"format": STATE_FORMAT, "step": str(step), "fingerprint": fingerprint}
+        if self._committed is None:
+            write_tensors(self.tensors_path, tensors, metadata)
+            write_json(self.record_path, record)
+        else:
+            write_json(self.prev_record_path, self._committed)
+            write_json(self.record_path, record)
+            write_tensors(self.tensors_path, tensors, metadata)
+        self._committed = record
+        self.write_weights(ckpt.ema)
+        self.prev_record_path.unlink(missing_ok=True)
+
+    def write_weights(self, ema_state: dict[str, torch.Tensor]) -> None:
+        """model.safetensors <- the EMA weights of the committed checkpoint."""
+        rec = self._committed
+        write_tensors(self.weights_path, ema_state, {"step": str(rec["step"]), "fingerprint": rec["fingerprint"]})
+
+    def load(self) -> Checkpoint:
+        """Read the checkpoint; errors name the file and what is wrong with it."""
+        if not self.has_checkpoint():
+            raise FileNotFoundError(f"no checkpoint in {self.path}: {STATE_JSON_NAME} not found "
+                                    "(the run stopped before its first checkpoint; start it again without resume)")
+        fingerprint = self._tensors_fingerprint()
+        record = self._matching_record(fingerprint)
+        tensors = read_tensors(self.tensors_path, "training state")
+        groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "rng": {}, "optim": {}}
+        for name, value in tensors.items():
+            prefix, _, rest = name.partition(".")
+            if prefix not in groups or not rest:
+                raise ValueError(f"training state {self.tensors_path} is corrupt: unexpected tensor {name!r}")
+            groups[prefix][rest] = value
+        for needed in ("torch", "data"):
+            if needed not in groups["rng"]:
+                raise ValueError(f"training state {self.tensors_path} is corrupt: no 'rng.{needed}' tensor")
+        optimizer: dict[int, dict] = {}
+        for name, value in groups["optim"].items():
+            index, _, key = name.partition(".")
+            if not index.isdigit() or not key:
+                raise ValueError(f"training state {self.tensors_path} is corrupt: unexpected tensor 'optim.{name}'")
+            optimizer.setdefault(int(index), {})[key] = value
+        for index, per_param in record["optimizer_scalars"].items():
+            for key, value in per_param.items():
+                optimizer.setdefault(int(index), {})[key] = _scalar_from_json(value, self.record_path)
+        self._committed = record
+        progress = {k: record[k] for k in PROGRESS_KEYS}
+        progress["elapsed_s"] = record["elapsed_s"]
+        return Checkpoint(progress, groups["model"], groups["ema"], optimizer, groups["rng"])
+
+    def _tensors_fingerprint(self) -> str:
+        path = self.tensors_path
+        if not path.is_file():
+            raise FileNotFoundError(f"training state not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"training state {path} is corrupt or not a safetensors file ({e})") from None
+        if meta.get("format") != STATE_FORMAT or not meta.get("fingerprint"):
+            raise ValueError(f"training state {path} is corrupt: its metadata has no {STATE_FORMAT} fingerprint")
+        return meta["fingerprint"]
+
+    def _matching_record(self, fingerprint: str) -> dict:
+        """The record (training_state.json, else the .prev one left by an interrupted save) of these tensors."""
+        record = _read_record(self.record_path) if self.record_path.exists() else None
+        if record is not None and record["fingerprint"] == fingerprint:
+            return record
+        if self.prev_record_path.exists():
+            prev = _read_record(self.prev_record_path)
+            if prev["fingerprint"] == fingerprint:
+                return prev
+        if record is None:
+            raise FileNotFoundError(f"training state record not found: {self.record_path}")
+        raise ValueError(f"{self.record_path} (checkpoint {record['fingerprint']}) and {self.tensors_path} "
+                         f"(checkpoint {fingerprint}) come from different checkpoints; the run directory was "
+                         "modified outside pixelar and cannot be resumed")
+
+
+def _read_record(path: Path) -> dict:
+    rec = read_json(path, "training state record")
+    if rec.get("format") != STATE_FORMAT or not isinstance(rec.get("fingerprint"), str):
+        raise ValueError(f"training state record {path} is corrupt: not a {STATE_FORMAT} record")
+    for key in PROGRESS_KEYS:
+        v = rec.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"training state record {path} is corrupt: {key!r} must be an integer >= 0, got {v!r}")
+    if not isinstance(rec.get("elapsed_s"), (int, float)) or not isinstance(rec.get("optimizer_scalars"), dict):
+        raise ValueError(f"training state record {path} is corrupt: missing 'elapsed_s' or 'optimizer_scalars'")
+    return rec
+
+
+def _scalar_to_json(value) -> dict:
+    if isinstance(value, torch.Tensor):
+        # float32 -> Python float -> JSON -> float32 is exact (JSON keeps every double's digits)
+        return {"value": value.item(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and not math.isfinite(value)):
+        return {"value": value}
+    raise ValueError(f"cannot save optimizer state value {value!r} ({type(value).__name__})")
+
+
+def _scalar_from_json(entry, path: Path):
+    if not isinstance(entry, dict) or not isinstance(entry.get("value"), (bool, int, float)):
+        raise ValueError(f"training state record {path} is corrupt: bad optimizer scalar {entry!r}")
+    if "dtype" not in entry:
+        return entry["value"]
+    dtype = getattr(torch, str(entry["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"training state record {path} is corrupt: unknown dtype {entry['dtype']!r}")
+    return torch.tensor(entry["value"], dtype=dtype)

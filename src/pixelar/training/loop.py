@@ -1,0 +1,343 @@
+"""train(): the training loop of pixelar, with exact resume, divergence handling and the final evaluation.
+
+One step = one batch: log_prob under optional bf16 autocast (fp32 master weights), loss = mean NLL in
+bits/dim, backward, gradient clipping, Adam with the scheduled learning rate, EMA update. A step whose loss
+or gradient norm is not finite is skipped (no optimizer or EMA update; it still counts as a step, so the
+schedule and the data move on); max_bad_steps skipped steps in a row raise TrainingDiverged.
+
+Exact resume: everything random or stateful is in the checkpoint (raw and EMA weights, Adam state, torch
+CPU/CUDA RNG for dropout, the data generator, epoch and batch position, the bad-step counter), and the
+learning rate depends only on the step. An interrupted run resumed therefore ends with bitwise the same
+weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic). The loop knows no model
+family: it uses create_model / model_from_config, log_prob, config, sample and state dicts only.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data import ImageDataset, iterate_batches, load_dataset
+from ..evaluation import evaluate, first_images
+from ..models import create_model
+from ..models.persistence import model_from_config
+from .checkpoint import Checkpoint, RunDir
+from .ema import EMA
+from .optim import learning_rate, make_optimizer, set_lr
+
+METRICS_NAME = "metrics.jsonl"
+SAMPLES_NAME = "samples.png"
+
+
+class TrainingDiverged(RuntimeError):
+    """max_bad_steps consecutive steps had a non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True, log=print, on_step=None,
+          max_steps: int | None = None) -> dict:
+    """Train a model as `cfg` says, checkpointing into `run_dir`; returns {"test_bpd", "steps", "run_dir"}.
+
+    Args:
+        cfg: the settings. Ignored when resume is True: the run's own settings are read from
+            run_dir/config.json (its "train" section), so a resumed run cannot drift from the original.
+        run_dir: the run directory (see pixelar.training.checkpoint for its files). A new run refuses a
+            directory that already holds a checkpoint.
+        resume: continue the run in run_dir exactly where its last checkpoint left it.
+        progress: show a tqdm bar with live train bits/dim and images/s.
+        log: called with one string per message (start, skipped steps, checkpoints, the final result).
+        on_step: called as on_step(step) after every step (after that step's checkpoint, if any).
+        max_steps: when given, replaces the number of steps: of cfg for a new run, of the saved run when
+            resuming (any value >= the checkpoint's step; a larger one extends the run, and because nothing
+            depends on max_steps the result is bitwise that of a run started with the larger value). The new
+            value is written to config.json.
+
+    Raises:
+        TrainingDiverged: max_bad_steps consecutive non-finite steps (nothing is written after the last good
+            checkpoint).
+        ValueError: run_dir holds a checkpoint and resume is False; bad settings; a corrupt run file.
+        FileNotFoundError: a missing run file (the message names it).
+    """
+    run = RunDir(run_dir)
+    emit = tqdm.write if progress and log is print else log  # keep the bar intact while it is shown
+    if resume:
+        model_config, train_section = run.read_config()
+        try:
+            cfg = TrainConfig.from_dict(train_section)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"run config {run.config_path}: bad 'train' section ({e})") from None
+        ckpt = run.load()  # fail on a corrupt checkpoint before the (slow) data loading
+        if max_steps is not None:
+            if max_steps < ckpt.progress["step"]:
+                raise ValueError(f"max_steps={max_steps} is below the checkpoint's step {ckpt.progress['step']}")
+            cfg = dataclasses.replace(cfg, max_steps=max_steps)
+    else:
+        if max_steps is not None:
+            cfg = dataclasses.replace(cfg, max_steps=max_steps)
+        if run.has_checkpoint():
+            raise ValueError(f"{run.path} already holds a training checkpoint; resume it (resume=True, "
+                             f"CLI: --resume {run.path}) or choose a new run directory")
+        ckpt = model_config = None
+    cfg.validate()
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    train_ds = first_images(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir), cfg.train_subset)
+    test_ds = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir)
+    torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
+    if model_config is not None:
+        model = model_from_config(model_config, str(run.config_path))
+    else:
+        overrides = dict(cfg.model_overrides)
+        if cfg.class_conditional:
+            if train_ds.num_classes is None:
+                raise ValueError(f"class_conditional needs a labelled dataset; {cfg.dataset!r} has no labels")
+            overrides["num_classes"] = train_ds.num_classes
+        model = create_model(cfg.model, train_ds.spec, cfg.size, **overrides)
+    if model.image != train_ds.spec:
+        raise ValueError(f"dataset {cfg.dataset!r} has images {train_ds.spec} but the model expects {model.image}")
+    if model.num_classes and train_ds.labels is None:
+        raise ValueError(f"the model is class-conditional but dataset {cfg.dataset!r} has no labels")
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)
+    ema = EMA(model, cfg.ema_decay)
+
+    if ckpt is None:
+        batches = _Batches(train_ds, cfg.batch_size, cfg.seed)
+        step, bad, elapsed_before = 0, 0, 0.0
+        run.write_config(model.config(), cfg.to_dict())
+    else:
+        batches = _restore(run, ckpt, model, optimizer, ema, train_ds, cfg)
+        step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
+        run.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
+        if max_steps is not None:
+            run.write_config(model.config(), cfg.to_dict())
+    metrics = _MetricsLog(run.path / METRICS_NAME, keep_through=step if ckpt is not None else None)
+
+    emit(f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
+         f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
+         f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
+         f"{cfg.max_steps} steps -> {run.path}")
+    dims_ln2 = train_ds.spec.dims * math.log(2)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf  # inf: norm measured, grads unchanged
+    session_start = time.perf_counter()
+    window = _Window()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - session_start
+
+    model.train()
+    with tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True) as bar:
+        while step < cfg.max_steps:
+            x, y = batches.next()
+            x = x.to(device)
+            cond = y.to(device) if model.num_classes else None
+            lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
+            set_lr(optimizer, lr)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                lp = model.log_prob(x, cond)  # (B,) nats
+            loss = -lp.float().mean() / dims_ln2  # bits/dim
+            reason, grad_norm = None, None
+            if not torch.isfinite(loss):
+                reason = "non-finite loss"
+            else:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                if not torch.isfinite(grad_norm):
+                    reason = "non-finite gradient norm"
+            step += 1
+            if reason is None:
+                optimizer.step()
+                ema.update(model)
+                bad = 0
+                window.add(loss.item(), grad_norm.item(), x.shape[0])
+            else:
+                bad += 1
+                window.images += x.shape[0]
+                emit(f"step {step}: {reason} (loss {loss.item()}); step skipped, {bad} bad step(s) in a row")
+                metrics.write({"step": step, "skipped": True, "reason": reason, "bad_steps": bad, "lr": lr})
+                if bad >= cfg.max_bad_steps:
+                    last = run.checkpoint_step
+                    kept = (f"the last good checkpoint in {run.path} (step {last}) is kept" if last is not None
+                            else f"no checkpoint had been written to {run.path} yet")
+                    raise TrainingDiverged(
+                        f"training diverged: {bad} consecutive steps (up to step {step}, lr {lr:.3g}) had a non-finite "
+                        f"loss or gradient ({reason}); {kept}. Try a lower lr, warmup_steps, or grad_clip, or "
+                        "bf16 -> fp32 precision")
+            bar.update(1)
+            if window.steps:
+                bar.set_postfix(bpd=f"{window.last_bpd:.3f}", img_s=f"{window.rate():.0f}", refresh=False)
+            if step % cfg.log_every == 0 and window.steps:
+                line = {"step": step, "train_bpd": window.bpd_sum / window.steps, "lr": lr,
+                        "grad_norm": window.norm_sum / window.steps, "images_per_s": window.rate(),
+                        "elapsed_s": elapsed()}
+                metrics.write(line)
+                if not progress:
+                    emit(f"step {step}/{cfg.max_steps}: train {line['train_bpd']:.4f} bits/dim, "
+                         f"{line['images_per_s']:.0f} images/s")
+                window = _Window()
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                _save(run, model, optimizer, ema, batches, step, bad, elapsed())
+                if not progress:
+                    emit(f"checkpoint at step {step}")
+            if on_step is not None:
+                on_step(step)
+
+    ema.copy_to(model)  # evaluation and samples use the averaged weights
+    # fp32 whatever the training precision: the reported number is the exact likelihood
+    res = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
+    metrics.write({"step": step, "final": True, "test_bpd": res["bpd"], "test_nats_per_image": res["nats_per_image"],
+                   "num_test_images": res["num_images"], "elapsed_s": elapsed()})
+    log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
+    if cfg.sample_n:
+        _write_samples(model, cfg, device, run.path / SAMPLES_NAME)
+    return {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.path)}
+
+
+class _Batches:
+    """An endless stream of training batches, positioned by (epoch, batch index within the epoch).
+
+    Epoch e's order and dynamic binarization come from a torch.Generator seeded from (seed, e), so any epoch
+    can be rebuilt from its start; resuming at batch b draws batches 0..b-1 again (indexing only, no model)
+    to bring the generator to the exact state it had. Full batches only (drop_last), so every step sees
+    batch_size images.
+    """
+
+    def __init__(self, ds: ImageDataset, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
+        if len(ds) < batch_size:
+            raise ValueError(f"the training split has {len(ds)} images, fewer than batch_size={batch_size}")
+        self.ds, self.batch_size, self.seed = ds, batch_size, seed
+        self._start(epoch)
+        for _ in range(batch):
+            if next(self._it, None) is None:
+                raise ValueError(f"checkpoint position (epoch {epoch}, batch {batch}) is past the end of an epoch "
+                                 f"of {len(ds) // batch_size} batches: the training data changed")
+        self.batch = batch
+
+    def _start(self, epoch: int) -> None:
+        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0])
+        self.epoch, self.batch = epoch, 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self._it = iterate_batches(self.ds, self.batch_size, shuffle=True, generator=self.generator, drop_last=True)
+
+    def next(self):
+        """The next (x int64 (B, C, H, W), y int64 (B,) or None), starting a new epoch when one ends."""
+        item = next(self._it, None)
+        if item is None:
+            self._start(self.epoch + 1)
+            item = next(self._it)
+        self.batch += 1
+        return item
+
+
+class _Window:
+    """Running sums over the steps since the last metrics line."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps = self.images = 0
+        self.bpd_sum = self.norm_sum = self.last_bpd = 0.0
+
+    def add(self, bpd: float, grad_norm: float, images: int) -> None:
+        self.steps += 1
+        self.images += images
+        self.bpd_sum += bpd
+        self.norm_sum += grad_norm
+        self.last_bpd = bpd
+
+    def rate(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+
+class _MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended as training goes.
+
+    A new run starts it empty; a resumed run first drops the lines written after its checkpoint (they are
+    about to be recomputed) and a final line of an earlier end, so each step appears once.
+    """
+
+    def __init__(self, path: Path, keep_through: int | None):
+        self.path = path
+        kept = []
+        if keep_through is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+                if isinstance(rec, dict) and not rec.get("final") and rec.get("step", math.inf) <= keep_through:
+                    kept.append(line + "\n")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _rng_states(batches: _Batches) -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state(), "data": batches.generator.get_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
+def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int, bad: int, elapsed_s: float) -> None:
+    """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
+    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+               **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+    opt_state = optimizer.state_dict()["state"]
+    tensors.update({f"optim.{i}.{k}": v for i, s in opt_state.items() for k, v in s.items() if isinstance(v, torch.Tensor)})
+    bad_names = [k for k, v in tensors.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
+    if bad_names:
+        raise TrainingDiverged(f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
+                               f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept")
+    progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s}
+    run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches)))
+
+
+def _restore(run: RunDir, ckpt: Checkpoint, model, optimizer, ema: EMA, train_ds: ImageDataset, cfg: TrainConfig):
+    """Load the checkpoint's state into the fresh objects; return the data stream at the saved position."""
+    where = run.tensors_path
+    try:
+        model.load_state_dict(ckpt.model)
+        ema.load_state_dict(ckpt.ema)
+        # hyperparameters come from the config; only the per-parameter state is restored
+        optimizer.load_state_dict({"state": ckpt.optimizer, "param_groups": optimizer.state_dict()["param_groups"]})
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"training state {where} does not match the model in {run.config_path}: {e}") from None
+    batches = _Batches(train_ds, cfg.batch_size, cfg.seed, ckpt.progress["epoch"], ckpt.progress["batch"])
+    if not torch.equal(batches.generator.get_state(), ckpt.rng["data"]):
+        raise ValueError(f"the training data differ from those of the checkpoint {where}: replaying epoch "
+                         f"{batches.epoch} to batch {batches.batch} does not reproduce the saved data generator "
+                         f"state (was dataset {cfg.dataset!r} or its files changed?)")
+    torch.set_rng_state(ckpt.rng["torch"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"cuda.{i}" in ckpt.rng:
+                torch.cuda.set_rng_state(ckpt.rng[f"cuda.{i}"], i)
+    return batches
+
+
+def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) -> None:
+    """cfg.sample_n samples (class-conditional: labels 0, 1, ..., K-1, 0, 1, ...) as an 8-wide PNG grid."""
+    from ..sampling.grid import save_grid
+
+    n = cfg.sample_n
+    cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    images = model.sample(n, cond=cond, generator=generator, method="naive")
+    save_grid(images, model.image, path, nrow=8)

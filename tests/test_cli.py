@@ -1,0 +1,85 @@
+"""End to end through the command line on a Fashion-MNIST subset: train, eval, sample, complete, resume."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelar.cli import main
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
+TINY = ["--model", "pixelcnn_pp", "--size", "tiny", "--batch-size", "8", "--train-subset", "64",
+        "--test-subset", "50", "--sample-n", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    if not FMNIST.exists():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    d = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--run-dir", str(d)]) == 0
+    return d
+
+
+@needs_fmnist
+def test_train_leaves_a_complete_run_directory(run_dir, capsys):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "metrics.jsonl", "samples.png"} <= names
+    assert any(n.startswith("training_state") for n in names)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines, "metrics.jsonl is empty"
+    assert Image.open(run_dir / "samples.png").size[0] > 2 * 28
+
+
+@needs_fmnist
+def test_eval_sample_complete(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["num_images"] == 10000 and 0 < res["bpd"] < 9
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run_dir), "--n", "2", "--out", str(out), "--seed", "1", "--temperature", "0.9"]) == 0
+    assert out.exists()
+
+    img = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(img)
+    mask = tmp_path / "mask.png"
+    m = np.zeros((28, 28), np.uint8)
+    m[:20] = 255
+    Image.fromarray(m).save(mask)
+    for keep in ("top-half", str(mask)):
+        out = tmp_path / "completed.png"
+        assert main(["complete", str(run_dir), "--image", str(img), "--keep", keep, "--n", "1", "--out", str(out)]) == 0
+        grid = np.asarray(Image.open(out))
+        # third tile is the completion: its kept rows equal the input
+        pad = 2
+        tile = grid[pad : pad + 28, pad + 2 * (28 + pad) : pad + 2 * (28 + pad) + 28]
+        rows = 14 if keep == "top-half" else 20
+        assert np.array_equal(tile[:rows], np.asarray(Image.open(img))[:rows])
+
+
+@needs_fmnist
+def test_bad_input_gives_a_clear_error(run_dir, tmp_path, capsys):
+    assert main(["train", "--dataset", "imagenet", "--run-dir", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "fashion_mnist" in capsys.readouterr().err
+    assert main(["train", *TINY, "--steps", "2", "--run-dir", str(run_dir)]) == 2  # refuses to overwrite a run
+    assert "resume" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nothing"), "--out", str(tmp_path / "g.png")]) == 2
+    assert "nothing" in capsys.readouterr().err
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
+    assert main(["complete", str(run_dir), "--image", str(small), "--keep", "top-half", "--out", str(tmp_path / "o.png")]) == 2
+    assert "28x28" in capsys.readouterr().err
+
+
+def test_models_lists_every_model_with_parameter_counts(capsys):
+    import pixelar
+
+    assert main(["models", "--image", "1,28,28,256"]) == 0
+    out = capsys.readouterr().out
+    for name in pixelar.list_models():
+        assert name in out
