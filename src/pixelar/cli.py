@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--temperature", type=float, default=1.0)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--class", dest="cls", type=int, help="class label for class-conditional models")
-        s.add_argument("--method", default="naive", choices=["cached", "naive"])
+        s.add_argument("--method", default="cached", choices=["cached", "naive"], help="cached (fast, default) or naive (reference)")
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")
@@ -216,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. TrainingDiverged: the message says what happened and what was kept
+        print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"pixelar {args.command}: interrupted", file=sys.stderr)
+        hint = " (continue with: pixelar train --resume RUN_DIR)" if args.command == "train" else ""
+        print(f"pixelar {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

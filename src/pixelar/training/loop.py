@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             step += 1
             if reason is None:
                 optimizer.step()
-                ema.update(model)
+                ema.update(model, step)
                 bad = 0
                 window.add(loss.item(), grad_norm.item(), x.shape[0])
             else:
@@ -339,5 +339,5 @@ def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) ->
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    images = model.sample(n, cond=cond, generator=generator, method="naive")
+    images = model.sample(n, cond=cond, generator=generator, method="cached")
     save_grid(images, model.image, path, nrow=8)
