@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .naive import generate
+
 
 def begin(model, x: torch.Tensor, cond):
     """The model's incremental state, or NotImplementedError naming the model."""
@@ -30,21 +32,5 @@ def begin(model, x: torch.Tensor, cond):
 @torch.no_grad()
 def sample_cached(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
     """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
-    dist = model.distribution
-    C, H, W = model.image.shape
     state = begin(model, x, cond)
-    for i in range(H):
-        for j in range(W):
-            keep = known[:, i, j] if known is not None else None
-            if keep is not None and bool(keep.all()):
-                continue
-            if dist.joint:
-                params = state.params_at(i, j)  # (n, P)
-                new = dist.sample(params, temperature, generator)  # (n, C)
-                x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
-            else:
-                for c in range(C):
-                    params = state.params_at(i, j)
-                    new = dist.sample(params, temperature, generator, channel=c)  # (n,)
-                    x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
-    return x
+    return generate(model, x, state.params_at, temperature, generator, known)

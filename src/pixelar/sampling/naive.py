@@ -11,8 +11,12 @@ import torch
 
 
 @torch.no_grad()
-def sample_naive(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
-    """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
+def generate(model, x: torch.Tensor, params_at, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
+    """The generation loop every sampler shares, so their draws line up exactly.
+
+    Fills x (n, C, H, W) int64 in generation order; `params_at(i, j)` returns the (n, P) distribution
+    parameters of pixel (i, j) for the current x; known (n, H, W) bool marks pixels to keep.
+    """
     dist = model.distribution
     C, H, W = model.image.shape
     for i in range(H):
@@ -21,12 +25,16 @@ def sample_naive(model, x: torch.Tensor, cond, temperature: float, generator, kn
             if keep is not None and bool(keep.all()):
                 continue
             if dist.joint:
-                params = model(x, cond)[:, :, i, j]  # (n, P)
-                new = dist.sample(params, temperature, generator)  # (n, C)
+                new = dist.sample(params_at(i, j), temperature, generator)  # (n, C)
                 x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
             else:
                 for c in range(C):
-                    params = model(x, cond)[:, :, i, j]
-                    new = dist.sample(params, temperature, generator, channel=c)  # (n,)
+                    new = dist.sample(params_at(i, j), temperature, generator, channel=c)  # (n,)
                     x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
     return x
+
+
+@torch.no_grad()
+def sample_naive(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
+    """Reference: a full forward pass for every step's parameters."""
+    return generate(model, x, lambda i, j: model(x, cond)[:, :, i, j], temperature, generator, known)
