@@ -17,7 +17,11 @@ fp32 and bf16 (torch.autocast on CPU, where it works) precisions. Prints a Markd
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -73,6 +77,24 @@ def bf16_works(model, image) -> bool:
         return False
 
 
+def run_one(spec: dict) -> dict:
+    """One configuration in this (fresh) process, so its peak resident memory is its own."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    image = IMAGES[spec["image"]]
+    torch.manual_seed(0)
+    model = pixelar.create_model("pixelcnn_pp", image, spec["size"]).eval()
+    precision = spec["precision"]
+    if precision == "bf16" and not bf16_works(model, image):
+        return {"skipped": "bf16 autocast unavailable"}
+    C, H, W = image.shape
+    x = torch.zeros(spec["batch"], *image.shape, dtype=torch.long)
+    naive_s = naive_step_time(model, x.clone(), spec["naive_steps"], precision) * H * W
+    cached_s, compile_s, mem = cached_image_time(model, x.clone(), min(H, spec["rows"]), precision)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return dict(naive_s=naive_s, cached_s=cached_s, compile_s=compile_s, cache_bytes=mem, peak_bytes=peak)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few steps and rows; under 2 minutes on 2 CPU cores")
@@ -80,48 +102,72 @@ def main(argv=None):
     ap.add_argument("--images", default="28x28x1,32x32x3")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--naive-steps", type=int, default=None, help="naive steps measured (default 3 quick, 16)")
+    ap.add_argument("--naive-steps", type=int, default=None, help="naive steps measured (default 2 quick, 16)")
     ap.add_argument("--cached-rows", type=int, default=None, help="cached rows measured (default 1 quick, all)")
+    ap.add_argument("--paper-naive-steps", type=int, default=4, help="naive steps measured for the paper size")
+    ap.add_argument("--paper-cached-rows", type=int, default=4, help="cached rows measured for the paper size")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration as JSON
     args = ap.parse_args(argv)
+    if args.one:
+        print("RESULT " + json.dumps(run_one(json.loads(args.one))), flush=True)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = (args.sizes or "small,paper").split(",")
-    naive_steps = args.naive_steps or (2 if args.quick else 16)
     batches = [int(b) for b in args.batches.split(",")]
     rows_md = []
     t0 = time.perf_counter()
     for size in sizes:
         for image_name in args.images.split(","):
-            image = IMAGES[image_name]
-            torch.manual_seed(0)
-            model = pixelar.create_model("pixelcnn_pp", image, size).eval()
-            precisions = [p for p in args.precisions.split(",") if p == "fp32" or bf16_works(model, image)]
+            H = IMAGES[image_name].height
             for batch in batches:
                 if args.quick and size == "paper" and (batch > 1 or image_name != "28x28x1"):
                     continue  # quick: the paper model at batch 1 on 28x28x1 only (its naive pass is slow)
-                for precision in precisions:
+                for precision in args.precisions.split(","):
                     if args.quick and size == "paper" and precision != "fp32":
                         continue
-                    C, H, W = image.shape
-                    rows = min(H, args.cached_rows or (1 if args.quick else H))
-                    x = torch.zeros(batch, *image.shape, dtype=torch.long)
-                    naive_s = naive_step_time(model, x.clone(), naive_steps, precision) * H * W
-                    cached_s, compile_s, mem = cached_image_time(model, x.clone(), rows, precision)
-                    how = f"cached: {rows}/{H} rows + compile ({compile_s:.2f} s)" if rows < H else "cached: whole image"
+                    paper = size == "paper"
+                    naive_steps = (args.paper_naive_steps if paper else args.naive_steps) or (2 if args.quick else 16)
+                    rows = min(H, (args.paper_cached_rows if paper else args.cached_rows) or (1 if args.quick else H))
+                    one = dict(size=size, image=image_name, batch=batch, precision=precision,
+                               naive_steps=naive_steps, rows=rows, threads=args.threads)
+                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True,
+                                          text=True)
+                    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                    if line is None:
+                        print(f"{size} {image_name} {batch} {precision}: failed "
+                              f"({(proc.stderr.strip().splitlines() or ['no output'])[-1]})", flush=True)
+                        continue
+                    r = json.loads(line[len("RESULT "):])
+                    if "skipped" in r:
+                        print(f"{size} {image_name} {precision}: skipped ({r['skipped']})", flush=True)
+                        continue
+                    how = (f"cached: {rows}/{H} rows + compile ({r['compile_s']:.2f} s)" if rows < H
+                           else "cached: whole image")
                     rows_md.append(
-                        f"| {size} | {image_name} | {batch} | {precision} | {batch / naive_s:.3g} | "
-                        f"{batch / cached_s:.3g} | {naive_s / cached_s:.1f}x | {mem / 2**20:.1f} MiB | "
-                        f"naive: {naive_steps}/{H * W} steps; {how} |")
+                        f"| {size} | {image_name} | {batch} | {precision} | {batch / r['naive_s']:.3g} | "
+                        f"{batch / r['cached_s']:.3g} | {r['naive_s'] / r['cached_s']:.1f}x | "
+                        f"{r['cache_bytes'] / 2**20:.1f} MiB | {r['peak_bytes'] / 2**30:.2f} GiB | "
+                        f"naive: {naive_steps}/{H * IMAGES[image_name].width} steps; {how} |")
                     print(rows_md[-1], flush=True)
+    threads = args.threads or torch.get_num_threads()
+    table = "\n".join([
+        f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{threads} threads, naive and cached side by side in one run; extrapolated where the last column says "
+        f"({time.perf_counter() - t0:.0f} s in all). Peak memory: resident set of the process measuring that row.",
+        "",
+        "| size | image | batch | precision | naive img/s | cached img/s | speedup | cache memory | peak memory | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows_md,
+    ])
     print()
-    print(f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; extrapolated where noted ({time.perf_counter() - t0:.0f} s)")
-    print()
-    print("| size | image | batch | precision | naive img/s | cached img/s | speedup | cache memory | measured |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows_md:
-        print(r)
+    print(table)
+    if args.readme:
+        from readme_table import write_table
+
+        write_table("sampling-speed", table)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,15 @@ def cmd_train(args) -> int:
         cfg = TrainConfig()
         for field, value in (("model", args.model), ("size", args.size), ("dataset", args.dataset),
                              ("data_dir", args.data_dir), ("batch_size", args.batch_size), ("max_steps", args.steps),
-                             ("lr", args.lr), ("precision", args.precision), ("seed", args.seed),
+                             ("lr", args.lr), ("lr_decay", args.lr_decay), ("warmup_steps", args.warmup_steps),
+                             ("precision", args.precision), ("seed", args.seed),
                              ("checkpoint_every", args.checkpoint_every), ("sample_n", args.sample_n),
                              ("train_subset", args.train_subset), ("test_subset", args.test_subset)):
             if value is not None:
                 setattr(cfg, field, value)
         cfg.class_conditional = args.class_conditional
+        cfg.compile = args.compile
+        cfg.channels_last = args.channels_last
         cfg.model_overrides = _overrides(args.set)
         cfg.validate()
         run_dir = args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -163,7 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="number of training steps")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--lr-decay", type=float, help="per-step learning-rate decay factor")
+    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps")
     t.add_argument("--precision", choices=["fp32", "bf16"])
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (fuses elementwise work; compiling takes minutes on a CPU, so it "
+                        "pays off for long runs; falls back to eager mode where unavailable)")
+    t.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
     t.add_argument("--seed", type=int)
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--sample-n", type=int, help="samples drawn into samples.png at the end")
@@ -181,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--dataset", help="default: the dataset the run was trained on")
     e.add_argument("--data-dir")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)

@@ -33,6 +33,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the model's log_prob (falls back to eager, with a log line)
+    channels_last: bool = False  # channels_last memory layout for weights and activations
     device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 250
@@ -96,6 +98,9 @@ class TrainConfig:
         if (not isinstance(betas, (tuple, list)) or len(betas) != 2
                 or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        for flag in ("compile", "channels_last"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_str(self, "device")

@@ -1,7 +1,8 @@
 """Model families. Importing this package registers every model."""
 from . import gated_pixelcnn, pixelcnn, pixelcnn_pp  # noqa: F401  (registration on import)
 from .base import ARImageModel
+from .compiled import compile_available, compiled_log_prob
 from .persistence import load_model
 from .registry import SIZES, create_model, list_models, preset
 
-__all__ = ["ARImageModel", "create_model", "list_models", "load_model", "preset", "SIZES"]
+__all__ = ["ARImageModel", "compile_available", "compiled_log_prob", "create_model", "list_models", "load_model", "preset", "SIZES"]

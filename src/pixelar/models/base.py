@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..distributions import OutputDistribution, make_distribution
 from ..types import ImageSpec
+from .compiled import is_tracing
 
 CONFIG_FORMAT = "pixelar-model"
 CONFIG_VERSION = 1
@@ -68,7 +69,7 @@ class ARImageModel(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != spec.shape:
             raise ValueError(f"x must have shape (B, {spec.channels}, {spec.height}, {spec.width}) for {spec}, "
                              f"got {tuple(x.shape)}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= spec.num_values):
+        if x.numel() and not is_tracing() and (int(x.min()) < 0 or int(x.max()) >= spec.num_values):
             raise ValueError(f"x values must be in [0, {spec.num_values}), got min {int(x.min())} max {int(x.max())}")
         return x.long()
 
@@ -80,7 +81,7 @@ class ARImageModel(nn.Module):
             if not isinstance(cond, torch.Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
                 raise ValueError(f"cond must be int64 class labels of shape ({batch},), got "
                                  f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}")
-            if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes):
+            if cond.numel() and not is_tracing() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes):
                 raise ValueError(f"class labels must be in [0, {self.num_classes}), got {cond.min().item()}..{cond.max().item()}")
             return cond.long()
         if self.cond_dim:

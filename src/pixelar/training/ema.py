@@ -27,12 +27,15 @@ class EMA:
     def update(self, model: nn.Module, step: int | None = None) -> None:
         """Fold in the model's current weights (call after each optimizer step; step counts from 1)."""
         decay = self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
+        avgs, news = [], []
         for k, v in model.state_dict().items():
-            avg = self._state[k]
             if k in self._averaged and decay > 0:
-                avg.mul_(decay).add_(v.detach(), alpha=1.0 - decay)
+                avgs.append(self._state[k])
+                news.append(v.detach())
             else:
-                avg.copy_(v)
+                self._state[k].copy_(v)
+        if avgs:  # one fused pass over all parameters: avg += (1 - decay) * (new - avg)
+            torch._foreach_lerp_(avgs, news, 1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

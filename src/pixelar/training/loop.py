@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data import ImageDataset, iterate_batches, load_dataset
 from ..evaluation import evaluate, first_images
-from ..models import create_model
+from ..models import compiled_log_prob, create_model
 from ..models.persistence import model_from_config
 from .checkpoint import Checkpoint, RunDir
 from .ema import EMA
@@ -107,6 +107,8 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     if model.num_classes and train_ds.labels is None:
         raise ValueError(f"the model is class-conditional but dataset {cfg.dataset!r} has no labels")
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)
     ema = EMA(model, cfg.ema_decay)
 
@@ -129,6 +131,9 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     dims_ln2 = train_ds.spec.dims * math.log(2)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
+    log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
+    if cfg.compile and log_prob.compiled:
+        emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf  # inf: norm measured, grads unchanged
     session_start = time.perf_counter()
     window = _Window()
@@ -139,14 +144,18 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     model.train()
     with tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True) as bar:
         while step < cfg.max_steps:
+            t_data = time.perf_counter()
             x, y = batches.next()
+            window.data_s += time.perf_counter() - t_data
             x = x.to(device)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             cond = y.to(device) if model.num_classes else None
             lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             with autocast:
-                lp = model.log_prob(x, cond)  # (B,) nats
+                lp = log_prob(x, cond)  # (B,) nats
             loss = -lp.float().mean() / dims_ln2  # bits/dim
             reason, grad_norm = None, None
             if not torch.isfinite(loss):
@@ -181,6 +190,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             if step % cfg.log_every == 0 and window.steps:
                 line = {"step": step, "train_bpd": window.bpd_sum / window.steps, "lr": lr,
                         "grad_norm": window.norm_sum / window.steps, "images_per_s": window.rate(),
+                        "data_fraction": window.data_fraction(),
                         "elapsed_s": elapsed()}
                 metrics.write(line)
                 if not progress:
@@ -248,6 +258,7 @@ class _Window:
         self.start = time.perf_counter()
         self.steps = self.images = 0
         self.bpd_sum = self.norm_sum = self.last_bpd = 0.0
+        self.data_s = 0.0  # time spent waiting for batches (data loading runs in the training thread)
 
     def add(self, bpd: float, grad_norm: float, images: int) -> None:
         self.steps += 1
@@ -258,6 +269,10 @@ class _Window:
 
     def rate(self) -> float:
         return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+    def data_fraction(self) -> float:
+        """Fraction of the window's wall time spent getting batches (near 0: the step is never starved)."""
+        return self.data_s / max(time.perf_counter() - self.start, 1e-9)
 
 
 class _MetricsLog:
