@@ -144,7 +144,7 @@ def main(argv=None):
                     if "skipped" in r:
                         print(f"{size} {image_name} {precision}: skipped ({r['skipped']})", flush=True)
                         continue
-                    how = (f"cached: {rows}/{H} rows + compile ({r['compile_s']:.2f} s)" if rows < H
+                    how = (f"cached: {rows}/{H} rows + cache set-up ({r['compile_s']:.2f} s)" if rows < H
                            else "cached: whole image")
                     rows_md.append(
                         f"| {size} | {image_name} | {batch} | {precision} | {batch / r['naive_s']:.3g} | "
