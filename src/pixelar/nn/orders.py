@@ -30,7 +30,7 @@ VARIANT_NAMES = ("identity", "reflect_rows", "reflect_cols", "reflect_both",
 
 # ----- base orders, as (L, 2) int64 (row, col) coordinates ---------------------------------------------------
 def _raster(H: int, W: int) -> torch.Tensor:
-    r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    r, c = torch.meshgrid(torch.arange(H, device="cpu"), torch.arange(W, device="cpu"), indexing="ij")
     return torch.stack([r.reshape(-1), c.reshape(-1)], dim=1)
 
 
@@ -63,7 +63,7 @@ def _hilbert(H: int, W: int) -> torch.Tensor:
             t //= 4
             s *= 2
         out.append((y, x))  # y: row, x: column
-    return torch.tensor(out, dtype=torch.long).view(-1, 2)
+    return torch.tensor(out, dtype=torch.long, device="cpu").view(-1, 2)
 
 
 def _sign(v: int) -> int:
@@ -111,7 +111,7 @@ def _gilbert(H: int, W: int) -> torch.Tensor:
         _gilbert_walk(0, 0, W, 0, 0, H, out)
     else:
         _gilbert_walk(0, 0, 0, H, W, 0, out)
-    return torch.tensor([(y, x) for x, y in out], dtype=torch.long).view(-1, 2)
+    return torch.tensor([(y, x) for x, y in out], dtype=torch.long, device="cpu").view(-1, 2)
 
 
 _BASE = {"raster": _raster, "s_curve": _s_curve, "hilbert": _hilbert, "gilbert": _gilbert}
@@ -124,7 +124,9 @@ def _check_name(name: str) -> None:
 
 # ----- public functions ------------------------------------------------------------------------------------
 def order_coords(name: str, height: int, width: int, variant: int = 0) -> torch.Tensor:
-    """(row, col) coordinates of `name`'s dihedral variant `variant` (see the module docstring). (H*W, 2)."""
+    """(row, col) coordinates of `name`'s dihedral variant `variant` (see the module docstring). (H*W, 2).
+
+    Orders are always built on the CPU (also inside a `torch.device("meta")` block, which counts parameters)."""
     _check_name(name)
     if not isinstance(variant, int) or not 0 <= variant < NUM_VARIANTS:
         raise ValueError(f"order variant must be an int in [0, {NUM_VARIANTS}), got {variant!r}")
@@ -158,12 +160,12 @@ def check_order(order, height: int, width: int) -> torch.Tensor:
     """Validate a pixel order: a permutation of range(H*W). Returns it as int64 (H*W,)."""
     L = height * width
     if not isinstance(order, torch.Tensor):
-        order = torch.as_tensor(order)
+        order = torch.as_tensor(order, device="cpu")
     if order.dtype.is_floating_point or order.dtype == torch.bool or order.shape != (L,):
         raise ValueError(f"a pixel order must be {L} integer flat pixel indices (H*W,) for a {height}x{width} "
                          f"image, got {order.dtype} {tuple(order.shape)}")
     order = order.long().cpu()
-    if not torch.equal(torch.sort(order).values, torch.arange(L)):
+    if not torch.equal(torch.sort(order).values, torch.arange(L, device="cpu")):
         raise ValueError(f"a pixel order must list every pixel index 0..{L - 1} exactly once")
     return order
 
