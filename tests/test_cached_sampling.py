@@ -25,7 +25,8 @@ from pixelar.nn import (
 )
 from pixelar.nn.cache import CausalGraph, IncrementalForward, pointwise_conv
 
-MODELS = pixelar.list_models()
+# models with an incremental forward (begin_cache); the others (e.g. LMConv, any order) sample naively only
+MODELS = [name for name in pixelar.list_models() if callable(getattr(pixelar.models.registry._lookup(name)[0], "begin_cache", None))]
 SPECS = [ImageSpec(1, 6, 6, 4), ImageSpec(3, 5, 5, 256)]
 CONDS = ["none", "class", "vector"]
 

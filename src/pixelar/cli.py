@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,9 @@ def cmd_eval(args) -> int:
     else:
         print(f"{dataset} {args.split}: {res['bpd']:.4f} bits/dim ({res['nats_per_image']:.2f} nats/image, "
               f"{res['num_images']} images)")
+        if "num_orders" in res:
+            print(f"  mixture over {res['num_orders']} generation orders; single order: "
+                  f"{res['bpd_single_order']:.4f} bits/dim")
     return 0
 
 
@@ -106,6 +110,13 @@ def _cond(model, n: int, cls: int | None):
     return None
 
 
+def _method(model, requested: str) -> str:
+    """--method auto: the cached sampler where the model has one (begin_cache), else the naive reference."""
+    if requested != "auto":
+        return requested
+    return "cached" if callable(getattr(model, "begin_cache", None)) else "naive"
+
+
 def cmd_sample(args) -> int:
     from .models import load_model
     from .sampling.grid import save_grid
@@ -113,10 +124,11 @@ def cmd_sample(args) -> int:
     model = load_model(args.run_dir)
     g = torch.Generator().manual_seed(args.seed)
     t = time.time()
+    method = _method(model, args.method)
     x = model.sample(args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature, generator=g,
-                     method=args.method)
+                     method=method)
     save_grid(x, model.image, args.out, nrow=args.nrow)
-    print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {args.method})")
+    print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
 
 
@@ -129,12 +141,25 @@ def cmd_complete(args) -> int:
     spec = model.image
     x = load_image(args.image, spec)
     keep = keep_mask(args.keep, spec.height, spec.width)
+    if bool(keep.all()):
+        raise ValueError("the mask keeps every pixel: nothing to complete (white = keep, black = hidden)")
+    cond = _cond(model, args.n, args.cls)
+    if args.score:
+        score = getattr(model, "conditional_log_prob", None)
+        if not callable(score):
+            raise NotImplementedError(f"model {model.name!r} cannot score a hidden region given the rest "
+                                      "(it generates in one fixed order); lmconv can")
+        with torch.no_grad():
+            nats = -score(x[None], keep, None if cond is None else cond[:1]).item()
+        dims = int((~keep).sum()) * spec.channels
+        print(f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
+              f"{nats / (dims * math.log(2)):.4f} bits/dim")
     g = torch.Generator().manual_seed(args.seed)
-    out = complete(model, x, keep, n=args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature,
-                   generator=g, method=args.method)
+    method = _method(model, args.method)
+    out = complete(model, x, keep, n=args.n, cond=cond, temperature=args.temperature, generator=g, method=method)
     shown = x * keep  # the kept part, hidden pixels black
     save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.n + 2)
-    print(f"wrote original, kept pixels and {args.n} completion(s) to {args.out}")
+    print(f"wrote original, kept pixels and {args.n} completion(s) to {args.out} (method {method})")
     return 0
 
 
@@ -202,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--image", required=True, help="PNG/JPEG of the model's size")
             s.add_argument("--keep", required=True, help="top-half, left-half, or a mask image (white = keep)")
             s.add_argument("--n", type=int, default=4, help="number of completions")
+            s.add_argument("--score", action="store_true",
+                           help="also print the hidden region's conditional bits/dim given the kept pixels (lmconv)")
         else:
             s.add_argument("--n", type=int, default=64)
             s.add_argument("--nrow", type=int, default=8)
@@ -209,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--temperature", type=float, default=1.0)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--class", dest="cls", type=int, help="class label for class-conditional models")
-        s.add_argument("--method", default="cached", choices=["cached", "naive"], help="cached (fast, default) or naive (reference)")
+        s.add_argument("--method", default="auto", choices=["auto", "cached", "naive"],
+                       help="auto (default: cached where the model has it, else naive), cached (fast) or naive (reference)")
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")

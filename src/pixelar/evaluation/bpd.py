@@ -30,6 +30,12 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     N images (the last, partial batch included) are summed in float64 and divided once by N * D * ln 2.
     Labels are passed as cond when the model is class-conditional. precision "bf16" runs the model under
     bfloat16 autocast (the likelihood itself is still computed in fp32 by the output distribution).
+
+    Order ensembles: a model with several generation orders (`num_orders` > 1 and `log_prob_per_order`,
+    e.g. LMConv) is scored as the uniform mixture over its orders, log(1/K sum_k p_k(x)) per image (a valid
+    likelihood; averaging log-likelihoods or picking the best order per image would not be), and the result
+    also has "bpd_single_order" (order 0, the one `log_prob` uses in eval mode), "bpd_per_order" and
+    "num_orders".
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -48,14 +54,26 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
     was_training = model.training
     model.eval()
+    K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
     total = torch.zeros((), dtype=torch.float64)
+    per_order = torch.zeros(K, dtype=torch.float64)
     try:
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=generator):
             cond = y.to(device) if model.num_classes else None
             with autocast:
-                lp = model.log_prob(x.to(device), cond)  # (B,) nats
+                if K > 1:
+                    per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats
+                    lp = torch.logsumexp(per, dim=1) - math.log(K)  # (B,) the mixture over orders
+                    per_order += -per.sum(0).cpu()
+                else:
+                    lp = model.log_prob(x.to(device), cond)  # (B,) nats
             total += -lp.double().sum().cpu()
     finally:
         model.train(was_training)
     n, nats = len(ds), total.item()
-    return {"bpd": nats / (n * model.image.dims * math.log(2)), "nats_per_image": nats / n, "num_images": n}
+    scale = n * model.image.dims * math.log(2)
+    res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}
+    if K > 1:
+        res.update(num_orders=K, bpd_single_order=per_order[0].item() / scale,
+                   bpd_per_order=[v / scale for v in per_order.tolist()])
+    return res

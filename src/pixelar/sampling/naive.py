@@ -1,9 +1,10 @@
 """Reference sampler: one full forward pass per generation step. Slow and obviously correct.
 
-It asks the model only for `forward`, `distribution` and `image`, so it serves every model family. A step
-is a pixel (joint distributions) or a sub-pixel (per-channel distributions). Steps whose pixel is known in
-every image (completion) are skipped; in other steps known pixels keep their value after the draw, so a
-faster sampler that makes the same draws in the same order returns identical images.
+It asks the model only for `forward`, `distribution`, `image` and `generation_order()`, so it serves every
+model family. A step is a pixel (joint distributions) or a sub-pixel (per-channel distributions), taken in
+the model's generation order (raster for the PixelCNN family; any order for LMConv). Steps whose pixel is
+known in every image (completion) are skipped; in other steps known pixels keep their value after the
+draw, so a faster sampler that makes the same draws in the same order returns identical images.
 """
 from __future__ import annotations
 
@@ -18,20 +19,38 @@ def generate(model, x: torch.Tensor, params_at, temperature: float, generator, k
     parameters of pixel (i, j) for the current x; known (n, H, W) bool marks pixels to keep.
     """
     dist = model.distribution
-    C, H, W = model.image.shape
-    for i in range(H):
-        for j in range(W):
-            keep = known[:, i, j] if known is not None else None
-            if keep is not None and bool(keep.all()):
-                continue
-            if dist.joint:
-                new = dist.sample(params_at(i, j), temperature, generator)  # (n, C)
-                x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
-            else:
-                for c in range(C):
-                    new = dist.sample(params_at(i, j), temperature, generator, channel=c)  # (n,)
-                    x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
+    for i, j, channels in generation_steps(model):
+        keep = known[:, i, j] if known is not None else None
+        if keep is not None and bool(keep.all()):
+            continue
+        if dist.joint:
+            new = dist.sample(params_at(i, j), temperature, generator)  # (n, C)
+            x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
+        else:
+            for c in channels:
+                new = dist.sample(params_at(i, j), temperature, generator, channel=c)  # (n,)
+                x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
     return x
+
+
+def generation_steps(model) -> list[tuple[int, int, list[int]]]:
+    """`model.generation_order()` as steps (i, j, channels): runs of consecutive sub-pixels of one pixel.
+
+    For the default raster order: (0, 0, [0, .., C-1]), (0, 1, [0, .., C-1]), ... row by row. A joint
+    distribution draws a whole pixel at once, so its model's order must keep each pixel's channels together.
+    """
+    C, H, W = model.image.shape
+    steps: list[tuple[int, int, list[int]]] = []
+    for d in model.generation_order().tolist():  # flat indices into (C, H, W)
+        c, p = divmod(d, H * W)
+        if steps and steps[-1][:2] == (p // W, p % W):
+            steps[-1][2].append(c)
+        else:
+            steps.append((p // W, p % W, [c]))
+    if model.distribution.joint and len(steps) != H * W:
+        raise ValueError(f"{type(model).__name__}.generation_order() splits a pixel's channels, but its output "
+                         "distribution draws whole pixels; keep each pixel's channels adjacent in the order")
+    return steps
 
 
 @torch.no_grad()

@@ -354,5 +354,7 @@ def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) ->
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    images = model.sample(n, cond=cond, generator=generator, method="cached")
+    # models without an incremental forward (e.g. LMConv, any order) sample with the naive reference sampler
+    method = "cached" if callable(getattr(model, "begin_cache", None)) else "naive"
+    images = model.sample(n, cond=cond, generator=generator, method=method)
     save_grid(images, model.image, path, nrow=8)

@@ -1,0 +1,110 @@
+"""Issue 5 quality benchmark: PixelCNN++ vs LMConv with 1 and 8 orders at equal training steps, plus an
+inpainting picture of a centre hole. Needs quiet cores (it trains; wall times depend on the machine).
+
+For each model: `pixelar train` with the same data, steps, batch and seed, then exact test bits/dim of the EMA
+weights. For LMConv with K orders the table shows the mixture over the K orders (the model's likelihood)
+and the single-order bpd beside it (order 0, the base S-curve). Finally the 8-order LMConv completes the
+centre hole of a few test images (`centre_hole.png`: original, kept pixels, completions) and prints the
+hidden region's conditional bits/dim.
+
+    python benchmarks/aux_lmconv_quality.py --quick            # ~minutes: 50 steps, 500 test images
+    python benchmarks/aux_lmconv_quality.py --steps 1000 [--dataset cifar10] [--readme]
+
+Rows for the grayscale and pyramid PixelCNN (Kolesnikov & Lampert) are added automatically once models named
+`grayscale_pixelcnn` / `pyramid_pixelcnn` are registered.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import pixelar
+from pixelar.config import TrainConfig
+from pixelar.data import iterate_batches, load_dataset
+from pixelar.evaluation import evaluate
+from pixelar.models import load_model
+from pixelar.sampling.complete import complete
+from pixelar.sampling.grid import save_grid
+from pixelar.training import train
+
+
+def runs(available: list[str]) -> list[tuple[str, dict]]:
+    rows = [("pixelcnn_pp", {}), ("lmconv", {"num_orders": 1}), ("lmconv", {"num_orders": 8})]
+    rows += [(name, {}) for name in ("grayscale_pixelcnn", "pyramid_pixelcnn") if name in available]
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="50 steps, 500 test images: a smoke run of the whole table")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--size", default="small")
+    ap.add_argument("--test-subset", type=int, default=None)
+    ap.add_argument("--out", default="benchmarks/out", help="where centre_hole.png goes")
+    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    args = ap.parse_args()
+    steps = 50 if args.quick else args.steps
+    test_subset = 500 if args.quick and args.test_subset is None else args.test_subset
+    base = TrainConfig(dataset=args.dataset, size=args.size, max_steps=steps, test_subset=test_subset, sample_n=0)
+    rows, lmconv8 = [], None
+    tmp = tempfile.TemporaryDirectory()
+    for name, overrides in runs(pixelar.list_models()):
+        cfg = dataclasses.replace(base, model=name, model_overrides=overrides)
+        run_dir = Path(tmp.name) / f"{name}-{len(rows)}"
+        t = time.perf_counter()
+        train(cfg, run_dir, progress=False, log=lambda *a: None)
+        wall = time.perf_counter() - t
+        model = load_model(run_dir)
+        test = load_dataset(args.dataset, "test")
+        res = evaluate(model, test, batch_size=100, subset=test_subset)
+        single = f"{res['bpd_single_order']:.3f}" if "num_orders" in res else "-"
+        label = f"{name} {args.size}" + (f", {overrides['num_orders']} order(s)" if "num_orders" in overrides else "")
+        rows.append(f"| {label} | {model.num_parameters() / 1e6:.2f}M | {steps} | {wall / 60:.1f} min | "
+                    f"{res['bpd']:.3f} | {single} |")
+        print(rows[-1], flush=True)
+        if name == "lmconv" and overrides.get("num_orders") == 8:
+            lmconv8 = model
+    n_test = test_subset or "all"
+    table = "\n".join([f"| model | params | steps (batch 32) | wall time (train + eval) | test bits/dim ({n_test} images) "
+                       "| single order |", "|---|---|---|---|---|---|", *rows])
+    print(table)
+    if lmconv8 is not None:
+        inpaint(lmconv8, args.dataset, Path(args.out))
+    if args.readme:
+        from readme_table import write_table
+
+        write_table("aux-lmconv", table)
+    tmp.cleanup()
+
+
+def inpaint(model, dataset: str, out: Path, n_images: int = 4, n: int = 4) -> None:
+    """Complete the centre hole (half the height and width) of the first test images with the 8-order LMConv."""
+    spec = model.image
+    keep = torch.ones(spec.height, spec.width, dtype=torch.bool)
+    keep[spec.height // 4 : 3 * spec.height // 4, spec.width // 4 : 3 * spec.width // 4] = False
+    x_all, _ = next(iterate_batches(load_dataset(dataset, "test"), n_images, shuffle=False,
+                                    generator=torch.Generator().manual_seed(0)))  # (n_images, C, H, W) model values
+    tiles = []
+    g = torch.Generator().manual_seed(0)
+    hidden_dims = int((~keep).sum()) * spec.channels
+    bits = []
+    for k in range(n_images):
+        x = x_all[k]
+        with torch.no_grad():
+            bits.append(-model.conditional_log_prob(x[None], keep).item() / (hidden_dims * math.log(2)))
+        tiles += [x[None], (x * keep)[None], complete(model, x, keep, n=n, generator=g, method="naive")]
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(torch.cat(tiles), spec, out / "centre_hole.png", nrow=n + 2)
+    print(f"centre hole: conditional bits/dim of the hidden region {sum(bits) / len(bits):.3f} "
+          f"(mean over {n_images} test images); picture: {out / 'centre_hole.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""LMConv (Jain, Abbeel, Pathak 2020, "Locally Masked Convolution for Autoregressive Models"), following the
+released `ours.py` (OurPixelCNN) and `masking.py`.
+
+One network generates the image in any pixel order: every convolution is a locally masked convolution
+(pixelar.nn.lmconv) whose per-location masks come from the order. The backbone is PixelCNN++'s with a single
+stream (no u/ul split): a mask-A first layer on [x, ones], gated resnets with concat_elu and mask-B 3x3
+LMConvs, three stages up and three down (nr_resnet, then nr_resnet, nr_resnet+1, nr_resnet+1 resnets with
+short-cuts from the up pass), and, since a stride would break the per-location masks, dilated (dilation 2)
+mask-B LMConvs where PixelCNN++ down- and upsamples. The output is a joint per-pixel distribution (the
+discretized logistic mixture by default: R -> G -> B inside the pixel comes from its coefficients).
+
+Orders: a base order ("s_curve" by default; "raster", "hilbert", "gilbert") and its first `num_orders`
+dihedral variants (pixelar.nn.orders). Training draws one of them per batch (per forward call, from the
+global torch RNG, so a resumed run draws the same ones). In eval mode the selected order (variant 0 unless
+`set_order` chose another) is used; `generation_order()` returns the order in use.
+
+Likelihood: `log_prob(x)` is exact under the order in use; `log_prob(x, orders="all")` is the uniform
+mixture over the K orders, logsumexp_k log p_k(x) - log K per image (a proper likelihood, never below the
+best single order minus log K); `log_prob_per_order` gives the K single-order values beside it.
+
+Completion: `completion_order(known)` picks the training order that already puts the hidden pixels latest
+and moves any remaining hidden pixels to the end (the paper's move_to_end); `sample(..., known=...)` uses
+it, and `conditional_log_prob(x, known)` is log p(x_hidden | x_visible) under it.
+
+Differences from the released code: no weight normalization and no positional normalization (plain
+convolutions, the last convolution of each resnet initialised 10x smaller); no cached (incremental)
+sampler: `method="cached"` raises NotImplementedError, use `method="naive"` (the CLI falls back itself);
+any output distribution may be chosen.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn import concat_elu
+from ..nn.lmconv import LocallyMaskedConv2d, kernel_masks
+from ..nn.orders import check_order, dihedral_orders, hidden_last_score, move_to_end
+from .base import ARImageModel
+from .conditioning import maybe_bias
+from .registry import register_model
+
+
+class LMGatedResnet(nn.Module):
+    """x + a * sigmoid(b), [a, b] = conv2(dropout(concat_elu(conv1(concat_elu(x)) + nin(concat_elu(skip)))));
+    conv1 and conv2 are mask-B locally masked convolutions (one mask for both, given at call time)."""
+
+    def __init__(self, F_: int, kernel_size: int, skip_channels: int, dropout: float, num_classes: int, cond_dim: int):
+        super().__init__()
+        self.conv1 = LocallyMaskedConv2d(2 * F_, F_, kernel_size)
+        self.skip = nn.Conv2d(2 * skip_channels, F_, 1) if skip_channels else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = LocallyMaskedConv2d(2 * F_, 2 * F_, kernel_size)
+        with torch.no_grad():
+            self.conv2.weight.mul_(0.1)
+        self.cond = maybe_bias(2 * F_, num_classes, cond_dim)
+
+    def forward(self, x, mask, skip=None, cond=None):
+        c = self.conv1(concat_elu(x), mask)
+        if self.skip is not None:
+            c = c + self.skip(concat_elu(skip))  # 1x1: reads position p only, causal as it is
+        c = self.conv2(self.dropout(concat_elu(c)), mask)
+        if self.cond is not None:
+            c = c + self.cond(cond)
+        a, b = c.chunk(2, dim=1)
+        return x + a * torch.sigmoid(b)
+
+
+@register_model("lmconv", sizes={
+    # tiny: no up-pass resnets (nr_resnet=0 still leaves two down-pass resnets with short-cuts): brute-force
+    # likelihood tests evaluate 65,536 images, and every LMConv layer is im2col-heavy on the CPU
+    "tiny": dict(nr_filters=6, nr_resnet=0, kernel_size=3, dilation=2, dropout=0.0, order="s_curve", num_orders=8,
+                 output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
+    # small: the same budget as pixelcnn_pp small (a few minutes of CPU training on Fashion-MNIST)
+    "small": dict(nr_filters=32, nr_resnet=1, kernel_size=3, dilation=2, dropout=0.0, order="s_curve", num_orders=8,
+                  output={"kind": "logistic_mixture", "nr_mix": 5}, num_classes=0, cond_dim=0),
+    # the released CIFAR-10 command (2.887 bpd with 8 S-curve orders): 160 filters, 5 resnets, 3x3, dropout 0
+    "paper": dict(nr_filters=160, nr_resnet=5, kernel_size=3, dilation=2, dropout=0.0, order="s_curve", num_orders=8,
+                  output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
+})
+class LMConv(ARImageModel):
+    """Args: nr_filters, nr_resnet (per stage), kernel_size (odd), dilation (of the 4 stage-joining convs),
+    dropout, order (base order name), num_orders (K dihedral variants, 1..8), output, num_classes, cond_dim."""
+
+    def __init__(self, image, nr_filters, nr_resnet, kernel_size, dilation, dropout, order, num_orders, output,
+                 num_classes=0, cond_dim=0):
+        super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+        F_, R, C, k = nr_filters, nr_resnet, image.channels, kernel_size
+        self.kernel_size, self.dilation = k, dilation
+        # (K, H*W) pixel orders; plain tensors (derived from the hparams, not saved with the weights)
+        self.orders = dihedral_orders(order, image.height, image.width, num_orders)
+        self._selected = self.orders[0]  # the eval-mode order (set_order)
+        self._drawn: torch.Tensor | None = None  # the order drawn for the current training batch
+        self._pinned = 0  # > 0 inside using_order(): training does not draw
+        self._mask_cache: dict = {}
+        kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
+        # first layer: +1 input channel of ones so that zero padding is told apart from earlier pixels
+        self.init = LocallyMaskedConv2d(C + 1, F_, k)
+        self.up = nn.ModuleList(nn.ModuleList(LMGatedResnet(F_, k, 0, **kw) for _ in range(R)) for _ in range(3))
+        self.down = nn.ModuleList(nn.ModuleList(LMGatedResnet(F_, k, F_, **kw) for _ in range(R if s == 0 else R + 1))
+                                  for s in range(3))
+        # where PixelCNN++ strides down and up: dilated convolutions at full resolution
+        self.dilated_up = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, dilation=dilation) for _ in range(2))
+        self.dilated_down = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, dilation=dilation) for _ in range(2))
+        self.out = nn.Conv2d(F_, self.distribution.num_params, 1)
+
+    # ----- orders ------------------------------------------------------------------------------------------
+    @property
+    def num_orders(self) -> int:
+        return len(self.orders)
+
+    def current_order(self) -> torch.Tensor:
+        """The pixel order in use, flat indices r*W + c, int64 (H*W,)."""
+        if self.training and self._drawn is not None and not self._pinned:
+            return self._drawn
+        return self._selected
+
+    def generation_order(self) -> torch.Tensor:
+        """Sub-pixel flat indices into (C, H, W) in the order in use: pixels in `current_order()`, R, G, B
+        within a pixel. (C*H*W,) int64."""
+        C, H, W = self.image.shape
+        return (self.current_order().view(-1, 1) + torch.arange(C).view(1, C) * (H * W)).reshape(-1)
+
+    def _as_order(self, order) -> torch.Tensor:
+        if isinstance(order, int) and not isinstance(order, bool):
+            if not 0 <= order < self.num_orders:
+                raise ValueError(f"order index must be in [0, {self.num_orders}) (this model has {self.num_orders} "
+                                 f"orders), got {order}")
+            return self.orders[order]
+        return check_order(order, self.image.height, self.image.width)
+
+    def set_order(self, order) -> "LMConv":
+        """Select the eval-mode order: an index into `orders` or any permutation of the H*W pixels."""
+        self._selected = self._as_order(order)
+        return self
+
+    @contextlib.contextmanager
+    def using_order(self, order):
+        """Use `order` (index or permutation) inside the block, in training mode too; restore afterwards."""
+        old = self._selected
+        self._selected = self._as_order(order)
+        self._pinned += 1
+        try:
+            yield self
+        finally:
+            self._pinned -= 1
+            self._selected = old
+
+    def train(self, mode: bool = True):
+        if not mode:
+            self._drawn = None  # eval always uses the selected order
+        return super().train(mode)
+
+    def _masks(self, order: torch.Tensor, device, dtype):
+        """(mask A, mask B, dilated mask B), each (k*k, H*W), for `order`; cached per order."""
+        key = (order.numpy().tobytes(), str(device), dtype)
+        if key not in self._mask_cache:
+            if len(self._mask_cache) >= 64:
+                self._mask_cache.clear()
+            H, W, k = self.image.height, self.image.width, self.kernel_size
+            self._mask_cache[key] = tuple(kernel_masks(order, H, W, k, d, t).to(device=device, dtype=dtype)
+                                          for d, t in ((1, "A"), (1, "B"), (self.dilation, "B")))
+        return self._mask_cache[key]
+
+    # ----- forward -----------------------------------------------------------------------------------------
+    def forward(self, x, cond=None):
+        if self.training and self.num_orders > 1 and not self._pinned:
+            # one order per batch (the paper's training), from the global RNG
+            self._drawn = self.orders[int(torch.randint(self.num_orders, (1,)))]
+        xs = self.scale_input(x)
+        xp = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)  # (B, C+1, H, W)
+        mask_a, mask_b, mask_d = self._masks(self.current_order(), xp.device, xp.dtype)
+        u_list = [self.init(xp, mask_a)]
+        for stage in range(3):
+            for res in self.up[stage]:
+                u_list.append(res(u_list[-1], mask_b, cond=cond))
+            if stage < 2:
+                u_list.append(self.dilated_up[stage](u_list[-1], mask_d))
+        u = u_list.pop()
+        for stage in range(3):
+            for res in self.down[stage]:
+                u = res(u, mask_b, skip=u_list.pop(), cond=cond)
+            if stage < 2:
+                u = self.dilated_down[stage](u, mask_d)
+        assert not u_list
+        return self.out(F.elu(u))
+
+    # ----- likelihood over orders --------------------------------------------------------------------------
+    def _order_list(self, orders) -> list:
+        if isinstance(orders, str):
+            if orders != "all":
+                raise ValueError(f"orders must be 'all', a number of orders, or a list of order indices; got {orders!r}")
+            return list(range(self.num_orders))
+        if isinstance(orders, int) and not isinstance(orders, bool):
+            if not 1 <= orders <= self.num_orders:
+                raise ValueError(f"orders={orders}: this model has {self.num_orders} orders; use 1..{self.num_orders}")
+            return list(range(orders))
+        if isinstance(orders, Sequence) and len(orders) > 0:
+            return list(orders)
+        raise ValueError(f"orders must be 'all', a number of orders, or a list of order indices; got {orders!r}")
+
+    def log_prob_per_order(self, x: torch.Tensor, cond: torch.Tensor | None = None, orders="all") -> torch.Tensor:
+        """log p_k(x) in nats under each order k of `orders` ("all", a count K, or indices/permutations). (B, K)."""
+        out = []
+        for o in self._order_list(orders):
+            with self.using_order(o):
+                out.append(super().log_prob(x, cond))
+        return torch.stack(out, dim=1)
+
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True,
+                 orders=None) -> torch.Tensor:
+        """log p(x | cond) in nats.
+
+        Args:
+            reduce: (B,) when True; (B, C, H, W) per-sub-pixel conditionals under the order in use when False.
+            orders: None: the order in use. "all", a count K, or a list of order indices: the uniform mixture
+                over those orders, log(1/K sum_k p_k(x)) per image (reduce must be True).
+        """
+        if orders is None:
+            return super().log_prob(x, cond, reduce)
+        if not reduce:
+            raise ValueError("per-sub-pixel conditionals exist for one order only: use orders=None with reduce=False")
+        per = self.log_prob_per_order(x, cond, orders)  # (B, K)
+        return torch.logsumexp(per, dim=1) - math.log(per.shape[1])
+
+    # ----- completion --------------------------------------------------------------------------------------
+    def _hidden(self, known: torch.Tensor) -> torch.Tensor:
+        H, W = self.image.height, self.image.width
+        if not isinstance(known, torch.Tensor) or known.dtype != torch.bool or known.shape[-2:] != (H, W) \
+                or known.dim() not in (2, 3):
+            raise ValueError(f"known must be a bool mask (H, W) = ({H}, {W}) or (n, {H}, {W}) of pixels to keep, got "
+                             f"{getattr(known, 'dtype', type(known).__name__)} {tuple(getattr(known, 'shape', ()))}")
+        # pixels known in every image come first; the rest are generated (and kept where known)
+        return ~(known if known.dim() == 2 else known.all(0)).cpu()
+
+    def completion_order(self, known: torch.Tensor) -> torch.Tensor:
+        """A pixel order that generates every hidden pixel (known False) after all known ones: the training
+        order that already puts the hidden pixels latest, with any remaining hidden pixels moved to the end.
+        known: bool (H, W), or (n, H, W) (then pixels known in every image count as known). (H*W,) int64."""
+        hidden = self._hidden(known)
+        scores = [hidden_last_score(o, hidden) for o in self.orders]
+        best = self.orders[scores.index(min(scores))]
+        return move_to_end(best, hidden)
+
+    def conditional_log_prob(self, x: torch.Tensor, known: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x_hidden | x_known) in nats, (B,): the hidden pixels' conditionals under completion_order(known)
+        (all known pixels come first there, so this is exactly the conditional likelihood of the region).
+
+        known: bool (H, W), shared by the batch, True where the pixel is given.
+        """
+        if not isinstance(known, torch.Tensor) or known.dim() != 2:
+            raise ValueError("known must be one bool mask (H, W) for the batch; score images with different masks separately")
+        hidden = self._hidden(known)
+        with self.using_order(self.completion_order(known)):
+            lp = super().log_prob(x, cond, reduce=False)  # (B, C, H, W)
+        return (lp * hidden.to(lp.device, lp.dtype)).flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
+               method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+        """As ARImageModel.sample (method must be "naive"); with `known`, in completion_order(known)."""
+        order = self.current_order()
+        if isinstance(known, torch.Tensor) and known.dtype == torch.bool and known.dim() == 3 \
+                and known.shape[1:] == (self.image.height, self.image.width):
+            order = self.completion_order(known)
+        with self.using_order(order):
+            return super().sample(n, cond=cond, temperature=temperature, generator=generator, method=method,
+                                  x_known=x_known, known=known)

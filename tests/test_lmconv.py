@@ -1,0 +1,243 @@
+"""LMConv (models/lmconv.py): likelihood checks in many orders, order ensembles, training orders, completion,
+conditional likelihood of a hidden region, and the sampler following model.generation_order()."""
+import math
+
+import pytest
+import torch
+
+from pixelar import ImageSpec, create_model
+from pixelar.nn.orders import dihedral_orders, generation_order, hidden_last_score
+from pixelar.sampling.naive import generate, generation_steps
+from likelihood_checks import all_images, causality_violations, conditional_sums, total_probability
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(old)
+
+
+def make(spec, scale=0.3, **kw):
+    torch.manual_seed(1)
+    model = create_model("lmconv", spec, "tiny", **kw).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+class InOrder:
+    """The model seen through another generation order (to show that a wrong order is caught)."""
+
+    def __init__(self, model, order):
+        self.model, self.image, self.order = model, model.image, order
+
+    def generation_order(self):
+        C, HW = self.image.channels, self.image.height * self.image.width
+        return (self.order.view(-1, 1) + torch.arange(C).view(1, C) * HW).reshape(-1)
+
+    def log_prob(self, *a, **kw):
+        return self.model.log_prob(*a, **kw)
+
+
+ORDER_CASES = [("s_curve", k) for k in range(8)] + [("raster", 5), ("hilbert", 2), ("gilbert", 7)]
+
+
+@pytest.mark.parametrize("spec", [ImageSpec(1, 4, 4, 2), ImageSpec(3, 4, 4, 4)], ids=str)
+def test_conditionals_normalized_and_causal_in_every_order(spec):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, spec.num_values, (1, *spec.shape), generator=g)
+    for base, k in ORDER_CASES:
+        model = make(spec, order=base, nr_resnet=1)  # with up-pass resnets too (tiny has none)
+        model.set_order(k)
+        assert torch.equal(model.current_order(), generation_order(base, 4, 4, k))
+        sums = conditional_sums(model, x)
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-9), (base, k)
+        violations, later = causality_violations(model, x)  # along model.generation_order()
+        assert violations == [] and later > 0, (base, k, violations[:5])
+    # a custom permutation, and the check fails along an order that is not the one in use
+    perm = torch.randperm(16, generator=g)
+    model.set_order(perm)
+    assert causality_violations(model, x)[0] == []
+    assert causality_violations(InOrder(model, generation_order("s_curve", 4, 4)), x)[0], \
+        "generation_order() must be the order in use: another order has to show violations"
+
+
+def test_every_order_and_the_ensemble_sum_to_one():
+    spec = ImageSpec(1, 3, 2, 3)  # 729 images
+    model = make(spec, nr_resnet=1)
+    for k in (0, 3, 6):
+        model.set_order(k)
+        # 1e-6: the logistic mixture's fallback for bins under 1e-5 is not exactly normalized
+        assert abs(total_probability(model, spec) - 1.0) < 1e-6, k
+    xs = all_images(spec)
+    with torch.no_grad():
+        total = torch.logsumexp(model.log_prob(xs, orders="all"), 0).exp().item()
+    assert abs(total - 1.0) < 1e-6
+
+
+def test_ensemble_log_prob_is_a_mixture():
+    spec = ImageSpec(3, 5, 4, 16)
+    model = make(spec, scale=0.5)
+    x = torch.randint(0, 16, (4, *spec.shape))
+    with torch.no_grad():
+        per = model.log_prob_per_order(x)  # (B, K)
+        ens = model.log_prob(x, orders="all")
+        two = model.log_prob(x, orders=[1, 4])
+        single = model.log_prob(x)
+    K = model.num_orders
+    assert per.shape == (4, K) and K == 8
+    torch.testing.assert_close(ens, torch.logsumexp(per, 1) - math.log(K))
+    assert torch.all(ens >= per.max(1).values - math.log(K) - 1e-9)  # never below the best order minus log K
+    assert torch.all(ens <= per.max(1).values + 1e-9)
+    assert torch.all(ens >= per.mean(1) - 1e-9)  # Jensen: at least the average log-likelihood
+    assert not torch.allclose(per[:, 0], per[:, 1])  # the orders really differ
+    torch.testing.assert_close(two, torch.logsumexp(per[:, [1, 4]], 1) - math.log(2))
+    torch.testing.assert_close(single, per[:, 0])  # eval mode: the selected order (variant 0)
+    with pytest.raises(ValueError, match="one order"):
+        model.log_prob(x, reduce=False, orders="all")
+    with pytest.raises(ValueError, match="1..8"):
+        model.log_prob(x, orders=9)
+
+
+def test_training_draws_an_order_per_batch_and_eval_uses_the_selected_one():
+    spec = ImageSpec(1, 4, 4, 4)
+    model = make(spec).train()
+    x = torch.randint(0, 4, (2, *spec.shape))
+    orders = dihedral_orders("s_curve", 4, 4)
+    drawn = set()
+    torch.manual_seed(5)
+    for _ in range(12):
+        lp = model.log_prob(x)
+        o = model.current_order()
+        k = [torch.equal(o, orders[i]) for i in range(8)].index(True)
+        drawn.add(k)
+        with model.using_order(k):  # the batch's log-prob is that order's (dropout is 0)
+            torch.testing.assert_close(lp, model.log_prob(x))
+    assert len(drawn) >= 4
+    torch.manual_seed(5)  # the draws come from the global RNG: a resumed run draws the same orders
+    again = []
+    for _ in range(12):
+        model.log_prob(x)
+        again.append(model.current_order())
+    model.eval()
+    assert torch.equal(model.current_order(), orders[0])
+    one = create_model("lmconv", spec, num_orders=1).train()  # K = 1: always the base order
+    one.log_prob(x)
+    assert torch.equal(one.current_order(), orders[0])
+
+
+def test_sampler_follows_the_generation_order():
+    spec = ImageSpec(3, 4, 3, 8)
+    model = make(spec).set_order(6)
+    x = torch.zeros(2, *spec.shape, dtype=torch.long)
+    seen = []
+
+    def params_at(i, j):
+        seen.append(i * spec.width + j)
+        return model(x)[:, :, i, j]
+
+    generate(model, x, params_at, 1.0, torch.Generator().manual_seed(0), None)
+    assert seen == model.current_order().tolist()
+    # the raster models keep the raster loop: pixel by pixel, channels R, G, B within a pixel
+    pixelcnn = create_model("pixelcnn", spec)
+    assert generation_steps(pixelcnn) == [(i, j, [0, 1, 2]) for i in range(4) for j in range(3)]
+
+
+def test_naive_sampling_in_an_order_is_reproducible_and_cached_says_naive():
+    spec = ImageSpec(1, 4, 4, 4)
+    model = make(spec).set_order(3)
+    a = model.sample(2, generator=torch.Generator().manual_seed(0), method="naive")
+    b = model.sample(2, generator=torch.Generator().manual_seed(0), method="naive")
+    assert torch.equal(a, b) and a.shape == (2, *spec.shape)
+    with pytest.raises(NotImplementedError, match="naive"):
+        model.sample(1)
+
+
+def test_completion_order_puts_hidden_pixels_last_and_completion_keeps_the_rest():
+    spec = ImageSpec(3, 6, 5, 8)
+    model = make(spec)
+    keep_bottom = torch.zeros(6, 5, dtype=torch.bool)
+    keep_bottom[3:] = True  # the top is hidden: the row-reflected S-curve already generates it last
+    assert torch.equal(model.completion_order(keep_bottom), generation_order("s_curve", 6, 5, 1))
+    assert torch.equal(model.completion_order(~keep_bottom), generation_order("s_curve", 6, 5, 0))
+    g = torch.Generator().manual_seed(2)
+    known = torch.rand(6, 5, generator=g) < 0.5  # an arbitrary region
+    order = model.completion_order(known)
+    assert hidden_last_score(order, ~known) == 0
+    x = torch.randint(0, 8, spec.shape, generator=g)
+    out = model.sample(3, x_known=x.expand(3, -1, -1, -1), known=known.expand(3, -1, -1),
+                       generator=g, method="naive")
+    assert torch.equal(out[:, :, known], x[:, known].expand(3, -1, -1))
+    assert torch.equal(model.current_order(), model.orders[0])  # the completion order was temporary
+
+
+def test_conditional_likelihood_of_a_region_by_brute_force():
+    """log p(x_hidden | x_visible) + log p(x_visible) = log p(x) under the completion order, where p(x_visible)
+    sums p over every value of the hidden pixels; and the conditional sums to one over those values."""
+    spec = ImageSpec(1, 4, 4, 2)
+    model = make(spec, scale=0.5)
+    known = torch.ones(4, 4, dtype=torch.bool)
+    known[1, 1] = known[2, 2] = known[0, 3] = known[3, 0] = known[2, 1] = False  # 5 hidden pixels
+    x = torch.randint(0, 2, (1, *spec.shape), generator=torch.Generator().manual_seed(4))
+    hidden_vals = all_images(ImageSpec(1, 1, 5, 2)).view(32, 5)
+    xs = x.repeat(32, 1, 1, 1)
+    xs[:, 0][:, ~known] = hidden_vals
+    with torch.no_grad():
+        cond = model.conditional_log_prob(xs, known)  # (32,)
+        with model.using_order(model.completion_order(known)):
+            joint = model.log_prob(xs)  # (32,)
+    log_p_visible = torch.logsumexp(joint, 0)
+    torch.testing.assert_close(cond + log_p_visible, joint)
+    assert abs(torch.logsumexp(cond, 0).exp().item() - 1.0) < 1e-9
+    # the conditional is not the joint restricted to hidden pixels under the default order
+    with torch.no_grad():
+        default = model.log_prob(xs, reduce=False)[:, 0][:, ~known].sum(1)
+    assert not torch.allclose(default, cond)
+
+
+def test_bad_order_arguments():
+    spec = ImageSpec(1, 4, 6, 4)
+    model = create_model("lmconv", spec)
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        model.set_order(8)
+    with pytest.raises(ValueError, match="exactly once"):
+        model.set_order(torch.zeros(24, dtype=torch.long))
+    with pytest.raises(ValueError, match="gilbert"):
+        create_model("lmconv", spec, order="hilbert")
+    with pytest.raises(ValueError, match="bool mask"):
+        model.completion_order(torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="'all'"):
+        model.log_prob(torch.zeros(1, 1, 4, 6, dtype=torch.long), orders="best")
+
+
+def test_paper_size_parameter_count():
+    with torch.device("meta"):
+        n = create_model("lmconv", ImageSpec(3, 32, 32, 256), "paper").num_parameters()
+    assert abs(n - 46.1e6) / 46.1e6 < 0.01, n  # about 46.1M for the released CIFAR-10 model (papers.md)
+
+
+def test_evaluate_reports_the_order_ensemble_and_the_single_order_beside_it():
+    from pixelar.data import ImageDataset
+    from pixelar.evaluation import evaluate
+
+    torch.set_default_dtype(torch.float32)
+    spec = ImageSpec(1, 4, 4, 16)
+    model = make(spec)
+    images = torch.randint(0, 16, (5, *spec.shape), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    ds = ImageDataset(images, None, spec, None, "random", split="test")
+    res = evaluate(model, ds, batch_size=2)
+    x = images.long()
+    with torch.no_grad():
+        ens = model.log_prob(x, orders="all")
+        single = model.log_prob(x)
+    scale = 5 * spec.dims * math.log(2)
+    assert res["num_orders"] == 8 and len(res["bpd_per_order"]) == 8
+    assert res["bpd"] == pytest.approx(-ens.double().sum().item() / scale, rel=1e-5)
+    assert res["bpd_single_order"] == pytest.approx(-single.double().sum().item() / scale, rel=1e-5)
+    assert res["bpd"] <= min(res["bpd_per_order"]) + math.log(8) / (spec.dims * math.log(2)) + 1e-6
+    one = evaluate(create_model("lmconv", spec, num_orders=1), ds)
+    assert "num_orders" not in one
