@@ -53,6 +53,8 @@ def _sync(device: str) -> None:
 def run_one(spec: dict) -> dict:
     """One configuration in this process: {model, size, image [C,H,W], batch, mode, reps, overrides, device}."""
     device = spec["device"]
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     image = ImageSpec(*spec["image"])
     model = pixelar.create_model(spec["model"], image, spec["size"], **spec.get("overrides", {})).to(device).train()
@@ -119,6 +121,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, fp32 and bf16, one timed repetition")
     ap.add_argument("--no-reference", action="store_true", help="skip the 64-filter 28x28x1 reference configuration")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--reps-paper", type=int, default=None, help="timed repetitions for paper sizes (default --reps)")
+    ap.add_argument("--compiled-configs", default="pixelcnn_pp", help="comma-separated models that run the "
+                    "compiled modes (compiling takes minutes per model on a CPU); 'all' for every model")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--readme", action="store_true", help="write the table into README.md")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration given as JSON
@@ -128,12 +134,18 @@ def main():
         return
     if args.quick:
         args.sizes, args.modes, args.reps = ["small"], ["fp32", "bf16"], 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     peak = {"fp32": matmul_peak(torch.float32, args.device), "bf16": matmul_peak(torch.bfloat16, args.device)}
     print(f"matmul peak: fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s", flush=True)
     rows = []
     for label, spec in configs(args):
         for mode in args.modes:
-            one = dict(spec, mode=mode, reps=args.reps, device=args.device)
+            if mode.startswith("compiled") and args.compiled_configs != "all" and (
+                    spec["model"] not in args.compiled_configs.split(",") or spec["size"] == "paper"):
+                continue  # compile only where asked: minutes per model on a CPU (paper sizes: tens of minutes)
+            reps = args.reps_paper if spec["size"] == "paper" and args.reps_paper else args.reps
+            one = dict(spec, mode=mode, reps=reps, device=args.device, threads=args.threads)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
