@@ -11,7 +11,10 @@ hidden region's conditional bits/dim.
     python benchmarks/aux_lmconv_quality.py --steps 1000 [--dataset cifar10] [--readme]
 
 Rows for the grayscale and pyramid PixelCNN (Kolesnikov & Lampert) are added automatically once models named
-`grayscale_pixelcnn` / `pyramid_pixelcnn` are registered.
+`grayscale_pixelcnn` / `pyramid_pixelcnn` are registered. For models with auxiliary variables the "parts"
+column splits the bits/dim (grayscale: grey image + image given grey; pyramid: each level's new pixels), and
+for every model but LMConv the time to draw --sample-n images is measured (the cached sampler where the model
+or its first stage has one, else the naive one; one thread per process is not forced, so run on quiet cores).
 """
 from __future__ import annotations
 
@@ -47,11 +50,13 @@ def main():
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--size", default="small")
     ap.add_argument("--test-subset", type=int, default=None)
+    ap.add_argument("--sample-n", type=int, default=None, help="images drawn for the sampling time (default 16; 4 with --quick)")
     ap.add_argument("--out", default="benchmarks/out", help="where centre_hole.png goes")
     ap.add_argument("--readme", action="store_true", help="write the table into README.md")
     args = ap.parse_args()
     steps = 50 if args.quick else args.steps
     test_subset = 500 if args.quick and args.test_subset is None else args.test_subset
+    sample_n = args.sample_n or (4 if args.quick else 16)
     base = TrainConfig(dataset=args.dataset, size=args.size, max_steps=steps, test_subset=test_subset, sample_n=0)
     rows, lmconv8 = [], None
     tmp = tempfile.TemporaryDirectory()
@@ -66,14 +71,17 @@ def main():
         res = evaluate(model, test, batch_size=100, subset=test_subset)
         single = f"{res['bpd_single_order']:.3f}" if "num_orders" in res else "-"
         label = f"{name} {args.size}" + (f", {overrides['num_orders']} order(s)" if "num_orders" in overrides else "")
+        parts = " + ".join(f"{k} {v:.3f}" for k, v in res["bpd_parts"].items()) if "bpd_parts" in res else "-"
+        sampling = "-" if name == "lmconv" else sampling_time(model, sample_n)
         rows.append(f"| {label} | {model.num_parameters() / 1e6:.2f}M | {steps} | {wall / 60:.1f} min | "
-                    f"{res['bpd']:.3f} | {single} |")
+                    f"{res['bpd']:.3f} | {single} | {parts} | {sampling} |")
         print(rows[-1], flush=True)
         if name == "lmconv" and overrides.get("num_orders") == 8:
             lmconv8 = model
     n_test = test_subset or "all"
     table = "\n".join([f"| model | params | steps (batch 32) | wall time (train + eval) | test bits/dim ({n_test} images) "
-                       "| single order |", "|---|---|---|---|---|---|", *rows])
+                       f"| single order | parts (bits/dim) | sampling {sample_n} images |", "|---|---|---|---|---|---|---|---|",
+                        *rows])
     print(table)
     if lmconv8 is not None:
         inpaint(lmconv8, args.dataset, Path(args.out))
@@ -82,6 +90,19 @@ def main():
 
         write_table("aux-lmconv", table)
     tmp.cleanup()
+
+
+def sampling_time(model, n: int) -> str:
+    """Wall time of drawing n images: the cached sampler where the model (or, for the grayscale PixelCNN, its
+    grey stage) has one, else the naive reference."""
+    for method in ("cached", "naive"):
+        t = time.perf_counter()
+        try:
+            model.sample(n, cond=None, generator=torch.Generator().manual_seed(0), method=method)
+        except NotImplementedError:
+            continue
+        return f"{time.perf_counter() - t:.1f} s ({method})"
+    return "-"
 
 
 def inpaint(model, dataset: str, out: Path, n_images: int = 4, n: int = 4) -> None:

@@ -52,8 +52,11 @@ def causality_violations(model, x, cond=None) -> tuple[list, int]:
         d = order[t]
         xs[t + 1, d] = (flat[0, d] + 1) % K
     c = None if cond is None else cond.expand(D + 1, *cond.shape[1:])
+    # one image per call: vectorized kernels (e.g. F.elu) may round the tail of a batch differently from the
+    # rest, so the same image could score a last-bit differently at another batch position
     with torch.no_grad():
-        lp = model.log_prob(xs.view(-1, *spec.shape), c, reduce=False).reshape(D + 1, D)
+        lp = torch.cat([model.log_prob(xs[k : k + 1].view(1, *spec.shape), None if c is None else c[k : k + 1],
+                                       reduce=False).reshape(1, D) for k in range(D + 1)])
     violations, later_changes = [], 0
     for t in range(D):
         before, after = order[:t], order[t + 1 :]

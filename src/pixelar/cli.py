@@ -89,6 +89,9 @@ def cmd_eval(args) -> int:
     else:
         print(f"{dataset} {args.split}: {res['bpd']:.4f} bits/dim ({res['nats_per_image']:.2f} nats/image, "
               f"{res['num_images']} images)")
+        if "bpd_parts" in res:  # models with auxiliary variables: their parts, in bits/dim of the image
+            print("  parts: " + " + ".join(f"{k} {v:.4f}" for k, v in res["bpd_parts"].items())
+                  + f" = {res['bpd']:.4f} bits/dim")
         if "num_orders" in res:
             print(f"  mixture over {res['num_orders']} generation orders; single order: "
                   f"{res['bpd_single_order']:.4f} bits/dim")

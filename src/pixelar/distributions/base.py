@@ -48,6 +48,17 @@ class OutputDistribution(nn.Module):
         """
         raise NotImplementedError
 
+    def interval_log_prob(self, params: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Per-sub-pixel conditionals restricted to an interval of values, renormalized there:
+        log p(x_d | x_<d, lo_d <= x_d <= hi_d) in nats, (B, C, H, W).
+
+        lo, hi: int64 (B, C, H, W) with 0 <= lo <= hi < num_values; the interval of channel c may depend on
+        the earlier channels of the same pixel (they are teacher-forced from x, as in `log_prob`); a value
+        outside its interval gets -inf. Used by
+        models whose auxiliary variable rules values out (the grayscale PixelCNN's p(x | y)).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no interval_log_prob")
+
     def config(self) -> dict:
         """JSON-serializable constructor arguments (the distribution owns its hyperparameters)."""
         return {}

@@ -23,6 +23,11 @@ class Bernoulli(OutputDistribution):
         # log sigmoid(l) for x=1, log sigmoid(-l) for x=0
         return -F.softplus(torch.where(x.bool(), -logits, logits))
 
+    def interval_log_prob(self, params, x, lo, hi):
+        # an interval of {0, 1} is either both values (the plain conditional) or one value (probability 1)
+        point = torch.where(x == lo, 0.0, float("-inf")).to(upcast(params).dtype)
+        return torch.where(lo == hi, point, self.log_prob(params, x))
+
     def sample(self, params, temperature=1.0, generator=None, channel=None):
         t = check_temperature(temperature)
         if channel is None:

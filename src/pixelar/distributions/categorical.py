@@ -44,6 +44,13 @@ class Categorical(OutputDistribution):
         logits = self._logits(params, x)
         return F.log_softmax(logits, dim=-1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
 
+    def interval_log_prob(self, params, x, lo, hi):
+        logits = self._logits(params, x)  # (B, C, H, W, K), coupled to the true earlier channels
+        v = torch.arange(logits.shape[-1], device=logits.device)
+        outside = (v < lo.unsqueeze(-1)) | (v > hi.unsqueeze(-1))
+        logits = logits.masked_fill(outside, float("-inf"))
+        return F.log_softmax(logits, dim=-1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+
     def sample(self, params, temperature=1.0, generator=None, channel=None):
         t = check_temperature(temperature)
         B = params.shape[0]

@@ -94,6 +94,33 @@ class DiscretizedLogisticMixture(OutputDistribution):
         prefix = torch.logsumexp(log_mix.unsqueeze(1) + lp.cumsum(dim=1), dim=2)  # (B, C, H, W)
         return torch.cat([prefix[:, :1], prefix[:, 1:] - prefix[:, :-1]], dim=1)
 
+    def _interval_log_mass(self, lo, hi, means, log_scales) -> torch.Tensor:
+        """log of each logistic's mass on the bins lo..hi (the end bins reach -inf / +inf), computed as
+        log(sigma(a) - sigma(b)) = log sigma(a) + log(1 - sigma(b)) + log(1 - e^(b - a)): stable in both tails,
+        so no small-mass fallback is needed. lo, hi int (B, C, 1, ...); -> (B, C, M, ...)."""
+        K = self.image.num_values
+        inv_s = torch.exp(-log_scales)
+        inf = torch.tensor(float("inf"), dtype=means.dtype, device=means.device)
+        a = torch.where(hi == K - 1, inf, inv_s * (self._to_unit(hi, means.dtype) + self.half_width - means))
+        b = torch.where(lo == 0, -inf, inv_s * (self._to_unit(lo, means.dtype) - self.half_width - means))
+        # b < a always; the clamp only keeps a vanishing difference (huge scales) away from log(0)
+        return -F.softplus(-a) - F.softplus(b) + torch.log(-torch.expm1((b - a).clamp(max=-1e-12)))
+
+    def interval_log_prob(self, params, x, lo, hi):
+        """Truncated conditionals of the RGB-coupled mixture. With L_mc the mass of x_c's bin and Z_mc the mass of
+        [lo_c, hi_c] under component m (means coupled to the true earlier channels):
+        p(x_c | x_<c, interval) = sum_m pi_m prod_{c'<c} L_mc' L_mc / sum_m pi_m prod_{c'<c} L_mc' Z_mc.
+        A bin and a one-bin interval use the same formula, so a forced value gets probability exactly 1."""
+        logits, means, log_scales, coeffs = self._split(params)  # (B,M,H,W), (B,C,M,H,W) ...
+        x5 = x.unsqueeze(2)  # (B, C, 1, H, W)
+        means = self._coupled_means(means, coeffs, self._to_unit(x5, means.dtype))
+        l_bin = self._interval_log_mass(x5, x5, means, log_scales)  # (B, C, M, H, W)
+        l_int = self._interval_log_mass(lo.unsqueeze(2), hi.unsqueeze(2), means, log_scales)
+        log_mix = F.log_softmax(logits, dim=1).unsqueeze(1)  # (B, 1, M, H, W)
+        earlier = torch.cat([torch.zeros_like(l_bin[:, :1]), l_bin[:, :-1].cumsum(dim=1)], dim=1)  # prod_{c'<c}
+        lp = torch.logsumexp(log_mix + earlier + l_bin, dim=2) - torch.logsumexp(log_mix + earlier + l_int, dim=2)
+        return lp.masked_fill((x < lo) | (x > hi), float("-inf"))  # values outside the interval: probability 0
+
     def sample(self, params, temperature=1.0, generator=None, channel=None):
         """params (B, P) -> (B, C). The component is drawn by Gumbel-max on logits / T, each channel by a
         logistic draw with scale * T, binned to the nearest value; later channels couple to the binned

@@ -36,6 +36,9 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     likelihood; averaging log-likelihoods or picking the best order per image would not be), and the result
     also has "bpd_single_order" (order 0, the one `log_prob` uses in eval mode), "bpd_per_order" and
     "num_orders".
+
+    Models with auxiliary variables (`log_prob_parts`, e.g. grayscale_pixelcnn: log p(y) and log p(x | y))
+    also get "bpd_parts": {part: bits per sub-pixel of the image}, which add up to "bpd".
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -57,6 +60,8 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
     total = torch.zeros((), dtype=torch.float64)
     per_order = torch.zeros(K, dtype=torch.float64)
+    parts_fn = getattr(model, "log_prob_parts", None) if K == 1 else None
+    parts: dict[str, float] = {}
     try:
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=generator):
             cond = y.to(device) if model.num_classes else None
@@ -65,6 +70,11 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
                     per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats
                     lp = torch.logsumexp(per, dim=1) - math.log(K)  # (B,) the mixture over orders
                     per_order += -per.sum(0).cpu()
+                elif callable(parts_fn):
+                    named = parts_fn(x.to(device), cond)  # {part: (B,) nats}, summing to log p(x)
+                    for name, v in named.items():
+                        parts[name] = parts.get(name, 0.0) - v.double().sum().item()
+                    lp = sum(named.values())
                 else:
                     lp = model.log_prob(x.to(device), cond)  # (B,) nats
             total += -lp.double().sum().cpu()
@@ -73,6 +83,8 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     n, nats = len(ds), total.item()
     scale = n * model.image.dims * math.log(2)
     res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}
+    if parts:
+        res["bpd_parts"] = {name: v / scale for name, v in parts.items()}
     if K > 1:
         res.update(num_orders=K, bpd_single_order=per_order[0].item() / scale,
                    bpd_per_order=[v / scale for v in per_order.tolist()])

@@ -1,5 +1,5 @@
 """Model families. Importing this package registers every model."""
-from . import gated_pixelcnn, lmconv, pixelcnn, pixelcnn_pp  # noqa: F401  (registration on import)
+from . import aux_pixelcnn, gated_pixelcnn, lmconv, pixelcnn, pixelcnn_pp  # noqa: F401  (registration on import)
 from .base import ARImageModel
 from .compiled import compile_available, compiled_log_prob
 from .persistence import load_model

@@ -32,6 +32,9 @@ class ARImageModel(nn.Module):
     """
 
     name: str = ""  # registry name, set by the registry
+    # False for models whose likelihood is no product of per-sub-pixel conditionals of x (e.g. p(y) p(x | y) with
+    # y = f(x)): their log_prob(reduce=False) and generation_order() raise NotImplementedError
+    factorizes: bool = True
 
     def __init__(self, image: ImageSpec, hparams: dict, output: dict, grouped: bool, num_classes: int = 0, cond_dim: int = 0):
         super().__init__()
