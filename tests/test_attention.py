@@ -90,21 +90,23 @@ def test_pattern_mask_matches_the_set_definition(case):
         assert pattern.keys_for(t).tolist() == ref[t].nonzero().flatten().tolist(), t
 
 
+@pytest.mark.parametrize("method", ["blocks", "dense", "auto"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_attend_equals_dense_reference(case):
+def test_attend_equals_dense_reference(case, method):
     pattern, kw = build(case)
     g = torch.Generator().manual_seed(0)
     B, h, N = 2, 3, kw["N"]
     q, k = (torch.randn(B, h, N, 4, generator=g) for _ in range(2))
     v = torch.randn(B, h, N, 5, generator=g)
     ref = reference_attend(q, k, v, reference_mask(**kw))
-    torch.testing.assert_close(attend(q, k, v, pattern), ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(attend(q, k, v, pattern, method), ref, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_no_position_is_influenced_by_a_later_one_and_gradients_are_finite(case):
     """Perturb the input at each position t: outputs before t stay bitwise equal; later ones may change."""
     pattern, kw = build(case)
+    pattern.block_work = 0  # "auto" takes the block-sparse path (the dense path is checked above)
     torch.manual_seed(0)
     N = kw["N"]
     layer = CausalSelfAttention(8, 2, 4, 6, pattern)
@@ -129,6 +131,7 @@ def test_a_leaking_mask_is_caught():
     part = pattern.parts[0]  # the band: block 1 holds queries 5..9 and keys 0..9
     assert part.q_idx[1, 0] == 5 and part.kv_idx[1, 8] == 8
     part.mask[1, 0, 8] = True  # query 5 reads key 8, a later position
+    pattern.block_work = 0  # block-sparse path
     assert not torch.equal(pattern.dense_mask(), reference_mask(**kw))
     assert pattern.dense_mask().triu(1).any()
     torch.manual_seed(0)

@@ -115,6 +115,9 @@ class AttentionPattern:
         self.parts: list[BlockPart] = [] if self.kind == "dense" else self._compile(coords, query_shape, flange)
         # positions with no key at all (strict patterns: at least position 0) get a zero output
         self.empty = self._key_counts() == 0
+        # query-key pairs the block tables evaluate; short sequences are cheaper with one dense masked call
+        self.block_work = sum(p.mask.numel() for p in self.parts) if self.parts else N * N
+        self._masks: dict = {}
 
     # ----- compile ----------------------------------------------------------------------------------------
     def _compile(self, coords, query_shape, flange) -> list[BlockPart]:
@@ -182,6 +185,13 @@ class AttentionPattern:
             m[q[p.mask], k[p.mask]] = True
         return m[:N, :N]
 
+    def sdpa_mask(self, device) -> torch.Tensor:
+        """dense_mask() for scaled_dot_product_attention: rows without keys read themselves (zeroed later)."""
+        key = str(device)
+        if key not in self._masks:
+            self._masks[key] = (self.dense_mask() | torch.diag(self.empty)).to(device)
+        return self._masks[key]
+
     def _key_counts(self) -> torch.Tensor:
         N = self.length
         if self.kind == "dense":
@@ -245,23 +255,27 @@ def _blocks_with_lse(q, k, v, part: BlockPart, scale: float):
     return _scatter_back(out, part.q_idx, N), _scatter_back(lse.unsqueeze(-1), part.q_idx, N).squeeze(-1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
+           method: str = "auto") -> torch.Tensor:
     """Causal attention of q (B, h, N, dk) over k (B, h, N, dk), v (B, h, N, dv) -> (B, h, N, dv).
 
     Positions are in generation order; `pattern` decides which earlier positions each one reads.
+    method: "blocks" (block-sparse tables), "dense" (one scaled_dot_product_attention call with the
+    pattern's (N, N) mask) or "auto": dense when the blocks would evaluate more than half of the N^2 pairs
+    (short sequences), else blocks. All give the same result up to rounding.
     """
     B, h, N, dk = q.shape
     if N != pattern.length:
         raise ValueError(f"sequence length {N} does not match the attention pattern's length {pattern.length}")
+    if method not in ("auto", "blocks", "dense"):
+        raise ValueError(f"method must be 'auto', 'blocks' or 'dense', got {method!r}")
     scale = 1.0 / math.sqrt(dk)
     empty = pattern.empty.to(q.device)
-    if pattern.kind == "dense":
-        if not pattern.strict:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        mask = _causal(torch.arange(N, device=q.device)[:, None], torch.arange(N, device=q.device)[None], True)
-        mask = mask | torch.diag(empty)  # rows with no key attend to themselves; zeroed below
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return out * (~empty).to(out.dtype)[:, None]
+    if pattern.kind == "dense" and not pattern.strict:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if pattern.kind == "dense" or method == "dense" or (method == "auto" and 2 * pattern.block_work > N * N):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.sdpa_mask(q.device))
+        return out * (~empty).to(out.dtype)[:, None] if bool(empty.any()) else out
     parts = pattern.parts
     if len(parts) == 1 and not bool(empty.any()):
         p = parts[0]
