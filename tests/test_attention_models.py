@@ -113,3 +113,28 @@ def test_paper_sizes(name, paper):
     with torch.device("meta"):  # shapes only: no memory, no init time
         n = create_model(name, ImageSpec(3, 32, 32, 256), "paper").num_parameters()
     assert abs(n - paper) / paper < 0.06, n
+
+
+@pytest.mark.parametrize("name,kw", [("pixelsnail", {}), ("pixelsnail", {"num_classes": 3}),
+                                     ("sparse_transformer", {}), ("image_transformer", {}),
+                                     ("image_transformer_dmol", {"attention": "local_2d"})])
+def test_cached_steps_equal_the_full_forward(name, kw):
+    """float64: every step's parameters from the cache equal forward(x) at that pixel, the current x
+    holding the pixels drawn so far (and zeros after them), as the samplers fill it."""
+    spec = ImageSpec(3, 5, 4, 4)
+    model = make(name, spec, **kw)
+    g = torch.Generator().manual_seed(0)
+    final = torch.randint(0, 4, (2, *spec.shape), generator=g)
+    cond = cond_for(kw, 2)
+    x = torch.zeros_like(final)
+    state = model.begin_cache(x, cond)
+    joint = model.distribution.joint
+    from pixelar.sampling.naive import pixel_order
+    for i, j in pixel_order(model):
+        for c in range(1 if joint else spec.channels):
+            ref = model(x, cond)[:, :, i, j]
+            torch.testing.assert_close(state.params_at(i, j), ref, atol=1e-11, rtol=1e-9)
+            if joint:
+                x[:, :, i, j] = final[:, :, i, j]
+            else:
+                x[:, c, i, j] = final[:, c, i, j]

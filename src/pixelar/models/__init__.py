@@ -1,6 +1,6 @@
 """Model families. Importing this package registers every model."""
 from . import gated_pixelcnn, pixelcnn, pixelcnn_pp  # noqa: F401  (registration on import)
-from . import image_transformer, sparse_transformer  # noqa: F401  (attention models)
+from . import image_transformer, pixelsnail, sparse_transformer  # noqa: F401  (attention models)
 from .base import ARImageModel
 from .persistence import load_model
 from .registry import SIZES, create_model, list_models, preset
