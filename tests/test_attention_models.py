@@ -138,3 +138,12 @@ def test_cached_steps_equal_the_full_forward(name, kw):
                 x[:, :, i, j] = final[:, :, i, j]
             else:
                 x[:, c, i, j] = final[:, c, i, j]
+
+
+@pytest.mark.parametrize("name", ["sparse_transformer", "image_transformer", "image_transformer_dmol", "pixelsnail"])
+def test_moves_between_dtypes_and_devices(name):
+    """nn.Module.to / .float() reach every submodule (a block method named _apply once broke this)."""
+    spec = ImageSpec(3, 4, 4, 4)
+    model = create_model(name, spec).to("cpu").float()
+    x = torch.randint(0, 4, (2, *spec.shape))
+    assert model.log_prob(x).dtype == torch.float32

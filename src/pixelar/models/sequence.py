@@ -51,12 +51,12 @@ class TransformerBlock(nn.Module):
         return self.ff2(self.act(self.ff1(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, N, d)
-        return self._apply(x, self.attn)
+        return self._residual(x, self.attn)
 
     def step(self, x: torch.Tensor, t: int, cache: dict) -> torch.Tensor:  # (B, 1, d), position t
-        return self._apply(x, lambda h: self.attn.step(h, t, cache))
+        return self._residual(x, lambda h: self.attn.step(h, t, cache))
 
-    def _apply(self, x, attn):
+    def _residual(self, x, attn):
         if self.norm == "pre":
             x = x + self.drop(attn(self.ln1(x)))
             return x + self.drop(self._ff(self.ln2(x)))

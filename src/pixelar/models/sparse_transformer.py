@@ -41,7 +41,8 @@ class SparseTransformer(SequenceTransformer):
         ff_dim: feed-forward width (the paper: half of the usual 4 * d_model).
         attention: pattern names cycled over the layers (see the module doc).
         stride: l of the strided / fixed patterns; 0 = one image row of sub-pixels (W * C).
-        summary: c, summary positions per block of the fixed pattern; 0 = max(1, l // 8).
+        summary: c, summary positions per block of the fixed pattern; 0 = min(8, l) (the paper: c = 8 to 32,
+            fixed, so that the summaries grow like N / l * c = O(sqrt(N)) per position).
         dropout, checkpoint, output, num_classes, cond_dim.
     """
 
@@ -59,7 +60,7 @@ class SparseTransformer(SequenceTransformer):
         C, H, W = image.shape
         N = C * H * W
         l = int(stride) or W * C
-        c = int(summary) or max(1, l // 8)
+        c = int(summary) or min(8, l)
         shared = {}  # one pattern object per distinct name: the tables are built once
         patterns = []
         for k in range(n_layer):
