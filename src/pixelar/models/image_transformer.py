@@ -23,6 +23,8 @@ rows and half for columns); class labels are an embedding added at every positio
 """
 from __future__ import annotations
 
+import torch
+
 from ..nn.attention import AttentionPattern
 from ..types import ImageSpec
 from .registry import register_model
@@ -55,6 +57,14 @@ class _ImageTransformer(SequenceTransformer):
                  query_shape, memory_flange, dropout, checkpoint, output, num_classes=0, cond_dim=0):
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {list(ATTENTIONS)}, got {attention!r}")
+        with torch.device("cpu"):  # orders and pattern tables are index data (also under a meta default device)
+            order, pattern = self._order_and_pattern(image, attention, block_length, query_shape, memory_flange)
+        super().__init__(image, output, unit=self.unit, unit_order=order, patterns=[pattern] * n_layer,
+                         d_model=d_model, n_head=n_head, qk_dim=int(qk_dim) or d_model, v_dim=int(v_dim) or d_model,
+                         ff_dim=ff_dim, dropout=dropout, norm="post", activation="relu", checkpoint=checkpoint,
+                         num_classes=num_classes, cond_dim=cond_dim)
+
+    def _order_and_pattern(self, image, attention, block_length, query_shape, memory_flange):
         unit = self.unit
         C = image.channels if unit == "subpixel" else 1
         N = C * image.height * image.width
@@ -73,10 +83,7 @@ class _ImageTransformer(SequenceTransformer):
             if attention == "local_1d" and int(block_length) < 1:
                 raise ValueError(f"block_length must be >= 1, got {block_length}")
             pattern = AttentionPattern(attention, N, stride=int(block_length) if attention == "local_1d" else None)
-        super().__init__(image, output, unit=unit, unit_order=order, patterns=[pattern] * n_layer, d_model=d_model,
-                         n_head=n_head, qk_dim=int(qk_dim) or d_model, v_dim=int(v_dim) or d_model, ff_dim=ff_dim,
-                         dropout=dropout, norm="post", activation="relu", checkpoint=checkpoint,
-                         num_classes=num_classes, cond_dim=cond_dim)
+        return order, pattern
 
 
 @register_model("image_transformer", sizes={

@@ -23,7 +23,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order

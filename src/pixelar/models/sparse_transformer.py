@@ -17,6 +17,8 @@ softmax per sub-pixel).
 """
 from __future__ import annotations
 
+import torch
+
 from ..nn.attention import AttentionPattern, parse_pattern
 from .registry import register_model
 from .sequence import SequenceTransformer, raster_order
@@ -68,6 +70,8 @@ class SparseTransformer(SequenceTransformer):
             if name not in shared:
                 shared[name] = AttentionPattern(name, N, stride=l, summary=min(c, l))
             patterns.append(shared[name])
-        super().__init__(image, output, unit="subpixel", unit_order=raster_order(image, "subpixel"), patterns=patterns,
+        with torch.device("cpu"):  # index data, also under a meta default device
+            order = raster_order(image, "subpixel")
+        super().__init__(image, output, unit="subpixel", unit_order=order, patterns=patterns,
                          d_model=d_model, n_head=n_head, qk_dim=qk_dim, v_dim=d_model, ff_dim=ff_dim, dropout=dropout,
                          norm="pre", activation="gelu", checkpoint=checkpoint, num_classes=num_classes, cond_dim=cond_dim)

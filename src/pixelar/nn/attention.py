@@ -112,9 +112,12 @@ class AttentionPattern:
             if min(query_shape) < 1 or min(flange) < 0:
                 raise ValueError(f"local_2d: query_shape must be >= 1 and flange >= 0, got {query_shape}, {flange}")
         self.stride, self.summary = stride, int(summary)
-        self.parts: list[BlockPart] = [] if self.kind == "dense" else self._compile(coords, query_shape, flange)
-        # positions with no key at all (strict patterns: at least position 0) get a zero output
-        self.empty = self._key_counts() == 0
+        with torch.device("cpu"):  # index tables live on the CPU (also under a meta / cuda default device)
+            if coords is not None:
+                coords = coords.cpu()
+            self.parts: list[BlockPart] = [] if self.kind == "dense" else self._compile(coords, query_shape, flange)
+            # positions with no key at all (strict patterns: at least position 0) get a zero output
+            self.empty = self._key_counts() == 0
         # query-key pairs the block tables evaluate; short sequences are cheaper with one dense masked call
         self.block_work = sum(p.mask.numel() for p in self.parts) if self.parts else N * N
         self._masks: dict = {}
@@ -175,6 +178,10 @@ class AttentionPattern:
     # ----- derived views (tests, cached sampling) ---------------------------------------------------------
     def dense_mask(self) -> torch.Tensor:
         """(N, N) bool: [t, s] True where position t attends to position s. Built from the compiled tables."""
+        with torch.device("cpu"):
+            return self._dense_mask()
+
+    def _dense_mask(self) -> torch.Tensor:
         N = self.length
         if self.kind == "dense":
             return _causal(torch.arange(N)[:, None], torch.arange(N)[None, :], self.strict)
@@ -202,7 +209,11 @@ class AttentionPattern:
         return counts[:N]
 
     def keys_for(self, t: int) -> torch.Tensor:
-        """Sorted positions (int64) that position t attends to (for one KV-cached step)."""
+        """Sorted positions (int64, on the CPU) that position t attends to (for one KV-cached step)."""
+        with torch.device("cpu"):
+            return self._keys_for(t)
+
+    def _keys_for(self, t: int) -> torch.Tensor:
         if not hasattr(self, "_rows"):
             self._rows: dict[int, torch.Tensor] = {}
         rows = self._rows.get(t)
