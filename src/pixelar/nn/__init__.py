@@ -1,4 +1,5 @@
 """Reusable layers. Nothing here knows about a model."""
+from .attention import AttentionPattern, CausalSelfAttention, attend, block_raster_order
 from .lmconv import LocallyMaskedConv2d, kernel_masks, locally_masked_conv2d
 from .masked_conv import MaskedConv2d, causal_mask, channel_groups
 from .shifted_conv import (
@@ -12,6 +13,7 @@ from .shifted_conv import (
 )
 
 __all__ = [
+    "AttentionPattern", "CausalSelfAttention", "attend", "block_raster_order",
     "MaskedConv2d", "causal_mask", "channel_groups",
     "DownShiftedConv2d", "DownRightShiftedConv2d", "DownShiftedConvTranspose2d",
     "DownRightShiftedConvTranspose2d", "concat_elu", "down_shift", "right_shift",

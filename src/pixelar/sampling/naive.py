@@ -11,12 +11,25 @@ from __future__ import annotations
 import torch
 
 
+def pixel_order(model) -> list[tuple[int, int]]:
+    """The pixels (i, j) in the order `model.generation_order()` lists them (raster for most models; block
+    by block for the Image Transformer's local 2D attention). The sub-pixels of a pixel must follow each other
+    in channel order, since a step draws a whole pixel or its channels in turn."""
+    C, H, W = model.image.shape
+    order = model.generation_order().view(-1, C)  # (HW, C): the C sub-pixels of each pixel, in turn
+    pix = order[:, 0]
+    if C > 1 and not torch.equal(order, pix.view(-1, 1) + torch.arange(C).view(1, C) * H * W):
+        raise ValueError(f"{type(model).__name__}.generation_order() must list the channels of each pixel "
+                         "together, in channel order, for the samplers")
+    return [(int(p) // W, int(p) % W) for p in pix]
+
+
 @torch.no_grad()
 def generate(model, x: torch.Tensor, params_at, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
     """The generation loop every sampler shares, so their draws line up exactly.
 
-    Fills x (n, C, H, W) int64 in generation order; `params_at(i, j)` returns the (n, P) distribution
-    parameters of pixel (i, j) for the current x; known (n, H, W) bool marks pixels to keep.
+    Fills x (n, C, H, W) int64 in generation order (generation_steps); `params_at(i, j)` returns the (n, P)
+    distribution parameters of pixel (i, j) for the current x; known (n, H, W) bool marks pixels to keep.
     """
     dist = model.distribution
     for i, j, channels in generation_steps(model):

@@ -1,0 +1,293 @@
+"""Shared machinery of the transformer models: an image as a sequence in generation order.
+
+A *unit* is a sub-pixel (sequence length C*H*W; Sparse Transformer, Image Transformer "cat") or a whole
+pixel (length H*W; Image Transformer DMOL, whose channels enter through one linear map of their
+embeddings, the paper's 1x3 strided convolution). Position t of the sequence holds the t-th unit of the
+generation order; its input is the embedding of unit t-1 (a learned start vector at t = 0) plus learned
+row / column / channel embeddings of unit t itself and the conditioning, so attention to positions <= t
+(nn.attention's causality rule) sees only units generated before t.
+
+Read-out to the (B, P, H, W) parameters every ARImageModel returns:
+
+- per-channel distributions (categorical, Bernoulli) on sub-pixels: block c of pixel p is the head applied
+  at the position of sub-pixel (c, p), which has seen the channels < c of p;
+- joint distributions (logistic mixture, coupled categorical): the head at the position of channel 0 of p
+  (sub-pixels) or of p itself (pixels), which has seen only earlier pixels.
+
+KV-cached sampling (`begin_cache`) runs the same layers one position at a time with cached keys and
+values (nn.attention.attend_step); see `_KVState`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order
+from .base import ARImageModel
+
+UNITS = ("subpixel", "pixel")
+NORMS = ("pre", "post")
+
+
+class TransformerBlock(nn.Module):
+    """Attention + feed-forward with residuals. pre: x + f(norm(x)) (Sparse Transformer); post:
+    norm(x + f(x)) (Image Transformer's "dan": dropout, add, norm). Dropout at the end of each branch only."""
+
+    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, pattern: AttentionPattern,
+                 dropout: float, norm: str, activation: str):
+        super().__init__()
+        self.norm = norm
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_head, qk_dim, v_dim, pattern)
+        self.ff1, self.ff2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+
+    def _ff(self, x):
+        return self.ff2(self.act(self.ff1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, d) -> (B, N, d)
+        return self._residual(x, self.attn)
+
+    def step(self, x: torch.Tensor, t: int, cache: dict) -> torch.Tensor:  # (B, 1, d), position t
+        return self._residual(x, lambda h: self.attn.step(h, t, cache))
+
+    def _residual(self, x, attn):
+        if self.norm == "pre":
+            x = x + self.drop(attn(self.ln1(x)))
+            return x + self.drop(self._ff(self.ln2(x)))
+        x = self.ln1(x + self.drop(attn(x)))
+        return self.ln2(x + self.drop(self._ff(x)))
+
+
+class SequenceTransformer(ARImageModel):
+    """Base of the transformer models (see the module doc). Subclasses build the patterns per layer.
+
+    Args:
+        image, output, num_classes, cond_dim: as every ARImageModel.
+        unit: "subpixel" or "pixel".
+        unit_order: (N,) flat indices of the units (into C*H*W, or H*W for pixels) in generation order.
+        patterns: one AttentionPattern per layer, over N positions.
+        d_model, n_head, qk_dim, v_dim, ff_dim: widths (qk_dim / v_dim summed over heads).
+        dropout, norm ("pre" / "post"), activation ("gelu" / "relu").
+        checkpoint: recompute each block's activations in the backward pass (training memory).
+    """
+
+    def __init__(self, image, output, *, unit: str, unit_order: torch.Tensor, patterns: list[AttentionPattern],
+                 d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, dropout: float, norm: str,
+                 activation: str, checkpoint: bool, num_classes: int = 0, cond_dim: int = 0):
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+        super().__init__(image, {}, output, grouped=(unit == "subpixel"), num_classes=num_classes, cond_dim=cond_dim)
+        C, H, W = image.shape
+        K, HW = image.num_values, H * W
+        self.unit, self.use_checkpoint = unit, bool(checkpoint)
+        N = len(unit_order)
+        # unit_order (N,): flat unit index at each position; pos_of: the position of each unit
+        self.register_buffer("unit_order", unit_order.clone(), persistent=False)
+        self.register_buffer("pos_of", torch.argsort(unit_order), persistent=False)
+        pix = unit_order % HW
+        self.register_buffer("chan_at", unit_order // HW if unit == "subpixel" else torch.zeros_like(pix),
+                             persistent=False)
+        self.register_buffer("row_at", pix // W, persistent=False)
+        self.register_buffer("col_at", pix % W, persistent=False)
+        self.joint = self.distribution.joint
+        P = self.distribution.num_params
+        # value embeddings, one table per channel: row c*K + v
+        self.value_emb = nn.Embedding(C * K, d_model)
+        self.pixel_in = nn.Linear(C * d_model, d_model) if unit == "pixel" else None  # the 1x3 strided conv
+        self.start = nn.Parameter(torch.zeros(d_model))
+        self.row_emb, self.col_emb = nn.Embedding(H, d_model), nn.Embedding(W, d_model)
+        self.chan_emb = nn.Embedding(C, d_model) if unit == "subpixel" else None
+        if num_classes:
+            self.cond_emb = nn.Embedding(num_classes, d_model)
+        elif cond_dim:
+            self.cond_emb = nn.Linear(cond_dim, d_model, bias=False)
+        else:
+            self.cond_emb = None
+        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_head, qk_dim, v_dim, ff_dim, p, dropout, norm, activation)
+                                    for p in patterns)
+        self.ln_f = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.head = nn.Linear(d_model, P if (self.joint or unit == "pixel") else P // C)
+        self._init_weights(d_model, len(patterns))
+        if any(p.length != N for p in patterns):
+            raise ValueError("every attention pattern must span the whole sequence")
+
+    def _init_weights(self, d_model: int, n_layer: int):
+        """Sparse Transformer init (section 6): small embeddings, residual projections scaled by
+        1/sqrt(2 * layers), zero output logits."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.value_emb.weight, std=0.125 / math.sqrt(d_model))
+        for emb in (self.row_emb, self.col_emb, self.chan_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.125 / math.sqrt(3 * d_model))
+        for b in self.blocks:
+            nn.init.normal_(b.attn.proj.weight, std=0.02 / math.sqrt(2 * n_layer))
+            nn.init.normal_(b.ff2.weight, std=0.02 / math.sqrt(2 * n_layer))
+        if self.cond_emb is not None:
+            nn.init.zeros_(self.cond_emb.weight)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    # ----- embedding -----------------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor, cond, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs of the given sequence positions (default all): (B, n, d). Position t embeds unit t-1."""
+        B = x.shape[0]
+        C, K = self.image.channels, self.image.num_values
+        N = len(self.unit_order)
+        if positions is None:
+            positions = torch.arange(N, device=x.device)
+        prev = (positions - 1).clamp(min=0)
+        units = self.unit_order[prev]  # (n,) the unit whose value each position reads
+        if self.unit == "subpixel":
+            vals = x.reshape(B, -1)[:, units]  # (B, n)
+            e = self.value_emb(vals + (units // (x.shape[2] * x.shape[3])) * K)  # (B, n, d)
+        else:
+            vals = x.reshape(B, C, -1)[:, :, units]  # (B, C, n)
+            ids = vals + torch.arange(C, device=x.device).view(1, C, 1) * K
+            e = self.value_emb(ids).permute(0, 2, 1, 3).reshape(B, len(positions), -1)  # (B, n, C*d)
+            e = self.pixel_in(e)  # (B, n, d)
+        first = (positions == 0).view(1, -1, 1)
+        e = torch.where(first, self.start.view(1, 1, -1).to(e.dtype), e)
+        # positional embeddings of the unit predicted at each position
+        e = e + self.row_emb(self.row_at[positions]) + self.col_emb(self.col_at[positions])
+        if self.chan_emb is not None:
+            e = e + self.chan_emb(self.chan_at[positions])
+        if self.cond_emb is not None:
+            e = e + self.cond_emb(cond).unsqueeze(1)
+        return e
+
+    # ----- forward -------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(x, cond)  # (B, N, d)
+        for blk in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                h = checkpoint(blk, h, use_reentrant=False)  # keep only the residual stream
+            else:
+                h = blk(h)
+        return self.readout(self.ln_f(h))
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, N, d) in generation order -> parameters (B, P, H, W)."""
+        B = h.shape[0]
+        C, H, W = self.image.shape
+        if self.unit == "pixel" or self.joint:
+            # one position per pixel: the pixel itself, or its channel-0 sub-pixel
+            out = self.head(h[:, self.pos_of[: H * W]])  # (B, HW, P)
+            return out.transpose(1, 2).reshape(B, -1, H, W)
+        out = self.head(h)[:, self.pos_of]  # (B, C*HW, P/C) in flat (c, pixel) order
+        return out.view(B, C, H * W, -1).permute(0, 1, 3, 2).reshape(B, -1, H, W)
+
+    def generation_order(self) -> torch.Tensor:
+        if self.unit == "subpixel":
+            return self.unit_order.clone().cpu()
+        C, HW = self.image.channels, self.image.height * self.image.width
+        pix = self.unit_order.cpu()
+        return (pix.view(-1, 1) + torch.arange(C).view(1, C) * HW).reshape(-1)
+
+    # ----- KV-cached sampling ----------------------------------------------------------------------------------
+    def begin_cache(self, x: torch.Tensor, cond=None) -> "_KVState":
+        """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j]."""
+        if self.training:
+            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        return _KVState(self, x, cond)
+
+
+class _KVState:
+    """Keys and values of every layer at every position computed so far (B, h, N, d_head per layer).
+
+    `done` positions are final (their inputs are final). To answer params_at(i, j) it runs the positions
+    from `done` up to the one the request needs, one at a time. For per-channel outputs the sampler asks
+    for pixel (i, j) once per channel; the full parameter vector, like forward's, also holds the blocks of
+    the channels not drawn yet, computed provisionally from the current x; those positions are recomputed
+    once their inputs are final (a position only reads keys at or before it, so a provisional key is
+    always overwritten before anything final reads it).
+    """
+
+    def __init__(self, model: SequenceTransformer, x: torch.Tensor, cond):
+        self.model, self.x, self.cond = model, x, cond
+        self.caches = [dict() for _ in model.blocks]
+        self.done = 0
+        self.last_pixel, self.channel = None, 0
+        self.blocks_out: torch.Tensor | None = None  # per-channel head outputs of the current pixel
+
+    def _run(self, t: int) -> torch.Tensor:
+        """Compute position t (all earlier positions final or provisional as needed): (B, d) final hidden."""
+        m = self.model
+        h = m.embed(self.x, self.cond, torch.tensor([t], device=self.x.device))  # (B, 1, d)
+        for blk, cache in zip(m.blocks, self.caches):
+            h = blk.step(h, t, cache)
+        return m.ln_f(h)[:, 0]
+
+    def _advance(self, t: int) -> torch.Tensor:
+        """Make positions < t final, then compute t (final: its inputs are final); returns its hidden state."""
+        while self.done < t:
+            self._run(self.done)
+            self.done += 1
+        h = self._run(t)
+        self.done = t + 1
+        return h
+
+    @torch.no_grad()
+    def params_at(self, i: int, j: int) -> torch.Tensor:
+        m = self.model
+        C, H, W = m.image.shape
+        p = i * W + j
+        if m.unit == "pixel" or m.joint:
+            t = int(m.pos_of[p])
+            return m.head(self._advance(t))
+        self.channel = self.channel + 1 if self.last_pixel == p else 0
+        self.last_pixel = p
+        c = self.channel
+        t = int(m.pos_of[c * H * W + p])
+        out = m.head(self._advance(t))  # (B, P/C), final
+        if c == 0:
+            self.blocks_out = out.new_zeros(out.shape[0], C, out.shape[1])
+        self.blocks_out[:, c] = out
+        for c2 in range(c + 1, C):  # provisional blocks of the later channels, as forward(x) has them now
+            t2 = int(m.pos_of[c2 * H * W + p])
+            if t2 != t + (c2 - c):
+                raise ValueError("the channels of a pixel must be consecutive in the generation order")
+            self.blocks_out[:, c2] = m.head(self._run(t2))
+        return self.blocks_out.reshape(out.shape[0], -1)
+
+
+def subpixel_block_raster_order(image, query_shape: tuple[int, int]) -> torch.Tensor:
+    """Sub-pixels in block-raster order on the (H, W*C) pixel-channel grid, query blocks of
+    query_shape = (rows, pixels), i.e. (rows, pixels*C) sub-pixels; (C*H*W,) flat indices into (C, H, W)."""
+    C, H, W = image.shape
+    g = block_raster_order(H, W * C, (query_shape[0], query_shape[1] * C))
+    i, rem = g // (W * C), g % (W * C)
+    return (rem % C) * H * W + i * W + rem // C
+
+
+def grid_coords(unit_order: torch.Tensor, image, unit: str) -> torch.Tensor:
+    """(N, 2) row / column of every position on the (H, W*C) grid (sub-pixels) or (H, W) grid (pixels)."""
+    C, H, W = image.shape
+    pix = unit_order % (H * W)
+    row, col = pix // W, pix % W
+    if unit == "subpixel":
+        col = col * C + unit_order // (H * W)
+    return torch.stack([row, col], dim=1)
+
+
+def raster_order(image, unit: str) -> torch.Tensor:
+    """Raster order: pixels in raster order, channels R, G, B within a pixel (sub-pixels), as flat indices."""
+    C, H, W = image.shape
+    if unit == "pixel":
+        return torch.arange(H * W)
+    return (torch.arange(C).view(1, C) * H * W + torch.arange(H * W).view(-1, 1)).reshape(-1)
+
+
+__all__ = ["SequenceTransformer", "TransformerBlock", "subpixel_block_raster_order", "grid_coords", "raster_order"]

@@ -1,0 +1,77 @@
+"""Sparse Transformer (Child, Gray, Radford, Sutskever 2019, "Generating Long Sequences with Sparse
+Transformers"; released code `openai/sparse_attention`).
+
+A pre-norm decoder-only transformer over the C*H*W sub-pixels in raster order (R, G, B within a pixel),
+with summed learned row, column and channel embeddings, GeLU feed-forward layers, dropout only at the end
+of each residual branch, residual projections initialised with 1/sqrt(2N) and zero output logits. Each
+layer uses one attention pattern from `attention`, cycled over the layers: "strided" / "fixed" (each head
+attends to the union of the two factorised sets, the paper's "merged" head), one factor alone
+("strided.local", "strided.stride", "fixed.local", "fixed.summary") to interleave factors layer by layer,
+or "dense" for comparison. The stride defaults to one image row of sub-pixels (96 for CIFAR-10, as the
+released code's local_attn_ctx). `checkpoint=True` recomputes each block in the backward pass.
+
+Differences from the paper: plain PyTorch block-sparse computation (gathered blocks) instead of the
+custom GPU kernels; fp32 by default (no fp16 loss scaling); patterns are shared by all heads of a layer
+(the paper also splits them across heads); any output distribution may be chosen (the paper: a 256-way
+softmax per sub-pixel).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..nn.attention import AttentionPattern, parse_pattern
+from .registry import register_model
+from .sequence import SequenceTransformer, raster_order
+
+
+def _preset(n_layer, d_model, n_head, dropout, attention=("strided",), checkpoint=False):
+    return dict(n_layer=n_layer, d_model=d_model, n_head=n_head, qk_dim=d_model // 2, ff_dim=2 * d_model,
+                attention=list(attention), stride=0, summary=0, dropout=dropout, checkpoint=checkpoint,
+                output={"kind": "categorical"}, num_classes=0, cond_dim=0)
+
+
+@register_model("sparse_transformer", sizes={
+    "tiny": _preset(2, 16, 2, 0.0),
+    "small": _preset(4, 64, 2, 0.0),
+    # CIFAR-10 (section 7.1): 128 layers, d = 256, 2 heads, half-size query/key and feed-forward, 59M
+    "paper": _preset(128, 256, 2, 0.25, checkpoint=True),
+})
+class SparseTransformer(SequenceTransformer):
+    """Args:
+        n_layer, d_model, n_head: depth, width, heads.
+        qk_dim: total query/key width (the paper: d_model / 2); values use d_model.
+        ff_dim: feed-forward width (the paper: half of the usual 4 * d_model).
+        attention: pattern names cycled over the layers (see the module doc).
+        stride: l of the strided / fixed patterns; 0 = one image row of sub-pixels (W * C).
+        summary: c, summary positions per block of the fixed pattern; 0 = min(8, l) (the paper: c = 8 to 32,
+            fixed, so that the summaries grow like N / l * c = O(sqrt(N)) per position).
+        dropout, checkpoint, output, num_classes, cond_dim.
+    """
+
+    def __init__(self, image, n_layer, d_model, n_head, qk_dim, ff_dim, attention, stride, summary, dropout,
+                 checkpoint, output, num_classes=0, cond_dim=0):
+        if isinstance(attention, str):
+            attention = [attention]
+        if not attention:
+            raise ValueError("attention must name at least one pattern, e.g. ['strided']")
+        for name in attention:
+            kind, _ = parse_pattern(name)
+            if kind.startswith("local"):
+                raise ValueError(f"the Sparse Transformer uses dense, strided or fixed patterns, got {name!r}; "
+                                 "local patterns belong to the image_transformer models")
+        C, H, W = image.shape
+        N = C * H * W
+        l = int(stride) or W * C
+        c = int(summary) or min(8, l)
+        shared = {}  # one pattern object per distinct name: the tables are built once
+        patterns = []
+        for k in range(n_layer):
+            name = attention[k % len(attention)]
+            if name not in shared:
+                shared[name] = AttentionPattern(name, N, stride=l, summary=min(c, l))
+            patterns.append(shared[name])
+        with torch.device("cpu"):  # index data, also under a meta default device
+            order = raster_order(image, "subpixel")
+        super().__init__(image, output, unit="subpixel", unit_order=order, patterns=patterns,
+                         d_model=d_model, n_head=n_head, qk_dim=qk_dim, v_dim=d_model, ff_dim=ff_dim, dropout=dropout,
+                         norm="pre", activation="gelu", checkpoint=checkpoint, num_classes=num_classes, cond_dim=cond_dim)
