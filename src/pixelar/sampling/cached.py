@@ -34,9 +34,10 @@ def begin(model, x: torch.Tensor, cond):
 def sample_cached(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
     """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
     state = begin(model, x, cond)
-    steps = [(i, j) for i, j, _ in generation_steps(model)]
-    H, W = model.image.height, model.image.width
-    if steps != [(i, j) for i in range(H) for j in range(W)]:  # the per-layer caches run in raster order
-        raise NotImplementedError(f"the cached sampler follows raster order, but {type(model).__name__}'s generation "
-                                  "order is another; use method='naive'")
+    if hasattr(model, "cache_graph"):  # pixelar.nn.cache's per-layer row rings run in raster order only
+        steps = [(i, j) for i, j, _ in generation_steps(model)]
+        H, W = model.image.height, model.image.width
+        if steps != [(i, j) for i in range(H) for j in range(W)]:
+            raise NotImplementedError(f"the per-layer cache follows raster order, but {type(model).__name__}'s "
+                                      "generation order is another; use method='naive'")
     return generate(model, x, state.params_at, temperature, generator, known)
