@@ -8,12 +8,7 @@ import torch
 from pixelar.nn.attention import AttentionPattern, CausalSelfAttention, attend, block_raster_order
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def grid_coords(h, w, order):

@@ -22,12 +22,7 @@ from pixelar.distributions import make_distribution
 from pixelar.models.aux_pixelcnn import gray_intervals, pyramid_sizes, to_gray
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def make(name, spec, scale=0.3, **kw):

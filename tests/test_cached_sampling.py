@@ -33,13 +33,7 @@ SPECS = [ImageSpec(1, 6, 6, 4), ImageSpec(3, 5, 5, 256)]
 CONDS = ["none", "class", "vector"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add overhead (and stall when other jobs share the cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(name, spec, cond_kind="none", scale=0.2, seed=1):

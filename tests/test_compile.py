@@ -13,12 +13,7 @@ from pixelar.models import compiled_log_prob
 from likelihood_checks import causality_violations, total_probability
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def needs_compile():

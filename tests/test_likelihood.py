@@ -11,13 +11,7 @@ CHECK_SPECS = [ImageSpec(1, 4, 4, 2), ImageSpec(3, 4, 4, 4)]
 OUTPUTS = ["categorical", "logistic_mixture", "bernoulli"]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def make(name, spec, **kw):

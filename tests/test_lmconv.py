@@ -11,13 +11,7 @@ from pixelar.sampling.naive import generate, generation_steps
 from likelihood_checks import all_images, causality_violations, conditional_sums, total_probability
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def make(spec, scale=0.3, **kw):

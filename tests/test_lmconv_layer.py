@@ -15,13 +15,7 @@ from pixelar.nn.lmconv import LocallyMaskedConv2d, kernel_masks, locally_masked_
 from pixelar.nn.orders import generation_order, ranks
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def reference(x, weight, bias, mask, dilation):
