@@ -63,10 +63,10 @@ class CompiledLogProb:
                 "no fusion)")
 
     def __call__(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
+        if not self.compiled:  # eager log_prob checks its inputs itself
+            return self.model.log_prob(x, cond, reduce)
         x = self.model.check_input(x)  # eager: value checks cannot run inside the compiled graph
         cond = self.model.check_cond(cond, x.shape[0])
-        if not self.compiled:
-            return self.model.log_prob(x, cond, reduce)
         if not self._first:
             return self._fn(x, cond, reduce)
         try:
