@@ -1,6 +1,6 @@
 """Model families. Importing this package registers every model."""
 from . import aux_pixelcnn, gated_pixelcnn, lmconv, pixelcnn, pixelcnn_pp  # noqa: F401  (registration on import)
-from . import image_transformer, pixelsnail, sparse_transformer  # noqa: F401  (attention models)
+from . import image_gpt, image_transformer, pixelsnail, sparse_transformer  # noqa: F401  (attention models)
 from .base import ARImageModel
 from .compiled import compile_available, compiled_log_prob
 from .persistence import load_model

@@ -50,11 +50,25 @@ class ARImageModel(nn.Module):
         kind = output.pop("kind", None)
         self.distribution: OutputDistribution = make_distribution(image, kind, joint=not grouped, **output)
         self.grouped = grouped
+        # Models over *tokens* of the data images (Image GPT's colour palette) set a tokenizer, a module with
+        # fit(images, seed), encode(images) -> x, decode(x) -> images and fitted, and data_image, the images
+        # they are built for (saved in config.json). Without a tokenizer both sides are `image`.
+        self.tokenizer: nn.Module | None = None
+        self.data_image = image
 
     # ----- what subclasses provide -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x int64 (B, C, H, W) -> distribution parameters (B, P, H, W)."""
         raise NotImplementedError
+
+    # ----- data images <-> model inputs (identity unless the model has a tokenizer) ------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Data images (B, C, H, W) of `data_image` -> the model's input x of `image` (int64)."""
+        return images if self.tokenizer is None else self.tokenizer.encode(images)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's images x (e.g. samples) -> data images of `data_image` (int64)."""
+        return x if self.tokenizer is None else self.tokenizer.decode(x)
 
     # ----- input handling ----------------------------------------------------------------------------------
     def scale_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +147,7 @@ class ARImageModel(nn.Module):
     # ----- persistence -------------------------------------------------------------------------------------
     def config(self) -> dict:
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "model": self.name,
-                "image": self.image.to_dict(), "hparams": self.hparams}
+                "image": self.data_image.to_dict(), "hparams": self.hparams}
 
     def save(self, path) -> None:
         """Write `path/config.json` and `path/model.safetensors` (each to a temp file, then renamed)."""

@@ -26,24 +26,31 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order
+from ..nn.norm import QuickGELU, RMSNorm
 from .base import ARImageModel
 
 UNITS = ("subpixel", "pixel")
 NORMS = ("pre", "post")
+NORM_LAYERS = ("layer", "rms")  # nn.LayerNorm, or Image GPT's RMS-style norm (nn.norm.RMSNorm)
+ACTIVATIONS = ("gelu", "relu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (Image GPT)
+POSITIONS = ("grid", "sequence")  # summed row / column / channel embeddings, or one per sequence position
+COND_AT = ("all", "start")  # conditioning added at every position, or only to the start token
 
 
 class TransformerBlock(nn.Module):
-    """Attention + feed-forward with residuals. pre: x + f(norm(x)) (Sparse Transformer); post:
-    norm(x + f(x)) (Image Transformer's "dan": dropout, add, norm). Dropout at the end of each branch only."""
+    """Attention + feed-forward with residuals. pre: x + f(norm(x)) (Sparse Transformer, Image GPT); post:
+    norm(x + f(x)) (Image Transformer's "dan": dropout, add, norm). Dropout at the end of each branch only.
+    norm_layer "layer" or "rms", bias False (no biases in the linear maps) and activation "quick_gelu" give
+    Image GPT's block."""
 
     def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, pattern: AttentionPattern,
-                 dropout: float, norm: str, activation: str):
+                 dropout: float, norm: str, activation: str, norm_layer: str = "layer", bias: bool = True):
         super().__init__()
         self.norm = norm
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_head, qk_dim, v_dim, pattern)
-        self.ff1, self.ff2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
-        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.ln1, self.ln2 = _norm_layer(norm_layer, d_model), _norm_layer(norm_layer, d_model)
+        self.attn = CausalSelfAttention(d_model, n_head, qk_dim, v_dim, pattern, bias=bias)
+        self.ff1, self.ff2 = nn.Linear(d_model, ff_dim, bias=bias), nn.Linear(ff_dim, d_model, bias=bias)
+        self.act = {"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}[activation]()
         self.drop = nn.Dropout(dropout)
 
     def _ff(self, x):
@@ -63,6 +70,10 @@ class TransformerBlock(nn.Module):
         return self.ln2(x + self.drop(self._ff(x)))
 
 
+def _norm_layer(kind: str, d_model: int) -> nn.Module:
+    return nn.LayerNorm(d_model) if kind == "layer" else RMSNorm(d_model)
+
+
 class SequenceTransformer(ARImageModel):
     """Base of the transformer models (see the module doc). Subclasses build the patterns per layer.
 
@@ -72,19 +83,24 @@ class SequenceTransformer(ARImageModel):
         unit_order: (N,) flat indices of the units (into C*H*W, or H*W for pixels) in generation order.
         patterns: one AttentionPattern per layer, over N positions.
         d_model, n_head, qk_dim, v_dim, ff_dim: widths (qk_dim / v_dim summed over heads).
-        dropout, norm ("pre" / "post"), activation ("gelu" / "relu").
+        dropout, norm ("pre" / "post"), activation ("gelu" / "relu" / "quick_gelu").
         checkpoint: recompute each block's activations in the backward pass (training memory).
+        norm_layer: "layer" (LayerNorm) or "rms" (Image GPT's norm); bias: biases in the linear maps and head.
+        positions: "grid" (learned row + column (+ channel) embeddings of the unit each position predicts)
+            or "sequence" (one learned embedding per sequence position, no 2D structure: Image GPT).
+        cond_at: "all" (the conditioning embedding is added at every position) or "start" (only to the
+            start token, which every position attends to: Image GPT's SOS).
     """
 
     def __init__(self, image, output, *, unit: str, unit_order: torch.Tensor, patterns: list[AttentionPattern],
                  d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, dropout: float, norm: str,
-                 activation: str, checkpoint: bool, num_classes: int = 0, cond_dim: int = 0):
-        if unit not in UNITS:
-            raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
-        if activation not in ("gelu", "relu"):
-            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+                 activation: str, checkpoint: bool, num_classes: int = 0, cond_dim: int = 0,
+                 norm_layer: str = "layer", bias: bool = True, positions: str = "grid", cond_at: str = "all"):
+        for name, value, valid in (("unit", unit, UNITS), ("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),
+                                   ("norm_layer", norm_layer, NORM_LAYERS), ("positions", positions, POSITIONS),
+                                   ("cond_at", cond_at, COND_AT)):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
         super().__init__(image, {}, output, grouped=(unit == "subpixel"), num_classes=num_classes, cond_dim=cond_dim)
         C, H, W = image.shape
         K, HW = image.num_values, H * W
@@ -104,18 +120,24 @@ class SequenceTransformer(ARImageModel):
         self.value_emb = nn.Embedding(C * K, d_model)
         self.pixel_in = nn.Linear(C * d_model, d_model) if unit == "pixel" else None  # the 1x3 strided conv
         self.start = nn.Parameter(torch.zeros(d_model))
-        self.row_emb, self.col_emb = nn.Embedding(H, d_model), nn.Embedding(W, d_model)
-        self.chan_emb = nn.Embedding(C, d_model) if unit == "subpixel" else None
+        self.cond_at = cond_at
+        if positions == "grid":
+            self.row_emb, self.col_emb = nn.Embedding(H, d_model), nn.Embedding(W, d_model)
+            self.chan_emb = nn.Embedding(C, d_model) if unit == "subpixel" else None
+            self.pos_emb = None
+        else:
+            self.row_emb = self.col_emb = self.chan_emb = None
+            self.pos_emb = nn.Embedding(N, d_model)  # (N, d): position t of the sequence
         if num_classes:
             self.cond_emb = nn.Embedding(num_classes, d_model)
         elif cond_dim:
             self.cond_emb = nn.Linear(cond_dim, d_model, bias=False)
         else:
             self.cond_emb = None
-        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_head, qk_dim, v_dim, ff_dim, p, dropout, norm, activation)
-                                    for p in patterns)
-        self.ln_f = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
-        self.head = nn.Linear(d_model, P if (self.joint or unit == "pixel") else P // C)
+        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_head, qk_dim, v_dim, ff_dim, p, dropout, norm, activation,
+                                                     norm_layer, bias) for p in patterns)
+        self.ln_f = _norm_layer(norm_layer, d_model) if norm == "pre" else nn.Identity()
+        self.head = nn.Linear(d_model, P if (self.joint or unit == "pixel") else P // C, bias=bias)
         self._init_weights(d_model, len(patterns))
         if any(p.length != N for p in patterns):
             raise ValueError("every attention pattern must span the whole sequence")
@@ -132,13 +154,16 @@ class SequenceTransformer(ARImageModel):
         for emb in (self.row_emb, self.col_emb, self.chan_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.125 / math.sqrt(3 * d_model))
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb.weight, std=0.125 / math.sqrt(d_model))
         for b in self.blocks:
             nn.init.normal_(b.attn.proj.weight, std=0.02 / math.sqrt(2 * n_layer))
             nn.init.normal_(b.ff2.weight, std=0.02 / math.sqrt(2 * n_layer))
         if self.cond_emb is not None:
             nn.init.zeros_(self.cond_emb.weight)
         nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
 
     # ----- embedding -----------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor, cond, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,12 +185,15 @@ class SequenceTransformer(ARImageModel):
             e = self.pixel_in(e)  # (B, n, d)
         first = (positions == 0).view(1, -1, 1)
         e = torch.where(first, self.start.view(1, 1, -1).to(e.dtype), e)
-        # positional embeddings of the unit predicted at each position
-        e = e + self.row_emb(self.row_at[positions]) + self.col_emb(self.col_at[positions])
-        if self.chan_emb is not None:
-            e = e + self.chan_emb(self.chan_at[positions])
+        if self.pos_emb is not None:  # one embedding per sequence position
+            e = e + self.pos_emb(positions)
+        else:  # positional embeddings of the unit predicted at each position
+            e = e + self.row_emb(self.row_at[positions]) + self.col_emb(self.col_at[positions])
+            if self.chan_emb is not None:
+                e = e + self.chan_emb(self.chan_at[positions])
         if self.cond_emb is not None:
-            e = e + self.cond_emb(cond).unsqueeze(1)
+            c = self.cond_emb(cond).unsqueeze(1)  # (B, 1, d)
+            e = e + (c if self.cond_at == "all" else c * first.to(c.dtype))  # "start": the start token only
         return e
 
     # ----- forward -------------------------------------------------------------------------------------------

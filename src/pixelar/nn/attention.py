@@ -326,15 +326,17 @@ class CausalSelfAttention(nn.Module):
         qk_dim: total query/key width over all heads (the Sparse Transformer uses d_model / 2).
         v_dim: total value width over all heads.
         pattern: the AttentionPattern (its length fixes the sequence length).
+        bias: biases in the input and output projections (Image GPT has none).
     """
 
-    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, pattern: AttentionPattern):
+    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, pattern: AttentionPattern,
+                 bias: bool = True):
         super().__init__()
         if qk_dim % n_head or v_dim % n_head:
             raise ValueError(f"qk_dim ({qk_dim}) and v_dim ({v_dim}) must be divisible by n_head ({n_head})")
         self.n_head, self.qk_dim, self.v_dim = n_head, qk_dim, v_dim
-        self.qkv = nn.Linear(d_model, 2 * qk_dim + v_dim)
-        self.proj = nn.Linear(v_dim, d_model)
+        self.qkv = nn.Linear(d_model, 2 * qk_dim + v_dim, bias=bias)
+        self.proj = nn.Linear(v_dim, d_model, bias=bias)
         self.pattern = pattern
 
     def _heads(self, x: torch.Tensor):
