@@ -1,4 +1,4 @@
-"""Command-line interface: `pixelar train | eval | sample | complete | models`.
+"""Command-line interface: `pixelar train | eval | sample | complete | probe | models`.
 
 The only place that turns command-line input into objects; all work happens in the library.
 """
@@ -63,14 +63,20 @@ def cmd_train(args) -> int:
         run_dir = args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"run directory: {run_dir}")
         result = train(cfg, run_dir, resume=False, progress=not args.no_progress)
-    print(f"test bits/dim: {result['test_bpd']:.4f}  ({result['run_dir']})")
+    if result.get("tokenized"):
+        from .evaluation import TOKEN_NOTE
+
+        print(f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
+              f"reconstruction RMSE {result['palette_rmse']:.2f}; {TOKEN_NOTE}")
+    else:
+        print(f"test bits/dim: {result['test_bpd']:.4f}  ({result['run_dir']})")
     return 0
 
 
 # ----- eval -------------------------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
     from .data import load_dataset
-    from .evaluation import evaluate
+    from .evaluation import describe, evaluate
     from .io import read_json
     from .models import load_model
 
@@ -80,15 +86,18 @@ def cmd_eval(args) -> int:
     if dataset is None:
         raise ValueError(f"{args.run_dir} has no training config: pass --dataset NAME")
     ds = load_dataset(dataset, args.split, data_dir=args.data_dir or train_cfg.get("data_dir"))
-    if ds.spec != model.image:
-        raise ValueError(f"dataset {dataset!r} has images {ds.spec} but the model expects {model.image}")
+    if ds.spec != model.data_image:
+        raise ValueError(f"dataset {dataset!r} has images {ds.spec} but the model expects {model.data_image}")
     res = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision)
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
+        if res.get("tokenized"):
+            from .evaluation import TOKEN_NOTE
+
+            res["note"] = TOKEN_NOTE
         print(json.dumps(res))
     else:
-        print(f"{dataset} {args.split}: {res['bpd']:.4f} bits/dim ({res['nats_per_image']:.2f} nats/image, "
-              f"{res['num_images']} images)")
+        print(f"{dataset} {args.split}: {describe(res)}")
         if "bpd_parts" in res:  # models with auxiliary variables: their parts, in bits/dim of the image
             print("  parts: " + " + ".join(f"{k} {v:.4f}" for k, v in res["bpd_parts"].items())
                   + f" = {res['bpd']:.4f} bits/dim")
@@ -130,7 +139,7 @@ def cmd_sample(args) -> int:
     method = _method(model, args.method)
     x = model.sample(args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature, generator=g,
                      method=method)
-    save_grid(x, model.image, args.out, nrow=args.nrow)
+    save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
     print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
 
@@ -141,7 +150,7 @@ def cmd_complete(args) -> int:
     from .sampling.grid import load_image, save_grid
 
     model = load_model(args.run_dir)
-    spec = model.image
+    spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
     x = load_image(args.image, spec)
     keep = keep_mask(args.keep, spec.height, spec.width)
     if bool(keep.all()):
@@ -153,16 +162,62 @@ def cmd_complete(args) -> int:
             raise NotImplementedError(f"model {model.name!r} cannot score a hidden region given the rest "
                                       "(it generates in one fixed order); lmconv can")
         with torch.no_grad():
-            nats = -score(x[None], keep, None if cond is None else cond[:1]).item()
+            nats = -score(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
         dims = int((~keep).sum()) * spec.channels
         print(f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
               f"{nats / (dims * math.log(2)):.4f} bits/dim")
     g = torch.Generator().manual_seed(args.seed)
     method = _method(model, args.method)
-    out = complete(model, x, keep, n=args.n, cond=cond, temperature=args.temperature, generator=g, method=method)
+    out = complete(model, model.encode(x[None])[0], keep, n=args.n, cond=cond, temperature=args.temperature,
+                   generator=g, method=method)
+    out = model.decode(out)
+    if model.tokenizer is not None:  # kept pixels are shown as the palette has them (lossy)
+        x = model.decode(model.encode(x[None]))[0]
     shown = x * keep  # the kept part, hidden pixels black
     save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.n + 2)
     print(f"wrote original, kept pixels and {args.n} completion(s) to {args.out} (method {method})")
+    return 0
+
+
+# ----- probe ------------------------------------------------------------------------------------------------
+def cmd_probe(args) -> int:
+    from .data import load_dataset
+    from .evaluation.probe import linear_probe
+    from .io import read_json
+    from .models import load_model
+
+    model = load_model(args.run_dir)
+    n = getattr(model, "num_feature_layers", None)
+    if n is None:
+        raise NotImplementedError(f"model {model.name!r} has no features() for a linear probe; image_gpt has")
+    if args.layer == "all":
+        layers = list(range(n))
+    else:
+        try:
+            layers = [int(v) for v in args.layer.split(",")]
+        except ValueError:
+            raise ValueError(f"--layer must be 'all' or layer numbers in [0, {n - 1}] (e.g. 3 or 2,3,4), "
+                             f"got {args.layer!r}") from None
+    train_cfg = read_json(Path(args.run_dir) / "config.json", "run config").get("train", {})
+    dataset = args.dataset or train_cfg.get("dataset")
+    if dataset is None:
+        raise ValueError(f"{args.run_dir} has no training config: pass --dataset NAME")
+    data_dir = args.data_dir or train_cfg.get("data_dir")
+    train = load_dataset(dataset, "train", data_dir=data_dir)
+    test = load_dataset(dataset, "test", data_dir=data_dir)
+    rows = linear_probe(model, train, test, layers, batch_size=args.batch_size, train_subset=args.train_subset,
+                        test_subset=args.test_subset, weight_decay=args.weight_decay)
+    if args.json:
+        print(json.dumps({"dataset": dataset, "run_dir": str(args.run_dir), "layers": rows}))
+        return 0
+    print(f"linear probe on {dataset}: logistic regression on features averaged over positions, trained on "
+          f"{rows[0]['num_train']} training images, accuracy on {rows[0]['num_test']} test images "
+          f"(layer {n - 1} = final norm)")
+    print(f"{'layer':>5}  {'train acc':>9}  {'test acc':>8}")
+    best = max(rows, key=lambda r: r["test_accuracy"])
+    for r in rows:
+        mark = "  <- best" if r is best and len(rows) > 1 else ""
+        print(f"{r['layer']:>5}  {100 * r['train_accuracy']:>8.2f}%  {100 * r['test_accuracy']:>7.2f}%{mark}")
     return 0
 
 
@@ -242,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--method", default="auto", choices=["auto", "cached", "naive"],
                        help="auto (default: cached where the model has it, else naive), cached (fast) or naive (reference)")
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
+
+    pr = sub.add_parser("probe", help="linear probe: class accuracy of logistic regression on a layer's features")
+    pr.add_argument("run_dir")
+    pr.add_argument("--layer", required=True, help="layer number (0 .. n_layer; middle layers work best), "
+                    "several as 2,3,4, or 'all' for a table")
+    pr.add_argument("--dataset", help="default: the dataset the run was trained on (must have labels)")
+    pr.add_argument("--data-dir")
+    pr.add_argument("--train-subset", type=int, help="fit on the first N training images only")
+    pr.add_argument("--test-subset", type=int, help="score on the first N test images only")
+    pr.add_argument("--weight-decay", type=float, default=1e-3, help="L2 penalty of the logistic regression")
+    pr.add_argument("--batch-size", type=int, default=100)
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.set_defaults(func=cmd_probe)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")
     m.add_argument("--image", default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")

@@ -1,4 +1,4 @@
-"""Evaluation of trained models: exact bits/dim over a dataset split."""
-from .bpd import evaluate, first_images
+"""Evaluation of trained models: exact bits/dim over a dataset split, linear probes."""
+from .bpd import TOKEN_NOTE, describe, evaluate, first_images
 
-__all__ = ["evaluate", "first_images"]
+__all__ = ["TOKEN_NOTE", "describe", "evaluate", "first_images"]

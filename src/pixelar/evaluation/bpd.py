@@ -9,6 +9,22 @@ import torch
 
 from ..data import ImageDataset, iterate_batches
 
+# Printed beside every likelihood of a tokenized model (Image GPT's palette)
+TOKEN_NOTE = ("the palette is lossy in general, so nats per token score the quantised images and are NOT comparable "
+              "with bits/dim of 8-bit images")
+
+
+def describe(res: dict) -> str:
+    """One line for an evaluate() result: bits/dim, or for tokenized models nats per token, the palette's
+    reconstruction error and TOKEN_NOTE."""
+    if res.get("tokenized"):
+        return (f"{res['nats_per_token']:.4f} nats per palette token ({res['bpd']:.4f} bits per token, "
+                f"{res['nats_per_image']:.2f} nats/image, {res['num_images']} images); palette reconstruction "
+                f"RMSE {res['palette_rmse']:.2f} (0..255), {100 * res['palette_exact_fraction']:.1f}% of pixels exact; "
+                + TOKEN_NOTE)
+    return (f"{res['bpd']:.4f} bits/dim ({res['nats_per_image']:.2f} nats/image, {res['num_images']} images)")
+
+
 # Dynamically binarized sets are binarized afresh per batch; a fixed generator makes their evaluation a
 # fixed binarization of the split, the same on every call.
 EVAL_BINARIZATION_SEED = 0
@@ -39,13 +55,19 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
 
     Models with auxiliary variables (`log_prob_parts`, e.g. grayscale_pixelcnn: log p(y) and log p(x | y))
     also get "bpd_parts": {part: bits per sub-pixel of the image}, which add up to "bpd".
+
+    Models over tokens (a `tokenizer`, e.g. image_gpt's colour palette) score the *encoded* images: "bpd" is
+    then bits per token, and the result also has "tokenized": True, "nats_per_token", and the palette's
+    reconstruction error on the split, "palette_rmse" (0..255 scale) and "palette_exact_fraction" (pixels
+    decoded exactly). A lossy palette models quantised images, so these numbers are not comparable with
+    bits/dim of the 8-bit images (TOKEN_NOTE says so wherever they are printed).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if dataset.spec != model.image:
-        raise ValueError(f"dataset {dataset.name!r} has images {dataset.spec} but the model expects {model.image}")
+    if dataset.spec != model.data_image:
+        raise ValueError(f"dataset {dataset.name!r} has images {dataset.spec} but the model expects {model.data_image}")
     if model.num_classes and dataset.labels is None:
         raise ValueError(f"the model is class-conditional but dataset {dataset.name!r} has no labels")
     ds = first_images(dataset, subset)
@@ -62,9 +84,15 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     per_order = torch.zeros(K, dtype=torch.float64)
     parts_fn = getattr(model, "log_prob_parts", None) if K == 1 else None
     parts: dict[str, float] = {}
+    tokenizer = model.tokenizer
+    recon = {"sq_err_sum": 0.0, "exact_pixels": 0, "pixels": 0, "sub_pixels": 0}
     try:
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=generator):
             cond = y.to(device) if model.num_classes else None
+            if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
+                for k, v in tokenizer.reconstruction_error(x.to(device)).items():
+                    recon[k] += v
+            x = model.encode(x.to(device))
             with autocast:
                 if K > 1:
                     per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats
@@ -83,6 +111,10 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     n, nats = len(ds), total.item()
     scale = n * model.image.dims * math.log(2)
     res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}
+    if tokenizer is not None:
+        res.update(tokenized=True, nats_per_token=nats / (n * model.image.dims),
+                   palette_rmse=math.sqrt(recon["sq_err_sum"] / recon["sub_pixels"]),
+                   palette_exact_fraction=recon["exact_pixels"] / recon["pixels"])
     if parts:
         res["bpd_parts"] = {name: v / scale for name, v in parts.items()}
     if K > 1:

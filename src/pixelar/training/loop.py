@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data import ImageDataset, iterate_batches, load_dataset
-from ..evaluation import evaluate, first_images
+from ..evaluation import TOKEN_NOTE, evaluate, first_images
 from ..models import compiled_log_prob, create_model
 from ..models.persistence import model_from_config
 from .checkpoint import Checkpoint, RunDir
@@ -102,8 +102,13 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                 raise ValueError(f"class_conditional needs a labelled dataset; {cfg.dataset!r} has no labels")
             overrides["num_classes"] = train_ds.num_classes
         model = create_model(cfg.model, train_ds.spec, cfg.size, **overrides)
-    if model.image != train_ds.spec:
-        raise ValueError(f"dataset {cfg.dataset!r} has images {train_ds.spec} but the model expects {model.image}")
+    if model.data_image != train_ds.spec:
+        raise ValueError(f"dataset {cfg.dataset!r} has images {train_ds.spec} but the model expects {model.data_image}")
+    if model.tokenizer is not None and model_config is None:
+        # e.g. Image GPT's palette: fitted once on the training pixels before the first step, then saved with
+        # the weights (a resumed run restores it from the checkpoint)
+        model.tokenizer.fit(train_ds.images, seed=cfg.seed)
+        emit(f"tokenizer: {model.tokenizer} fitted on the {len(train_ds)} training images")
     if model.num_classes and train_ds.labels is None:
         raise ValueError(f"the model is class-conditional but dataset {cfg.dataset!r} has no labels")
     model.to(device)
@@ -128,7 +133,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
          f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
          f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
          f"{cfg.max_steps} steps -> {run.path}")
-    dims_ln2 = train_ds.spec.dims * math.log(2)
+    dims_ln2 = model.image.dims * math.log(2)  # per token for tokenized models
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
@@ -147,7 +152,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             t_data = time.perf_counter()
             x, y = batches.next()
             window.data_s += time.perf_counter() - t_data
-            x = x.to(device)
+            x = model.encode(x.to(device))  # identity unless the model reads tokens (Image GPT's palette)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             cond = y.to(device) if model.num_classes else None
@@ -209,10 +214,17 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     res = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
     metrics.write({"step": step, "final": True, "test_bpd": res["bpd"], "test_nats_per_image": res["nats_per_image"],
                    "num_test_images": res["num_images"], "elapsed_s": elapsed()})
-    log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
+    if res.get("tokenized"):
+        log(f"test after {step} steps: {res['nats_per_token']:.4f} nats per token ({res['num_images']} images, EMA "
+            f"weights); palette reconstruction RMSE {res['palette_rmse']:.2f}; {TOKEN_NOTE}")
+    else:
+        log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
     if cfg.sample_n:
         _write_samples(model, cfg, device, run.path / SAMPLES_NAME)
-    return {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.path)}
+    out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.path)}
+    if res.get("tokenized"):  # test_bpd is then bits per token
+        out.update(tokenized=True, test_nats_per_token=res["nats_per_token"], palette_rmse=res["palette_rmse"])
+    return out
 
 
 class _Batches:
@@ -356,5 +368,5 @@ def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) ->
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     # models without an incremental forward (e.g. LMConv, any order) sample with the naive reference sampler
     method = "cached" if callable(getattr(model, "begin_cache", None)) else "naive"
-    images = model.sample(n, cond=cond, generator=generator, method=method)
-    save_grid(images, model.image, path, nrow=8)
+    images = model.decode(model.sample(n, cond=cond, generator=generator, method=method))  # tokens -> colours
+    save_grid(images, model.data_image, path, nrow=8)
