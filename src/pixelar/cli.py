@@ -88,7 +88,7 @@ def cmd_eval(args) -> int:
     ds = load_dataset(dataset, args.split, data_dir=args.data_dir or train_cfg.get("data_dir"))
     if ds.spec != model.data_image:
         raise ValueError(f"dataset {dataset!r} has images {ds.spec} but the model expects {model.data_image}")
-    res = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision)
+    res = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision, subset=args.subset)
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
         if res.get("tokenized"):
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    e.add_argument("--subset", type=int, help="evaluate the first N images of the split only (quick checks)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=cmd_eval)
 
