@@ -191,7 +191,8 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                         "bf16 -> fp32 precision")
             bar.update(1)
             if window.steps:
-                bar.set_postfix(bpd=f"{window.last_bpd:.3f}", img_s=f"{window.rate():.0f}", refresh=False)
+                key = "bits_per_token" if model.tokenizer is not None else "bpd"
+                bar.set_postfix({key: f"{window.last_bpd:.3f}", "img_s": f"{window.rate():.0f}"}, refresh=False)
             if step % cfg.log_every == 0 and window.steps:
                 line = {"step": step, "train_bpd": window.bpd_sum / window.steps, "lr": lr,
                         "grad_norm": window.norm_sum / window.steps, "images_per_s": window.rate(),
@@ -199,7 +200,8 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                         "elapsed_s": elapsed()}
                 metrics.write(line)
                 if not progress:
-                    emit(f"step {step}/{cfg.max_steps}: train {line['train_bpd']:.4f} bits/dim, "
+                    unit = "bits per token" if model.tokenizer is not None else "bits/dim"  # a palette is no bpd
+                    emit(f"step {step}/{cfg.max_steps}: train {line['train_bpd']:.4f} {unit}, "
                          f"{line['images_per_s']:.0f} images/s")
                 window = _Window()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
