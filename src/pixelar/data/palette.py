@@ -78,7 +78,7 @@ class Palette(nn.Module):
         return self
 
     def _distinct_colours(self, images: torch.Tensor):
-        images = self._check_pixels(images, "images")
+        images = self._check_pixels(images, "images").cpu()  # fitting runs on the CPU, once
         C = self.channels
         code = torch.zeros(256 ** C, dtype=torch.long)
         flat = images.permute(0, 2, 3, 1).reshape(-1, C)  # (N*H*W, C)
