@@ -134,8 +134,8 @@ class ImageGPT(SequenceTransformer):
         n = self.num_feature_layers
         layers = list(range(n)) if layers is None else [int(v) for v in layers]
         bad = [v for v in layers if not 0 <= v < n]
-        if bad:
-            raise ValueError(f"feature layers must be in [0, {n - 1}] (n_layer = {n - 1}), got {bad}")
+        if bad or not layers:
+            raise ValueError(f"feature layers must be one or more of 0 .. {n - 1} (n_layer = {n - 1}), got {layers}")
         x = self.check_input(x)
         cond = self.check_cond(cond, x.shape[0])
         h = self.embed(x, cond)  # (B, N, d)
