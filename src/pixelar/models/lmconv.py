@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn import concat_elu
+from ..nn import Dropout, concat_elu
 from ..nn.lmconv import LocallyMaskedConv2d, MaskPlan, kernel_masks
 from ..nn.orders import check_order, dihedral_orders, hidden_last_score, move_to_end
 from .base import ARImageModel
@@ -53,7 +53,7 @@ class LMGatedResnet(nn.Module):
         super().__init__()
         self.conv1 = LocallyMaskedConv2d(2 * F_, F_, kernel_size)
         self.skip = nn.Conv2d(2 * skip_channels, F_, 1) if skip_channels else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = LocallyMaskedConv2d(2 * F_, 2 * F_, kernel_size)
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)

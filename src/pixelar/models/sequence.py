@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order
+from ..nn.dropout import Dropout
 from .base import ARImageModel
 
 UNITS = ("subpixel", "pixel")
@@ -44,7 +45,7 @@ class TransformerBlock(nn.Module):
         self.attn = CausalSelfAttention(d_model, n_head, qk_dim, v_dim, pattern)
         self.ff1, self.ff2 = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model)
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def _ff(self, x):
         return self.ff2(self.act(self.ff1(x)))
