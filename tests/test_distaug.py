@@ -251,3 +251,36 @@ def test_save_load_round_trip(tmp_path):
     a = torch.tensor([[1, 2], [0, 1]])
     with torch.no_grad():
         assert torch.equal(back.log_prob(x, torch.tensor([0, 2]), aug=a), model.log_prob(x, torch.tensor([0, 2]), aug=a))
+
+
+# ----- command line ----------------------------------------------------------------------------------------------
+def test_cli_train_distaug_and_plain_then_eval_per_augmentation(tmp_path, capsys):
+    import json
+
+    from pixelar.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "rgb.npz"
+    np.savez(data, x_train=rng.integers(0, 256, (24, 4, 4, 3), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8))
+    common = ["train", "--model", "pixelcnn", "--size", "tiny", "--dataset", f"npz:{data}", "--batch-size", "4",
+              "--steps", "2", "--sample-n", "2", "--no-progress"]
+    assert main([*common, "--distaug", "rot90,colour", "--run-dir", str(tmp_path / "dist")]) == 0
+    assert main([*common, "--augment", "transpose", "--run-dir", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "dist"), "--per-augmentation", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_augmentation"]
+    assert [(r["type"], r["index"]) for r in rows] == [("identity", 0), ("rot90", 1), ("rot90", 2), ("rot90", 3),
+                                                       *[("colour", k) for k in range(1, 6)]]
+    assert main(["eval", str(tmp_path / "dist"), "--json"]) == 0  # plain eval: the identity row
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bpd"] == pytest.approx(rows[0]["bpd"])
+    assert main(["eval", str(tmp_path / "plain"), "--per-augmentation"]) == 0  # the run's own --augment types
+    out = capsys.readouterr().out
+    assert "transformed images" in out and "transpose" in out
+    assert main(["eval", str(tmp_path / "plain"), "--per-augmentation", "jigsaw", "--subset", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_augmentation"]
+    assert len(rows) == 24 and rows[0]["num_images"] == 3
+    assert main(["sample", str(tmp_path / "dist"), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["eval", str(tmp_path / "dist"), "--per-augmentation", "transpose"]) == 2  # not its types
+    assert "conditioned on ['rot90', 'colour']" in capsys.readouterr().err
+    assert main([*common, "--distaug", "rot90", "--augment", "transpose", "--run-dir", str(tmp_path / "x")]) == 2
