@@ -284,3 +284,42 @@ def test_cli_train_distaug_and_plain_then_eval_per_augmentation(tmp_path, capsys
     assert main(["eval", str(tmp_path / "dist"), "--per-augmentation", "transpose"]) == 2  # not its types
     assert "conditioned on ['rot90', 'colour']" in capsys.readouterr().err
     assert main([*common, "--distaug", "rot90", "--augment", "transpose", "--run-dir", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("name", ["lmconv", "grayscale_pixelcnn"])
+def test_evaluation_keeps_order_mixtures_and_parts(name):
+    """evaluate() scores a wrapped LMConv as its mixture over orders and splits a wrapped grayscale PixelCNN
+    into its parts, as for the bare model, under the augmentation in use."""
+    import dataclasses
+
+    from pixelar.data import ImageDataset
+    from pixelar.evaluation import evaluate, evaluate_per_augmentation
+
+    spec = ImageSpec(3, 4, 4, 4)
+    model = make(name, spec, ["transpose"])
+    ds = ImageDataset(images=torch.randint(0, 4, (5, *spec.shape), dtype=torch.uint8), labels=None, spec=spec,
+                      num_classes=None, name="mem")
+    res = evaluate(model, ds)
+    assert ("num_orders" in res) == (name == "lmconv") and ("bpd_parts" in res) == (name != "lmconv")
+    vec = torch.tensor([[1.0, 0.0]]).expand(5, 2)
+    base = evaluate(_Fixed(model.base, vec), ds)
+    assert res["bpd"] == pytest.approx(base["bpd"], rel=1e-6)
+    rows = evaluate_per_augmentation(model, ds)
+    t = dataclasses.replace(ds, images=model.augmenter.apply(ds.images, torch.ones(5, 1, dtype=torch.long)))
+    assert rows[1]["bpd"] == pytest.approx(evaluate(_Fixed(model.base, vec.flip(1)), t)["bpd"], rel=1e-6)
+
+
+class _Fixed(torch.nn.Module):
+    """A base model with a fixed cond vector, seen by evaluate() as an unconditional model."""
+
+    def __init__(self, base, vec):
+        super().__init__()
+        self.base, self.vec, self.image, self.num_classes = base, vec, base.image, 0
+        for attr in ("log_prob_per_order", "log_prob_parts"):
+            if hasattr(base, attr):
+                setattr(self, attr, lambda x, cond=None, _f=getattr(base, attr): _f(x, self.vec[: len(x)]))
+        if hasattr(base, "num_orders"):
+            self.num_orders = base.num_orders
+
+    def log_prob(self, x, cond=None):
+        return self.base.log_prob(x, self.vec[: len(x)])
