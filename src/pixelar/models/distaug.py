@@ -181,7 +181,7 @@ class DistAugModel(ARImageModel):
         aug = self._batch_aug(aug, n)
         if x_known is not None:
             x_known = self.augmenter.apply(self.check_input(x_known), aug.to(x_known.device))
-        if isinstance(known, torch.Tensor) and known.dim() == 3 and known.shape == (n, self.image.height, self.image.width):
+        if isinstance(known, torch.Tensor) and known.shape == (n, self.image.height, self.image.width):
             # every transform moves whole pixels: move the mask as a one-channel image of the same pixels
             C = self.image.channels
             k = known.long().unsqueeze(1).expand(n, C, *known.shape[1:])

@@ -6,10 +6,11 @@ or gradient norm is not finite is skipped (no optimizer or EMA update; it still 
 schedule and the data move on); max_bad_steps skipped steps in a row raise TrainingDiverged.
 
 Exact resume: everything random or stateful is in the checkpoint (raw and EMA weights, Adam state, torch
-CPU/CUDA RNG for dropout, the data generator, epoch and batch position, the bad-step counter), and the
-learning rate depends only on the step. An interrupted run resumed therefore ends with bitwise the same
-weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic). The loop knows no model
-family: it uses create_model / model_from_config, log_prob, config, sample and state dicts only.
+CPU/CUDA RNG for dropout, the data generator, the augmentation-index generator, epoch and batch position,
+the bad-step counter), and the learning rate depends only on the step. An interrupted run resumed therefore
+ends with bitwise the same weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic).
+The loop knows no model family: it uses create_model / create_distaug_model / model_from_config, log_prob,
+config, sample and state dicts only.
 """
 from __future__ import annotations
 
@@ -160,12 +161,12 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             x, y = batches.next()
             window.data_s += time.perf_counter() - t_data
             x = x.to(device)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            cond = y.to(device) if model.num_classes else None
             aug = augmenter.draw(x.shape[0], aug_gen).to(device) if augmenter is not None else None
             if cfg.augment:
                 x = augmenter.apply(x, aug)  # plain augmentation: the model sees T(x), unconditioned
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            cond = y.to(device) if model.num_classes else None
             kw = {"aug": aug} if cfg.distaug else {}
             lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
             set_lr(optimizer, lr)
