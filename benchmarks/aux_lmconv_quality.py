@@ -8,7 +8,12 @@ centre hole of a few test images (`centre_hole.png`: original, kept pixels, comp
 hidden region's conditional bits/dim.
 
     python benchmarks/aux_lmconv_quality.py --quick            # ~minutes: 50 steps, 500 test images
-    python benchmarks/aux_lmconv_quality.py --steps 1000 [--dataset cifar10] [--readme]
+    python benchmarks/aux_lmconv_quality.py --steps 1000 --test-subset 2000 [--readme]
+    python benchmarks/aux_lmconv_quality.py --dataset cifar10-jpeg --steps 500 --test-subset 500 [--readme]
+
+`--dataset cifar10-jpeg` is the colour data in ../shared/data (CIFAR-10 re-encoded as JPEG, shuffled once;
+bits/dim NOT comparable with published CIFAR-10 numbers), prepared as in attention_quality.py. The README
+block is `aux-lmconv` for Fashion-MNIST and `aux-lmconv-colour` for the colour data.
 
 Rows for the grayscale and pyramid PixelCNN (Kolesnikov & Lampert) are added automatically once models named
 `grayscale_pixelcnn` / `pyramid_pixelcnn` are registered. For models with auxiliary variables the "parts"
@@ -57,9 +62,15 @@ def main():
     steps = 50 if args.quick else args.steps
     test_subset = 500 if args.quick and args.test_subset is None else args.test_subset
     sample_n = args.sample_n or (4 if args.quick else 16)
-    base = TrainConfig(dataset=args.dataset, size=args.size, max_steps=steps, test_subset=test_subset, sample_n=0)
-    rows, lmconv8 = [], None
     tmp = tempfile.TemporaryDirectory()
+    dataset = args.dataset
+    if dataset == "cifar10-jpeg":
+        from attention_quality import SHARED, prepare
+
+        dataset = f"npz:{prepare(SHARED, Path(tmp.name))}"
+    base = TrainConfig(dataset=dataset, size=args.size, max_steps=steps, test_subset=test_subset, sample_n=0,
+                       checkpoint_every=10**9, log_every=10**9)
+    rows, lmconv8 = [], None
     for name, overrides in runs(pixelar.list_models()):
         cfg = dataclasses.replace(base, model=name, model_overrides=overrides)
         run_dir = Path(tmp.name) / f"{name}-{len(rows)}"
@@ -67,7 +78,7 @@ def main():
         train(cfg, run_dir, progress=False, log=lambda *a: None)
         wall = time.perf_counter() - t
         model = load_model(run_dir)
-        test = load_dataset(args.dataset, "test")
+        test = load_dataset(dataset, "test")
         res = evaluate(model, test, batch_size=100, subset=test_subset)
         single = f"{res['bpd_single_order']:.3f}" if "num_orders" in res else "-"
         label = f"{name} {args.size}" + (f", {overrides['num_orders']} order(s)" if "num_orders" in overrides else "")
@@ -79,16 +90,17 @@ def main():
         if name == "lmconv" and overrides.get("num_orders") == 8:
             lmconv8 = model
     n_test = test_subset or "all"
-    table = "\n".join([f"| model | params | steps (batch 32) | wall time (train + eval) | test bits/dim ({n_test} images) "
+    table = "\n".join([f"{args.dataset}, {steps} steps x batch {base.batch_size}, same seed; one CPU core per run.", "",
+                        f"| model | params | steps | wall time (train + eval) | test bits/dim ({n_test} images) "
                        f"| single order | parts (bits/dim) | sampling {sample_n} images |", "|---|---|---|---|---|---|---|---|",
                         *rows])
     print(table)
     if lmconv8 is not None:
-        inpaint(lmconv8, args.dataset, Path(args.out))
+        inpaint(lmconv8, dataset, Path(args.out))
     if args.readme:
         from readme_table import write_table
 
-        write_table("aux-lmconv", table)
+        write_table("aux-lmconv" if args.dataset == "fashion_mnist" else "aux-lmconv-colour", table)
     tmp.cleanup()
 
 

@@ -93,8 +93,17 @@ def test_attend_equals_dense_reference(case, method):
     B, h, N = 2, 3, kw["N"]
     q, k = (torch.randn(B, h, N, 4, generator=g) for _ in range(2))
     v = torch.randn(B, h, N, 5, generator=g)
+    for t in (q, k, v):
+        t.requires_grad_(True)
     ref = reference_attend(q, k, v, reference_mask(**kw))
-    torch.testing.assert_close(attend(q, k, v, pattern, method), ref, atol=1e-10, rtol=1e-10)
+    out = attend(q, k, v, pattern, method)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    # gradients too: the block paths have their own backward (fused masked softmax + log-sum-exp)
+    w = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("case", list(CASES))

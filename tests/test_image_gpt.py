@@ -340,3 +340,31 @@ def test_evaluate_reports_the_palette_error():
     assert res["nats_per_token"] == pytest.approx(res["bpd"] * math.log(2))
     assert res["nats_per_token"] == pytest.approx(math.log(4), abs=1e-5)  # zero head: uniform over 4 tokens
     assert res["palette_rmse"] > 0 and 0 <= res["palette_exact_fraction"] < 1
+
+
+def test_distaug_wraps_a_palette_model(rgb_npz, tmp_path, capsys):
+    """Distribution Augmentation of image_gpt: the wrapper transforms the palette tokens, keeps the base's
+    tokenizer and data images, saves and loads them; plain augmentation transforms the colour images first."""
+    from pixelar.cli import main
+    from pixelar.models.distaug import create_distaug_model
+
+    torch.manual_seed(0)
+    model = create_distaug_model("image_gpt", ImageSpec(3, 8, 8, 256), "tiny", ["rot90"], palette=16)
+    assert model.image == ImageSpec(1, 8, 8, 16) and model.data_image == ImageSpec(3, 8, 8, 256)
+    model.tokenizer.fit(random_rgb(), steps=10)
+    x = model.encode(random_rgb(2, seed=5).long())
+    _strong(model.base)
+    rot = model.augmenter.apply(x, torch.ones(2, 1, dtype=torch.long))
+    torch.testing.assert_close(model.log_prob(x, aug=torch.ones(2, 1, dtype=torch.long)),
+                               model.base.log_prob(rot, model.base_cond(None, torch.ones(2, 1, dtype=torch.long), 2)))
+    model.save(tmp_path / "m")
+    loaded = pixelar.load_model(tmp_path / "m")
+    assert loaded.data_image == model.data_image and torch.equal(loaded.encode(random_rgb(1).long()),
+                                                                  model.encode(random_rgb(1).long()))
+    for flag in ("--distaug", "--augment"):
+        run = tmp_path / flag.strip("-")
+        assert main(["train", "--model", "image_gpt", "--size", "tiny", "--set", "palette=16", "--dataset", rgb_npz,
+                     "--batch-size", "8", "--steps", "2", "--sample-n", "0", "--no-progress", flag, "rot90,colour"
+                     if flag == "--augment" else "rot90", "--run-dir", str(run)]) == 0
+        assert main(["eval", str(run), "--subset", "4", "--per-augmentation"]) == 0
+        assert "bits/tok per transformation" in capsys.readouterr().out

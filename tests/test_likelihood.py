@@ -62,7 +62,7 @@ def test_all_small_colour_images_sum_to_one(name, spec):
             continue
         model = make(name, spec, **overrides)
         total = total_probability(model, spec, cond)
-        assert abs(total - 1.0) < 1e-6, (overrides, total)
+        assert abs(total - 1.0) < 1e-9, (overrides, total)
 
 
 @pytest.mark.parametrize("spec", CHECK_SPECS, ids=str)
@@ -77,7 +77,7 @@ def test_conditionals_normalized_and_causal(name, spec):
         model = make(name, spec, **overrides)
         x = torch.randint(0, spec.num_values, (1, *spec.shape), generator=g)
         sums = conditional_sums(model, x, cond)
-        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-6), (overrides, sums)
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-9), (overrides, sums)
         violations, later = causality_violations(model, x, cond)
         assert violations == [], (overrides, violations[:10])
         assert later > 0, "no conditional depends on earlier sub-pixels: the check would pass vacuously"

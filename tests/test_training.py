@@ -160,8 +160,12 @@ def test_train_writes_a_loadable_run_directory(cfg, tmp_path):
         quiet(cfg, run)
 
 
-@pytest.mark.parametrize("case", ["npz", "dynamic_dropout"])
+@pytest.mark.parametrize("case", ["npz", "dynamic_dropout", "augment", "distaug"])
 def test_interrupted_run_resumes_bitwise(cfg, tmp_path, case):
+    if case == "augment":  # the augmentation indices come from their own generator, saved as rng.augment
+        cfg = dataclasses.replace(cfg, augment=["rot90", "jigsaw", "randperm"])
+    if case == "distaug":
+        cfg = dataclasses.replace(cfg, distaug=["rot90", "transpose"], class_conditional=True)
     if case == "dynamic_dropout":
         if not REAL_FASHION_MNIST.is_dir():
             pytest.skip("Fashion-MNIST not installed")
@@ -183,6 +187,7 @@ def test_interrupted_run_resumes_bitwise(cfg, tmp_path, case):
         a.pop(key), b.pop(key)
     assert a == b
     assert [m["step"] for m in metrics(cut)] == [m["step"] for m in metrics(full)]  # no duplicated steps
+    assert ("rng.augment" in read_tensors(cut / "training_state.safetensors")) == (case in ("augment", "distaug"))
 
 
 def test_resume_with_more_steps_equals_a_longer_run(cfg, tmp_path):
@@ -194,6 +199,25 @@ def test_resume_with_more_steps_equals_a_longer_run(cfg, tmp_path):
     assert read_json(tmp_path / "short" / "config.json")["train"]["max_steps"] == 6
     assert tensors_equal(read_tensors(tmp_path / "short" / "training_state.safetensors"),
                          read_tensors(tmp_path / "long" / "training_state.safetensors"))
+
+
+def test_augmentation_runs(cfg, tmp_path):
+    """Plain augmentation trains the plain model on transformed images; DistAug trains the wrapped model
+    (saved and reloaded as one); both change the training from the unaugmented run, and a bad setting is named."""
+    cfg = dataclasses.replace(cfg, max_steps=2)
+    for name, kw in (("none", {}), ("plain", {"augment": ["rot90"]}), ("dist", {"distaug": ["rot90"]})):
+        quiet(dataclasses.replace(cfg, **kw), tmp_path / name)
+    weights = {n: read_tensors(tmp_path / n / "model.safetensors") for n in ("none", "plain")}
+    assert weights["none"].keys() == weights["plain"].keys() and not tensors_equal(weights["none"], weights["plain"])
+    model = pixelar.load_model(tmp_path / "dist")
+    assert type(model).__name__ == "DistAugModel" and model.augmenter.names == ["rot90"]
+    assert read_json(tmp_path / "dist" / "config.json")["distaug"]["transforms"] == [{"name": "rot90"}]
+    with pytest.raises(ValueError, match="choose augment .* or distaug"):
+        dataclasses.replace(cfg, augment=["rot90"], distaug=["transpose"]).validate()
+    with pytest.raises(ValueError, match="distaug: unknown transformation"):
+        dataclasses.replace(cfg, distaug=["rotate"]).validate()
+    with pytest.raises(ValueError, match="colour .* 3-channel"):
+        quiet(dataclasses.replace(cfg, augment=["colour"]), tmp_path / "bad")
 
 
 def test_seed_determines_the_weights(cfg, tmp_path):

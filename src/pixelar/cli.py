@@ -37,6 +37,11 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _types(text: str | None) -> list[str]:
+    """'rot90,transpose' -> ["rot90", "transpose"]; None -> []."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
 # ----- train ------------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .config import TrainConfig
@@ -56,6 +61,8 @@ def cmd_train(args) -> int:
             if value is not None:
                 setattr(cfg, field, value)
         cfg.class_conditional = args.class_conditional
+        cfg.augment = _types(args.augment)
+        cfg.distaug = _types(args.distaug)
         cfg.compile = args.compile
         cfg.channels_last = args.channels_last
         cfg.model_overrides = _overrides(args.set)
@@ -88,6 +95,8 @@ def cmd_eval(args) -> int:
     ds = load_dataset(dataset, args.split, data_dir=args.data_dir or train_cfg.get("data_dir"))
     if ds.spec != model.data_image:
         raise ValueError(f"dataset {dataset!r} has images {ds.spec} but the model expects {model.data_image}")
+    if args.per_augmentation is not None:
+        return _eval_per_augmentation(args, model, ds, dataset, train_cfg)
     res = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision, subset=args.subset)
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
@@ -104,6 +113,37 @@ def cmd_eval(args) -> int:
         if "num_orders" in res:
             print(f"  mixture over {res['num_orders']} generation orders; single order: "
                   f"{res['bpd_single_order']:.4f} bits/dim")
+    return 0
+
+
+def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> int:
+    """Bits/dim per transformation type and index (identity first); see pixelar.evaluation.augment."""
+    from .augment import Augmenter, parse_transforms
+    from .evaluation import evaluate_per_augmentation
+
+    types = _types(args.per_augmentation) or None
+    if types is None and getattr(model, "augmenter", None) is None:
+        types = train_cfg.get("augment") or None
+        if types is None:
+            raise ValueError("--per-augmentation: the model was trained without transformations; name the types "
+                             "to score it under, e.g. --per-augmentation rot90,transpose")
+    augmenter = Augmenter(parse_transforms(model.data_image, types)) if types else None  # acts on the data images
+    rows = evaluate_per_augmentation(model, ds, augmenter, batch_size=args.batch_size, precision=args.precision,
+                                     subset=args.subset)
+    if args.json:
+        print(json.dumps({"dataset": dataset, "split": args.split, "run_dir": str(args.run_dir), "per_augmentation": rows}))
+        return 0
+    how = "conditioned on the transformation" if getattr(model, "augmenter", None) is not None else "transformed images"
+    unit = "bits/dim"
+    if model.tokenizer is not None:  # Image GPT's palette: bits per token of the quantised images
+        from .evaluation import TOKEN_NOTE
+
+        unit = "bits/tok"
+        print(f"bits per palette token: {TOKEN_NOTE}")
+    print(f"{dataset} {args.split}: {unit} per transformation ({how}, {rows[0]['num_images']} images)")
+    print(f"  {'type':<10} {'index':>5} {unit:>9}")
+    for r in rows:
+        print(f"  {r['type']:<10} {r['index']:>5} {r['bpd']:>9.4f}")
     return 0
 
 
@@ -262,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-subset", type=int, help="use only the first N training images (quick experiments)")
     t.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (quick experiments)")
     t.add_argument("--class-conditional", action="store_true", help="condition the model on the dataset's labels")
+    t.add_argument("--augment", metavar="TYPES",
+                   help="plain data augmentation baseline (unconditioned): comma-separated transformation types from "
+                        "rot90, transpose, colour, jigsaw, reverse, randperm; each image draws one index per type")
+    t.add_argument("--distaug", metavar="TYPES",
+                   help="Distribution Augmentation: as --augment, but the model is conditioned on the indices and "
+                        "test bits/dim use the identity (Jun et al. 2020)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10")
     t.add_argument("--run-dir", help="output directory (default runs/MODEL-DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
@@ -275,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    e.add_argument("--subset", type=int, help="evaluate the first N images of the split only (quick checks)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--subset", type=int, help="score only the first N images of the split (quick checks)")
+    e.add_argument("--per-augmentation", nargs="?", const="", metavar="TYPES",
+                   help="bits/dim for each transformation type and index, identity first (DistAug models: their "
+                        "own types; other models: the run's --augment types or the TYPES given)")
     e.set_defaults(func=cmd_eval)
 
     for name, helptext in (("sample", "draw samples into a PNG grid"), ("complete", "keep part of an image, sample the rest")):

@@ -1,9 +1,9 @@
 """Discretized mixture of logistics (Salimans et al. 2017, PixelCNN++ section 2.1-2.2; released `nn.py`).
 
 Values v in [0, K) sit at bin centres 2v/(K-1) - 1 in [-1, 1], bin half-width 1/(K-1). The first and last
-bins extend to -inf / +inf, so the K bin masses sum to exactly one. When a bin's mass underflows
-(< 1e-5) the log-density at the bin centre times the bin width is used instead (the released code's
-fallback, with the width generalised to any K).
+bins extend to -inf / +inf, so the K bin masses sum to exactly one. Each bin's log mass is computed in log
+space (stable in both tails), so unlike the released code no density-times-width fallback is needed for
+tiny masses, and the probabilities sum to one to rounding error, not only to ~1e-5.
 
 For 3 channels, one mixture indicator is shared by R, G, B and the means are coupled linearly with the
 true earlier channels: mu_G += alpha * r, mu_B += beta * r + gamma * g (coefficients through tanh).
@@ -63,32 +63,21 @@ class DiscretizedLogisticMixture(OutputDistribution):
             means[c] = means[c] + coeffs[:, k] * xs[:, p]
         return torch.stack(means, dim=1)
 
-    def _bin_log_prob(self, x: torch.Tensor, xs: torch.Tensor, means, log_scales) -> torch.Tensor:
-        """log mass of the bin of x under each logistic. x int (B,C,1,..), xs scaled; -> (B, C, M, ...)."""
-        K = self.image.num_values
-        centered = xs - means
-        inv_s = torch.exp(-log_scales)
-        plus_in = inv_s * (centered + self.half_width)
-        min_in = inv_s * (centered - self.half_width)
-        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigma(plus_in), for value 0
-        log_one_minus_cdf_min = -F.softplus(min_in)  # log (1 - sigma(min_in)), for value K-1
-        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
-        mid_in = inv_s * centered
-        log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)
-        # nested where (not masks) keeps gradients finite, as in the released code
-        inner = torch.where(
-            cdf_delta > 1e-5,
-            torch.log(cdf_delta.clamp_min(1e-12)),
-            log_pdf_mid + math.log(2.0 * self.half_width),
-        )
-        return torch.where(x == 0, log_cdf_plus, torch.where(x == K - 1, log_one_minus_cdf_min, inner))
+    def _bin_log_prob(self, x: torch.Tensor, means, log_scales) -> torch.Tensor:
+        """log mass of the bin of x under each logistic. x int (B,C,1,..); -> (B, C, M, ...).
+
+        The released code computes log(sigma(plus) - sigma(min)) and, where that difference underflows
+        (< 1e-5), substitutes the density at the bin centre times the bin width; the substitute is not the
+        bin's mass, so its K probabilities then sum to 1 only up to ~1e-5. The log-space form of
+        _interval_log_mass is stable in both tails without a substitute, so every bin gets its exact mass."""
+        return self._interval_log_mass(x, x, means, log_scales)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logits, means, log_scales, coeffs = self._split(params)  # (B,M,H,W), (B,C,M,H,W) ...
         x5 = x.unsqueeze(2)  # (B, C, 1, H, W)
         xs = self._to_unit(x5, means.dtype)
         means = self._coupled_means(means, coeffs, xs)
-        lp = self._bin_log_prob(x5, xs, means, log_scales)  # (B, C, M, H, W)
+        lp = self._bin_log_prob(x5, means, log_scales)  # (B, C, M, H, W)
         log_mix = F.log_softmax(logits, dim=1)  # (B, M, H, W)
         # joint log p(x_0..c) for each prefix c; per-sub-pixel conditionals are successive differences
         prefix = torch.logsumexp(log_mix.unsqueeze(1) + lp.cumsum(dim=1), dim=2)  # (B, C, H, W)

@@ -66,8 +66,12 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if dataset.spec != model.data_image:
-        raise ValueError(f"dataset {dataset.name!r} has images {dataset.spec} but the model expects {model.data_image}")
+    # models over tokens (Image GPT's palette) are built for data images other than their inputs; duck-typed
+    # models without the attributes are their own data images
+    data_image = getattr(model, "data_image", model.image)
+    tokenizer = getattr(model, "tokenizer", None)
+    if dataset.spec != data_image:
+        raise ValueError(f"dataset {dataset.name!r} has images {dataset.spec} but the model expects {data_image}")
     if model.num_classes and dataset.labels is None:
         raise ValueError(f"the model is class-conditional but dataset {dataset.name!r} has no labels")
     ds = first_images(dataset, subset)
@@ -84,7 +88,6 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     per_order = torch.zeros(K, dtype=torch.float64)
     parts_fn = getattr(model, "log_prob_parts", None) if K == 1 else None
     parts: dict[str, float] = {}
-    tokenizer = model.tokenizer
     recon = {"sq_err_sum": 0.0, "exact_pixels": 0, "pixels": 0, "sub_pixels": 0}
     try:
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=generator):
@@ -92,7 +95,7 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
                 for k, v in tokenizer.reconstruction_error(x.to(device)).items():
                     recon[k] += v
-            x = model.encode(x.to(device))
+                x = model.encode(x.to(device))
             with autocast:
                 if K > 1:
                     per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats

@@ -3,7 +3,8 @@ from . import aux_pixelcnn, gated_pixelcnn, lmconv, pixelcnn, pixelcnn_pp  # noq
 from . import image_gpt, image_transformer, pixelsnail, sparse_transformer  # noqa: F401  (attention models)
 from .base import ARImageModel
 from .compiled import compile_available, compiled_log_prob
+from .distaug import DistAugModel, create_distaug_model
 from .persistence import load_model
 from .registry import SIZES, create_model, list_models, preset
 
-__all__ = ["ARImageModel", "compile_available", "compiled_log_prob", "create_model", "list_models", "load_model", "preset", "SIZES"]
+__all__ = ["ARImageModel", "DistAugModel", "create_distaug_model", "compile_available", "compiled_log_prob", "create_model", "list_models", "load_model", "preset", "SIZES"]

@@ -62,21 +62,22 @@ class CompiledLogProb:
             log(f"compile: torch.compile is not available here ({why}); running in eager mode (same results, "
                 "no fusion)")
 
-    def __call__(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True, **kw) -> torch.Tensor:
+        """kw: further arguments of the model's log_prob (e.g. DistAugModel's aug), passed through."""
         if not self.compiled:  # eager log_prob checks its inputs itself
-            return self.model.log_prob(x, cond, reduce)
+            return self.model.log_prob(x, cond, reduce, **kw)
         x = self.model.check_input(x)  # eager: value checks cannot run inside the compiled graph
         cond = self.model.check_cond(cond, x.shape[0])
         if not self._first:
-            return self._fn(x, cond, reduce)
+            return self._fn(x, cond, reduce, **kw)
         try:
-            out = self._fn(x, cond, reduce)
+            out = self._fn(x, cond, reduce, **kw)
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             self.log(f"compile: compiling {type(self.model).__name__} failed ({type(e).__name__}: {first}); "
                      "running in eager mode (same results, no fusion)")
             self.compiled, self._fn = False, self.model.log_prob
-            return self.model.log_prob(x, cond, reduce)
+            return self.model.log_prob(x, cond, reduce, **kw)
         self._first = False
         return out
 

@@ -98,8 +98,7 @@ class ImageTransformer(_ImageTransformer):
 
 
 @register_model("image_transformer_dmol", sizes={
-    # tiny: d 8 keeps the mixture away from the released code's tiny-bin fallback (log-density x width, not
-    # exactly normalized), which stronger random outputs in the brute-force tests reach
+    # tiny: d 8; the brute-force tests evaluate every image of a tiny spec
     "tiny": _preset(2, 8, 2, 16, "local_1d", 4, 0.0, {"kind": "logistic_mixture", "nr_mix": 2}),
     "small": _preset(4, 64, 4, 128, "local_1d", 256, 0.0, {"kind": "logistic_mixture", "nr_mix": 5}),
     # imagetransformer_cifar10_base_dmol (2.90 bpd): 12 layers, d 256, filter 512, 8 heads, key/value

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn import concat_elu
-from ..nn.lmconv import LocallyMaskedConv2d, kernel_masks
+from ..nn import Dropout, concat_elu
+from ..nn.lmconv import LocallyMaskedConv2d, MaskPlan, kernel_masks
 from ..nn.orders import check_order, dihedral_orders, hidden_last_score, move_to_end
 from .base import ARImageModel
 from .conditioning import maybe_bias
@@ -53,7 +53,7 @@ class LMGatedResnet(nn.Module):
         super().__init__()
         self.conv1 = LocallyMaskedConv2d(2 * F_, F_, kernel_size)
         self.skip = nn.Conv2d(2 * skip_channels, F_, 1) if skip_channels else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = LocallyMaskedConv2d(2 * F_, 2 * F_, kernel_size)
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)
@@ -156,13 +156,13 @@ class LMConv(ARImageModel):
         return super().train(mode)
 
     def _masks(self, order: torch.Tensor, device, dtype):
-        """(mask A, mask B, dilated mask B), each (k*k, H*W), for `order`; cached per order."""
+        """MaskPlans of (mask A, mask B, dilated mask B), each mask (k*k, H*W), for `order`; cached per order."""
         key = (order.numpy().tobytes(), str(device), dtype)
         if key not in self._mask_cache:
             if len(self._mask_cache) >= 64:
                 self._mask_cache.clear()
             H, W, k = self.image.height, self.image.width, self.kernel_size
-            self._mask_cache[key] = tuple(kernel_masks(order, H, W, k, d, t).to(device=device, dtype=dtype)
+            self._mask_cache[key] = tuple(MaskPlan(kernel_masks(order, H, W, k, d, t), H, W, k, d).to(device, dtype)
                                           for d, t in ((1, "A"), (1, "B"), (self.dilation, "B")))
         return self._mask_cache[key]
 

@@ -22,7 +22,17 @@ def model_from_config(cfg: dict, source: str = "config"):
 
     if cfg.get("format") != CONFIG_FORMAT or "model" not in cfg or "image" not in cfg or "hparams" not in cfg:
         raise ValueError(f"{source} is not a pixelar model config (needs format={CONFIG_FORMAT!r}, model, image, hparams)")
-    return build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
+    base = build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
+    if "distaug" not in cfg:
+        return base
+    # a Distribution Augmentation wrapper (models/distaug.py): the base's hparams already hold its cond_dim
+    from .distaug import DistAugModel
+
+    da = cfg["distaug"]
+    if not isinstance(da, dict) or "transforms" not in da:
+        raise ValueError(f"{source}: 'distaug' must be an object with 'transforms', got {da!r}")
+    return DistAugModel(base, da["transforms"], num_classes=int(da.get("num_classes", 0)),
+                        cond_dim=int(da.get("cond_dim", 0)))
 
 
 def load_model(path, map_location: str = "cpu"):

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import (
+    Dropout,
     DownRightShiftedConv2d,
     DownRightShiftedConvTranspose2d,
     DownShiftedConv2d,
@@ -36,7 +37,7 @@ class GatedResnet(nn.Module):
         super().__init__()
         self.conv1 = conv_cls(2 * F_, F_)
         self.skip = nn.Conv2d(2 * skip_channels, F_, 1) if skip_channels else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = conv_cls(2 * F_, 2 * F_)
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)

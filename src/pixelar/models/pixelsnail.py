@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+from ..nn import Dropout, DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
 from ..nn.attention import AttentionPattern, attend, attend_step
 from .base import ARImageModel
 from .conditioning import maybe_bias
@@ -48,7 +48,7 @@ class GatedResnet(nn.Module):
         make = conv_cls if conv_cls is not None else (lambda i, o: nn.Conv2d(i, o, 1))
         self.conv1 = make(channels, channels)
         self.aux = nn.Conv2d(aux_channels, channels, 1) if aux_channels else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = make(channels, 2 * channels)
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)

@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order
+from ..nn.dropout import Dropout
 from ..nn.norm import QuickGELU, RMSNorm
 from .base import ARImageModel
 
@@ -51,7 +52,7 @@ class TransformerBlock(nn.Module):
         self.attn = CausalSelfAttention(d_model, n_head, qk_dim, v_dim, pattern, bias=bias)
         self.ff1, self.ff2 = nn.Linear(d_model, ff_dim, bias=bias), nn.Linear(ff_dim, d_model, bias=bias)
         self.act = {"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}[activation]()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def _ff(self, x):
         return self.ff2(self.act(self.ff1(x)))

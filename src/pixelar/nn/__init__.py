@@ -1,6 +1,7 @@
 """Reusable layers. Nothing here knows about a model."""
 from .attention import AttentionPattern, CausalSelfAttention, attend, block_raster_order
-from .lmconv import LocallyMaskedConv2d, kernel_masks, locally_masked_conv2d
+from .dropout import Dropout, dropout
+from .lmconv import LocallyMaskedConv2d, MaskPlan, kernel_masks, locally_masked_conv2d
 from .masked_conv import MaskedConv2d, causal_mask, channel_groups
 from .shifted_conv import (
     DownRightShiftedConv2d,
@@ -17,5 +18,5 @@ __all__ = [
     "MaskedConv2d", "causal_mask", "channel_groups",
     "DownShiftedConv2d", "DownRightShiftedConv2d", "DownShiftedConvTranspose2d",
     "DownRightShiftedConvTranspose2d", "concat_elu", "down_shift", "right_shift",
-    "LocallyMaskedConv2d", "kernel_masks", "locally_masked_conv2d",
+    "LocallyMaskedConv2d", "MaskPlan", "kernel_masks", "locally_masked_conv2d", "Dropout", "dropout",
 ]

@@ -254,15 +254,44 @@ def _scatter_back(y: torch.Tensor, idx: torch.Tensor, N: int) -> torch.Tensor:
     return y.flatten(2, 3)[:, :, inv[:N]]
 
 
+class _MaskedSoftmaxLSE(torch.autograd.Function):
+    """Masked softmax and its log-sum-exp in one pass: (scores (..., L, M), keep (nb, L, M), scale) ->
+    (p (..., L, M), lse (..., L)).
+
+    Why not exp(s - logsumexp(s)): the CPU's exp takes a slow path for the masked scores (8x slower than
+    for ordinary inputs); softmax's fused kernel does not. The log-sum-exp follows from the softmax itself:
+    at the row maximum m, p = e^(m - lse), so lse = m - log(max p). Backward, with g and g_lse the incoming
+    gradients: d s = scale * p * (g - sum(g * p) + g_lse), one fused expression instead of autograd's
+    separate softmax, amax and masked_fill backward passes."""
+
+    @staticmethod
+    def forward(ctx, scores, keep, scale: float):
+        s = scores * scale
+        s.masked_fill_(~keep, _NEG)
+        p = torch.softmax(s, dim=-1)
+        lse = s.amax(dim=-1) - torch.log(p.amax(dim=-1))  # about _NEG where a row has no key
+        ctx.save_for_backward(p)
+        ctx.scale = scale
+        return p, lse
+
+    @staticmethod
+    def backward(ctx, g, g_lse):
+        (p,) = ctx.saved_tensors
+        inner = -(g * p).sum(dim=-1, keepdim=True) if g is not None else torch.zeros_like(p[..., :1])
+        if g_lse is not None:
+            inner = inner + g_lse.unsqueeze(-1)
+        grad = p * ((g + inner) if g is not None else inner)
+        return grad.mul_(ctx.scale), None, None
+
+
 def _blocks_with_lse(q, k, v, part: BlockPart, scale: float):
     """Manual attention of one part: -> out (B, h, N, dv) and log-sum-exp of the scores (B, h, N)."""
     N = q.shape[2]
     qg, kg, vg = _gather(q, part.q_idx), _gather(k, part.kv_idx), _gather(v, part.kv_idx)
     dtype = q.dtype if q.dtype == torch.float64 else torch.float32  # scores in >= fp32 (no overflow)
-    s = torch.matmul(qg.to(dtype), kg.to(dtype).transpose(-1, -2)) * scale  # (B, h, nb, L, M)
-    s = s.masked_fill(~part.mask.to(s.device), _NEG)
-    lse = torch.logsumexp(s, dim=-1)  # (B, h, nb, L); about _NEG where a row has no key
-    out = torch.matmul(torch.exp(s - lse.unsqueeze(-1)).to(v.dtype), vg)  # (B, h, nb, L, dv)
+    s = torch.matmul(qg.to(dtype), kg.to(dtype).transpose(-1, -2))  # (B, h, nb, L, M)
+    p, lse = _MaskedSoftmaxLSE.apply(s, part.mask.to(s.device), scale)  # (B, h, nb, L, M), (B, h, nb, L)
+    out = torch.matmul(p.to(v.dtype), vg)  # (B, h, nb, L, dv)
     return _scatter_back(out, part.q_idx, N), _scatter_back(lse.unsqueeze(-1), part.q_idx, N).squeeze(-1)
 
 
@@ -296,10 +325,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attention
         # padding query rows (no key) read their block's first key; their output is dropped by _scatter_back
         mask = p.mask.clone()
         mask[..., 0] |= ~mask.any(-1)
-        mask = mask.to(q.device).unsqueeze(0).expand(h, nb, L, M).reshape(h * nb, L, M)
-        out = F.scaled_dot_product_attention(qg.reshape(B, h * nb, L, dk), kg.reshape(B, h * nb, M, dk),
-                                             vg.reshape(B, h * nb, M, -1), attn_mask=mask)  # (B, h*nb, L, dv)
-        return _scatter_back(out.view(B, h, nb, L, -1), p.q_idx, N)
+        # a 4-D mask (1, nb, L, M) broadcast over batch x heads: with a 3-D mask the CPU falls back from the
+        # fused (flash) kernel to the unfused math one, 3x slower at 32x32x3
+        out = F.scaled_dot_product_attention(qg.reshape(B * h, nb, L, dk), kg.reshape(B * h, nb, M, dk),
+                                             vg.reshape(B * h, nb, M, -1), attn_mask=mask.to(q.device)[None])
+        return _scatter_back(out.view(B, h, nb, L, -1), p.q_idx, N)  # out: (B*h, nb, L, dv)
     # union of parts with disjoint key sets: merge exactly through the log-sum-exps
     outs, lses = zip(*(_blocks_with_lse(q, k, v, p, scale) for p in parts))
     lse = torch.logsumexp(torch.stack(lses), dim=0)  # (B, h, N)

@@ -4,7 +4,8 @@ Files of a run directory:
     config.json                  model.config() plus "train": TrainConfig.to_dict(); pixelar.load_model reads it
     model.safetensors            the EMA weights of the latest checkpoint (what evaluation and sampling use)
     training_state.safetensors   "model.*" raw weights, "optim.<param index>.<key>" Adam tensors, "ema.*" EMA,
-                                 "rng.torch", "rng.cuda.<i>", "rng.data" generator states (uint8);
+                                 "rng.torch", "rng.cuda.<i>", "rng.data", "rng.augment" (runs with
+                                 augmentation) generator states (uint8);
                                  metadata {"step", "fingerprint"}
     training_state.json          step, epoch, batch (within the epoch), bad_steps, elapsed_s, Adam's scalar
                                  state (per-parameter step counts) and the fingerprint of its tensors file

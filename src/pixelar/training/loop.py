@@ -6,10 +6,11 @@ or gradient norm is not finite is skipped (no optimizer or EMA update; it still 
 schedule and the data move on); max_bad_steps skipped steps in a row raise TrainingDiverged.
 
 Exact resume: everything random or stateful is in the checkpoint (raw and EMA weights, Adam state, torch
-CPU/CUDA RNG for dropout, the data generator, epoch and batch position, the bad-step counter), and the
-learning rate depends only on the step. An interrupted run resumed therefore ends with bitwise the same
-weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic). The loop knows no model
-family: it uses create_model / model_from_config, log_prob, config, sample and state dicts only.
+CPU/CUDA RNG for dropout, the data generator, the augmentation-index generator, epoch and batch position,
+the bad-step counter), and the learning rate depends only on the step. An interrupted run resumed therefore
+ends with bitwise the same weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic).
+The loop knows no model family: it uses create_model / create_distaug_model / model_from_config, log_prob,
+config, sample and state dicts only.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, iterate_batches, load_dataset
 from ..evaluation import TOKEN_NOTE, evaluate, first_images
 from ..models import compiled_log_prob, create_model
+from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
 from .checkpoint import Checkpoint, RunDir
 from .ema import EMA
@@ -101,7 +104,10 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             if train_ds.num_classes is None:
                 raise ValueError(f"class_conditional needs a labelled dataset; {cfg.dataset!r} has no labels")
             overrides["num_classes"] = train_ds.num_classes
-        model = create_model(cfg.model, train_ds.spec, cfg.size, **overrides)
+        if cfg.distaug:  # the registered model, wrapped: conditioned on the transformation indices
+            model = create_distaug_model(cfg.model, train_ds.spec, cfg.size, cfg.distaug, **overrides)
+        else:
+            model = create_model(cfg.model, train_ds.spec, cfg.size, **overrides)
     if model.data_image != train_ds.spec:
         raise ValueError(f"dataset {cfg.dataset!r} has images {train_ds.spec} but the model expects {model.data_image}")
     if model.tokenizer is not None and model_config is None:
@@ -116,13 +122,18 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)
     ema = EMA(model, cfg.ema_decay)
+    # augmentation: indices drawn per image from their own generator (checkpointed as rng.augment);
+    # plain augmentation transforms the batch, DistAug passes the indices to the model, which transforms
+    augmenter = (Augmenter(parse_transforms(train_ds.spec, cfg.augment)) if cfg.augment
+                 else getattr(model, "augmenter", None) if cfg.distaug else None)
+    aug_gen = torch.Generator().manual_seed(_augment_seed(cfg.seed)) if augmenter is not None else None
 
     if ckpt is None:
         batches = _Batches(train_ds, cfg.batch_size, cfg.seed)
         step, bad, elapsed_before = 0, 0, 0.0
         run.write_config(model.config(), cfg.to_dict())
     else:
-        batches = _restore(run, ckpt, model, optimizer, ema, train_ds, cfg)
+        batches = _restore(run, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen)
         step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
         run.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
         if max_steps is not None:
@@ -132,7 +143,9 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     emit(f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
          f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
          f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
-         f"{cfg.max_steps} steps -> {run.path}")
+         f"{cfg.max_steps} steps -> {run.path}"
+         + (f"; augmentation {','.join(augmenter.names)} ({'DistAug, conditioned' if cfg.distaug else 'plain'})"
+            if augmenter is not None else ""))
     dims_ln2 = model.image.dims * math.log(2)  # per token for tokenized models
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
@@ -152,15 +165,22 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             t_data = time.perf_counter()
             x, y = batches.next()
             window.data_s += time.perf_counter() - t_data
-            x = model.encode(x.to(device))  # identity unless the model reads tokens (Image GPT's palette)
+            x = x.to(device)
+            aug = augmenter.draw(x.shape[0], aug_gen).to(device) if augmenter is not None else None
+            if cfg.augment:
+                x = augmenter.apply(x, aug)  # plain augmentation: the model sees T(x), unconditioned
+            # data images -> model inputs after plain augmentation (which acts on the data images), before
+            # DistAug (whose model transforms its own inputs); identity unless the model reads tokens (Image GPT)
+            x = model.encode(x)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             cond = y.to(device) if model.num_classes else None
+            kw = {"aug": aug} if cfg.distaug else {}
             lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             with autocast:
-                lp = log_prob(x, cond)  # (B,) nats
+                lp = log_prob(x, cond, **kw)  # (B,) nats
             loss = -lp.float().mean() / dims_ln2  # bits/dim
             reason, grad_norm = None, None
             if not torch.isfinite(loss):
@@ -205,7 +225,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                          f"{line['images_per_s']:.0f} images/s")
                 window = _Window()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                _save(run, model, optimizer, ema, batches, step, bad, elapsed())
+                _save(run, model, optimizer, ema, batches, step, bad, elapsed(), aug_gen)
                 if not progress:
                     emit(f"checkpoint at step {step}")
             if on_step is not None:
@@ -317,14 +337,22 @@ class _MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def _rng_states(batches: _Batches) -> dict[str, torch.Tensor]:
+def _augment_seed(seed: int) -> int:
+    """The seed of the augmentation-index generator: derived from the run's seed, apart from the data's."""
+    return int(np.random.SeedSequence([seed, 0xA06]).generate_state(1, np.uint64)[0])
+
+
+def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str, torch.Tensor]:
     rng = {"torch": torch.get_rng_state(), "data": batches.generator.get_state()}
+    if aug_gen is not None:
+        rng["augment"] = aug_gen.get_state()
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return rng
 
 
-def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int, bad: int, elapsed_s: float) -> None:
+def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int, bad: int, elapsed_s: float,
+          aug_gen: torch.Generator | None = None) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
@@ -335,10 +363,11 @@ def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int,
         raise TrainingDiverged(f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
                                f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept")
     progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s}
-    run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches)))
+    run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, aug_gen)))
 
 
-def _restore(run: RunDir, ckpt: Checkpoint, model, optimizer, ema: EMA, train_ds: ImageDataset, cfg: TrainConfig):
+def _restore(run: RunDir, ckpt: Checkpoint, model, optimizer, ema: EMA, train_ds: ImageDataset, cfg: TrainConfig,
+             aug_gen: torch.Generator | None = None):
     """Load the checkpoint's state into the fresh objects; return the data stream at the saved position."""
     where = run.tensors_path
     try:
@@ -354,6 +383,11 @@ def _restore(run: RunDir, ckpt: Checkpoint, model, optimizer, ema: EMA, train_ds
                          f"{batches.epoch} to batch {batches.batch} does not reproduce the saved data generator "
                          f"state (was dataset {cfg.dataset!r} or its files changed?)")
     torch.set_rng_state(ckpt.rng["torch"])
+    if aug_gen is not None:
+        if "augment" not in ckpt.rng:
+            raise ValueError(f"training state {where} has no augmentation generator state ('rng.augment'), but the "
+                             "run augments its images: it was not written by this run's configuration")
+        aug_gen.set_state(ckpt.rng["augment"])
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             if f"cuda.{i}" in ckpt.rng:
