@@ -17,7 +17,8 @@ per-sub-pixel conditionals are the base's mapped back through T_aug^-1, and its 
 order mapped back: a rotation is another generation order over the same image.
 
 Differences from the paper: the conditioning of the transformers is added at every position (pixelar's
-transformers add cond there), not only to the start token; positional embeddings are those of the transformed
+transformers add cond there), not only to the start token (image_gpt: the start token only, as the paper);
+positional embeddings are those of the transformed
 image (the paper's `permute_embeddings` keeps the original coordinates); RandAugment and the dataset-indicator
 types are not included.
 """
