@@ -31,13 +31,7 @@ REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 STATE_FILES = ("config.json", "model.safetensors", "training_state.safetensors", "training_state.json")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores two threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
