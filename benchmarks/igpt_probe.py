@@ -31,15 +31,8 @@ from pixelar.evaluation import first_images
 from pixelar.evaluation.probe import linear_probe, probe_layer
 from pixelar.training import train
 
-
-def time_rows(model, n, rows, method):
-    C, H, W = model.image.shape
-    known = torch.zeros(n, H, W, dtype=torch.bool)
-    known[:, rows:] = True  # only the first rows are sampled
-    x_known = torch.zeros(n, C, H, W, dtype=torch.long)
-    t = time.perf_counter()
-    out = model.sample(n, generator=torch.Generator().manual_seed(0), method=method, x_known=x_known, known=known)
-    return (time.perf_counter() - t) * H / rows, out
+sys.path.insert(0, str(Path(__file__).parent))
+from attention_sampling_speed import time_rows  # noqa: E402  (same row-extrapolated timing)
 
 
 def main(argv=None):
