@@ -116,8 +116,7 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from readme_table import write_table
+        from readme_table import write_table  # benchmarks/ is on sys.path (see the imports)
 
         write_table("igpt-probe", table)
 

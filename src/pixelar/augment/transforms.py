@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tracing import is_tracing
 from ..types import ImageSpec
 
 # name -> the number of choices (randperm: identity + its `num` permutations, see make_transform)
@@ -230,9 +231,7 @@ class Augmenter:
         if aug.shape != (batch, n):
             raise ValueError(f"aug must have shape ({batch}, {n}) (one index per type {self.names}), "
                              f"got {tuple(aug.shape)}")
-        from ..models.compiled import is_tracing  # no value checks while torch.compile traces
-
-        if aug.numel() and not is_tracing():
+        if aug.numel() and not is_tracing():  # no value checks while torch.compile traces
             high = torch.tensor(self.choices, device=aug.device)
             if bool((aug < 0).any()) or bool((aug >= high).any()):
                 raise ValueError(f"aug[:, t] must be in [0, {self.choices}[t]) for the types {self.names}, "

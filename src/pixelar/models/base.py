@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from ..distributions import OutputDistribution, make_distribution
+from ..tracing import is_tracing
 from ..types import ImageSpec
-from .compiled import is_tracing
 
 CONFIG_FORMAT = "pixelar-model"
 CONFIG_VERSION = 1

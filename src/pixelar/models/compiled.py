@@ -8,19 +8,13 @@ available, `compiled_log_prob` says so in one log line and returns the eager com
 same either way, only speed differs.
 
 The input checks of log_prob read tensor values (`int(x.min())`), which would break the compiled graph; the
-wrapper runs them eagerly first, and ARImageModel skips them while Dynamo traces (see `is_tracing`).
+wrapper runs them eagerly first, and ARImageModel skips them while Dynamo traces (see `pixelar.tracing.is_tracing`).
 """
 from __future__ import annotations
 
 import torch
 
 _AVAILABLE: tuple[bool, str] | None = None  # (works, reason) of the one-off probe, per process
-
-
-def is_tracing() -> bool:
-    """True while torch.compile traces the calling code (value-dependent checks must be skipped then)."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def compile_available() -> tuple[bool, str]:
