@@ -230,21 +230,56 @@ def test_temperature_zero_is_deterministic_and_temperature_changes_samples(name)
     assert not torch.equal(c, a) and not torch.equal(c, d)
 
 
-def test_grayscale_completion_keeps_pixels_and_the_grey_sampler_may_be_cached():
-    spec = ImageSpec(3, 4, 4, 8)
-    model = make("grayscale_pixelcnn", spec, gray_levels=4)
-    x = torch.randint(0, 8, (2, *spec.shape), generator=torch.Generator().manual_seed(0))
-    known = torch.zeros(2, 4, 4, dtype=torch.bool)
+@pytest.mark.parametrize("spec,levels", [(ImageSpec(3, 4, 5, 8), 4), (ImageSpec(1, 5, 4, 16), 4)], ids=str)
+def test_grayscale_cached_sampling_equals_naive_and_completion_keeps_pixels(spec, levels):
+    """Both stages cached (grey PixelCNN++ and the colour stage reading y's embedding as a constant map):
+    the same images as the naive sampler, for class conditioning, temperatures and completion."""
+    model = make("grayscale_pixelcnn", spec, gray_levels=levels, num_classes=3)
+    C, H, W = spec.shape
+    x = torch.randint(0, spec.num_values, (3, C, H, W), generator=torch.Generator().manual_seed(0))
+    known = torch.zeros(3, H, W, dtype=torch.bool)
     known[:, :2] = True
-    for method in ("cached", "naive"):
-        out = model.sample(2, generator=torch.Generator().manual_seed(3), method=method, x_known=x, known=known)
-        assert torch.equal(out[:, :, :2], x[:, :, :2])
-    # the grey stage's cached and naive samplers make the same draws
-    a = model.sample(2, generator=torch.Generator().manual_seed(4), method="cached")
-    b = model.sample(2, generator=torch.Generator().manual_seed(4), method="naive")
-    assert torch.equal(a, b)
-    with pytest.raises(NotImplementedError, match="naive"):
-        create_model("pyramid_pixelcnn", spec).sample(1, method="cached")
+    known[1, 3, 1:] = True  # known pixels in one image only: the step runs, the pixel is kept
+    cond = torch.tensor([0, 1, 2])
+    for seed, temperature, completion in [(4, 1.0, False), (5, 0.6, False), (6, 0.0, False), (3, 1.0, True)]:
+        kw = dict(x_known=x, known=known) if completion else {}
+        out = {method: model.sample(3, cond, temperature=temperature, generator=torch.Generator().manual_seed(seed),
+                                    method=method, **kw) for method in ("cached", "naive")}
+        assert torch.equal(out["cached"], out["naive"]), (seed, temperature, completion)
+        if completion:
+            keep = known[:, None].expand_as(x)
+            assert torch.equal(out["cached"][keep], x[keep])
+
+
+def test_colour_stage_cache_matches_the_full_forward_at_every_pixel():
+    """params_at of the colour stage's incremental forward equals params_given_gray at every pixel while x is
+    filled in raster order (float64; unfilled pixels hold garbage that a correct cache never reads)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        spec = ImageSpec(3, 5, 4, 8)
+        model = make("grayscale_pixelcnn", spec, gray_levels=4, num_classes=2, scale=0.5)
+        g = torch.Generator().manual_seed(1)
+        final = torch.randint(0, 8, (2, *spec.shape), generator=g)
+        x = torch.randint(0, 8, (2, *spec.shape), generator=g)
+        y, cond = model.to_gray(final), torch.tensor([1, 0])
+        state = model.image_net.begin_cache(x, model.scale_input, model.gray_net.scale_input(y), cond)
+        for i in range(spec.height):
+            for j in range(spec.width):
+                ref = model.params_given_gray(x, y, cond)[:, :, i, j]
+                torch.testing.assert_close(state.params_at(i, j), ref, atol=1e-10, rtol=1e-10)
+                x[:, :, i, j] = final[:, :, i, j]
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_pyramid_cache_refuses_out_of_order_levels():
+    spec = ImageSpec(1, 4, 4, 4)
+    model = make("pyramid_pixelcnn", spec)
+    state = model.begin_cache(torch.zeros(1, *spec.shape, dtype=torch.long))
+    state.params_at(0, 1)  # a pixel of the finest level
+    with pytest.raises(ValueError, match="coarse to fine"):
+        state.params_at(0, 0)  # back to the coarsest level
 
 
 # ----- evaluation ------------------------------------------------------------------------------------------------

@@ -25,9 +25,13 @@ abstract, see docs/papers.md section 2.4): the grey view is floor(levels * BT.60
 0.587 G + 0.114 B; the pixel value itself for one channel); the conditional networks are our own: PixelCNN++'s
 two shifted streams (u, ul) and gated resnets at one resolution, each resnet also reading the auxiliary
 embedding (a small unmasked residual CNN) through its 1x1 short-cut; the pyramid subsamples (averaging
-would break the exact likelihood); any output distribution may be chosen; no cached (incremental) sampler
-for the conditional stages (`method="cached"` applies to the grey PixelCNN++ only, the pyramid samples with
-method="naive").
+would break the exact likelihood); any output distribution may be chosen.
+
+Cached sampling (the default): every stage is a causal convolutional network at one resolution whose
+auxiliary input is fully known before the stage starts, so each stage runs pixelar.nn.cache's incremental
+forward with the auxiliary embedding as a constant map (computed once per stage). The pyramid builds one
+incremental forward per level when its first new pixel is requested; the level's coarse pixels are final
+by then and its new pixels are requested in the level's raster order.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ from ..distributions.base import check_temperature, gumbel_argmax
 from ..nn import DownRightShiftedConv2d, DownShiftedConv2d, concat_elu, down_shift, right_shift
 from ..types import ImageSpec
 from .base import ARImageModel
-from .pixelcnn_pp import GatedResnet, PixelCNNPP
+from .pixelcnn_pp import GatedResnet, PixelCNNPP, init_streams_graph
 from .registry import register_model
 
 # ITU-R BT.601 luma weights (sum 1000): integer arithmetic keeps the grey level an exact function of x
@@ -98,6 +102,29 @@ class ConditionalPixelCNN(nn.Module):
             u = res_u(u, e, cond=cond)
             ul = res_ul(ul, torch.cat([u, e], dim=1) if e is not None else u, cond=cond)
         return self.out(F.elu(ul))
+
+    def cache_graph(self, g, x: torch.Tensor, scale, aux: torch.Tensor | None, cond=None):
+        """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (int64, filled in place; scale
+        maps it to [-1, 1]) given the whole auxiliary image aux (B, A, H, W), whose embedding is computed once
+        here and read as a constant map. -> the parameters node."""
+        u, ul = init_streams_graph(self, g, x, scale)
+        e = g.constant(self.embed(aux), name="aux_embedding") if self.embed is not None else None
+        for k, (res_u, res_ul) in enumerate(zip(self.u, self.ul)):
+            u = res_u.cache_graph(g, u, [e] if e is not None else [], cond=cond, name=f"u.{k}")
+            ul = res_ul.cache_graph(g, ul, [u, e] if e is not None else [u], cond=cond, name=f"ul.{k}")
+        return g.conv(ul, self.out, pre=F.elu, name="out")
+
+    def begin_cache(self, x: torch.Tensor, scale, aux: torch.Tensor | None, cond=None):
+        """Incremental forward (pixelar.nn.cache) of this network on x given aux: params_at(i, j) equals
+        forward(scale(x), aux, cond)[:, :, i, j] while x is filled in raster order."""
+        from ..nn.cache import CausalGraph, IncrementalForward
+
+        if self.training:
+            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        graph = CausalGraph()
+        with torch.no_grad():
+            output = self.cache_graph(graph, x, scale, aux, cond)
+        return IncrementalForward(graph, output)
 
 
 # ----- the grey view and the values it allows ------------------------------------------------------------------
@@ -168,6 +195,7 @@ class GrayscalePixelCNN(ARImageModel):
     """
 
     factorizes = False  # p(y) p(x | y) is no product of per-sub-pixel conditionals of x
+    has_cached_sampler = True  # sample() caches both stages itself (no begin_cache: there is no single order)
 
     def __init__(self, image, gray_levels, gray_filters, gray_resnet, nr_filters, nr_resnet, embed_filters,
                  embed_blocks, dropout, output, num_classes=0, cond_dim=0):
@@ -230,7 +258,9 @@ class GrayscalePixelCNN(ARImageModel):
     @torch.no_grad()
     def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
                method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
-        """Draw y with the grey PixelCNN++ (`method` applies to it), then x | y pixel by pixel in raster order.
+        """Draw y with the grey PixelCNN++, then x | y pixel by pixel in raster order. `method` applies to both
+        stages: "cached" keeps a few rows per layer (the colour stage reads y's embedding, computed once),
+        "naive" runs a full forward pass per step; both make the same draws.
 
         Every sub-pixel of x is drawn from its conditional renormalized over the values allowed by y (all K
         values scored), softened by `temperature` like a softmax (0: the most likely allowed value). With
@@ -249,22 +279,28 @@ class GrayscalePixelCNN(ARImageModel):
         self.eval()
         try:
             return self._sample_given_gray(y, self.check_cond(cond, n), check_temperature(temperature), generator,
-                                           x_known, known)
+                                           x_known, known, method)
         finally:
             self.train(was_training)
 
-    def _sample_given_gray(self, y, cond, temperature, generator, x_known, known) -> torch.Tensor:
+    def _sample_given_gray(self, y, cond, temperature, generator, x_known, known, method) -> torch.Tensor:
         n = y.shape[0]
         C, H, W, K = self.image.channels, self.image.height, self.image.width, self.image.num_values
         device = y.device
         x = x_known.clone().to(device) if x_known is not None else torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        if method == "cached":  # the embedding of y once, then a few rows per layer updated pixel by pixel
+            state = self.image_net.begin_cache(x, self.scale_input, self.gray_net.scale_input(y), cond)
+            params_at = state.params_at
+        else:  # the reference: a full forward pass per pixel
+            params_at = lambda i, j: self.params_given_gray(x, y, cond)[:, :, i, j]
         values = torch.arange(K, device=device).repeat(n)  # (n*K,) every value for every image
         for i in range(H):
             for j in range(W):
                 keep = known[:, i, j].to(device) if known is not None else None
                 if keep is not None and bool(keep.all()):
                     continue
-                params = self.params_given_gray(x, y, cond)[:, :, i : i + 1, j : j + 1].repeat_interleave(K, dim=0)
+                # the parameters at (i, j) see only earlier pixels: one evaluation serves all C channels
+                params = params_at(i, j)[:, :, None, None].repeat_interleave(K, dim=0)  # (n*K, P, 1, 1)
                 y_ij = y[:, :, i : i + 1, j : j + 1].repeat_interleave(K, dim=0)  # (n*K, 1, 1, 1)
                 for c in range(C):
                     cand = x[:, :, i : i + 1, j : j + 1].repeat_interleave(K, dim=0)  # (n*K, C, 1, 1)
@@ -370,6 +406,13 @@ class PyramidPixelCNN(ARImageModel):
         p = torch.tensor(pixels, dtype=torch.long).view(-1, 1)
         return (p + torch.arange(C).view(1, C) * (H * W)).reshape(-1)
 
+    def begin_cache(self, x: torch.Tensor, cond=None) -> "_PyramidCache":
+        """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j] when the
+        pixels are requested in generation_order() (coarse to fine)."""
+        if self.training:
+            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        return _PyramidCache(self, x, cond)
+
     def log_prob_parts(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """log p of each level's new pixels, coarsest first, keyed "HxW" by the level's size; (B,) nats each,
         summing to log p(x)."""
@@ -377,3 +420,29 @@ class PyramidPixelCNN(ARImageModel):
         lv = self.pixel_levels().to(lp.device)
         return {f"{h}x{w}": torch.where(lv == level, lp, 0.0).flatten(1).sum(1)
                 for level, (h, w) in reversed(list(enumerate(self.sizes)))}
+
+
+class _PyramidCache:
+    """Cached sampling state of a PyramidPixelCNN: one incremental forward (pixelar.nn.cache) per level, built
+    when the level's first pixel is requested. Level l reads x[:, :, ::2**l, ::2**l], a view of the image the
+    sampler fills in place; its aux embedding reads the coarser level's pixels, all final by then."""
+
+    def __init__(self, model: PyramidPixelCNN, x: torch.Tensor, cond):
+        self.model, self.x, self.cond = model, x, cond
+        self.levels = model.pixel_levels().tolist()  # (H, W) nested lists: the level of every pixel
+        self.level, self.state = None, None
+
+    def params_at(self, i: int, j: int) -> torch.Tensor:
+        """(n, P) parameters of pixel (i, j) of the full image."""
+        level = self.levels[i][j]
+        s = 2**level
+        if level != self.level:
+            if self.level is not None and level > self.level:
+                raise ValueError(f"pixel ({i}, {j}) is on level {level}, coarser than the level {self.level} in "
+                                 "progress: request pixels in generation_order() (coarse to fine)")
+            m = self.model
+            xl = self.x[:, :, ::s, ::s]  # a view: the sampler's writes to x show through
+            aux = m.coarser_level(m.scale_input(xl)) if level < m.num_levels - 1 else None
+            self.state = m.level_nets[level].begin_cache(xl, m.scale_input, aux, self.cond)
+            self.level = level
+        return self.state.params_at(i // s, j // s)

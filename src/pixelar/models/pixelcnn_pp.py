@@ -79,6 +79,22 @@ class GatedResnet(nn.Module):
                       name=f"{name}.conv2")
 
 
+def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
+    """The first layers of the u and ul streams (net.u_init, net.ul_init_up, net.ul_init_left) as nodes of a
+    pixelar.nn.cache.CausalGraph on the image x (int64, filled in place); scale maps x to [-1, 1].
+    -> (u, ul) nodes, as down_shift(u_init(x_pad)) and down_shift(ul_init_up) + right_shift(ul_init_left)."""
+
+    def prepare(t):
+        ts = scale(t)
+        return torch.cat([ts, torch.ones_like(ts[:, :1])], dim=1)
+
+    xp = g.input(x, prepare, name="x")
+    u = g.shift(g.conv(xp, net.u_init, name="u_init"), 1, 0, name="u_init.down")
+    ul_up = g.shift(g.conv(xp, net.ul_init_up, name="ul_init_up"), 1, 0, name="ul_init_up.down")
+    ul_left = g.shift(g.conv(xp, net.ul_init_left, name="ul_init_left"), 0, 1, name="ul_init_left.right")
+    return u, g.map(torch.add, ul_up, ul_left, name="ul_init")
+
+
 @register_model("pixelcnn_pp", sizes={
     "tiny": dict(nr_filters=8, nr_resnet=1, dropout=0.0, output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
     # small: sized so that `pixelar train` (the default) learns well in about 5 minutes on 2 CPU cores
@@ -143,15 +159,8 @@ class PixelCNNPP(ARImageModel):
     def cache_graph(self, g, x, cond=None):
         """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
 
-        def prepare(t):
-            ts = self.scale_input(t)
-            return torch.cat([ts, torch.ones_like(ts[:, :1])], dim=1)
-
-        xp = g.input(x, prepare, name="x")
-        u_list = [g.shift(g.conv(xp, self.u_init, name="u_init"), 1, 0, name="u_init.down")]
-        ul_up = g.shift(g.conv(xp, self.ul_init_up, name="ul_init_up"), 1, 0, name="ul_init_up.down")
-        ul_left = g.shift(g.conv(xp, self.ul_init_left, name="ul_init_left"), 0, 1, name="ul_init_left.right")
-        ul_list = [g.map(torch.add, ul_up, ul_left, name="ul_init")]
+        u, ul = init_streams_graph(self, g, x, self.scale_input)
+        u_list, ul_list = [u], [ul]
         for stage in range(3):
             for k, (res_u, res_ul) in enumerate(zip(self.up_u[stage], self.up_ul[stage])):
                 u_list.append(res_u.cache_graph(g, u_list[-1], cond=cond, name=f"up_u.{stage}.{k}"))

@@ -6,7 +6,9 @@ a small cache of past activations per layer and compute, per step, only the posi
 computable. This module provides that machinery for any convolutional model, independent of the family:
 
 1. A model *describes* its forward pass as a small dataflow graph of causal map operations with
-   `CausalGraph` (`input`, `conv`, `conv_transpose`, `map`, `shift`). Pointwise work is fused into the
+   `CausalGraph` (`input`, `constant`, `conv`, `conv_transpose`, `map`, `shift`). A `constant` is a map
+   known in full before generation starts (e.g. the embedding of an observed auxiliary image): it is
+   ready everywhere from the first step and is read, never recomputed. Pointwise work is fused into the
    convolutions as `pre` (applied to the convolution's input window; must map 0 to 0, like relu, elu,
    concat_elu or a gate) and `post` (applied to the convolution's output together with other maps read at
    the same positions, e.g. a residual, a gate, a 1x1 skip convolution, a conditioning bias). Convolution
@@ -175,6 +177,15 @@ class CausalGraph:
         self.input_node = node
         return self._add(node)
 
+    def constant(self, value: torch.Tensor, name: str = "constant") -> Node:
+        """A map known in full before generation, (B, C, h, w): read at any position from the first step (zero
+        outside it), e.g. an embedding of an observed auxiliary image. Not copied: do not change it meanwhile."""
+        if value.dim() != 4:
+            raise ValueError(f"a constant map is (B, C, H, W), got shape {tuple(value.shape)}")
+        node = Node(self, "constant", value.shape[-2], value.shape[-1], name)
+        node.x = value
+        return self._add(node)
+
     def conv(self, src, module: nn.Module, *, pad=None, pre: Callable | None = None, post: Callable | None = None,
              extras: Sequence[Node] = (), name: str | None = None) -> Node:
         """post(conv(pre(cat(src))), *extras): a (masked / shifted / strided) convolution.
@@ -261,6 +272,8 @@ class CausalGraph:
         for n in self.nodes:
             if n.kind == "input":
                 y = n.x if n.transform is None else n.transform(n.x)
+            elif n.kind == "constant":
+                y = n.x
             elif n.kind == "shift":
                 dy, dx = n.offset
                 y = F.pad(out[n.srcs[0].name], (dx, 0, dy, 0))[:, :, : n.H, : n.W]
@@ -441,6 +454,19 @@ class _Input(_Map):
         return t
 
 
+class _Constant(_Map):
+    def setup(self, dtype, device):
+        self.value = self.node.x.detach().to(dtype=dtype, device=device)
+
+    def window(self, r0, r1, c0, c1):
+        vr0, vr1 = _clip(r0, r1, self.H)
+        vc0, vc1 = _clip(c0, c1, self.W)
+        t = self.value[:, :, vr0:vr1, vc0:vc1]
+        if (vr0, vr1, vc0, vc1) != (r0, r1, c0, c1):
+            t = F.pad(t, (vc0 - c0, c1 - vc1, vr0 - r0, r1 - vr1))
+        return t
+
+
 class _Shift(_Map):
     def window(self, r0, r1, c0, c1):
         dy, dx = self.node.offset
@@ -542,7 +568,7 @@ class _PointwiseMap(_Map):
         return self.node.fn(*(s.window(r, r + 1, c0, c1) for s in self.srcs))
 
 
-_RUNTIME = {"input": _Input, "shift": _Shift, "conv": _Conv, "conv_transpose": _ConvTranspose, "map": _PointwiseMap}
+_RUNTIME = {"input": _Input, "constant": _Constant, "shift": _Shift, "conv": _Conv, "conv_transpose": _ConvTranspose, "map": _PointwiseMap}
 
 
 class IncrementalForward:
@@ -586,6 +612,9 @@ class IncrementalForward:
             maps[n.name] = m
             if n.kind == "input":
                 F_n = torch.arange(HW + 1)
+            elif n.kind == "constant":  # known before the first input position
+                F_n = torch.full((HW + 1,), n.H * n.W, dtype=torch.long)
+                edges[n.name] = []
             else:
                 F_n = None
                 edges[n.name] = _requirements(n)
@@ -628,6 +657,10 @@ class IncrementalForward:
         channels: dict[str, int] = {}
         for n in graph.nodes:
             channels[n.name] = self._probe(n, channels, probe_in)
+            if n.kind == "constant":
+                if n.x.shape[0] != self.batch:
+                    raise ValueError(f"constant {n.name} has batch {n.x.shape[0]}, the input {self.batch}")
+                maps[n.name].setup(self.dtype, self.device)
 
         # memory: rows each stored map must keep, and zero margins for the columns its readers touch
         reads: dict[str, list] = {n.name: [] for n in graph.nodes}
@@ -670,8 +703,8 @@ class IncrementalForward:
         self._stored = [maps[n.name] for n in graph.nodes if n.stored]
 
     def _probe(self, n: Node, channels, probe_in) -> int:
-        if n.kind == "input":
-            return probe_in.shape[1]
+        if n.kind in ("input", "constant"):
+            return probe_in.shape[1] if n.kind == "input" else n.x.shape[1]
         if n.kind == "shift":
             return channels[n.srcs[0].name]
         z = lambda name, h=1, w=1: torch.zeros(1, channels[name], h, w, dtype=self.dtype, device=self.device)
