@@ -25,7 +25,8 @@ from pixelar.nn import (
 )
 from pixelar.nn.cache import CausalGraph, IncrementalForward, pointwise_conv
 
-# models with an incremental forward (begin_cache); the others (e.g. LMConv, any order) sample naively only
+# models with an incremental forward (begin_cache): every registered model but grayscale_pixelcnn (tested in
+# test_aux_pixelcnn.py: its sample() caches both stages itself)
 MODELS = [name for name in pixelar.list_models() if callable(getattr(pixelar.models.registry._lookup(name)[0], "begin_cache", None))]
 # models whose cached sampler is the convolutional per-layer cache (pixelar.nn.cache): its internals are tested
 GRAPH_MODELS = [m for m in MODELS if hasattr(pixelar.models.registry._lookup(m)[0], "cache_graph")]
@@ -269,7 +270,17 @@ LAYERS = {
                                                           DownRightShiftedConvTranspose2d(4, 5), (x.H, x.W)),
     "two_levels": lambda g, x: _two_levels(g, x),
     "multi_source_post": lambda g, x: _multi_source(g, x),
+    "constant_map": lambda g, x: _with_constant(g, x),
 }
+
+
+def _with_constant(g, x):
+    """A map known before generation (an observed auxiliary image's embedding), read through a window and at
+    the output's own positions; a convolution of the constant alone may look anywhere (it is known)."""
+    e = g.constant(torch.randn(x.x.shape[0], 4, x.H, x.W))
+    around = g.conv(e, nn.Conv2d(4, 4, 3), pad=(1, 1, 1, 1))  # rows below: fine for a known map
+    nin = pointwise_conv(nn.Conv2d(8, 5, 1))
+    return g.conv([x, e], DownShiftedConv2d(7, 5, (2, 3)), post=lambda y, s: y + nin(concat_elu(s)), extras=[around])
 
 
 def _two_levels(g, x):

@@ -110,7 +110,7 @@ def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, c
                  "--score", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"hidden region: {int((~keep).sum())} sub-pixels" in text and "bits/dim" in text
-    assert "method naive" in text  # auto: LMConv has no cached sampler
+    assert "method cached" in text  # auto: LMConv's column cache, in the completion order
     grid = np.asarray(Image.open(out))
     pad = 2
     for t in (2, 3):  # the two completions keep every kept pixel

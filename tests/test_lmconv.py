@@ -140,14 +140,42 @@ def test_sampler_follows_the_generation_order():
     assert generation_steps(pixelcnn) == [(i, j, [0, 1, 2]) for i in range(4) for j in range(3)]
 
 
-def test_naive_sampling_in_an_order_is_reproducible_and_cached_says_naive():
-    spec = ImageSpec(1, 4, 4, 4)
-    model = make(spec).set_order(3)
-    a = model.sample(2, generator=torch.Generator().manual_seed(0), method="naive")
-    b = model.sample(2, generator=torch.Generator().manual_seed(0), method="naive")
-    assert torch.equal(a, b) and a.shape == (2, *spec.shape)
-    with pytest.raises(NotImplementedError, match="naive"):
-        model.sample(1)
+@pytest.mark.parametrize("spec", [ImageSpec(1, 5, 4, 4), ImageSpec(3, 4, 5, 8)], ids=str)
+def test_cached_params_equal_the_forward_pass_at_every_pixel_in_every_order(spec):
+    """The incremental forward (one column per pixel) against a full forward pass on the current x, pixel by
+    pixel along the order in use; pixels not generated yet hold garbage that a correct cache never reads."""
+    g = torch.Generator().manual_seed(4)
+    model = make(spec, nr_resnet=1, num_classes=3)  # up-pass resnets, short-cuts, dilated layers, conditioning
+    cond = torch.tensor([2, 0])
+    H, W = spec.height, spec.width
+    for k in [0, 3, 6, "perm"]:
+        model.set_order(torch.randperm(H * W, generator=g) if k == "perm" else k)
+        final = torch.randint(0, spec.num_values, (2, *spec.shape), generator=g)
+        x = torch.randint(0, spec.num_values, (2, *spec.shape), generator=g)  # garbage until generated
+        state = model.begin_cache(x, cond)
+        for p in model.current_order().tolist():
+            i, j = divmod(p, W)
+            torch.testing.assert_close(state.params_at(i, j), model(x, cond)[:, :, i, j], atol=1e-10, rtol=1e-10)
+            x[:, :, i, j] = final[:, :, i, j]
+        with pytest.raises(ValueError, match="order in use"):
+            state.params_at(*divmod(int(model.current_order()[0]), W))
+
+
+def test_cached_sampling_equals_naive_in_an_order_and_in_completion():
+    spec = ImageSpec(3, 5, 4, 8)
+    model = make(spec, nr_resnet=1).set_order(5)
+    for temperature in (1.0, 0.0):
+        a = model.sample(2, temperature=temperature, generator=torch.Generator().manual_seed(0), method="naive")
+        b = model.sample(2, temperature=temperature, generator=torch.Generator().manual_seed(0))  # cached default
+        assert torch.equal(a, b) and a.shape == (2, *spec.shape)
+    g = torch.Generator().manual_seed(1)
+    known = torch.rand(2, 5, 4, generator=g) < 0.5
+    known[:, 0] = True  # known in both images: the sampler skips them, the cache still computes their columns
+    x = torch.randint(0, 8, (2, *spec.shape), generator=g)
+    kw = dict(x_known=x, known=known)
+    a = model.sample(2, generator=torch.Generator().manual_seed(3), method="naive", **kw)
+    b = model.sample(2, generator=torch.Generator().manual_seed(3), method="cached", **kw)
+    assert torch.equal(a, b) and torch.equal(b[known[:, None].expand_as(x)], x[known[:, None].expand_as(x)])
 
 
 def test_completion_order_puts_hidden_pixels_last_and_completion_keeps_the_rest():

@@ -163,10 +163,10 @@ def _cond(model, n: int, cls: int | None):
 
 
 def _method(model, requested: str) -> str:
-    """--method auto: the cached sampler where the model has one (begin_cache), else the naive reference."""
+    """--method auto: the cached sampler where the model has one, else the naive reference."""
     if requested != "auto":
         return requested
-    return "cached" if callable(getattr(model, "begin_cache", None)) else "naive"
+    return "cached" if model.has_cached_sampler else "naive"
 
 
 def cmd_sample(args) -> int:

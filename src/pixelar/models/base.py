@@ -127,6 +127,12 @@ class ARImageModel(nn.Module):
         return (c * (H * W) + pix).reshape(-1)
 
     # ----- sampling ----------------------------------------------------------------------------------------
+    @property
+    def has_cached_sampler(self) -> bool:
+        """Whether sample(method="cached") works: the model has an incremental forward (`begin_cache`), or
+        overrides this where its own sample() caches (e.g. the grayscale PixelCNN's two stages)."""
+        return callable(getattr(self, "begin_cache", None))
+
     @torch.no_grad()
     def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
                method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:

@@ -85,6 +85,10 @@ class DistAugModel(ARImageModel):
         return self.base.distribution
 
     @property
+    def has_cached_sampler(self) -> bool:
+        return self.base.has_cached_sampler
+
+    @property
     def grouped(self) -> bool:
         return self.base.grouped
 

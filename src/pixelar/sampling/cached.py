@@ -6,10 +6,11 @@ It knows no model family. The model provides the incremental-step protocol:
     state = model.begin_cache(x, cond)   # x: the (n, C, H, W) int64 image being filled in place
     state.params_at(i, j) -> (n, P)      # == model(x, cond)[:, :, i, j] for the current x
 
-`params_at` may assume that pixels before (i, j) in raster order are final and, for per-channel outputs,
+`params_at` may assume that pixels before (i, j) in the generation order are final and, for per-channel outputs,
 that the channels of (i, j) drawn so far are set; requests come in the model's generation order (raster
-for the convolutional models; pixels known in every image are skipped). Convolutional models get this from
-pixelar.nn.cache, the transformers from a KV cache (models/sequence.py). The draws are
+for the convolutional models, any order for LMConv, coarse to fine for the pyramid; pixels known in every
+image are skipped). Raster-order convolutional models get this from pixelar.nn.cache, the transformers from
+a KV cache (models/sequence.py), LMConv from per-pixel columns (models/lmconv.py). The draws are
 exactly the naive sampler's (same `dist.sample` calls, order and shapes), so for one generator seed both
 samplers return the same images.
 """

@@ -402,7 +402,6 @@ def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) ->
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    # models without an incremental forward (e.g. LMConv, any order) sample with the naive reference sampler
-    method = "cached" if callable(getattr(model, "begin_cache", None)) else "naive"
+    method = "cached" if model.has_cached_sampler else "naive"  # models without one: the naive reference
     images = model.decode(model.sample(n, cond=cond, generator=generator, method=method))  # tokens -> colours
     save_grid(images, model.data_image, path, nrow=8)
