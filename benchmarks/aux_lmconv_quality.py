@@ -18,8 +18,8 @@ block is `aux-lmconv` for Fashion-MNIST and `aux-lmconv-colour` for the colour d
 Rows for the grayscale and pyramid PixelCNN (Kolesnikov & Lampert) are added automatically once models named
 `grayscale_pixelcnn` / `pyramid_pixelcnn` are registered. For models with auxiliary variables the "parts"
 column splits the bits/dim (grayscale: grey image + image given grey; pyramid: each level's new pixels), and
-for every model but LMConv the time to draw --sample-n images is measured (the cached sampler where the model
-or its first stage has one, else the naive one; one thread per process is not forced, so run on quiet cores).
+for every model the time to draw --sample-n images is measured (the cached sampler where the model
+has one, else the naive one; one thread per process is not forced, so run on quiet cores).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def main():
         single = f"{res['bpd_single_order']:.3f}" if "num_orders" in res else "-"
         label = f"{name} {args.size}" + (f", {overrides['num_orders']} order(s)" if "num_orders" in overrides else "")
         parts = " + ".join(f"{k} {v:.3f}" for k, v in res["bpd_parts"].items()) if "bpd_parts" in res else "-"
-        sampling = "-" if name == "lmconv" else sampling_time(model, sample_n)
+        sampling = sampling_time(model, sample_n)
         rows.append(f"| {label} | {model.num_parameters() / 1e6:.2f}M | {steps} | {wall / 60:.1f} min | "
                     f"{res['bpd']:.3f} | {single} | {parts} | {sampling} |")
         print(rows[-1], flush=True)
@@ -105,8 +105,7 @@ def main():
 
 
 def sampling_time(model, n: int) -> str:
-    """Wall time of drawing n images: the cached sampler where the model (or, for the grayscale PixelCNN, its
-    grey stage) has one, else the naive reference."""
+    """Wall time of drawing n images: the cached sampler where the model has one, else the naive reference."""
     for method in ("cached", "naive"):
         t = time.perf_counter()
         try:

@@ -11,6 +11,9 @@ compiled-bf16. Prints a Markdown table; `--readme` writes it into README.md.
     python benchmarks/train_speed.py --quick                  # small sizes, fp32/bf16, 1 repetition
     python benchmarks/train_speed.py --models pixelcnn_pp --sizes paper --modes bf16 compiled-bf16
     python benchmarks/train_speed.py --readme                 # the README table (long: paper sizes)
+    python benchmarks/train_speed.py --models pixelsnail lmconv grayscale_pixelcnn pyramid_pixelcnn \
+        image_transformer image_transformer_dmol sparse_transformer image_gpt --sizes small --modes fp32 bf16 \
+        --no-reference --block train-speed-models --readme   # the other families at small size
 """
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ def run_one(spec: dict) -> dict:
     image = ImageSpec(*spec["image"])
     model = pixelar.create_model(spec["model"], image, spec["size"], **spec.get("overrides", {})).to(device).train()
     opt = torch.optim.Adam(model.parameters(), 1e-4)
-    x = torch.randint(0, image.num_values, (spec["batch"], *image.shape), device=device)
+    # the model's own input (image_gpt: palette tokens, one channel)
+    x = torch.randint(0, model.image.num_values, (spec["batch"], *model.image.shape), device=device)
     mode = spec["mode"]
     bf16 = mode.endswith("bf16")
     log_prob = model.log_prob
@@ -127,6 +131,8 @@ def main():
                     "compiled modes (compiling takes minutes per model on a CPU); 'all' for every model")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--block", default="train-speed", help="README block to write (train-speed-models: the other "
+                    "model families)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration given as JSON
     args = ap.parse_args()
     if args.one:
@@ -174,7 +180,7 @@ def main():
     if args.readme:
         from readme_table import write_table
 
-        write_table("train-speed", table)
+        write_table(args.block, table)
 
 
 if __name__ == "__main__":
