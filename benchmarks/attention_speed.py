@@ -5,8 +5,9 @@ step (forward, backward, Adam update) of a `sparse_transformer` at size `small` 
 with every layer on that pattern and the default stride of one image row (48, 96, 192 sub-pixels, about
 sqrt(N)), batch 1, random images. Reported:
 
-- attention pairs: query-key pairs one layer evaluates (deterministic): N(N+1)/2 for dense, the block
-  tables' size for the sparse patterns (O(N*sqrt(N)) with the row stride);
+- attention pairs: query-key pairs one layer evaluates per head (deterministic): N(N+1)/2 for dense, the
+  block tables' size for the sparse patterns (O(N*sqrt(N)) with the row stride), averaged over the head
+  groups of a split entry ("strided.local+strided.stride");
 - s/step: median over the repetitions after one warm-up step;
 - peak memory: on CUDA `torch.cuda.max_memory_allocated` of the step; on CPU the growth of the process's
   peak resident memory during the step, each configuration in a fresh subprocess.
@@ -42,9 +43,9 @@ def one_config(pattern: str, size: int, n_layer: int, reps: int, device: str) ->
     model = pixelar.create_model("sparse_transformer", image, "small", attention=[pattern], n_layer=n_layer).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (1, *image.shape), device=device)
-    pairs = model.blocks[0].attn.pattern.block_work if pattern != "dense" else None
     N = image.dims
-    pairs = N * (N + 1) // 2 if pairs is None else pairs
+    groups = model.blocks[0].attn.patterns  # one pattern, or one per head group ("a+b": split heads)
+    pairs = sum(N * (N + 1) // 2 if p.kind == "dense" else p.block_work for p in groups) // len(groups)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -108,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--sizes", default=None, help="comma-separated image sizes (default 16,32,64)")
     ap.add_argument("--layers", type=int, default=None, help="layers (default 4; quick 2)")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--patterns", default=",".join(PATTERNS),
+                    help="comma-separated attention entries, e.g. strided,strided.local+strided.stride (split heads)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--readme", action="store_true", help="write the table into README.md (attention-speed block)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -122,7 +125,7 @@ def main(argv=None):
     reps = args.reps or (2 if args.quick else 3)
     rows = []
     for size in sizes:
-        for pattern in PATTERNS:
+        for pattern in args.patterns.split(","):
             r = run(pattern, size, n_layer, reps, args.device)
             print(f"{size}x{size}x3 {pattern:8s} pairs {r['pairs']:>12,}  {r['s_per_step']:.3f} s/step  "
                   f"peak {r['peak_bytes'] / 2**20:.0f} MiB", flush=True)

@@ -158,6 +158,34 @@ def test_kv_cached_steps_equal_the_full_forward(case):
     torch.testing.assert_close(steps, full, atol=1e-10, rtol=1e-10)
 
 
+def test_heads_split_between_patterns_equal_per_group_dense_references():
+    """The Sparse Transformer's multi-head combination: heads [0, 2) read the local part, heads [2, 4) the
+    stride part; forward, gradients and KV-cached steps against each group's explicit-mask reference."""
+    torch.manual_seed(0)
+    names = ("strided.local", "strided.stride")
+    layer = CausalSelfAttention(8, 4, 8, 12, tuple(AttentionPattern(n, 23, stride=5) for n in names))
+    x = torch.randn(3, 23, 8, requires_grad=True)
+    q, k, v = layer._heads(x)
+    ref = torch.cat([reference_attend(q[:, 2 * g : 2 * g + 2], k[:, 2 * g : 2 * g + 2], v[:, 2 * g : 2 * g + 2],
+                                      reference_mask(n, 23, stride=5)) for g, n in enumerate(names)], dim=1)
+    ref = layer.proj(ref.transpose(1, 2).reshape(3, 23, 12))
+    out = layer(x)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    w = torch.randn(out.shape)
+    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((ref * w).sum(), x)[0],
+                               atol=1e-10, rtol=1e-10)
+    # the two groups really differ: the same heads under one shared pattern give another output
+    merged = CausalSelfAttention(8, 4, 8, 12, AttentionPattern("strided.local", 23, stride=5))
+    merged.load_state_dict(layer.state_dict())
+    assert not torch.allclose(merged(x), out)
+    cache = {}
+    with torch.no_grad():
+        steps = torch.cat([layer.step(x[:, t : t + 1], t, cache) for t in range(23)], dim=1)
+    torch.testing.assert_close(steps, out.detach(), atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="divide n_head"):
+        CausalSelfAttention(8, 4, 8, 12, tuple(AttentionPattern(n, 23, stride=5) for n in ("dense", *names)))
+
+
 def scores_computed(pattern):
     """Query-key pairs the block-sparse computation evaluates (padding included)."""
     if pattern.kind == "dense":

@@ -12,6 +12,7 @@ VARIANTS = [
     ("sparse_transformer", {"attention": ["fixed"], "summary": 2}),
     ("sparse_transformer", {"attention": ["strided.local", "strided.stride", "fixed.local", "fixed.summary"], "n_layer": 4}),
     ("sparse_transformer", {"attention": ["strided"], "stride": 5, "output": "logistic_mixture"}),
+    ("sparse_transformer", {"attention": ["strided.local+strided.stride", "fixed.local+fixed.summary"], "stride": 5}),
     ("image_transformer", {"attention": "local_1d", "block_length": 5}),
     ("image_transformer", {"attention": "local_2d", "query_shape": [1, 3], "memory_flange": [2, 1], "num_classes": 3}),
     ("image_transformer_dmol", {"attention": "local_2d", "query_shape": [3, 2], "memory_flange": [1, 1]}),
@@ -94,6 +95,8 @@ def test_bad_options_raise_value_error():
         create_model("sparse_transformer", spec, attention=["local_1d"])
     with pytest.raises(ValueError, match="unknown attention pattern"):
         create_model("sparse_transformer", spec, attention=["strided.diagonal"])
+    with pytest.raises(ValueError, match="must divide n_head"):  # tiny has 2 heads
+        create_model("sparse_transformer", spec, attention=["strided.local+strided.stride+dense"])
     with pytest.raises(ValueError, match="attention must be one of"):
         create_model("image_transformer", spec, attention="strided")
     with pytest.raises(ValueError, match="query_shape"):

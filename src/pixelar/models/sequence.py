@@ -44,7 +44,8 @@ class TransformerBlock(nn.Module):
     norm_layer "layer" or "rms", bias False (no biases in the linear maps) and activation "quick_gelu" give
     Image GPT's block."""
 
-    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, pattern: AttentionPattern,
+    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int,
+                 pattern: AttentionPattern | tuple[AttentionPattern, ...],
                  dropout: float, norm: str, activation: str, norm_layer: str = "layer", bias: bool = True):
         super().__init__()
         self.norm = norm
@@ -82,7 +83,8 @@ class SequenceTransformer(ARImageModel):
         image, output, num_classes, cond_dim: as every ARImageModel.
         unit: "subpixel" or "pixel".
         unit_order: (N,) flat indices of the units (into C*H*W, or H*W for pixels) in generation order.
-        patterns: one AttentionPattern per layer, over N positions.
+        patterns: one AttentionPattern per layer, over N positions (or a tuple of them: the layer's heads split
+            into equal groups, one pattern each; see nn.attention.CausalSelfAttention).
         d_model, n_head, qk_dim, v_dim, ff_dim: widths (qk_dim / v_dim summed over heads).
         dropout, norm ("pre" / "post"), activation ("gelu" / "relu" / "quick_gelu").
         checkpoint: recompute each block's activations in the backward pass (training memory).
@@ -93,7 +95,8 @@ class SequenceTransformer(ARImageModel):
             start token, which every position attends to: Image GPT's SOS).
     """
 
-    def __init__(self, image, output, *, unit: str, unit_order: torch.Tensor, patterns: list[AttentionPattern],
+    def __init__(self, image, output, *, unit: str, unit_order: torch.Tensor,
+                 patterns: list[AttentionPattern | tuple[AttentionPattern, ...]],
                  d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, dropout: float, norm: str,
                  activation: str, checkpoint: bool, num_classes: int = 0, cond_dim: int = 0,
                  norm_layer: str = "layer", bias: bool = True, positions: str = "grid", cond_at: str = "all"):
@@ -140,7 +143,7 @@ class SequenceTransformer(ARImageModel):
         self.ln_f = _norm_layer(norm_layer, d_model) if norm == "pre" else nn.Identity()
         self.head = nn.Linear(d_model, P if (self.joint or unit == "pixel") else P // C, bias=bias)
         self._init_weights(d_model, len(patterns))
-        if any(p.length != N for p in patterns):
+        if any(b.attn.length != N for b in self.blocks):
             raise ValueError("every attention pattern must span the whole sequence")
 
     def _init_weights(self, d_model: int, n_layer: int):

@@ -4,16 +4,17 @@ Transformers"; released code `openai/sparse_attention`).
 A pre-norm decoder-only transformer over the C*H*W sub-pixels in raster order (R, G, B within a pixel),
 with summed learned row, column and channel embeddings, GeLU feed-forward layers, dropout only at the end
 of each residual branch, residual projections initialised with 1/sqrt(2N) and zero output logits. Each
-layer uses one attention pattern from `attention`, cycled over the layers: "strided" / "fixed" (each head
-attends to the union of the two factorised sets, the paper's "merged" head), one factor alone
-("strided.local", "strided.stride", "fixed.local", "fixed.summary") to interleave factors layer by layer,
-or "dense" for comparison. The stride defaults to one image row of sub-pixels (96 for CIFAR-10, as the
+layer uses one entry of `attention`, cycled over the layers; the paper's three ways to combine the two
+factorised sets are all available: "strided" / "fixed" (each head attends to the union of the two sets,
+the "merged" head); one factor alone ("strided.local", "strided.stride", "fixed.local", "fixed.summary") to
+interleave factors layer by layer; or factors joined by "+" ("strided.local+strided.stride") to split the
+layer's heads into equal groups, one pattern each (the "multi-head" combination). "dense" for comparison. The stride defaults to one image row of sub-pixels (96 for CIFAR-10, as the
 released code's local_attn_ctx). `checkpoint=True` recomputes each block in the backward pass.
 
 Differences from the paper: plain PyTorch block-sparse computation (gathered blocks) instead of the
-custom GPU kernels; fp32 by default (no fp16 loss scaling); patterns are shared by all heads of a layer
-(the paper also splits them across heads); any output distribution may be chosen (the paper: a 256-way
-softmax per sub-pixel).
+custom GPU kernels; fp32 by default (no fp16 loss scaling); the fixed pattern's summary positions are the
+same for every head (the paper suggests different ones per head); any output distribution may be chosen
+(the paper: a 256-way softmax per sub-pixel).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class SparseTransformer(SequenceTransformer):
         n_layer, d_model, n_head: depth, width, heads.
         qk_dim: total query/key width (the paper: d_model / 2); values use d_model.
         ff_dim: feed-forward width (the paper: half of the usual 4 * d_model).
-        attention: pattern names cycled over the layers (see the module doc).
+        attention: pattern names cycled over the layers; "a+b" splits a layer's heads between patterns a and b
+            (see the module doc).
         stride: l of the strided / fixed patterns; 0 = one image row of sub-pixels (W * C).
         summary: c, summary positions per block of the fixed pattern; 0 = min(8, l) (the paper: c = 8 to 32,
             fixed, so that the summaries grow like N / l * c = O(sqrt(N)) per position).
@@ -54,11 +56,16 @@ class SparseTransformer(SequenceTransformer):
             attention = [attention]
         if not attention:
             raise ValueError("attention must name at least one pattern, e.g. ['strided']")
-        for name in attention:
-            kind, _ = parse_pattern(name)
-            if kind.startswith("local"):
-                raise ValueError(f"the Sparse Transformer uses dense, strided or fixed patterns, got {name!r}; "
-                                 "local patterns belong to the image_transformer models")
+        for entry in attention:
+            for name in str(entry).split("+"):
+                kind, _ = parse_pattern(name)
+                if kind.startswith("local"):
+                    raise ValueError(f"the Sparse Transformer uses dense, strided or fixed patterns, got {name!r}; "
+                                     "local patterns belong to the image_transformer models")
+            groups = len(str(entry).split("+"))
+            if n_head % groups:
+                raise ValueError(f"attention entry {entry!r} splits the heads into {groups} groups, which must divide "
+                                 f"n_head={n_head}")
         C, H, W = image.shape
         N = C * H * W
         l = int(stride) or W * C
@@ -66,10 +73,12 @@ class SparseTransformer(SequenceTransformer):
         shared = {}  # one pattern object per distinct name: the tables are built once
         patterns = []
         for k in range(n_layer):
-            name = attention[k % len(attention)]
-            if name not in shared:
-                shared[name] = AttentionPattern(name, N, stride=l, summary=min(c, l))
-            patterns.append(shared[name])
+            group = []
+            for name in str(attention[k % len(attention)]).split("+"):  # one pattern per head group
+                if name not in shared:
+                    shared[name] = AttentionPattern(name, N, stride=l, summary=min(c, l))
+                group.append(shared[name])
+            patterns.append(group[0] if len(group) == 1 else tuple(group))
         with torch.device("cpu"):  # index data, also under a meta default device
             order = raster_order(image, "subpixel")
         super().__init__(image, output, unit="subpixel", unit_order=order, patterns=patterns,

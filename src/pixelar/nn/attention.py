@@ -347,6 +347,10 @@ def attend_step(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p
     return F.scaled_dot_product_attention(q, k_cache[:, :, idx], v_cache[:, :, idx])
 
 
+def _split_heads(t: torch.Tensor, groups: int) -> tuple[torch.Tensor, ...]:
+    return t.chunk(groups, dim=1) if groups > 1 else (t,)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention (B, N, d_model) -> (B, N, d_model) with a causal pattern.
 
@@ -355,19 +359,28 @@ class CausalSelfAttention(nn.Module):
         n_head: number of heads.
         qk_dim: total query/key width over all heads (the Sparse Transformer uses d_model / 2).
         v_dim: total value width over all heads.
-        pattern: the AttentionPattern (its length fixes the sequence length).
+        pattern: the AttentionPattern (its length fixes the sequence length), or a sequence of G patterns
+            that split the heads into G equal groups in order (the Sparse Transformer's "multi-head"
+            combination: e.g. one head on the local part, one on the stride part).
         bias: biases in the input and output projections (Image GPT has none).
     """
 
-    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, pattern: AttentionPattern,
-                 bias: bool = True):
+    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int,
+                 pattern: "AttentionPattern | tuple[AttentionPattern, ...]", bias: bool = True):
         super().__init__()
         if qk_dim % n_head or v_dim % n_head:
             raise ValueError(f"qk_dim ({qk_dim}) and v_dim ({v_dim}) must be divisible by n_head ({n_head})")
+        patterns = tuple(pattern) if isinstance(pattern, (list, tuple)) else (pattern,)
+        if not patterns or n_head % len(patterns):
+            raise ValueError(f"{len(patterns)} head groups (one per pattern) must divide n_head ({n_head}) evenly")
+        if len({p.length for p in patterns}) != 1:
+            raise ValueError("the patterns of one layer must span the same sequence length")
         self.n_head, self.qk_dim, self.v_dim = n_head, qk_dim, v_dim
         self.qkv = nn.Linear(d_model, 2 * qk_dim + v_dim, bias=bias)
         self.proj = nn.Linear(v_dim, d_model, bias=bias)
-        self.pattern = pattern
+        self.patterns = patterns
+        self.pattern = patterns[0] if len(patterns) == 1 else None  # the single pattern, when heads share it
+        self.length = patterns[0].length
 
     def _heads(self, x: torch.Tensor):
         B, N, _ = x.shape
@@ -379,19 +392,23 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(x)
-        y = attend(q, k, v, self.pattern)  # (B, h, N, dv_head)
+        G = len(self.patterns)
+        parts = zip(_split_heads(q, G), _split_heads(k, G), _split_heads(v, G), self.patterns)
+        y = torch.cat([attend(qg, kg, vg, p) for qg, kg, vg, p in parts], dim=1)  # (B, h, N, dv_head)
         return self.proj(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.v_dim))
 
     def step(self, x: torch.Tensor, t: int, cache: dict) -> torch.Tensor:
         """x (B, 1, d_model) at position t; cache {"k", "v"} (B, h, N, d_head), filled at t. -> (B, 1, d_model)."""
         q, k, v = self._heads(x)
         if "k" not in cache:
-            N = self.pattern.length
+            N = self.length
             cache["k"] = k.new_zeros(k.shape[0], self.n_head, N, k.shape[-1])
             cache["v"] = v.new_zeros(v.shape[0], self.n_head, N, v.shape[-1])
         cache["k"][:, :, t] = k[:, :, 0]
         cache["v"][:, :, t] = v[:, :, 0]
-        y = attend_step(q, cache["k"], cache["v"], self.pattern, t)  # (B, h, 1, dv_head)
+        G = len(self.patterns)
+        parts = zip(_split_heads(q, G), _split_heads(cache["k"], G), _split_heads(cache["v"], G), self.patterns)
+        y = torch.cat([attend_step(qg, kg, vg, p, t) for qg, kg, vg, p in parts], dim=1)  # (B, h, 1, dv_head)
         return self.proj(y.transpose(1, 2).reshape(x.shape[0], 1, self.v_dim))
 
 
