@@ -302,7 +302,7 @@ class _LMConvCache:
         self.H, self.W, self.k = H, W, k
         order = model.current_order()
         self.order, self.rank = order.tolist(), ranks(order).tolist()
-        self.P = max(1, model.dilation) * (k // 2)
+        self.P = model.dilation * (k // 2)  # the widest tap reach (dilation >= 1)
         # per-pixel (k, k) masks: A (first layer), B (resnets), D (the dilated mask-B layers)
         dtype = next(model.parameters()).dtype
         self.dtype, self.device = dtype, x.device
@@ -365,7 +365,7 @@ class _LMConvCache:
     # ----- one pixel through the whole network (as LMConv.forward) -------------------------------------------
     def _column(self, p: int) -> torch.Tensor:
         m = self.model
-        self.p, (self.i, self.j), self._slot = p, divmod(p, self.W), 0
+        self.p, (self.i, self.j) = p, divmod(p, self.W)
         # slot 0: [scaled x, ones] of the pixels generated so far, written as they become final
         xbuf = self._buffer(0, m.image.channels + 1)
         P = self.P
@@ -374,7 +374,7 @@ class _LMConvCache:
             xs = m.scale_input(self.x[:, :, qi, qj])  # (n, C)
             xbuf[:, :, qi + P, qj + P] = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)
         self._written = self.done
-        self._slot = 1
+        self._slot = 1  # the maps computed at this pixel go to slots 1, 2, ... in forward's order
         u_list = [self._store(self._conv(m.init, 0, "A"))]
         for stage in range(3):
             for res in m.up[stage]:
