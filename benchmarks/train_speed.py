@@ -6,7 +6,9 @@ convolutions of forward and backward), the fraction of the matmul peak of the st
 peak memory (CUDA: max allocated; CPU: the peak resident set of a fresh process per configuration, so
 configurations do not inflate each other). Modes: fp32 (eager), bf16 (autocast, fp32 master weights),
 compiled (torch.compile of log_prob, fp32; the compile time is reported separately and excluded from s/step),
-compiled-bf16. Prints a Markdown table; `--readme` writes it into README.md.
+compiled-bf16. The last column is the time of one CIFAR-10 epoch (50,000 images) at that rate, for projecting
+a full run (the released PixelCNN++ took about 5 days on 8 Maxwell TITAN X to reach 2.92 bits/dim, about
+40 GPU-days). Prints a Markdown table; `--readme` writes it into README.md.
 
     python benchmarks/train_speed.py --quick                  # small sizes, fp32/bf16, 1 repetition
     python benchmarks/train_speed.py --models pixelcnn_pp --sizes paper --modes bf16 compiled-bf16
@@ -104,6 +106,14 @@ def run_one(spec: dict) -> dict:
                 images_per_s=spec["batch"] / s, flops_per_s=flops / s, peak_mem=peak_mem, compiled=compiled)
 
 
+def _duration(seconds: float) -> str:
+    """'12 s', '3.4 min', '5.1 h' or '2.3 days'."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def configs(args) -> list[tuple[str, dict]]:
     out = []
     for model in args.models:
@@ -163,7 +173,7 @@ def main():
             p = peak["bf16" if mode.endswith("bf16") else "fp32"]
             rows.append(f"| {label} | {r['params'] / 1e6:.2f}M | {shown} | {r['flops'] / 1e9:.0f} | {r['seconds']:.2f} | "
                         f"{r['images_per_s']:.1f} | {r['flops_per_s'] / 1e12:.3f} | {100 * r['flops_per_s'] / p:.0f}% | "
-                        f"{r['peak_mem'] / 2**30:.2f} | {r['first_step_s']:.0f} |")
+                        f"{r['peak_mem'] / 2**30:.2f} | {r['first_step_s']:.0f} | {_duration(50000 / r['images_per_s'])} |")
             print(rows[-1], flush=True)
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()})")
@@ -172,8 +182,9 @@ def main():
         f"fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s. "
         "% of peak is against the peak of the step's precision; first step includes warm-up and compilation.",
         "",
-        "| configuration | params | mode | GFLOP/step | s/step | images/s | TFLOP/s | % of matmul peak | peak memory GiB | first step s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | params | mode | GFLOP/step | s/step | images/s | TFLOP/s | % of matmul peak | peak memory GiB | first step s "
+        "| one CIFAR-10 epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     print(table)

@@ -15,8 +15,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import platformdirs
-
 DATA_ENV = "PIXELAR_DATA"
 SYSTEM_DATA_ENV = "PIXELAR_SYSTEM_DATA"
 DEFAULT_SYSTEM_DATA_ROOT = "/usr/share/datasets"
@@ -24,6 +22,8 @@ DEFAULT_SYSTEM_DATA_ROOT = "/usr/share/datasets"
 
 def cache_root() -> Path:
     """Per-user cache directory of pixelar (downloads are stored below it)."""
+    import platformdirs  # here, not at import: `import pixelar` works where only torch is installed (GPU images)
+
     return Path(platformdirs.user_cache_dir("pixelar"))
 
 
