@@ -87,6 +87,32 @@ def test_models_lists_every_model_with_parameter_counts(capsys):
         assert name in out
 
 
+def test_compress_decompress_round_trip_and_errors(tmp_path, capsys):
+    import torch
+
+    from pixelar import ImageSpec, create_model
+
+    torch.manual_seed(0)
+    create_model("pixelcnn_pp", ImageSpec(3, 6, 5, 256), "tiny").save(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"in{k}.png")
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(paths[-1])
+    capsys.readouterr()
+    packed = tmp_path / "two.pxar"
+    assert main(["compress", str(tmp_path / "m"), *map(str, paths), "--out", str(packed)]) == 0
+    assert "wrote 2 image(s)" in capsys.readouterr().out
+    assert main(["decompress", str(tmp_path / "m"), str(packed), "--out-dir", str(tmp_path / "out")]) == 0
+    for k, p in enumerate(paths):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"image_{k:03d}.png")), np.asarray(Image.open(p)))
+    create_model("pixelcnn_pp", ImageSpec(3, 6, 5, 256), "tiny").save(tmp_path / "other")  # other weights
+    assert main(["decompress", str(tmp_path / "other"), str(packed), "--out-dir", str(tmp_path / "x")]) == 2
+    assert "another model or other weights" in capsys.readouterr().err
+    assert main(["decompress", str(tmp_path / "m"), str(paths[0]), "--out-dir", str(tmp_path / "x")]) == 2
+    assert "not a pixelar compressed stream" in capsys.readouterr().err
+
+
 def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, capsys):
     """No training needed: a saved tiny LMConv on 8x8 images; the mask is an arbitrary region."""
     import torch

@@ -179,6 +179,13 @@ class DistAugModel(ARImageModel):
         table = self.augmenter.table(vec, self.image)  # T(x).flat[k] = x.flat[table[k]]
         return table[self.base.generation_order()]
 
+    def identity_base(self, cond, batch: int) -> tuple[nn.Module, torch.Tensor]:
+        """(base, its cond vector) whose conditionals are p(x | cond, identity), in x's own layout: what code
+        that steps through a model's conditionals drives (e.g. pixelar.codec, which codes under the identity,
+        the protocol of the reported likelihood)."""
+        aug = self.augmenter.check(torch.zeros(self.augmenter.num_types, dtype=torch.long), batch)
+        return self.base, self.base_cond(cond, aug, batch)
+
     # ----- sampling ------------------------------------------------------------------------------------------
     def _no_direct_cache(self, x, cond=None):
         raise NotImplementedError("DistAugModel samples through its base: call model.sample(..., method='cached')")

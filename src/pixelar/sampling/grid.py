@@ -31,6 +31,13 @@ def save_grid(images: torch.Tensor, image: ImageSpec, path, nrow: int = 8, pad: 
     Image.fromarray(canvas[..., 0] if C == 1 else canvas).save(path)
 
 
+def save_image(x: torch.Tensor, image: ImageSpec, path) -> None:
+    """Write one image int64 (C, H, W) as a PNG (8-bit; exact for 256 values)."""
+    arr = to_uint8(x[None], image)[0]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if image.channels == 1 else arr).save(path)
+
+
 def load_image(path, image: ImageSpec) -> torch.Tensor:
     """Read an image file as int64 (C, H, W) in the model's value range [0, K)."""
     path = Path(path)

@@ -1,0 +1,123 @@
+"""Binary arithmetic coding with integer frequency tables (Witten, Neal and Cleary 1987, "Arithmetic coding for
+data compression", CACM 30(6)), 32-bit registers.
+
+A symbol is coded with its cumulative frequency interval [lo, hi) out of `total`; totals up to 2**16 keep the
+interval arithmetic exact (the range never drops below a quarter of 2**32). The encoder's output is within
+2 bits plus the byte padding of the ideal -log2(freq / total) summed over the symbols.
+`quantize` turns probabilities into such tables; encoder and decoder must build identical tables.
+"""
+from __future__ import annotations
+
+import torch
+
+BITS = 32
+_FULL = (1 << BITS) - 1
+_HALF = 1 << (BITS - 1)
+_QUARTER = 1 << (BITS - 2)
+TOTAL_BITS = 16
+TOTAL = 1 << TOTAL_BITS  # frequency total of `quantize`'s tables
+
+
+def quantize(probs: torch.Tensor) -> torch.Tensor:
+    """Integer frequencies (..., K) summing to TOTAL, every symbol at least 1 (so any value stays codable).
+
+    probs (..., K) non-negative, summing to about 1 (float64 recommended). Deterministic given the input:
+    floor(p * (TOTAL - K)) + 1, the remainder given to the most probable symbol. Returns cumulative
+    frequencies (..., K + 1) int64, starting at 0 and ending at TOTAL.
+    """
+    K = probs.shape[-1]
+    if K > TOTAL // 2:
+        raise ValueError(f"at most {TOTAL // 2} symbols per table, got {K}")
+    freq = torch.floor(probs.double().clamp(min=0) * (TOTAL - K)).long() + 1
+    rest = TOTAL - freq.sum(-1, keepdim=True)  # >= 0: the floors lose at most TOTAL - K in all
+    freq = freq.scatter_add(-1, probs.argmax(-1, keepdim=True), rest)
+    return torch.cat([torch.zeros_like(freq[..., :1]), freq.cumsum(-1)], dim=-1)
+
+
+class Encoder:
+    """encode(lo, hi, total) for each symbol, then finish() -> bytes."""
+
+    def __init__(self):
+        self.low, self.high, self.pending = 0, _FULL, 0
+        self.bits: list[int] = []
+
+    def _emit(self, bit: int) -> None:
+        self.bits.append(bit)
+        self.bits.extend([1 - bit] * self.pending)
+        self.pending = 0
+
+    def encode(self, lo: int, hi: int, total: int) -> None:
+        if not 0 <= lo < hi <= total <= TOTAL:
+            raise ValueError(f"bad frequency interval [{lo}, {hi}) of {total}")
+        span = self.high - self.low + 1
+        self.high = self.low + span * hi // total - 1
+        self.low = self.low + span * lo // total
+        while True:
+            if self.high < _HALF:
+                self._emit(0)
+            elif self.low >= _HALF:
+                self._emit(1)
+                self.low -= _HALF
+                self.high -= _HALF
+            elif self.low >= _QUARTER and self.high < 3 * _QUARTER:
+                self.pending += 1
+                self.low -= _QUARTER
+                self.high -= _QUARTER
+            else:
+                break
+            self.low = 2 * self.low
+            self.high = 2 * self.high + 1
+
+    def finish(self) -> bytes:
+        """Two more bits select a point inside the final interval; pad to whole bytes with zeros."""
+        self.pending += 1
+        self._emit(0 if self.low < _QUARTER else 1)
+        bits = self.bits + [0] * (-len(self.bits) % 8)
+        return bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, len(bits), 8))
+
+
+class Decoder:
+    """decode(cum, total) -> symbol index for each symbol, in the encoder's order; cum (K + 1) ints."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+        self.low, self.high, self.value = 0, _FULL, 0
+        for _ in range(BITS):
+            self.value = 2 * self.value + self._bit()
+
+    def _bit(self) -> int:
+        byte, k = divmod(self.pos, 8)
+        self.pos += 1
+        return (self.data[byte] >> (7 - k)) & 1 if byte < len(self.data) else 0  # zeros past the end
+
+    def decode(self, cum: list[int], total: int) -> int:
+        span = self.high - self.low + 1
+        target = ((self.value - self.low + 1) * total - 1) // span  # the cumulative count the value falls in
+        # the symbol s with cum[s] <= target < cum[s + 1] (binary search over the cumulative table)
+        a, b = 0, len(cum) - 1
+        while b - a > 1:
+            mid = (a + b) // 2
+            if cum[mid] <= target:
+                a = mid
+            else:
+                b = mid
+        s = a
+        self.high = self.low + span * cum[s + 1] // total - 1
+        self.low = self.low + span * cum[s] // total
+        while True:
+            if self.high < _HALF:
+                pass
+            elif self.low >= _HALF:
+                self.value -= _HALF
+                self.low -= _HALF
+                self.high -= _HALF
+            elif self.low >= _QUARTER and self.high < 3 * _QUARTER:
+                self.value -= _QUARTER
+                self.low -= _QUARTER
+                self.high -= _QUARTER
+            else:
+                break
+            self.low = 2 * self.low
+            self.high = 2 * self.high + 1
+            self.value = 2 * self.value + self._bit()
+        return s

@@ -1,0 +1,171 @@
+"""Lossless image compression with a model's conditionals: arithmetic coding of every sub-pixel in the model's
+generation order, with the probabilities the model gives it (so an image costs about its -log2 p(x) bits).
+
+    data = compress(model, x)          # x int64 (n, C, H, W) -> bytes
+    y = decompress(model, data)        # -> int64 (n, C, H, W), equal to x
+
+The decoder must see exactly the probabilities the encoder used, so both run one shared loop
+(`_coding_steps`): the image is filled step by step from zeros in generation order (the encoder with the true
+values, the decoder with the decoded ones), each step's parameters come from the model's incremental forward
+(the cached sampler's; naive forward passes where a model has none), and the distribution's log-probabilities
+of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are turned into an integer
+frequency table (`arithmetic.quantize`). Decode with the same model, weights, device and precision settings:
+another platform may round the network's floats differently, and the header's fingerprint only catches
+another model or other weights.
+
+The stream: a header (magic, version, image count and shape, number of values, the model's fingerprint)
+and the arithmetic-coded sub-pixels, per step the n images in turn. Class labels or cond vectors are side
+information: pass the same `cond` to both calls. Models with palette tokens (image_gpt) code the tokens, when
+their palette reproduces the images exactly.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import struct
+
+import torch
+
+from ..sampling.naive import generation_steps
+from .arithmetic import TOTAL, Decoder, Encoder, quantize
+
+MAGIC = b"PXAR"
+VERSION = 1
+_HEADER = struct.Struct(">4sBIHHHI8s")  # magic, version, n, C, H, W, num_values, fingerprint
+
+
+def fingerprint(model) -> bytes:
+    """8 bytes of SHA-256 over the model's config and weights: decompress refuses a stream made by another."""
+    h = hashlib.sha256(json.dumps(model.config(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()[:8]
+
+
+def _check_codable(model) -> None:
+    if not getattr(model, "factorizes", True):
+        raise NotImplementedError(f"{model.name} does not factor into one conditional per sub-pixel, so it cannot "
+                                  "drive the arithmetic coder; use a model with a generation order")
+
+
+def _probability_model(model, cond, n: int):
+    """The model whose conditionals code x, and its checked cond: wrappers that offer `identity_base` (DistAug)
+    code through their base under the identity transformation."""
+    to_base = getattr(model, "identity_base", None)
+    if callable(to_base):
+        return to_base(cond, n)
+    return model, model.check_cond(cond, n)
+
+
+def _step_params(model, x: torch.Tensor, cond):
+    """params_at(i, j) for the image x being filled: the incremental forward, else full forward passes."""
+    start = getattr(model, "begin_cache", None)
+    if callable(start):
+        return start(x, cond).params_at
+    return lambda i, j: model(x, cond)[:, :, i, j]
+
+
+@torch.no_grad()
+def _coding_steps(model, x: torch.Tensor, cond):
+    """Yield (i, j, c, cum) in generation order: cum (n, K + 1) int64 cumulative frequencies of sub-pixel
+    (c, i, j) of each image, given what x holds. The caller writes x[:, c, i, j] before the next step."""
+    dist = model.distribution
+    K = model.image.num_values
+    values = torch.arange(K, device=x.device).repeat(x.shape[0])  # (n*K,)
+    params_at = _step_params(model, x, cond)
+    for i, j, channels in generation_steps(model):
+        params = params_at(i, j) if dist.joint else None  # joint: one evaluation per pixel, as the samplers
+        for c in channels:
+            if not dist.joint:
+                params = params_at(i, j)  # per channel: it may read the channels < c just written
+            cand = x[:, :, i, j].repeat_interleave(K, dim=0)  # (n*K, C): the pixel so far ...
+            cand[:, c] = values  # ... with channel c at every value
+            p = params.repeat_interleave(K, dim=0)[:, :, None, None]
+            lp = dist.log_prob(p, cand[:, :, None, None])[:, c, 0, 0].view(-1, K)  # (n, K)
+            yield i, j, c, quantize(torch.softmax(lp.double(), dim=-1))
+
+
+def _model_input(model, images: torch.Tensor) -> torch.Tensor:
+    """Data images (n, C, H, W) -> what the model codes: the images, or palette tokens that reproduce them."""
+    if model.tokenizer is None:
+        return model.check_input(images)
+    d = model.data_image
+    if not isinstance(images, torch.Tensor) or images.dtype.is_floating_point or images.dim() != 4 \
+            or tuple(images.shape[1:]) != d.shape or int(images.min()) < 0 or int(images.max()) >= d.num_values:
+        raise ValueError(f"images must be int64 (n, {d.channels}, {d.height}, {d.width}) with values in "
+                         f"[0, {d.num_values})")
+    tokens = model.encode(images)
+    if not torch.equal(model.decode(tokens), images):
+        raise ValueError(f"{model.name}'s colour palette does not reproduce these images exactly, so its tokens "
+                         "cannot code them losslessly; use a model of the pixel values")
+    return tokens
+
+
+def _in_eval_mode(fn):
+    """Run fn(model, ...) with the model in eval mode (no dropout), restoring its mode afterwards."""
+
+    @functools.wraps(fn)
+    def wrapped(model, *args, **kw):
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model, *args, **kw)
+        finally:
+            model.train(was_training)
+
+    return wrapped
+
+
+@_in_eval_mode
+def compress(model, x: torch.Tensor, cond=None) -> bytes:
+    """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes."""
+    _check_codable(model)
+    device = next(model.parameters()).device
+    x = _model_input(model, x).to(device)
+    n = x.shape[0]
+    coder, cond = _probability_model(model, cond, n)
+    work = torch.zeros_like(x)  # filled step by step, exactly as the decoder fills its image
+    enc = Encoder()
+    for i, j, c, cum in _coding_steps(coder, work, cond):
+        v = x[:, c, i, j, None]
+        for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
+            enc.encode(a, b, TOTAL)
+        work[:, c, i, j] = x[:, c, i, j]
+    d = model.data_image
+    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model))
+    return header + enc.finish()
+
+
+def stream_info(data: bytes) -> dict:
+    """The header of a compressed stream: {"n", "channels", "height", "width", "num_values", "fingerprint"}."""
+    if len(data) < _HEADER.size or data[:4] != MAGIC:
+        raise ValueError("not a pixelar compressed stream (it does not start with the PXAR header)")
+    _, version, n, C, H, W, K, fp = _HEADER.unpack(data[: _HEADER.size])
+    if version != VERSION:
+        raise ValueError(f"stream version {version} is not supported (this pixelar reads version {VERSION})")
+    return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp}
+
+
+@_in_eval_mode
+def decompress(model, data: bytes, cond=None) -> torch.Tensor:
+    """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model."""
+    info = stream_info(data)
+    n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
+    _check_codable(model)
+    d = model.data_image
+    if (C, H, W, K) != (d.channels, d.height, d.width, d.num_values):
+        raise ValueError(f"the stream holds {C}x{H}x{W} images with {K} values, the model is for "
+                         f"{d.channels}x{d.height}x{d.width} with {d.num_values}")
+    if fp != fingerprint(model):
+        raise ValueError("the stream was made with another model or other weights (fingerprint mismatch): "
+                         "decompress with the model that compressed it")
+    coder, cond = _probability_model(model, cond, n)
+    device = next(model.parameters()).device
+    x = torch.zeros(n, *model.image.shape, dtype=torch.long, device=device)
+    dec = Decoder(data[_HEADER.size :])
+    for i, j, c, cum in _coding_steps(coder, x, cond):
+        rows = cum.tolist()
+        x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in rows], device=device)
+    return model.decode(x)

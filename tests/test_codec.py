@@ -1,0 +1,126 @@
+"""Lossless compression (pixelar.codec): the arithmetic coder on its own, then every model with a generation
+order as its probability model: decompress(compress(x)) == x for arbitrary images, and the stream costs the
+model's -log2 p(x) bits up to the frequency-table rounding and the coder's termination."""
+import math
+
+import pytest
+import torch
+
+import pixelar
+from pixelar import ImageSpec, create_model
+from pixelar.codec import compress, decompress
+from pixelar.codec.arithmetic import TOTAL, Decoder, Encoder, quantize
+from pixelar.codec.images import _HEADER
+from pixelar.models.distaug import create_distaug_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+# ----- the coder ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("K,sharpness", [(2, 1.0), (16, 3.0), (256, 1.0), (256, 30.0)])
+def test_arithmetic_coder_round_trips_at_the_ideal_length(K, sharpness):
+    g = torch.Generator().manual_seed(K)
+    probs = torch.softmax(sharpness * torch.randn(2000, K, generator=g, dtype=torch.float64), dim=-1)
+    cum = quantize(probs)
+    assert torch.equal(cum[:, 0], torch.zeros(2000, dtype=torch.long)) and bool((cum[:, -1] == TOTAL).all())
+    assert bool((cum.diff(dim=1) >= 1).all()), "every value keeps a frequency of at least 1"
+    symbols = torch.randint(0, K, (2000,), generator=g)  # not drawn from probs: improbable symbols too
+    enc = Encoder()
+    ideal = 0.0
+    for row, s in zip(cum.tolist(), symbols.tolist()):
+        enc.encode(row[s], row[s + 1], TOTAL)
+        ideal -= math.log2((row[s + 1] - row[s]) / TOTAL)
+    data = enc.finish()
+    assert ideal <= 8 * len(data) <= ideal + 2 + 7  # two termination bits and the byte padding
+    dec = Decoder(data)
+    assert [dec.decode(row, TOTAL) for row in cum.tolist()] == symbols.tolist()
+
+
+def test_quantize_keeps_zero_probabilities_codable_and_refuses_huge_alphabets():
+    cum = quantize(torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64))
+    assert cum.tolist() == [[0, TOTAL - 3, TOTAL - 2, TOTAL - 1, TOTAL]]
+    with pytest.raises(ValueError, match="symbols per table"):
+        quantize(torch.ones(1, TOTAL))
+
+
+# ----- models as probability models --------------------------------------------------------------------------------
+CODABLE = [n for n in pixelar.list_models() if n != "grayscale_pixelcnn"]
+SPECS = [ImageSpec(1, 5, 4, 16), ImageSpec(3, 4, 4, 8)]
+
+
+def tiny(name, spec, scale=0.2, **kw):
+    torch.manual_seed(1)
+    model = create_model(name, spec, "tiny", **kw).eval()
+    with torch.no_grad():  # random weights: the output heads start at zero
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+def images_for(model, n=3, seed=0):
+    """Arbitrary images of the model's data image (palette models: colours from a fitted lossless palette)."""
+    d = model.data_image
+    g = torch.Generator().manual_seed(seed)
+    if model.tokenizer is None:
+        return torch.randint(0, d.num_values, (n, *d.shape), generator=g)
+    x = torch.randint(0, 2, (n, 1, d.height, d.width), generator=g).expand(n, d.channels, d.height, d.width)
+    x = (x * (d.num_values - 1)).contiguous()  # black and white: a palette of two colours or more is exact
+    model.tokenizer.fit(x, seed=0)
+    return x
+
+
+def payload_bound(model, x, cond=None) -> float:
+    """-log2 p(x) of the model plus what the frequency tables and the coder may add."""
+    with torch.no_grad():
+        nats = -model.log_prob(model.encode(x), cond).sum().item()
+    C, H, W = model.image.shape
+    K, steps = model.image.num_values, x.shape[0] * C * H * W
+    return nats / math.log(2) + steps * (-math.log2(1 - K / TOTAL) + 1e-3) + 2 + 7
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("name", CODABLE)
+def test_every_model_compresses_losslessly_at_its_likelihood(name, spec):
+    model = tiny(name, spec)
+    x = images_for(model)
+    data = compress(model, x)
+    assert torch.equal(decompress(model, data), x)
+    assert 8 * (len(data) - _HEADER.size) <= payload_bound(model, x)
+
+
+def test_conditioning_distaug_another_order_and_palette_tokens():
+    spec = SPECS[1]
+    model = tiny("pixelcnn_pp", spec, num_classes=3)
+    x, cond = images_for(model), torch.tensor([2, 0, 1])
+    data = compress(model, x, cond)
+    assert torch.equal(decompress(model, data, cond), x)
+    assert 8 * (len(data) - _HEADER.size) <= payload_bound(model, x, cond)
+    da = create_distaug_model("pixelcnn_pp", spec, "tiny", ["rot90"]).eval()  # codes through the identity
+    assert torch.equal(decompress(da, compress(da, x)), x)
+    lm = tiny("lmconv", spec).set_order(5)  # any generation order
+    assert torch.equal(decompress(lm, compress(lm, x)), x)
+    gpt = tiny("image_gpt", ImageSpec(3, 4, 4, 256), palette=4)  # codes palette tokens, exact for these images
+    x = images_for(gpt)
+    data = compress(gpt, x)
+    assert torch.equal(decompress(gpt, data), x) and 8 * (len(data) - _HEADER.size) <= payload_bound(gpt, x)
+
+
+def test_bad_streams_and_models_are_refused():
+    spec = SPECS[0]
+    model = tiny("pixelcnn_pp", spec)
+    x = images_for(model)
+    data = compress(model, x)
+    with pytest.raises(ValueError, match="another model or other weights"):
+        decompress(tiny("pixelcnn_pp", spec, scale=0.3), data)
+    with pytest.raises(ValueError, match="holds 1x5x4 images"):
+        decompress(tiny("pixelcnn_pp", ImageSpec(1, 4, 4, 16)), data)
+    with pytest.raises(ValueError, match="not a pixelar compressed stream"):
+        decompress(model, b"GIF89a" + data[6:])
+    with pytest.raises(ValueError, match="x must hold integer values"):
+        compress(model, x.float())
+    with pytest.raises(NotImplementedError, match="does not factor"):
+        compress(tiny("grayscale_pixelcnn", spec, gray_levels=4), x)
+    gpt = tiny("image_gpt", ImageSpec(3, 4, 4, 256), palette=4)
+    images_for(gpt)  # fits a palette of black and white
+    with pytest.raises(ValueError, match="palette does not reproduce"):
+        compress(gpt, torch.full((1, 3, 4, 4), 100))
