@@ -1,6 +1,7 @@
 """The same guarantees on a CUDA GPU (skipped where there is none, e.g. in CI; run on a lent device with
 `bash benchmarks/gpu_checks.sh`): every model's log-likelihood on the GPU equals the CPU's, cached sampling
-equals naive sampling there, and training runs end to end in fp32 and bf16 and resumes.
+equals naive sampling there, training runs end to end in fp32 and bf16 and resumes, and compressed images
+decompress identically.
 
 PIXELAR_TEST_DEVICE=cpu runs the same tests on the CPU (a dry run of this file where no GPU is at hand).
 """
@@ -79,3 +80,13 @@ def test_training_on_the_gpu_runs_and_resumes(npz_data, tmp_path, precision):
     # cuDNN's backward kernels may add in another order from run to run: equal up to that, not bitwise
     assert resumed["test_bpd"] == pytest.approx(whole["test_bpd"], abs=1e-3)
     assert (tmp_path / "whole" / "samples.png").exists()
+
+
+@pytest.mark.parametrize("name", ["pixelcnn_pp", "lmconv", "sparse_transformer"])
+def test_compression_round_trips_on_the_gpu(name):
+    """Encoder and decoder must compute bit-identical probabilities on the GPU too (kernel choices included)."""
+    from pixelar.codec import compress, decompress
+
+    model = tiny(name).to(DEVICE)
+    x = torch.randint(0, SPEC.num_values, (3, *SPEC.shape), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(decompress(model, compress(model, x)).cpu(), x)
