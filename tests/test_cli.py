@@ -87,10 +87,11 @@ def test_models_lists_every_model_with_parameter_counts(capsys):
         assert name in out
 
 
-def test_compress_decompress_round_trip_and_errors(tmp_path, capsys):
+def test_score_compress_decompress_round_trip_and_errors(tmp_path, capsys):
     import torch
 
     from pixelar import ImageSpec, create_model
+    from pixelar import load_model as pixelar_load
 
     torch.manual_seed(0)
     create_model("pixelcnn_pp", ImageSpec(3, 6, 5, 256), "tiny").save(tmp_path / "m")
@@ -106,6 +107,15 @@ def test_compress_decompress_round_trip_and_errors(tmp_path, capsys):
     assert main(["decompress", str(tmp_path / "m"), str(packed), "--out-dir", str(tmp_path / "out")]) == 0
     for k, p in enumerate(paths):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"image_{k:03d}.png")), np.asarray(Image.open(p)))
+    assert main(["score", str(tmp_path / "m"), *map(str, paths), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = pixelar_load(tmp_path / "m")
+    x = torch.stack([torch.tensor(np.asarray(Image.open(p))).permute(2, 0, 1).long() for p in paths])
+    with torch.no_grad():
+        nats = -model.log_prob(x)
+    assert [s["image"] for s in scores] == list(map(str, paths))
+    assert np.allclose([s["nats"] for s in scores], nats.tolist(), rtol=1e-6)
+    assert 8 * (packed.stat().st_size - 27) >= sum(s["bpd"] for s in scores) * 90 - 1  # the file is near p(x)
     create_model("pixelcnn_pp", ImageSpec(3, 6, 5, 256), "tiny").save(tmp_path / "other")  # other weights
     assert main(["decompress", str(tmp_path / "other"), str(packed), "--out-dir", str(tmp_path / "x")]) == 2
     assert "another model or other weights" in capsys.readouterr().err

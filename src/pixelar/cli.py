@@ -219,6 +219,29 @@ def cmd_complete(args) -> int:
     return 0
 
 
+# ----- score ------------------------------------------------------------------------------------------------
+def cmd_score(args) -> int:
+    from .evaluation import TOKEN_NOTE, image_log_prob
+    from .models import load_model
+    from .sampling.grid import load_image
+
+    model = load_model(args.run_dir)
+    x = torch.stack([load_image(path, model.data_image) for path in args.images])
+    nats = -image_log_prob(model, model.encode(x), _cond(model, len(args.images), args.cls))
+    unit = "bits/token" if model.tokenizer is not None else "bits/dim"
+    bpd = (nats / (model.image.dims * math.log(2))).tolist()
+    if args.json:
+        print(json.dumps([{"image": str(p), "nats": n, "bpd": b} for p, n, b in zip(args.images, nats.tolist(), bpd)]))
+        return 0
+    for path, n, b in zip(args.images, nats.tolist(), bpd):
+        print(f"{path}: {b:.4f} {unit} ({n:.1f} nats)")
+    if len(bpd) > 1:
+        print(f"mean: {sum(bpd) / len(bpd):.4f} {unit} over {len(bpd)} images")
+    if model.tokenizer is not None:
+        print(f"note: {TOKEN_NOTE}")
+    return 0
+
+
 # ----- compress / decompress ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     from .codec import compress
@@ -405,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_probe)
 
+    sc = sub.add_parser("score", help="exact bits/dim of each given image under a trained model")
+    sc.add_argument("run_dir")
+    sc.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
+    sc.add_argument("--class", dest="cls", type=int, help="class label for class-conditional models")
+    sc.add_argument("--json", action="store_true", help="print one JSON list")
+    sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
     z.add_argument("run_dir")
     z.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")

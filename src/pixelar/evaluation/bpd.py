@@ -38,6 +38,21 @@ def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
 
 
 @torch.no_grad()
+def order_mixture(per_order: torch.Tensor) -> torch.Tensor:
+    """log(1/K sum_k p_k(x)) per image from log p_k(x) (B, K) nats: the uniform mixture over K orders."""
+    return torch.logsumexp(per_order, dim=1) - math.log(per_order.shape[1])
+
+
+@torch.no_grad()
+def image_log_prob(model, x: torch.Tensor, cond=None) -> torch.Tensor:
+    """log p(x) of each image in nats, (B,), as `evaluate` scores it: x are the model's inputs (encode data
+    images of tokenized models first); models with several generation orders give the mixture over them."""
+    K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
+    if K > 1:
+        return order_mixture(model.log_prob_per_order(x, cond).double())
+    return model.log_prob(x, cond).double()
+
+
 def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str = "fp32",
              subset: int | None = None) -> dict:
     """Negative log-likelihood of `dataset` (or its first `subset` images) under `model`.
@@ -99,7 +114,7 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
             with autocast:
                 if K > 1:
                     per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats
-                    lp = torch.logsumexp(per, dim=1) - math.log(K)  # (B,) the mixture over orders
+                    lp = order_mixture(per)  # (B,) the mixture over orders
                     per_order += -per.sum(0).cpu()
                 elif callable(parts_fn):
                     named = parts_fn(x.to(device), cond)  # {part: (B,) nats}, summing to log p(x)
