@@ -116,6 +116,10 @@ def test_bad_streams_and_models_are_refused():
         decompress(tiny("pixelcnn_pp", ImageSpec(1, 4, 4, 16)), data)
     with pytest.raises(ValueError, match="not a pixelar compressed stream"):
         decompress(model, b"GIF89a" + data[6:])
+    damaged = bytearray(data)
+    damaged[_HEADER.size + 3] ^= 0x10  # one flipped bit in the coded sub-pixels
+    with pytest.raises(ValueError, match="fail the stream's checksum"):
+        decompress(model, bytes(damaged))
     with pytest.raises(ValueError, match="x must hold integer values"):
         compress(model, x.float())
     with pytest.raises(NotImplementedError, match="does not factor"):

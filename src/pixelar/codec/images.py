@@ -10,11 +10,13 @@ values, the decoder with the decoded ones), each step's parameters come from the
 (the cached sampler's; naive forward passes where a model has none), and the distribution's log-probabilities
 of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are turned into an integer
 frequency table (`arithmetic.quantize`). Decode with the same model, weights, device and precision settings:
-another platform may round the network's floats differently, and the header's fingerprint only catches
-another model or other weights.
+another platform may round the network's floats differently (the checksum then says so); the header's
+fingerprint catches another model or other weights.
 
-The stream: a header (magic, version, image count and shape, number of values, the model's fingerprint)
-and the arithmetic-coded sub-pixels, per step the n images in turn. Class labels or cond vectors are side
+The stream: a 31-byte header (magic, version, image count and shape, number of values, the model's
+fingerprint, a CRC-32 of the images) and the arithmetic-coded sub-pixels, per step the n images in turn. A
+damaged stream, or probabilities computed differently at decode time, fail the checksum with a clear error
+instead of returning wrong images. Class labels or cond vectors are side
 information: pass the same `cond` to both calls. Models with palette tokens (image_gpt) code the tokens, when
 their palette reproduces the images exactly.
 """
@@ -24,6 +26,7 @@ import functools
 import hashlib
 import json
 import struct
+import zlib
 
 import torch
 
@@ -32,7 +35,7 @@ from .arithmetic import TOTAL, Decoder, Encoder, quantize
 
 MAGIC = b"PXAR"
 VERSION = 1
-_HEADER = struct.Struct(">4sBIHHHI8s")  # magic, version, n, C, H, W, num_values, fingerprint
+_HEADER = struct.Struct(">4sBIHHHI8sI")  # magic, version, n, C, H, W, num_values, fingerprint, CRC-32 of images
 
 
 def fingerprint(model) -> bytes:
@@ -42,6 +45,11 @@ def fingerprint(model) -> bytes:
         h.update(name.encode())
         h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:8]
+
+
+def _crc(images: torch.Tensor) -> int:
+    """CRC-32 of the data images' values (int64, C order): decompress checks what it decoded against it."""
+    return zlib.crc32(images.detach().cpu().long().contiguous().numpy().tobytes())
 
 
 def _check_codable(model) -> None:
@@ -123,6 +131,7 @@ def compress(model, x: torch.Tensor, cond=None) -> bytes:
     """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes."""
     _check_codable(model)
     device = next(model.parameters()).device
+    crc = _crc(x)
     x = _model_input(model, x).to(device)
     n = x.shape[0]
     coder, cond = _probability_model(model, cond, n)
@@ -134,18 +143,19 @@ def compress(model, x: torch.Tensor, cond=None) -> bytes:
             enc.encode(a, b, TOTAL)
         work[:, c, i, j] = x[:, c, i, j]
     d = model.data_image
-    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model))
+    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc)
     return header + enc.finish()
 
 
 def stream_info(data: bytes) -> dict:
-    """The header of a compressed stream: {"n", "channels", "height", "width", "num_values", "fingerprint"}."""
+    """The header of a compressed stream: {"n", "channels", "height", "width", "num_values", "fingerprint",
+    "crc32"}."""
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise ValueError("not a pixelar compressed stream (it does not start with the PXAR header)")
-    _, version, n, C, H, W, K, fp = _HEADER.unpack(data[: _HEADER.size])
+    _, version, n, C, H, W, K, fp, crc = _HEADER.unpack(data[: _HEADER.size])
     if version != VERSION:
         raise ValueError(f"stream version {version} is not supported (this pixelar reads version {VERSION})")
-    return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp}
+    return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp, "crc32": crc}
 
 
 @_in_eval_mode
@@ -168,4 +178,9 @@ def decompress(model, data: bytes, cond=None) -> torch.Tensor:
     for i, j, c, cum in _coding_steps(coder, x, cond):
         rows = cum.tolist()
         x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in rows], device=device)
-    return model.decode(x)
+    images = model.decode(x)
+    if _crc(images) != info["crc32"]:
+        raise ValueError("the decoded images fail the stream's checksum: the stream is damaged, or this machine "
+                         "computes the model's probabilities differently (decompress with the platform, device "
+                         "and settings that compressed it)")
+    return images
