@@ -264,6 +264,9 @@ def cmd_compress(args) -> int:
     print(f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "
           f"bits/dim (the model's -log2 p(x): {nats / (dims * math.log(2)):.4f}; the input files: {source:,} bytes) "
           f"in {seconds:.1f} s")
+    if spec.num_values != 256:
+        print(f"note: the model codes {spec.num_values} values per sub-pixel: the 8-bit files were reduced to them "
+              "first, so decompress returns the reduced images, not the original files")
     return 0
 
 
