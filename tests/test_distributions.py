@@ -41,6 +41,25 @@ def test_every_value_probability_sums_to_one(C, K):
             assert abs(total - 1) < 1e-12, (type(d).__name__, scale, total)
 
 
+@pytest.mark.parametrize("C,K", [(1, 2), (1, 256), (3, 2), (3, 16)])
+def test_value_log_probs_are_the_conditionals_of_every_value(C, K):
+    """Each distribution's direct value_log_probs (used by the codec) equals log_prob of the K candidate pixels
+    (the base class's generic version) for every channel, earlier channels teacher-forced, and sums to one."""
+    from pixelar.distributions.base import OutputDistribution
+
+    torch.manual_seed(1)
+    for d in dists(C, K):
+        for scale in (0.3, 5.0):
+            params = scale * torch.randn(4, d.num_params, dtype=torch.float64)
+            x = torch.randint(0, K, (4, C))
+            for c in range(C):
+                direct = d.value_log_probs(params, x, c)
+                generic = OutputDistribution.value_log_probs(d, params, x, c)
+                assert direct.shape == (4, K)
+                torch.testing.assert_close(direct, generic, atol=1e-12, rtol=1e-12)
+                torch.testing.assert_close(direct.exp().sum(1), torch.ones(4, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
 def test_logistic_edge_bins_take_the_tails():
     d = DiscretizedLogisticMixture(ImageSpec(1, 1, 1, 256), nr_mix=1)
     params = torch.tensor([0.0, 5.0, -3.0], dtype=torch.float64).view(1, 3, 1, 1)  # mean far above the top bin

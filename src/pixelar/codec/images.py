@@ -80,18 +80,13 @@ def _coding_steps(model, x: torch.Tensor, cond):
     """Yield (i, j, c, cum) in generation order: cum (n, K + 1) int64 cumulative frequencies of sub-pixel
     (c, i, j) of each image, given what x holds. The caller writes x[:, c, i, j] before the next step."""
     dist = model.distribution
-    K = model.image.num_values
-    values = torch.arange(K, device=x.device).repeat(x.shape[0])  # (n*K,)
     params_at = _step_params(model, x, cond)
     for i, j, channels in generation_steps(model):
         params = params_at(i, j) if dist.joint else None  # joint: one evaluation per pixel, as the samplers
         for c in channels:
             if not dist.joint:
                 params = params_at(i, j)  # per channel: it may read the channels < c just written
-            cand = x[:, :, i, j].repeat_interleave(K, dim=0)  # (n*K, C): the pixel so far ...
-            cand[:, c] = values  # ... with channel c at every value
-            p = params.repeat_interleave(K, dim=0)[:, :, None, None]
-            lp = dist.log_prob(p, cand[:, :, None, None])[:, c, 0, 0].view(-1, K)  # (n, K)
+            lp = dist.value_log_probs(params, x[:, :, i, j], c)  # (n, K): every value given the channels < c
             yield i, j, c, quantize(torch.softmax(lp.double(), dim=-1))
 
 

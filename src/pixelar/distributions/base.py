@@ -48,6 +48,17 @@ class OutputDistribution(nn.Module):
         """
         raise NotImplementedError
 
+    def value_log_probs(self, params: torch.Tensor, x: torch.Tensor, channel: int) -> torch.Tensor:
+        """log p(x_c = v | x_<c) for every value v of sub-pixel `channel` of one pixel: params (B, P) of the
+        pixel, x int64 (B, C) with its earlier channels set (later ones are ignored) -> (B, K) nats.
+
+        This generic version scores K candidate pixels with `log_prob`; subclasses compute it directly."""
+        K = self.image.num_values
+        cand = x.repeat_interleave(K, dim=0)  # (B*K, C): the pixel so far ...
+        cand[:, channel] = torch.arange(K, device=x.device).repeat(x.shape[0])  # ... with every value in turn
+        lp = self.log_prob(params.repeat_interleave(K, dim=0)[:, :, None, None], cand[:, :, None, None])
+        return lp[:, channel, 0, 0].view(-1, K)
+
     def interval_log_prob(self, params: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """Per-sub-pixel conditionals restricted to an interval of values, renormalized there:
         log p(x_d | x_<d, lo_d <= x_d <= hi_d) in nats, (B, C, H, W).

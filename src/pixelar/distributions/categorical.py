@@ -44,6 +44,10 @@ class Categorical(OutputDistribution):
         logits = self._logits(params, x)
         return F.log_softmax(logits, dim=-1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
 
+    def value_log_probs(self, params, x, channel):
+        logits = self._logits(params[:, :, None, None], x[:, :, None, None])  # (B, C, 1, 1, K)
+        return F.log_softmax(logits[:, channel, 0, 0], dim=-1)
+
     def interval_log_prob(self, params, x, lo, hi):
         logits = self._logits(params, x)  # (B, C, H, W, K), coupled to the true earlier channels
         v = torch.arange(logits.shape[-1], device=logits.device)

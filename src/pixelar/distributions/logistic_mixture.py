@@ -95,6 +95,19 @@ class DiscretizedLogisticMixture(OutputDistribution):
         # b < a always; the clamp only keeps a vanishing difference (huge scales) away from log(0)
         return -F.softplus(-a) - F.softplus(b) + torch.log(-torch.expm1((b - a).clamp(max=-1e-12)))
 
+    def value_log_probs(self, params, x, channel):
+        """All K values of one sub-pixel at once: per component the K bin masses of channel c (means coupled
+        to the true earlier channels), mixed with weights pi_m prod_{c'<c} L_mc' renormalized. (B, K)."""
+        logits, means, log_scales, coeffs = self._split(params)  # (B, M), (B, C, M), ...
+        x3 = x.unsqueeze(2)  # (B, C, 1)
+        means = self._coupled_means(means, coeffs, self._to_unit(x3, means.dtype))  # (B, C, M)
+        w = F.log_softmax(logits, dim=1)  # (B, M)
+        if channel:  # the earlier channels' bin masses at their true values
+            w = w + self._bin_log_prob(x3[:, :channel], means[:, :channel], log_scales[:, :channel]).sum(1)
+        v = torch.arange(self.image.num_values, device=x.device)  # (K,)
+        l_bin = self._interval_log_mass(v, v, means[:, channel, :, None], log_scales[:, channel, :, None])  # (B,M,K)
+        return torch.logsumexp(w[:, :, None] + l_bin, dim=1) - torch.logsumexp(w, dim=1, keepdim=True)
+
     def interval_log_prob(self, params, x, lo, hi):
         """Truncated conditionals of the RGB-coupled mixture. With L_mc the mass of x_c's bin and Z_mc the mass of
         [lo_c, hi_c] under component m (means coupled to the true earlier channels):
