@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .inference import inference
 from .types import ImageSpec, bits_per_dim
 
 
@@ -201,7 +202,7 @@ def cmd_complete(args) -> int:
         if not callable(score):
             raise NotImplementedError(f"model {model.name!r} cannot score a hidden region given the rest "
                                       "(it generates in one fixed order); lmconv can")
-        with torch.no_grad():
+        with inference(model):
             nats = -score(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
         dims = int((~keep).sum()) * spec.channels
         print(f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
@@ -258,7 +259,7 @@ def cmd_compress(args) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(data)
     dims = x.numel()
-    with torch.no_grad():
+    with inference(model):
         nats = -model.log_prob(model.encode(x), cond).sum().item()
     source = sum(Path(p).stat().st_size for p in args.images)
     print(f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "

@@ -22,7 +22,6 @@ their palette reproduces the images exactly.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import struct
@@ -30,6 +29,7 @@ import zlib
 
 import torch
 
+from ..inference import inference
 from ..sampling.naive import generation_steps
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
 
@@ -75,7 +75,6 @@ def _step_params(model, x: torch.Tensor, cond):
     return lambda i, j: model(x, cond)[:, :, i, j]
 
 
-@torch.no_grad()
 def _coding_steps(model, x: torch.Tensor, cond):
     """Yield (i, j, c, cum) in generation order: cum (n, K + 1) int64 cumulative frequencies of sub-pixel
     (c, i, j) of each image, given what x holds. The caller writes x[:, c, i, j] before the next step."""
@@ -106,24 +105,13 @@ def _model_input(model, images: torch.Tensor) -> torch.Tensor:
     return tokens
 
 
-def _in_eval_mode(fn):
-    """Run fn(model, ...) with the model in eval mode (no dropout), restoring its mode afterwards."""
-
-    @functools.wraps(fn)
-    def wrapped(model, *args, **kw):
-        was_training = model.training
-        model.eval()
-        try:
-            return fn(model, *args, **kw)
-        finally:
-            model.train(was_training)
-
-    return wrapped
-
-
-@_in_eval_mode
 def compress(model, x: torch.Tensor, cond=None) -> bytes:
     """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes."""
+    with inference(model):
+        return _compress(model, x, cond)
+
+
+def _compress(model, x: torch.Tensor, cond) -> bytes:
     _check_codable(model)
     device = next(model.parameters()).device
     crc = _crc(x)
@@ -153,9 +141,13 @@ def stream_info(data: bytes) -> dict:
     return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp, "crc32": crc}
 
 
-@_in_eval_mode
 def decompress(model, data: bytes, cond=None) -> torch.Tensor:
     """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model."""
+    with inference(model):
+        return _decompress(model, data, cond)
+
+
+def _decompress(model, data: bytes, cond) -> torch.Tensor:
     info = stream_info(data)
     n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
     _check_codable(model)

@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..data import ImageDataset, iterate_batches
+from ..inference import inference
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
 TOKEN_NOTE = ("the palette is lossy in general, so nats per token score the quantised images and are NOT comparable "
@@ -37,20 +38,20 @@ def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
     return dataclasses.replace(ds, images=ds.images[:n], labels=None if ds.labels is None else ds.labels[:n])
 
 
-@torch.no_grad()
 def order_mixture(per_order: torch.Tensor) -> torch.Tensor:
     """log(1/K sum_k p_k(x)) per image from log p_k(x) (B, K) nats: the uniform mixture over K orders."""
     return torch.logsumexp(per_order, dim=1) - math.log(per_order.shape[1])
 
 
-@torch.no_grad()
 def image_log_prob(model, x: torch.Tensor, cond=None) -> torch.Tensor:
-    """log p(x) of each image in nats, (B,), as `evaluate` scores it: x are the model's inputs (encode data
-    images of tokenized models first); models with several generation orders give the mixture over them."""
+    """log p(x) of each image in nats, (B,), as `evaluate` scores it (eval mode, no autograd): x are the
+    model's inputs (encode data images of tokenized models first); models with several generation orders give
+    the mixture over them."""
     K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
-    if K > 1:
-        return order_mixture(model.log_prob_per_order(x, cond).double())
-    return model.log_prob(x, cond).double()
+    with inference(model):
+        if K > 1:
+            return order_mixture(model.log_prob_per_order(x, cond).double())
+        return model.log_prob(x, cond).double()
 
 
 def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str = "fp32",
@@ -96,15 +97,13 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
-    was_training = model.training
-    model.eval()
     K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
     total = torch.zeros((), dtype=torch.float64)
     per_order = torch.zeros(K, dtype=torch.float64)
     parts_fn = getattr(model, "log_prob_parts", None) if K == 1 else None
     parts: dict[str, float] = {}
     recon = {"sq_err_sum": 0.0, "exact_pixels": 0, "pixels": 0, "sub_pixels": 0}
-    try:
+    with inference(model):  # eval mode, no autograd (else every batch's graph stays alive through `total`)
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=generator):
             cond = y.to(device) if model.num_classes else None
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
@@ -124,8 +123,6 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
                 else:
                     lp = model.log_prob(x.to(device), cond)  # (B,) nats
             total += -lp.double().sum().cpu()
-    finally:
-        model.train(was_training)
     n, nats = len(ds), total.item()
     scale = n * model.image.dims * math.log(2)
     res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageDataset, iterate_batches
+from ..inference import inference
 from .bpd import first_images
 
 
@@ -25,7 +26,6 @@ def _check_model(model) -> None:
         raise NotImplementedError(f"model {name!r} has no features() for a linear probe; image_gpt has")
 
 
-@torch.no_grad()
 def extract_features(model, dataset: ImageDataset, layers: list[int], batch_size: int = 100,
                      subset: int | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Average-pooled features of every image: ({layer: float64 (N, d)}, labels int64 (N,))."""
@@ -38,19 +38,15 @@ def extract_features(model, dataset: ImageDataset, layers: list[int], batch_size
     if len(ds) == 0:
         raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) has no images")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     feats: dict[int, list[torch.Tensor]] = {k: [] for k in layers}
     labels = []
-    try:
+    with inference(model):
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=torch.Generator().manual_seed(0)):
             cond = y.to(device) if model.num_classes else None
             out = model.features(model.encode(x.to(device)), cond, layers)  # {layer: (B, d)}
             for k in layers:
                 feats[k].append(out[k].double().cpu())
             labels.append(y)
-    finally:
-        model.train(was_training)
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
 
 

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributions.base import check_temperature, gumbel_argmax
+from ..inference import inference, require_eval
 from ..nn import DownRightShiftedConv2d, DownShiftedConv2d, concat_elu, down_shift, right_shift
 from ..types import ImageSpec
 from .base import ARImageModel
@@ -119,8 +120,7 @@ class ConditionalPixelCNN(nn.Module):
         forward(scale(x), aux, cond)[:, :, i, j] while x is filled in raster order."""
         from ..nn.cache import CausalGraph, IncrementalForward
 
-        if self.training:
-            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        require_eval(self)
         graph = CausalGraph()
         with torch.no_grad():
             output = self.cache_graph(graph, x, scale, aux, cond)
@@ -255,7 +255,6 @@ class GrayscalePixelCNN(ARImageModel):
                                   "there is no single order of the sub-pixels of x")
 
     # ----- sampling --------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
                method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
         """Draw y with the grey PixelCNN++, then x | y pixel by pixel in raster order. `method` applies to both
@@ -275,13 +274,9 @@ class GrayscalePixelCNN(ARImageModel):
                                  x_known=y_known, known=known)  # validates n, temperature, method, cond, known
         if self.image_net is None:
             return y
-        was_training = self.training
-        self.eval()
-        try:
+        with inference(self):
             return self._sample_given_gray(y, self.check_cond(cond, n), check_temperature(temperature), generator,
                                            x_known, known, method)
-        finally:
-            self.train(was_training)
 
     def _sample_given_gray(self, y, cond, temperature, generator, x_known, known, method) -> torch.Tensor:
         n = y.shape[0]
@@ -409,8 +404,7 @@ class PyramidPixelCNN(ARImageModel):
     def begin_cache(self, x: torch.Tensor, cond=None) -> "_PyramidCache":
         """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j] when the
         pixels are requested in generation_order() (coarse to fine)."""
-        if self.training:
-            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        require_eval(self)
         return _PyramidCache(self, x, cond)
 
     def log_prob_parts(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

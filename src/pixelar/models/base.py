@@ -133,7 +133,6 @@ class ARImageModel(nn.Module):
         overrides this where its own sample() caches (e.g. the grayscale PixelCNN's two stages)."""
         return callable(getattr(self, "begin_cache", None))
 
-    @torch.no_grad()
     def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
                method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
         """Draw n images, int64 (n, C, H, W).

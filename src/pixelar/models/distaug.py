@@ -190,7 +190,6 @@ class DistAugModel(ARImageModel):
     def _no_direct_cache(self, x, cond=None):
         raise NotImplementedError("DistAugModel samples through its base: call model.sample(..., method='cached')")
 
-    @torch.no_grad()
     def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
                method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None,
                aug=None) -> torch.Tensor:

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..inference import require_eval
 from ..nn import Dropout, concat_elu
 from ..nn.lmconv import LocallyMaskedConv2d, MaskPlan, kernel_masks
 from ..nn.orders import check_order, dihedral_orders, hidden_last_score, move_to_end, ranks
@@ -200,8 +201,7 @@ class LMConv(ARImageModel):
     def begin_cache(self, x: torch.Tensor, cond=None) -> "_LMConvCache":
         """Incremental forward for cached sampling under the order in use: params_at(i, j) equals
         forward(x)[:, :, i, j] when pixels are requested in that order (skipping is fine)."""
-        if self.training:
-            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        require_eval(self)
         return _LMConvCache(self, x, cond)
 
     # ----- likelihood over orders --------------------------------------------------------------------------
@@ -274,7 +274,6 @@ class LMConv(ARImageModel):
             lp = super().log_prob(x, cond, reduce=False)  # (B, C, H, W)
         return (lp * hidden.to(lp.device, lp.dtype)).flatten(1).sum(1)
 
-    @torch.no_grad()
     def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
                method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
         """As ARImageModel.sample (method must be "naive"); with `known`, in completion_order(known)."""

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..inference import require_eval
 from ..nn import Dropout, DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
 from ..nn.attention import AttentionPattern, attend, attend_step
 from .base import ARImageModel
@@ -145,8 +146,7 @@ class PixelSNAIL(ARImageModel):
     # ----- cached sampling ---------------------------------------------------------------------------------
     def begin_cache(self, x, cond=None) -> "_PixelSNAILCache":
         """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j]."""
-        if self.training:
-            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        require_eval(self)
         return _PixelSNAILCache(self, x, cond)
 
 

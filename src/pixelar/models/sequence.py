@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ..inference import require_eval
 from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order
 from ..nn.dropout import Dropout
 from ..nn.norm import QuickGELU, RMSNorm
@@ -231,8 +232,7 @@ class SequenceTransformer(ARImageModel):
     # ----- KV-cached sampling ----------------------------------------------------------------------------------
     def begin_cache(self, x: torch.Tensor, cond=None) -> "_KVState":
         """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j]."""
-        if self.training:
-            raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+        require_eval(self)
         return _KVState(self, x, cond)
 
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..inference import require_eval
+
 
 @dataclass
 class ConvGeometry:
@@ -806,8 +808,7 @@ def pointwise_conv(module: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def begin_incremental(model: nn.Module, x: torch.Tensor, cond=None) -> IncrementalForward:
     """The generic `begin_cache` of a model with `cache_graph(graph, x, cond) -> output node`."""
-    if model.training:
-        raise ValueError("cached evaluation needs the model in eval mode (dropout off): call model.eval()")
+    require_eval(model)
     graph = CausalGraph()
     with torch.no_grad():
         output = model.cache_graph(graph, x, cond)

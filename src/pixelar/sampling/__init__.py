@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions.base import check_temperature
+from ..inference import inference
 from .cached import sample_cached
 from .naive import sample_naive
 
@@ -33,14 +34,10 @@ def sample(model, n: int, cond=None, temperature: float = 1.0, generator: torch.
         known = known.to(device)
     else:
         x = torch.zeros(n, *spec.shape, dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with inference(model):
         if method == "cached":
             return sample_cached(model, x, cond, temperature, generator, known)
         return sample_naive(model, x, cond, temperature, generator, known)
-    finally:
-        model.train(was_training)
 
 
 __all__ = ["sample", "sample_naive", "sample_cached", "METHODS"]
