@@ -75,10 +75,16 @@ def recorded_sample(model, method, seed, **kw):
 
 
 def assert_same_calls(naive_calls, cached_calls):
+    """Same calls, parameters equal up to fp32 rounding. The cache multiplies small matrices where the full
+    pass runs convolution kernels, and how those round differs between CPUs; the error grows with the
+    activations' size (parameters reach 17 here), so the tolerance is relative to the step's largest
+    parameter: 1e-5 of it (worst seen: 1.6e-5 of 1 + |p|), where a stale or leaking cache entry moves
+    parameters by a fraction of it. The float64 stepwise tests below check the cache exactly."""
     assert len(naive_calls) == len(cached_calls)
     for k, ((pn, cn, tn), (pc, cc, tc)) in enumerate(zip(naive_calls, cached_calls)):
         assert pn.shape == pc.shape and pn.dtype == pc.dtype and cn == cc and tn == tc, k
-        torch.testing.assert_close(pc, pn, atol=1e-5, rtol=1e-5, msg=lambda m: f"step {k}: {m}")
+        scale = max(1.0, pn.abs().max().item())
+        torch.testing.assert_close(pc, pn, atol=1e-5 * scale, rtol=1e-5, msg=lambda m: f"step {k}: {m}")
 
 
 @pytest.mark.parametrize("cond_kind", CONDS)
