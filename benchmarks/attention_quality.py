@@ -7,7 +7,7 @@ by class) and written to a temporary npz with x_train / x_test. Every model: `pi
 the project defaults (Adam 0.95 / 0.9995, lr 2e-3, EMA), the same seed, batch, steps, and the first
 --test-subset shuffled test images; no samples.
 
-    python benchmarks/attention_quality.py --steps 100 --test-subset 500 [--readme]
+    python -m benchmarks.attention_quality --steps 100 --test-subset 500 [--write]
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import numpy as np
 
 from pixelar.config import TrainConfig
 from pixelar.training import train
+
+from .tables import write_table
 
 MODELS = ("pixelcnn_pp", "pixelsnail", "image_transformer", "image_transformer_dmol", "sparse_transformer")
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -48,7 +50,7 @@ def main():
     ap.add_argument("--test-subset", type=int, default=500)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--shared-data", default=str(SHARED))
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (attention-quality block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (attention-quality block)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -70,9 +72,7 @@ def main():
                        "| model | params | steps x batch | wall time (train + test eval) | test bits/dim |",
                        "|---|---|---|---|---|", *rows])
     print(table)
-    if args.readme:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from readme_table import write_table
+    if args.write:
 
         write_table("attention-quality", table)
 

@@ -6,8 +6,8 @@ image. The cached sampler's per-step cost grows with the number of keys for dens
 its extrapolation from the first rows is optimistic there; the naive sampler's per-step cost is constant.
 Both return the same images (checked here too).
 
-    python benchmarks/attention_sampling_speed.py --quick     # 16x16x3, 1 row, batch 4
-    python benchmarks/attention_sampling_speed.py [--size 32 --rows 2 --batch 16] [--readme]
+    python -m benchmarks.attention_sampling_speed --quick     # 16x16x3, 1 row, batch 4
+    python -m benchmarks.attention_sampling_speed [--size 32 --rows 2 --batch 16] [--write]
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import torch
 
 import pixelar
 from pixelar import ImageSpec
+
+from .tables import write_table
 
 MODELS = ("pixelsnail", "image_transformer", "image_transformer_dmol", "sparse_transformer")
 
@@ -40,7 +42,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (attention-sampling block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (attention-sampling block)")
     args = ap.parse_args(argv)
     size, rows, n = (16, 1, 4) if args.quick else (args.size, args.rows, args.batch)
     image = ImageSpec(3, size, size, 256)
@@ -57,14 +59,12 @@ def main(argv=None):
         cached, b = time_rows(model, n, rows, "cached")
         if not torch.equal(a, b):
             print(f"note: {name}: cached and naive samples differ in {int((a != b).flatten(1).any(1).sum())} of "
-                  f"{len(a)} images (a draw flipped by floating-point rounding; see the README)", file=sys.stderr)
+                  f"{len(a)} images (a draw flipped by floating-point rounding; see docs/benchmarks.md)", file=sys.stderr)
         print(f"{name}: naive {naive:.1f} s, cached {cached:.1f} s", flush=True)
         lines.append(f"| `{name}` | {model.num_parameters():,} | {naive:.1f} | {cached:.1f} | {naive / cached:.1f}x |")
     text = "\n".join(lines)
     print(text)
-    if args.readme:
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-        from readme_table import write_table
+    if args.write:
 
         write_table("attention-sampling", text)
 

@@ -15,8 +15,8 @@ sqrt(N)), batch 1, random images. Reported:
 Dense attention runs through scaled_dot_product_attention with is_causal, which uses a memory-efficient
 kernel where PyTorch has one (then its memory grows like N, its time like N^2).
 
-    python benchmarks/attention_speed.py --quick             # 16x16 and 32x32, 2 layers; ~1 minute on CPU
-    python benchmarks/attention_speed.py [--device cuda] [--readme]
+    python -m benchmarks.attention_speed --quick             # 16x16 and 32x32, 2 layers; ~1 minute on CPU
+    python -m benchmarks.attention_speed [--device cuda] [--write]
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ import torch
 
 import pixelar
 from pixelar import ImageSpec
+
+from .tables import write_table
 
 PATTERNS = ("dense", "strided", "fixed")
 
@@ -78,7 +80,7 @@ def run(pattern, size, n_layer, reps, device) -> dict:
     if device == "cuda":
         return one_config(pattern, size, n_layer, reps, device)
     # CPU: a fresh process per configuration, so the peak resident memory belongs to this step alone
-    cmd = [sys.executable, __file__, "--child", pattern, str(size), str(n_layer), str(reps)]
+    cmd = [sys.executable, "-m", __spec__.name, "--child", pattern, str(size), str(n_layer), str(reps)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -112,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--patterns", default=",".join(PATTERNS),
                     help="comma-separated attention entries, e.g. strided,strided.local+strided.stride (split heads)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (attention-speed block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (attention-speed block)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -135,9 +137,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    if args.readme:
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-        from readme_table import write_table
+    if args.write:
 
         write_table("attention-speed", text)
 

@@ -7,9 +7,9 @@ and the single-order bpd beside it (order 0, the base S-curve). Finally the 8-or
 centre hole of a few test images (`centre_hole.png`: original, kept pixels, completions) and prints the
 hidden region's conditional bits/dim.
 
-    python benchmarks/aux_lmconv_quality.py --quick            # ~minutes: 50 steps, 500 test images
-    python benchmarks/aux_lmconv_quality.py --steps 1000 --test-subset 2000 [--readme]
-    python benchmarks/aux_lmconv_quality.py --dataset cifar10-jpeg --steps 500 --test-subset 500 [--readme]
+    python -m benchmarks.aux_lmconv_quality --quick            # ~minutes: 50 steps, 500 test images
+    python -m benchmarks.aux_lmconv_quality --steps 1000 --test-subset 2000 [--write]
+    python -m benchmarks.aux_lmconv_quality --dataset cifar10-jpeg --steps 500 --test-subset 500 [--write]
 
 `--dataset cifar10-jpeg` is the colour data in ../shared/data (CIFAR-10 re-encoded as JPEG, shuffled once;
 bits/dim NOT comparable with published CIFAR-10 numbers), prepared as in attention_quality.py. The README
@@ -41,6 +41,8 @@ from pixelar.sampling.complete import complete
 from pixelar.sampling.grid import save_grid
 from pixelar.training import train
 
+from .tables import write_table
+
 
 def runs(available: list[str]) -> list[tuple[str, dict]]:
     rows = [("pixelcnn_pp", {}), ("lmconv", {"num_orders": 1}), ("lmconv", {"num_orders": 8})]
@@ -57,7 +59,7 @@ def main():
     ap.add_argument("--test-subset", type=int, default=None)
     ap.add_argument("--sample-n", type=int, default=None, help="images drawn for the sampling time (default 16; 4 with --quick)")
     ap.add_argument("--out", default="benchmarks/out", help="where centre_hole.png goes")
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = ap.parse_args()
     steps = 50 if args.quick else args.steps
     test_subset = 500 if args.quick and args.test_subset is None else args.test_subset
@@ -97,8 +99,7 @@ def main():
     print(table)
     if lmconv8 is not None:
         inpaint(lmconv8, dataset, Path(args.out))
-    if args.readme:
-        from readme_table import write_table
+    if args.write:
 
         write_table("aux-lmconv" if args.dataset == "fashion_mnist" else "aux-lmconv-colour", table)
     tmp.cleanup()

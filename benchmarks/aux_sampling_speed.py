@@ -8,8 +8,8 @@ pyramid draws its coarsest level and then each finer level's new pixels. Cached:
 per layer, the auxiliary image's embedding is computed once per stage (pixelar.nn.cache constant maps).
 LMConv (its first S-curve order) computes one column of every layer per pixel from per-map buffers.
 
-    python benchmarks/aux_sampling_speed.py --quick          # 8x8x3, batch 2: seconds
-    python benchmarks/aux_sampling_speed.py [--images 28x28x1,32x32x3 --batch 4] [--readme]
+    python -m benchmarks.aux_sampling_speed --quick          # 8x8x3, batch 2: seconds
+    python -m benchmarks.aux_sampling_speed [--images 28x28x1,32x32x3 --batch 4] [--write]
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import torch
 
 import pixelar
 from pixelar import ImageSpec
+
+from .tables import write_table
 
 MODELS = ("pixelcnn_pp", "grayscale_pixelcnn", "pyramid_pixelcnn", "lmconv")
 
@@ -38,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--images", default="28x28x1,32x32x3", help="comma-separated HxWxC")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (aux-sampling block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (aux-sampling block)")
     args = ap.parse_args(argv)
     images, n = (["8x8x3"], 2) if args.quick else (args.images.split(","), args.batch)
     lines = [f"`small` models, random weights, {n} whole images per call; CPU ({platform.machine()}, "
@@ -57,15 +59,13 @@ def main(argv=None):
             cached, b = time_sample(model, n, "cached")
             if not torch.equal(a, b):
                 print(f"note: {name} {text}: cached and naive samples differ in {int((a != b).flatten(1).any(1).sum())} of "
-                      f"{len(a)} images (a draw flipped by floating-point rounding; see the README)", file=sys.stderr)
+                      f"{len(a)} images (a draw flipped by floating-point rounding; see docs/benchmarks.md)", file=sys.stderr)
             print(f"{text} {name}: naive {naive:.1f} s, cached {cached:.1f} s", flush=True)
             lines.append(f"| {text} | `{name}` | {model.num_parameters():,} | {naive:.1f} | {cached:.1f} "
                          f"| {naive / cached:.1f}x |")
     text = "\n".join(lines)
     print(text)
-    if args.readme:
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-        from readme_table import write_table
+    if args.write:
 
         write_table("aux-sampling", text)
 

@@ -6,8 +6,8 @@ decompressed and checked to be identical. Reported, in bits per sub-pixel (bits/
 (Pillow, optimize=True, one file per image), WebP lossless (method 6) where Pillow has it, and gzip -9 of
 the raw uint8 pixels of all images together; plus the coder's speed.
 
-    python benchmarks/compression.py --run RUN_DIR [--n 100] [--readme]
-    python benchmarks/compression.py --steps 300 --n 20          # trains a small PixelCNN++ first
+    python -m benchmarks.compression --run RUN_DIR [--n 100] [--write]
+    python -m benchmarks.compression --steps 300 --n 20          # trains a small PixelCNN++ first
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import argparse
 import gzip
 import io
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from pixelar.data import load_dataset
 from pixelar.io import read_json
 from pixelar.training import train
 
+from .tables import write_table
+
 
 def image_bytes(arr: np.ndarray, fmt: str, **kw) -> int:
     """Size of one uint8 image (H, W, C) written by Pillow in `fmt`."""
@@ -45,7 +46,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="training steps when no --run is given")
     ap.add_argument("--n", type=int, default=100, help="test images to compress")
     ap.add_argument("--batch", type=int, default=25, help="images per compressed stream")
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (compression block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (compression block)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
@@ -87,9 +88,7 @@ def main(argv=None):
     lines += [f"| {name} | {bpd:.3f} | {bpd / 8:.1%} |" for name, bpd in rows]
     text = "\n".join(lines)
     print(text)
-    if args.readme:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from readme_table import write_table
+    if args.write:
 
         write_table("compression", text)
 

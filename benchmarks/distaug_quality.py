@@ -10,8 +10,8 @@ DistAug it is p(x | aug = identity), the paper's protocol) and the mean bits/dim
 settings of `pixelar eval --per-augmentation` (how well the model knows the transformed images; the
 unaugmented model has never seen them).
 
-    python benchmarks/distaug_quality.py --quick                 # smoke run: 30 steps, 200 test images
-    python benchmarks/distaug_quality.py --steps 3000 --readme   # the README table (3 runs of ~10 min, 2 cores)
+    python -m benchmarks.distaug_quality --quick                 # smoke run: 30 steps, 200 test images
+    python -m benchmarks.distaug_quality --steps 3000 --write   # the docs/benchmarks.md table (3 runs of ~10 min, 2 cores)
 
 Jun et al. find DistAug helps most where a model overfits (large models, little data); with a small model and
 few steps the augmented runs spend capacity on the transformed images and may score worse on the identity.
@@ -31,6 +31,8 @@ from pixelar.evaluation import evaluate, evaluate_per_augmentation
 from pixelar.models import load_model
 from pixelar.training import train
 
+from .tables import write_table
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -46,7 +48,7 @@ def main():
     ap.add_argument("--aug-test-subset", type=int, default=1000,
                     help="test images for the per-transformation bits/dim (one pass per setting)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = ap.parse_args()
     steps = 30 if args.quick else args.steps
     test_subset = 200 if args.quick and args.test_subset is None else args.test_subset
@@ -80,8 +82,7 @@ def main():
         f"| mean over the {len(others)} transformed settings ({aug_subset} images) |",
         "|---|---|---|---|---|---|---|", *rows])
     print(table)
-    if args.readme:
-        from readme_table import write_table
+    if args.write:
 
         write_table("distaug", table)
 

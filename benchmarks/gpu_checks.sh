@@ -8,9 +8,9 @@
 # from src/). Writes each step's log and table under $OUT (default /tmp/gpu_checks):
 #   1. tests/test_cuda.py: every model's log-likelihood on the GPU equals the CPU's, cached sampling equals
 #      naive sampling there, training runs and resumes in fp32 and bf16;
-#   2. benchmarks/train_speed.py: PixelCNN++ small and paper size, fp32 / bf16 / compiled-bf16, with the
+#   2. benchmarks.train_speed: PixelCNN++ small and paper size, fp32 / bf16 / compiled-bf16, with the
 #      fraction of the GPU's measured matmul peak and the time of one CIFAR-10 epoch (issue 7's GPU table);
-#   3. benchmarks/attention_speed.py: dense vs strided vs fixed attention, 16x16 to 64x64 (issue 4).
+#   3. benchmarks.attention_speed: dense vs strided vs fixed attention, 16x16 to 64x64 (issue 4).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_checks}
 DEVICE=${DEVICE:-cuda}
@@ -37,5 +37,5 @@ fi
 step env 60 "$PY" -c "import torch, pixelar; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
     torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 step test_cuda 110 env PIXELAR_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step train_speed 270 "$PY" benchmarks/train_speed.py --device "$DEVICE" "${speed[@]}"
-step attention_speed 100 "$PY" benchmarks/attention_speed.py --device "$DEVICE" "${attn[@]}"
+step train_speed 270 "$PY" -m benchmarks.train_speed --device "$DEVICE" "${speed[@]}"
+step attention_speed 100 "$PY" -m benchmarks.attention_speed --device "$DEVICE" "${attn[@]}"

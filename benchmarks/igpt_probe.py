@@ -10,17 +10,15 @@ sampling speed of the KV cache against the naive sampler.
 3. Naive vs cached (KV cache) sampling of the trained model over the first --rows rows (the rest marked
    known, so both skip it), extrapolated to the whole image; both give the same images (checked).
 
-    python benchmarks/igpt_probe.py --quick          # a minute or two: checks that everything runs
-    python benchmarks/igpt_probe.py [--steps 2000 --batch-size 16 --probe-train 5000 --probe-test 10000] --readme
+    python -m benchmarks.igpt_probe --quick          # a minute or two: checks that everything runs
+    python -m benchmarks.igpt_probe [--steps 2000 --batch-size 16 --probe-train 5000 --probe-test 10000] --write
 """
 from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -31,8 +29,8 @@ from pixelar.evaluation import first_images
 from pixelar.evaluation.probe import linear_probe, probe_layer
 from pixelar.training import train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from attention_sampling_speed import time_rows  # noqa: E402  (same row-extrapolated timing)
+from .attention_sampling_speed import time_rows  # the same row-extrapolated timing
+from .tables import write_table
 
 
 def main(argv=None):
@@ -50,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=2, help="image rows sampled for the speed comparison")
     ap.add_argument("--sample-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (igpt-probe block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (igpt-probe block)")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size, args.probe_train, args.probe_test = 10, 4, 200, 100
@@ -115,8 +113,7 @@ def main(argv=None):
               f"{naive_s:.1f} s, KV-cached {cached_s:.1f} s ({naive_s / cached_s:.1f}x; {same})."]
     table = "\n".join(lines)
     print(table)
-    if args.readme:
-        from readme_table import write_table  # benchmarks/ is on sys.path (see the imports)
+    if args.write:
 
         write_table("igpt-probe", table)
 

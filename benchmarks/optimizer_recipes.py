@@ -10,14 +10,12 @@ exact test bits/dim of the EMA weights. Recipes (Adam throughout; lr decays by -
   Image GPT warm up linearly), lr 1e-3 with a linear warm-up over the first tenth of the steps;
 - transformer_low_lr: the same at lr 5e-4.
 
-    python benchmarks/optimizer_recipes.py --quick
-    python benchmarks/optimizer_recipes.py --models image_transformer_dmol,sparse_transformer --steps 400 [--readme]
+    python -m benchmarks.optimizer_recipes --quick
+    python -m benchmarks.optimizer_recipes --models image_transformer_dmol,sparse_transformer --steps 400 [--write]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ import torch
 
 from pixelar.config import TrainConfig
 from pixelar.training import train
+
+from .tables import write_table
 
 RECIPES = {
     "pixelcnn_pp": dict(lr=2e-3, betas=(0.95, 0.9995), warmup_fraction=0.0),
@@ -45,7 +45,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr-decay", type=float, default=0.9995)
     ap.add_argument("--test-subset", type=int, default=1000)
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md (optimizer-recipes block)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (optimizer-recipes block)")
     args = ap.parse_args(argv)
     size, steps, test_subset = ("tiny", 20, 100) if args.quick else (args.size, args.steps, args.test_subset)
     rows = []
@@ -70,9 +70,7 @@ def main(argv=None):
         "| model | recipe | lr | Adam betas | warm-up steps | wall time (train + eval) | test bits/dim |",
         "|---|---|---|---|---|---|---|", *rows])
     print(table)
-    if args.readme:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from readme_table import write_table
+    if args.write:
 
         write_table("optimizer-recipes", table)
 

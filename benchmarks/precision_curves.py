@@ -4,7 +4,7 @@ Trains `pixelar train`'s default model twice with the Python API, reads each run
 bits/dim averaged over every `log_every` steps) and the final exact test bits/dim (fp32 evaluation of the
 EMA weights in both cases), and writes a Markdown table and a PNG plot of the two curves.
 
-    python benchmarks/precision_curves.py --steps 200 [--test-subset 2000] [--readme] [--png docs/precision_curves.png]
+    python -m benchmarks.precision_curves --steps 200 [--test-subset 2000] [--write] [--png docs/precision_curves.png]
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw
 
 from pixelar.config import TrainConfig
 from pixelar.training import train
+
+from .tables import write_table
 
 
 def run(cfg: TrainConfig, run_dir: Path) -> tuple[list[tuple[int, float]], float, float]:
@@ -67,7 +69,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images only")
     ap.add_argument("--png", default="docs/precision_curves.png")
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = ap.parse_args()
     base = TrainConfig(max_steps=args.steps, sample_n=0, test_subset=args.test_subset, checkpoint_every=10**9)
     if args.batch_size:
@@ -95,8 +97,7 @@ def main():
     lines.append(f"| wall time | {walls['fp32']:.0f} s | {walls['bf16']:.0f} s | |")
     table = "\n".join(lines)
     print(table)
-    if args.readme:
-        from readme_table import write_table
+    if args.write:
 
         write_table("precision-curves", table)
 

@@ -1,9 +1,9 @@
 """Quality at equal time: test bits/dim of `pixelar train` defaults after a given number of steps, with wall time.
 
 Each run is exactly `pixelar train --steps N` (default model, data and seed), so the bpd for a step count is
-reproducible; the wall time depends on the machine. Prints a Markdown table; `--readme` writes it.
+reproducible; the wall time depends on the machine. Prints a Markdown table; `--write` writes it into docs/benchmarks.md.
 
-    python benchmarks/quality_at_time.py --steps 1600 5700 [--readme]   # the default run; about 20 minutes of training
+    python -m benchmarks.quality_at_time --steps 1600 5700 [--write]   # the default run; about 20 minutes of training
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import time
 from pixelar.config import TrainConfig
 from pixelar.training import train
 
+from .tables import write_table
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, nargs="+", default=[1600, 5700])
-    ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     rows = []
     for steps in args.steps:
@@ -32,8 +34,7 @@ def main():
     table = "\n".join([f"| model | steps (batch {TrainConfig().batch_size}) | wall time incl. test eval + 64 samples | test bits/dim (10,000 images) |",
                        "|---|---|---|---|", *rows])
     print(table)
-    if args.readme:
-        from readme_table import write_table
+    if args.write:
 
         write_table("quality", table)
 

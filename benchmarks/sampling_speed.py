@@ -11,8 +11,8 @@ depend on them).
 
 fp32 and bf16 (torch.autocast on CPU, where it works) precisions. Prints a Markdown table.
 
-    python benchmarks/sampling_speed.py --quick      # < 2 minutes: small (+ paper, 28x28x1, batch 1), few steps
-    python benchmarks/sampling_speed.py              # small and paper, full cached images
+    python -m benchmarks.sampling_speed --quick      # < 2 minutes: small (+ paper, 28x28x1, batch 1), few steps
+    python -m benchmarks.sampling_speed              # small and paper, full cached images
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ import torch
 
 import pixelar
 from pixelar import ImageSpec
+
+from .tables import write_table
 
 IMAGES = {"28x28x1": ImageSpec(1, 28, 28, 256), "32x32x3": ImageSpec(3, 32, 32, 256)}
 
@@ -107,7 +109,7 @@ def main(argv=None):
     ap.add_argument("--paper-naive-steps", type=int, default=4, help="naive steps measured for the paper size")
     ap.add_argument("--paper-cached-rows", type=int, default=4, help="cached rows measured for the paper size")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration as JSON
     args = ap.parse_args(argv)
     if args.one:
@@ -133,7 +135,7 @@ def main(argv=None):
                     rows = min(H, (args.paper_cached_rows if paper else args.cached_rows) or (1 if args.quick else H))
                     one = dict(size=size, image=image_name, batch=batch, precision=precision,
                                naive_steps=naive_steps, rows=rows, threads=args.threads)
-                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True,
+                    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True,
                                           text=True)
                     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
                     if line is None:
@@ -164,8 +166,7 @@ def main(argv=None):
     ])
     print()
     print(table)
-    if args.readme:
-        from readme_table import write_table
+    if args.write:
 
         write_table("sampling-speed", table)
 

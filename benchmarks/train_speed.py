@@ -8,14 +8,14 @@ configurations do not inflate each other). Modes: fp32 (eager), bf16 (autocast, 
 compiled (torch.compile of log_prob, fp32; the compile time is reported separately and excluded from s/step),
 compiled-bf16. The last column is the time of one CIFAR-10 epoch (50,000 images) at that rate, for projecting
 a full run (the released PixelCNN++ took about 5 days on 8 Maxwell TITAN X to reach 2.92 bits/dim, about
-40 GPU-days). Prints a Markdown table; `--readme` writes it into README.md.
+40 GPU-days). Prints a Markdown table; `--write` writes it into docs/benchmarks.md.
 
-    python benchmarks/train_speed.py --quick                  # small sizes, fp32/bf16, 1 repetition
-    python benchmarks/train_speed.py --models pixelcnn_pp --sizes paper --modes bf16 compiled-bf16
-    python benchmarks/train_speed.py --readme                 # the README table (long: paper sizes)
-    python benchmarks/train_speed.py --models pixelsnail lmconv grayscale_pixelcnn pyramid_pixelcnn \
+    python -m benchmarks.train_speed --quick                  # small sizes, fp32/bf16, 1 repetition
+    python -m benchmarks.train_speed --models pixelcnn_pp --sizes paper --modes bf16 compiled-bf16
+    python -m benchmarks.train_speed --write                 # the docs/benchmarks.md table (long: paper sizes)
+    python -m benchmarks.train_speed --models pixelsnail lmconv grayscale_pixelcnn pyramid_pixelcnn \
         image_transformer image_transformer_dmol sparse_transformer image_gpt --sizes small --modes fp32 bf16 \
-        --no-reference --block train-speed-models --readme   # the other families at small size
+        --no-reference --block train-speed-models --write   # the other families at small size
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import pixelar
 from pixelar import ImageSpec
+
+from .tables import write_table
 
 MODES = ("fp32", "bf16", "compiled", "compiled-bf16")
 
@@ -140,8 +142,8 @@ def main():
     ap.add_argument("--compiled-configs", default="pixelcnn_pp", help="comma-separated models that run the "
                     "compiled modes (compiling takes minutes per model on a CPU); 'all' for every model")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
-    ap.add_argument("--block", default="train-speed", help="README block to write (train-speed-models: the other "
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    ap.add_argument("--block", default="train-speed", help="docs/benchmarks.md block to write (train-speed-models: the other "
                     "model families)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration given as JSON
     args = ap.parse_args()
@@ -162,7 +164,7 @@ def main():
                 continue  # compile only where asked: minutes per model on a CPU (paper sizes: tens of minutes)
             reps = args.reps_paper if spec["size"] == "paper" and args.reps_paper else args.reps
             one = dict(spec, mode=mode, reps=reps, device=args.device, threads=args.threads)
-            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
                 err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -188,8 +190,7 @@ def main():
         *rows,
     ])
     print(table)
-    if args.readme:
-        from readme_table import write_table
+    if args.write:
 
         write_table(args.block, table)
 
