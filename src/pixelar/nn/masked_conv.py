@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache.graph import ConvGeometry
+
 
 def channel_groups(n: int, groups: int) -> torch.Tensor:
     """Colour group of each of n feature maps: contiguous, as even as possible. (n,) int64."""
@@ -88,7 +90,5 @@ class MaskedConv2d(nn.Conv2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        from .cache import ConvGeometry
-
         return ConvGeometry(self.weight * self.mask, self.bias, tuple(self.stride), pad=tuple(self._pad),
                             taps=self.mask.flatten(0, 1).ne(0).any(0))

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache.graph import ConvGeometry
+
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> same shape, moved down one row with zeros on top."""
@@ -34,8 +36,6 @@ class DownShiftedConv2d(nn.Conv2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        from .cache import ConvGeometry
-
         return ConvGeometry(self.weight, self.bias, tuple(self.stride), pad=tuple(self._pad))
 
 
@@ -52,8 +52,6 @@ class DownRightShiftedConv2d(nn.Conv2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        from .cache import ConvGeometry
-
         return ConvGeometry(self.weight, self.bias, tuple(self.stride), pad=tuple(self._pad))
 
 
@@ -74,8 +72,6 @@ class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        from .cache import ConvGeometry
-
         return ConvGeometry(self.weight, self.bias, tuple(self.stride), transposed=True,
                             crop=(0, (self.kernel_size[1] - 1) // 2), output_padding=tuple(self.output_padding))
 
@@ -92,8 +88,6 @@ class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        from .cache import ConvGeometry
-
         return ConvGeometry(self.weight, self.bias, tuple(self.stride), transposed=True, crop=(0, 0),
                             output_padding=tuple(self.output_padding))
 
