@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from pixelar.nn.attention import AttentionPattern, CausalSelfAttention, attend, block_raster_order
-
+from pixelar.nn.attention import AttentionPattern, CausalSelfAttention, attend
+from pixelar.nn.orders import block_raster_order
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 

@@ -40,9 +40,10 @@ import torch.nn as nn
 
 from ..data.palette import Palette
 from ..nn.attention import AttentionPattern
+from ..nn.orders import raster_order
 from ..types import ImageSpec
 from .registry import register_model
-from .sequence import SequenceTransformer, raster_order
+from .sequence import SequenceTransformer
 
 # the paper's larger configurations (Table / blog), as overrides of size "paper":
 #   create_model("image_gpt", ImageSpec(3, 32, 32), "paper", **IGPT_M)

@@ -26,9 +26,10 @@ from __future__ import annotations
 import torch
 
 from ..nn.attention import AttentionPattern
+from ..nn.orders import grid_coords, raster_order, subpixel_block_raster_order
 from ..types import ImageSpec
 from .registry import register_model
-from .sequence import SequenceTransformer, grid_coords, raster_order, subpixel_block_raster_order
+from .sequence import SequenceTransformer
 
 ATTENTIONS = ("local_1d", "local_2d", "dense")
 

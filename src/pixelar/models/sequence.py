@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..inference import require_eval
-from ..nn.attention import AttentionPattern, CausalSelfAttention, block_raster_order
+from ..nn.attention import AttentionPattern, CausalSelfAttention
 from ..nn.dropout import Dropout
 from ..nn.norm import QuickGELU, RMSNorm
 from .base import ARImageModel
@@ -295,31 +295,4 @@ class _KVState:
         return self.blocks_out.reshape(out.shape[0], -1)
 
 
-def subpixel_block_raster_order(image, query_shape: tuple[int, int]) -> torch.Tensor:
-    """Sub-pixels in block-raster order on the (H, W*C) pixel-channel grid, query blocks of
-    query_shape = (rows, pixels), i.e. (rows, pixels*C) sub-pixels; (C*H*W,) flat indices into (C, H, W)."""
-    C, H, W = image.shape
-    g = block_raster_order(H, W * C, (query_shape[0], query_shape[1] * C))
-    i, rem = g // (W * C), g % (W * C)
-    return (rem % C) * H * W + i * W + rem // C
-
-
-def grid_coords(unit_order: torch.Tensor, image, unit: str) -> torch.Tensor:
-    """(N, 2) row / column of every position on the (H, W*C) grid (sub-pixels) or (H, W) grid (pixels)."""
-    C, H, W = image.shape
-    pix = unit_order % (H * W)
-    row, col = pix // W, pix % W
-    if unit == "subpixel":
-        col = col * C + unit_order // (H * W)
-    return torch.stack([row, col], dim=1)
-
-
-def raster_order(image, unit: str) -> torch.Tensor:
-    """Raster order: pixels in raster order, channels R, G, B within a pixel (sub-pixels), as flat indices."""
-    C, H, W = image.shape
-    if unit == "pixel":
-        return torch.arange(H * W)
-    return (torch.arange(C).view(1, C) * H * W + torch.arange(H * W).view(-1, 1)).reshape(-1)
-
-
-__all__ = ["SequenceTransformer", "TransformerBlock", "subpixel_block_raster_order", "grid_coords", "raster_order"]
+__all__ = ["SequenceTransformer", "TransformerBlock"]

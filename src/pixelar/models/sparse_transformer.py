@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from ..nn.attention import AttentionPattern, parse_pattern
+from ..nn.orders import raster_order
 from .registry import register_model
-from .sequence import SequenceTransformer, raster_order
+from .sequence import SequenceTransformer
 
 
 def _preset(n_layer, d_model, n_head, dropout, attention=("strided",), checkpoint=False):

@@ -1,8 +1,9 @@
 """Reusable layers. Nothing here knows about a model."""
-from .attention import AttentionPattern, CausalSelfAttention, attend, block_raster_order
+from .attention import AttentionPattern, CausalSelfAttention, attend
 from .dropout import Dropout, dropout
 from .lmconv import LocallyMaskedConv2d, MaskPlan, kernel_masks, locally_masked_conv2d
 from .masked_conv import MaskedConv2d, causal_mask, channel_groups
+from .orders import block_raster_order
 from .shifted_conv import (
     DownRightShiftedConv2d,
     DownRightShiftedConvTranspose2d,

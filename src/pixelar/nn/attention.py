@@ -412,16 +412,5 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(x.shape[0], 1, self.v_dim))
 
 
-def block_raster_order(height: int, width: int, block: tuple[int, int]) -> torch.Tensor:
-    """Flat raster indices of a (height, width) grid listed block by block (blocks in raster order, raster
-    order inside each block; edge blocks may be partial). (height * width,) int64."""
-    bh, bw = block
-    r = torch.arange(height).view(-1, 1).expand(height, width).flatten()
-    c = torch.arange(width).view(1, -1).expand(height, width).flatten()
-    nbw = -(-width // bw)
-    key = ((r // bh) * nbw + c // bw) * (bh * bw) + (r % bh) * bw + (c % bw)
-    return torch.argsort(key)
-
-
 __all__ = ["PATTERNS", "AttentionPattern", "BlockPart", "CausalSelfAttention", "attend", "attend_step",
-           "block_raster_order", "parse_pattern"]
+           "parse_pattern"]

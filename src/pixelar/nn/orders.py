@@ -17,6 +17,9 @@ Each base order comes in 8 dihedral variants (the paper's `--randomize_order`), 
 
 The transposed variants of an H x W order are the base order built for a W x H image with its (row,
 column) coordinates swapped, so they exist for non-square images too.
+
+The sequence models' layouts live here too: sub-pixel raster order (R, G, B within a pixel), block-raster
+orders of the Image Transformer's local 2D attention, and grid coordinates of a sequence's positions.
 """
 from __future__ import annotations
 
@@ -189,3 +192,42 @@ def hidden_last_score(order: torch.Tensor, hidden: torch.Tensor) -> int:
     flat = hidden.reshape(-1).to(order.device)[order].long()  # 1 at hidden positions, in generation order
     hidden_before = torch.cumsum(flat, 0) - flat  # hidden pixels generated before each position
     return int((hidden_before * (1 - flat)).sum())
+
+
+# ----- sequence layouts (attention models) --------------------------------------------------------------------
+def block_raster_order(height: int, width: int, block: tuple[int, int]) -> torch.Tensor:
+    """Flat raster indices of a (height, width) grid listed block by block (blocks in raster order, raster
+    order inside each block; edge blocks may be partial). (height * width,) int64."""
+    bh, bw = block
+    r = torch.arange(height).view(-1, 1).expand(height, width).flatten()
+    c = torch.arange(width).view(1, -1).expand(height, width).flatten()
+    nbw = -(-width // bw)
+    key = ((r // bh) * nbw + c // bw) * (bh * bw) + (r % bh) * bw + (c % bw)
+    return torch.argsort(key)
+
+
+def subpixel_block_raster_order(image, query_shape: tuple[int, int]) -> torch.Tensor:
+    """Sub-pixels in block-raster order on the (H, W*C) pixel-channel grid, query blocks of
+    query_shape = (rows, pixels), i.e. (rows, pixels*C) sub-pixels; (C*H*W,) flat indices into (C, H, W)."""
+    C, H, W = image.shape
+    g = block_raster_order(H, W * C, (query_shape[0], query_shape[1] * C))
+    i, rem = g // (W * C), g % (W * C)
+    return (rem % C) * H * W + i * W + rem // C
+
+
+def grid_coords(unit_order: torch.Tensor, image, unit: str) -> torch.Tensor:
+    """(N, 2) row / column of every position on the (H, W*C) grid (sub-pixels) or (H, W) grid (pixels)."""
+    C, H, W = image.shape
+    pix = unit_order % (H * W)
+    row, col = pix // W, pix % W
+    if unit == "subpixel":
+        col = col * C + unit_order // (H * W)
+    return torch.stack([row, col], dim=1)
+
+
+def raster_order(image, unit: str) -> torch.Tensor:
+    """Raster order: pixels in raster order, channels R, G, B within a pixel (sub-pixels), as flat indices."""
+    C, H, W = image.shape
+    if unit == "pixel":
+        return torch.arange(H * W)
+    return (torch.arange(C).view(1, C) * H * W + torch.arange(H * W).view(-1, 1)).reshape(-1)
