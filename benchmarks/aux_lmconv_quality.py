@@ -12,8 +12,8 @@ hidden region's conditional bits/dim.
     python -m benchmarks.aux_lmconv_quality --dataset cifar10-jpeg --steps 500 --test-subset 500 [--write]
 
 `--dataset cifar10-jpeg` is the colour data in ../shared/data (CIFAR-10 re-encoded as JPEG, shuffled once;
-bits/dim NOT comparable with published CIFAR-10 numbers), prepared as in attention_quality.py. The README
-block is `aux-lmconv` for Fashion-MNIST and `aux-lmconv-colour` for the colour data.
+bits/dim NOT comparable with published CIFAR-10 numbers), prepared as in attention_quality.py. The
+docs/benchmarks.md block is `aux-lmconv` for Fashion-MNIST and `aux-lmconv-colour` for the colour data.
 
 Rows for the grayscale and pyramid PixelCNN (Kolesnikov & Lampert) are added automatically once models named
 `grayscale_pixelcnn` / `pyramid_pixelcnn` are registered. For models with auxiliary variables the "parts"
