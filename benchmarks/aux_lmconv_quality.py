@@ -1,4 +1,4 @@
-"""Issue 5 quality benchmark: PixelCNN++ vs LMConv with 1 and 8 orders at equal training steps, plus an
+"""Quality at equal steps: PixelCNN++ vs LMConv with 1 and 8 orders at equal training steps, plus an
 inpainting picture of a centre hole. Needs quiet cores (it trains; wall times depend on the machine).
 
 For each model: `pixelar train` with the same data, steps, batch and seed, then exact test bits/dim of the EMA

@@ -1,4 +1,4 @@
-"""Issue 6 quality benchmark: no augmentation vs plain augmentation vs Distribution Augmentation (Jun et al.
+"""Quality at equal steps: no augmentation vs plain augmentation vs Distribution Augmentation (Jun et al.
 2020) at equal training steps on a 5,000-image Fashion-MNIST training subset. Needs quiet cores (it trains).
 
 Three `pixelar train` runs with the same model, data, steps, batch and seed:

@@ -9,8 +9,8 @@
 #   1. tests/test_cuda.py: every model's log-likelihood on the GPU equals the CPU's, cached sampling equals
 #      naive sampling there, training runs and resumes in fp32 and bf16;
 #   2. benchmarks.train_speed: PixelCNN++ small and paper size, fp32 / bf16 / compiled-bf16, with the
-#      fraction of the GPU's measured matmul peak and the time of one CIFAR-10 epoch (issue 7's GPU table);
-#   3. benchmarks.attention_speed: dense vs strided vs fixed attention, 16x16 to 64x64 (issue 4).
+#      fraction of the GPU's measured matmul peak and the time of one CIFAR-10 epoch;
+#   3. benchmarks.attention_speed: dense vs strided vs fixed attention, 16x16 to 64x64.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_checks}
 DEVICE=${DEVICE:-cuda}

@@ -2,7 +2,7 @@
 sampling speed of the KV cache against the naive sampler.
 
 1. Trains `image_gpt` (default size `small`, 512-colour palette: lossless on grayscale, whose 256 grey levels
-   all get a token) on the first --train-subset training images (the issue's 5,000-image subset) for --steps
+   all get a token) on the first --train-subset training images (5,000 by default) for --steps
    steps, through pixelar.training.train (Adam with beta2 = 0.95 and a linear warm-up, as the paper).
 2. Linear probe (pixelar.evaluation.probe) at every layer on the first --probe-train training and
    --probe-test test images, for the trained model and for the same architecture untrained (random init,

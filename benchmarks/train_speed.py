@@ -122,7 +122,7 @@ def configs(args) -> list[tuple[str, dict]]:
         for size in args.sizes:
             out.append((f"{model} {size}, 32x32x3, batch 16", dict(model=model, size=size, image=[3, 32, 32], batch=16)))
     if "pixelcnn_pp" in args.models and not args.no_reference:
-        # the configuration of the public port's published timing (issue 7): 64 filters, 2 resnets
+        # the configuration of the public port's published timing: 64 filters, 2 resnets
         out.append(("pixelcnn_pp 64 filters, 2 resnets, 28x28x1, batch 32",
                     dict(model="pixelcnn_pp", size="small", image=[1, 28, 28], batch=32,
                          overrides=dict(nr_filters=64, nr_resnet=2, dropout=0.5))))

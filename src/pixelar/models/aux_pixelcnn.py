@@ -21,7 +21,7 @@ coarsest level in raster order, then each finer level's new pixels in raster ord
 pixel), and the shared naive sampler runs coarse to fine by following `generation_order()`.
 
 Differences from the paper (whose architecture details and results were not retrievable: only its
-abstract, see docs/papers.md section 2.4): the grey view is floor(levels * BT.601 luma / K) (0.299 R +
+abstract, see the paper's section 2.4): the grey view is floor(levels * BT.601 luma / K) (0.299 R +
 0.587 G + 0.114 B; the pixel value itself for one channel); the conditional networks are our own: PixelCNN++'s
 two shifted streams (u, ul) and gated resnets at one resolution, each resnet also reading the auxiliary
 embedding (a small unmasked residual CNN) through its 1x1 short-cut; the pyramid subsamples (averaging
