@@ -18,7 +18,7 @@ from PIL import Image
 import pixelar
 from pixelar import ImageSpec, create_model
 from pixelar.data import ImageDataset
-from pixelar.data.palette import Palette
+from pixelar.models.palette import Palette
 from pixelar.evaluation import evaluate
 from pixelar.evaluation.probe import linear_probe, probe_layer
 from pixelar.models.image_gpt import IGPT_L, IGPT_M

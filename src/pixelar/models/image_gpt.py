@@ -4,7 +4,7 @@ released code `openai/image-gpt`, src/model.py).
 A GPT-2 style decoder over the pixels of an image as one sequence in raster order, with no 2D structure:
 
 - tokens: with `palette=k` (the paper: k = 512), a colour palette fitted by k-means on the training pixels
-  (pixelar.data.palette.Palette, saved with the weights) turns each pixel of an 8-bit image into one token,
+  (pixelar.models.palette.Palette, saved with the weights) turns each pixel of an 8-bit image into one token,
   so the model sees ImageSpec(1, H, W, k); `data_image` is the 8-bit image it is built for, and
   `encode` / `decode` convert. With `palette=0` the model reads the sub-pixels of the given images
   directly (a sequence of C*H*W values; the brute-force likelihood tests use this on tiny images);
@@ -38,10 +38,10 @@ import math
 import torch
 import torch.nn as nn
 
-from ..data.palette import Palette
 from ..nn.attention import AttentionPattern
 from ..nn.orders import raster_order
 from ..types import ImageSpec
+from .palette import Palette
 from .registry import register_model
 from .sequence import SequenceTransformer
 
