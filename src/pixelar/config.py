@@ -77,6 +77,7 @@ class TrainConfig:
         """Raise ValueError naming the first bad setting; return self so calls can chain."""
         from .augment import TRANSFORM_TYPES
         from .models import SIZES, list_models  # the registry only; no model family is named here
+        from .models.registry import check_hparams, merge_hparams, preset
 
         if self.model not in list_models():
             raise ValueError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        # the model's options, checked now rather than after the data are loaded
+        check_hparams(self.model, merge_hparams(preset(self.model, self.size), self.model_overrides, self.model))
         _check_str(self, "dataset")
         if self.data_dir is not None:
             _check_str(self, "data_dir")

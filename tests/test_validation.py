@@ -1,0 +1,78 @@
+"""Hostile input: bad hyperparameters, counts, config files and weights give one clear error, never a traceback
+or a silently wrong number."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import pixelar
+from pixelar import ImageSpec, create_model, load_model
+from pixelar.cli import build_parser, main
+from pixelar.data import ImageDataset
+from pixelar.evaluation import evaluate, first_images
+from pixelar.models import SIZES, create_distaug_model, preset
+from pixelar.models.registry import check_hparams
+from pixelar.sampling.grid import save_grid
+
+SPEC = ImageSpec(1, 4, 4, 256)
+FMNIST = ImageSpec(1, 28, 28, 256)  # what the CLI's default dataset has
+
+
+# ----- hyperparameters: one check in the registry ---------------------------------------------------------------
+@pytest.mark.parametrize("name", pixelar.list_models())
+def test_every_preset_passes_the_check(name):
+    for size in SIZES:
+        assert check_hparams(name, preset(name, size)) == preset(name, size)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dropout="abc"), r"option dropout must be a probability in \[0, 1\), got 'abc'"),
+    (dict(dropout=1.0), r"option dropout must be a probability in \[0, 1\)"),
+    (dict(dropout=float("nan")), "option dropout"),
+    (dict(nr_filters=True), "option nr_filters must be an integer >= 1, got True"),  # bool is no int
+    (dict(nr_filters=0), "option nr_filters must be an integer >= 1, got 0"),
+    (dict(nr_filters=2.5), "option nr_filters must be an integer >= 1, got 2.5"),
+    (dict(nr_filters="8"), "option nr_filters must be an integer"),
+    (dict(nr_resnet=-1), "option nr_resnet must be an integer >= 1, got -1"),
+    (dict(num_classes=-1), "option num_classes must be an integer >= 0, got -1"),
+    (dict(cond_dim=-2), "option cond_dim must be an integer >= 0, got -2"),
+    (dict(output=3), "option output must be an object with a 'kind'"),
+    (dict(output={"nr_mix": 0}), "nr_mix .* must be an integer >= 1, got 0"),
+    (dict(output={"nr_mix": 2.5}), "nr_mix .* must be an integer >= 1, got 2.5"),
+    (dict(output={"nr_mix": True}), "nr_mix .* must be an integer >= 1, got True"),
+])
+def test_bad_hyperparameters_name_the_model_and_the_option(overrides, message):
+    with pytest.raises(ValueError, match=r"model 'pixelcnn_pp'.*" + message):
+        create_model("pixelcnn_pp", SPEC, **overrides)
+
+
+def test_good_hyperparameters_are_normalised_to_the_presets_types():
+    m = create_model("pixelcnn_pp", SPEC, dropout=0, nr_filters=np.int64(4))
+    assert m.hparams["dropout"] == 0.0 and type(m.hparams["dropout"]) is float
+    assert type(m.hparams["nr_filters"]) is int  # the config stays plain JSON
+    json.dumps(m.config())
+    # 0 where a preset uses it (lmconv tiny: no up-pass resnets) or the model names it (pixelsnail value_size)
+    create_model("lmconv", SPEC, nr_resnet=0)
+    create_model("pixelsnail", SPEC, value_size=0)
+    it = create_model("image_transformer", SPEC, query_shape=(2, 2))
+    assert it.hparams["query_shape"] == [2, 2]
+    with pytest.raises(ValueError, match="option checkpoint must be true or false"):
+        create_model("image_gpt", SPEC, checkpoint=1)
+    with pytest.raises(ValueError, match="option query_shape must be a list of integers"):
+        create_model("image_transformer", SPEC, query_shape=[2, -1])
+
+
+def test_what_a_model_itself_refuses_is_a_valueerror_naming_it():
+    with pytest.raises(ValueError, match="model 'image_transformer' cannot be built with these options"):
+        create_model("image_transformer", SPEC, query_shape=[2])  # the model unpacks two numbers
+
+
+def test_distaug_checks_the_conditioning_it_moves_into_the_vector():
+    with pytest.raises(ValueError, match="option num_classes must be an integer >= 0, got -1"):
+        create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"], num_classes=-1)
+    with pytest.raises(ValueError, match="option cond_dim must be an integer >= 0"):
+        create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"], cond_dim="abc")
+
+
