@@ -76,3 +76,47 @@ def test_distaug_checks_the_conditioning_it_moves_into_the_vector():
         create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"], cond_dim="abc")
 
 
+# ----- config.json ---------------------------------------------------------------------------------------------
+def _edit(cfg, how):
+    if how == "no image":
+        del cfg["image"]
+    elif how == "image string":
+        cfg["image"] = "28x28"
+    elif how == "height not numeric":
+        cfg["image"]["height"] = "abc"
+    elif how == "height not whole":
+        cfg["image"]["height"] = 4.5
+    elif how == "hparams string":
+        cfg["hparams"] = "tiny"
+    elif how == "unknown hparam":
+        cfg["hparams"]["filters"] = 3
+    elif how == "missing hparam":
+        del cfg["hparams"]["dropout"]
+    elif how == "zero width":
+        cfg["hparams"]["nr_filters"] = 0
+    elif how == "model a list":
+        cfg["model"] = ["pixelcnn_pp"]
+    elif how == "distaug classes":
+        cfg["distaug"] = {"transforms": ["rot90"], "num_classes": "ten"}
+
+
+@pytest.mark.parametrize("how", ["no image", "image string", "height not numeric", "height not whole",
+                                 "hparams string", "unknown hparam", "missing hparam", "zero width",
+                                 "model a list", "distaug classes"])
+def test_a_malformed_config_is_a_valueerror_naming_the_file(tmp_path, how):
+    create_model("pixelcnn_pp", SPEC).save(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    _edit(cfg, how)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json"):
+        load_model(tmp_path)
+
+
+def test_image_spec_from_dict_converts_nothing_silently():
+    assert ImageSpec.from_dict(SPEC.to_dict()) == SPEC
+    for bad in ({"channels": 1, "height": 4, "width": 4}, {**SPEC.to_dict(), "height": "4"},
+                {**SPEC.to_dict(), "width": 4.5}, [1, 4, 4, 256]):
+        with pytest.raises(ValueError, match="ImageSpec|an image must be"):
+            ImageSpec.from_dict(bad)
+
+
