@@ -120,3 +120,33 @@ def test_image_spec_from_dict_converts_nothing_silently():
             ImageSpec.from_dict(bad)
 
 
+# ----- non-finite weights and results ---------------------------------------------------------------------------
+def _poison(path, value=float("nan")) -> str:
+    """Write `value` into one weight of a saved model, as damaged bytes would; -> the tensor's name."""
+    state = load_file(str(path / "model.safetensors"))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[2]
+    state[name].view(-1)[0] = value
+    save_file(state, str(path / "model.safetensors"))
+    return name
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_load_model_refuses_non_finite_weights(tmp_path, value):
+    create_model("pixelcnn_pp", SPEC).save(tmp_path)
+    name = _poison(tmp_path, value)
+    with pytest.raises(ValueError, match=f"model.safetensors contain non-finite values.*'{name}'"):
+        load_model(tmp_path)
+
+
+def test_evaluate_refuses_to_report_a_non_finite_likelihood():
+    torch.manual_seed(0)
+    model = create_model("pixelcnn_pp", SPEC)
+    ds = ImageDataset(torch.randint(0, 256, (5, *SPEC.shape), dtype=torch.uint8), None, SPEC, None, "random",
+                      split="test")
+    assert np.isfinite(evaluate(model, ds)["bpd"])
+    with torch.no_grad():
+        model.out.bias.fill_(float("nan"))  # every image's likelihood becomes NaN
+    with pytest.raises(ValueError, match="non-finite log-likelihood .* for 5 of 5 images"):
+        evaluate(model, ds, batch_size=2)
+
+

@@ -47,6 +47,11 @@ def load_model(path, map_location: str = "cpu"):
     cfg = read_json(path / CONFIG_NAME, "model config")
     model = model_from_config(cfg.get("model_config", cfg), str(path / CONFIG_NAME))
     state = read_tensors(path / WEIGHTS_NAME, "model weights")
+    # damaged bytes or a diverged run: refuse here, or every likelihood would silently come out NaN
+    bad = next((k for k in sorted(state) if state[k].is_floating_point() and not bool(state[k].isfinite().all())), None)
+    if bad is not None:
+        raise ValueError(f"model weights {path / WEIGHTS_NAME} contain non-finite values (NaN or inf), first in "
+                         f"tensor {bad!r}: the file is damaged or was saved from a diverged run")
     missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
     if missing or unexpected:
         raise ValueError(f"model weights {path / WEIGHTS_NAME} do not match config.json: "
