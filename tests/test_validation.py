@@ -150,3 +150,111 @@ def test_evaluate_refuses_to_report_a_non_finite_likelihood():
         evaluate(model, ds, batch_size=2)
 
 
+# ----- counts, and the command line ----------------------------------------------------------------------------
+def test_library_counts_refuse_negatives():
+    ds = ImageDataset(torch.zeros(10, *SPEC.shape, dtype=torch.uint8), None, SPEC, None, "zeros")
+    assert len(first_images(ds, 3)) == 3 and len(first_images(ds, None)) == 10
+    for bad in (-5, 2.5, True):
+        with pytest.raises(ValueError, match="subset"):
+            first_images(ds, bad)
+    with pytest.raises(ValueError, match="subset"):
+        evaluate(create_model("pixelcnn", SPEC), ds, subset=-5)  # [:-5] would score 5 images
+    with pytest.raises(ValueError, match="nrow"):
+        save_grid(torch.zeros(2, *SPEC.shape, dtype=torch.long), SPEC, "unused.png", nrow=0)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "R", "--subset", "-5"], "--subset"),
+    (["eval", "R", "--subset", "0"], "--subset"),
+    (["eval", "R", "--batch-size", "0"], "--batch-size"),
+    (["sample", "R", "--out", "o.png", "--n", "0"], "--n"),
+    (["sample", "R", "--out", "o.png", "--nrow", "0"], "--nrow"),
+    (["sample", "R", "--out", "o.png", "--seed", "-1"], "--seed"),
+    (["sample", "R", "--out", "o.png", "--class", "-1"], "--class"),
+    (["sample", "R", "--out", "o.png", "--temperature", "-0.5"], "--temperature"),
+    (["sample", "R", "--out", "o.png", "--temperature", "nan"], "--temperature"),
+    (["sample", "R", "--out", "o.png", "--temperature", "inf"], "--temperature"),
+    (["complete", "R", "--image", "i.png", "--keep", "top-half", "--out", "o.png", "--n", "-2"], "--n"),
+    (["train", "--steps", "0"], "--steps"),
+    (["train", "--batch-size", "-1"], "--batch-size"),
+    (["train", "--lr", "0"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--lr-decay", "1.5"], "--lr-decay"),
+    (["train", "--warmup-steps", "-1"], "--warmup-steps"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
+    (["train", "--sample-n", "-1"], "--sample-n"),
+    (["train", "--train-subset", "-9990"], "--train-subset"),
+    (["train", "--test-subset", "0"], "--test-subset"),
+    (["train", "--set", "dropout"], "--set"),
+    (["probe", "R", "--layer", "-1"], "--layer"),
+    (["probe", "R", "--layer", "2,x"], "--layer"),
+    (["probe", "R", "--layer", "1", "--train-subset", "-1"], "--train-subset"),
+    (["probe", "R", "--layer", "1", "--weight-decay", "-1"], "--weight-decay"),
+    (["score", "R", "i.png", "--class", "-3"], "--class"),
+    (["compress", "R", "i.png", "--out", "o", "--class", "-3"], "--class"),
+    (["models", "--image", "2,28,28"], "--image"),
+    (["models", "--image", "1,28"], "--image"),
+])
+def test_bad_counts_fail_while_parsing_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err.splitlines()[-1]
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pixelar {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("pair, option", [
+    ("dropout=abc", "dropout"), ("nr_filters=true", "nr_filters"), ("output=3", "output"),
+    ("nr_resnet=-1", "nr_resnet"), ("nr_filters=0", "nr_filters"), ("nr_filters=2.5", "nr_filters"),
+    ("num_classes=-1", "num_classes"), ("cond_dim=-1", "cond_dim"), ("output.nr_mix=0", "nr_mix"),
+])
+def test_train_with_bad_model_options_is_one_line_and_exit_2(pair, option, tmp_path, capsys):
+    # refused while the settings are checked, before any data are read or files written
+    argv = ["train", "--model", "pixelcnn_pp", "--size", "tiny", "--steps", "1", "--no-progress",
+            "--run-dir", str(tmp_path / "run"), "--set", pair]
+    assert main(argv) == 2
+    assert option in _one_line_error(capsys, "train")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("how", ["no image", "height not numeric", "hparams string", "unknown hparam",
+                                 "zero width"])
+def test_eval_and_sample_of_a_hand_edited_config_is_one_line_and_exit_2(how, tmp_path, capsys):
+    create_model("pixelcnn_pp", FMNIST).save(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    _edit(cfg, how)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(tmp_path), "--dataset", "fashion_mnist"]) == 2
+    assert "config.json" in _one_line_error(capsys, "eval")
+    assert main(["sample", str(tmp_path), "--n", "1", "--out", str(tmp_path / "g.png")]) == 2
+    assert "config.json" in _one_line_error(capsys, "sample")
+
+
+def test_eval_of_corrupted_weights_is_an_error_naming_the_file(tmp_path, capsys):
+    create_model("pixelcnn_pp", FMNIST).save(tmp_path)
+    name = _poison(tmp_path)
+    assert main(["eval", str(tmp_path), "--dataset", "fashion_mnist", "--subset", "5"]) == 2
+    line = _one_line_error(capsys, "eval")
+    assert "model.safetensors" in line and name in line and "non-finite" in line
+    assert capsys.readouterr().out == ""  # no "nan bits/dim"
+
+
+def test_a_malformed_train_section_is_one_line_and_exit_2(tmp_path, capsys):
+    create_model("pixelcnn_pp", FMNIST).save(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for section in ("fashion_mnist", {"dataset": 5}):
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, "train": section}))
+        assert main(["eval", str(tmp_path)]) == 2
+        assert "'train' section" in _one_line_error(capsys, "eval")
+
+
+def test_probe_layer_beyond_the_model_names_its_layers(tmp_path, capsys):
+    create_model("image_gpt", FMNIST).save(tmp_path)  # tiny: 2 layers, features 0 .. 2
+    assert main(["probe", str(tmp_path), "--layer", "1,5", "--dataset", "fashion_mnist"]) == 2
+    assert "layers 0 .. 2" in _one_line_error(capsys, "probe")

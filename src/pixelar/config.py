@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 PRECISIONS = ("fp32", "bf16")
+MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers
 
 
 @dataclass
@@ -109,7 +110,7 @@ class TrainConfig:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 _check_int(self, name, low=1)
-        _check_int(self, "seed", low=0, high=2**63 - 1)
+        _check_int(self, "seed", low=0, high=MAX_SEED)
         _check_float(self, "lr", lambda v: v > 0, "> 0")
         _check_float(self, "eps", lambda v: v > 0, "> 0")
         _check_float(self, "lr_decay", lambda v: 0 < v <= 1, "in (0, 1]")
