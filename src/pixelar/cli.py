@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .config import MAX_SEED
 from .inference import inference
 from .types import ImageSpec, bits_per_dim
 
@@ -25,17 +26,85 @@ def _parse_value(text: str):
         return text
 
 
-def _overrides(pairs: list[str]) -> dict:
+def _key_value(text: str) -> tuple[str, str]:
+    """argparse type of --set: 'KEY=VALUE' -> (KEY, VALUE)."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. dropout=0.5), got {text!r}")
+    return key.strip(), value
+
+
+def _overrides(pairs: list[tuple[str, str]]) -> dict:
+    """--set pairs -> model options; the registry checks them against the model's presets."""
     out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
+    for key, value in pairs or []:
         if key.startswith("output."):  # --set output.nr_mix=5
             out.setdefault("output", {})[key[len("output."):]] = _parse_value(value)
         else:
             out[key] = _parse_value(value)
     return out
+
+
+# ----- argument types: a bad count, size or index fails while parsing, and argparse names the flag ----------
+def _int_type(low: int, high: int | None = None):
+    """An argparse type: integers in [low, high] (no upper bound when high is None)."""
+    want = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {v}")
+        return v
+
+    return parse
+
+
+def _float_type(ok, want: str):
+    """An argparse type: finite numbers v with ok(v); `want` describes them for the message."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not math.isfinite(v) or not ok(v):  # float() accepts 'nan' and 'inf'
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
+        return v
+
+    return parse
+
+
+positive_int = _int_type(1)
+nonnegative_int = _int_type(0)
+seed = _int_type(0, MAX_SEED)
+positive_float = _float_type(lambda v: v > 0, "a finite number > 0")
+nonnegative_float = _float_type(lambda v: v >= 0, "a finite number >= 0")
+decay_factor = _float_type(lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def _layers(text: str) -> str | list[int]:
+    """argparse type of probe --layer: 'all' or layer numbers '3', '2,3,4'."""
+    if text == "all":
+        return text
+    try:
+        layers = [int(v) for v in text.split(",")]
+    except ValueError:
+        layers = []
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"expected 'all' or layer numbers >= 0 (e.g. 3 or 2,3,4), got {text!r}")
+    return layers
+
+
+def _image_spec(text: str) -> ImageSpec:
+    """argparse type of models --image: 'C,H,W' or 'C,H,W,NUM_VALUES'."""
+    try:
+        return ImageSpec(*[int(v) for v in text.split(",")])
+    except (TypeError, ValueError) as e:
+        detail = f" ({e})" if str(e).startswith("ImageSpec") else ""
+        raise argparse.ArgumentTypeError(f"expected C,H,W[,NUM_VALUES] such as 3,32,32,256, got {text!r}{detail}") from None
 
 
 def _types(text: str | None) -> list[str]:
@@ -82,14 +151,28 @@ def cmd_train(args) -> int:
 
 
 # ----- eval -------------------------------------------------------------------------------------------------
+def _train_section(run_dir) -> dict:
+    """The checked settings a run was trained with (config.json's "train"); {} for a model saved without."""
+    from .config import TrainConfig
+    from .io import read_json
+
+    path = Path(run_dir) / "config.json"
+    section = read_json(path, "run config").get("train")
+    if section is None:
+        return {}
+    try:
+        return TrainConfig.from_dict(section).validate().to_dict()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"run config {path}: bad 'train' section ({e})") from None
+
+
 def cmd_eval(args) -> int:
     from .data import load_dataset
     from .evaluation import describe, evaluate
-    from .io import read_json
     from .models import load_model
 
     model = load_model(args.run_dir)
-    train_cfg = read_json(Path(args.run_dir) / "config.json", "run config").get("train", {})
+    train_cfg = _train_section(args.run_dir)
     dataset = args.dataset or train_cfg.get("dataset")
     if dataset is None:
         raise ValueError(f"{args.run_dir} has no training config: pass --dataset NAME")
@@ -294,22 +377,16 @@ def cmd_decompress(args) -> int:
 def cmd_probe(args) -> int:
     from .data import load_dataset
     from .evaluation.probe import linear_probe
-    from .io import read_json
     from .models import load_model
 
     model = load_model(args.run_dir)
     n = getattr(model, "num_feature_layers", None)
     if n is None:
         raise NotImplementedError(f"model {model.name!r} has no features() for a linear probe; image_gpt has")
-    if args.layer == "all":
-        layers = list(range(n))
-    else:
-        try:
-            layers = [int(v) for v in args.layer.split(",")]
-        except ValueError:
-            raise ValueError(f"--layer must be 'all' or layer numbers in [0, {n - 1}] (e.g. 3 or 2,3,4), "
-                             f"got {args.layer!r}") from None
-    train_cfg = read_json(Path(args.run_dir) / "config.json", "run config").get("train", {})
+    layers = list(range(n)) if args.layer == "all" else args.layer
+    if max(layers) >= n:
+        raise ValueError(f"--layer: this model has layers 0 .. {n - 1}, got {','.join(map(str, args.layer))}")
+    train_cfg = _train_section(args.run_dir)
     dataset = args.dataset or train_cfg.get("dataset")
     if dataset is None:
         raise ValueError(f"{args.run_dir} has no training config: pass --dataset NAME")
@@ -336,7 +413,7 @@ def cmd_probe(args) -> int:
 def cmd_models(args) -> int:
     from .models import SIZES, create_model, list_models
 
-    spec = ImageSpec(*[int(v) for v in args.image.split(",")])
+    spec = args.image
     print(f"parameter counts for images {spec.channels}x{spec.height}x{spec.width}, {spec.num_values} values")
     print(f"{'model':<18}" + "".join(f"{s:>14}" for s in SIZES))
     for name in list_models():
@@ -357,21 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", choices=["tiny", "small", "paper"])
     t.add_argument("--dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH")
     t.add_argument("--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)")
-    t.add_argument("--steps", type=int, help="number of training steps")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--lr-decay", type=float, help="per-step learning-rate decay factor")
-    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps")
+    t.add_argument("--steps", type=positive_int, help="number of training steps")
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--lr-decay", type=decay_factor, help="per-step learning-rate decay factor")
+    t.add_argument("--warmup-steps", type=nonnegative_int, help="linear learning-rate warm-up steps")
     t.add_argument("--precision", choices=["fp32", "bf16"])
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the model (fuses elementwise work; compiling takes minutes on a CPU, so it "
                         "pays off for long runs; falls back to eager mode where unavailable)")
     t.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--sample-n", type=int, help="samples drawn into samples.png at the end")
-    t.add_argument("--train-subset", type=int, help="use only the first N training images (quick experiments)")
-    t.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (quick experiments)")
+    t.add_argument("--seed", type=seed)
+    t.add_argument("--checkpoint-every", type=positive_int)
+    t.add_argument("--sample-n", type=nonnegative_int, help="samples drawn into samples.png at the end")
+    t.add_argument("--train-subset", type=positive_int, help="use only the first N training images (quick experiments)")
+    t.add_argument("--test-subset", type=positive_int, help="evaluate on the first N test images only (quick experiments)")
     t.add_argument("--class-conditional", action="store_true", help="condition the model on the dataset's labels")
     t.add_argument("--augment", metavar="TYPES",
                    help="plain data augmentation baseline (unconditioned): comma-separated transformation types from "
@@ -379,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distaug", metavar="TYPES",
                    help="Distribution Augmentation: as --augment, but the model is conditioned on the indices and "
                         "test bits/dim use the identity (Jun et al. 2020)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10")
+    t.add_argument("--set", action="append", type=_key_value, metavar="KEY=VALUE", help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10")
     t.add_argument("--run-dir", help="output directory (default runs/MODEL-DATASET-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -390,10 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--dataset", help="default: the dataset the run was trained on")
     e.add_argument("--data-dir")
-    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--batch-size", type=positive_int, default=100)
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--subset", type=int, help="score only the first N images of the split (quick checks)")
+    e.add_argument("--subset", type=positive_int, help="score only the first N images of the split (quick checks)")
     e.add_argument("--per-augmentation", nargs="?", const="", metavar="TYPES",
                    help="bits/dim for each transformation type and index, identity first (DistAug models: their "
                         "own types; other models: the run's --augment types or the TYPES given)")
@@ -405,54 +482,55 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "complete":
             s.add_argument("--image", required=True, help="PNG/JPEG of the model's size")
             s.add_argument("--keep", required=True, help="top-half, left-half, or a mask image (white = keep)")
-            s.add_argument("--n", type=int, default=4, help="number of completions")
+            s.add_argument("--n", type=positive_int, default=4, help="number of completions")
             s.add_argument("--score", action="store_true",
                            help="also print the hidden region's conditional bits/dim given the kept pixels (lmconv)")
         else:
-            s.add_argument("--n", type=int, default=64)
-            s.add_argument("--nrow", type=int, default=8)
+            s.add_argument("--n", type=positive_int, default=64)
+            s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
         s.add_argument("--out", required=True)
-        s.add_argument("--temperature", type=float, default=1.0)
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--class", dest="cls", type=int, help="class label for class-conditional models")
+        s.add_argument("--temperature", type=nonnegative_float, default=1.0,
+                       help="1 samples the model, lower sharpens, 0 takes the most likely value of every step")
+        s.add_argument("--seed", type=seed, default=0)
+        s.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
         s.add_argument("--method", default="auto", choices=["auto", "cached", "naive"],
                        help="auto (default: cached where the model has it, else naive), cached (fast) or naive (reference)")
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
 
     pr = sub.add_parser("probe", help="linear probe: class accuracy of logistic regression on a layer's features")
     pr.add_argument("run_dir")
-    pr.add_argument("--layer", required=True, help="layer number (0 .. n_layer; middle layers work best), "
+    pr.add_argument("--layer", required=True, type=_layers, help="layer number (0 .. n_layer; middle layers work best), "
                     "several as 2,3,4, or 'all' for a table")
     pr.add_argument("--dataset", help="default: the dataset the run was trained on (must have labels)")
     pr.add_argument("--data-dir")
-    pr.add_argument("--train-subset", type=int, help="fit on the first N training images only")
-    pr.add_argument("--test-subset", type=int, help="score on the first N test images only")
-    pr.add_argument("--weight-decay", type=float, default=1e-3, help="L2 penalty of the logistic regression")
-    pr.add_argument("--batch-size", type=int, default=100)
+    pr.add_argument("--train-subset", type=positive_int, help="fit on the first N training images only")
+    pr.add_argument("--test-subset", type=positive_int, help="score on the first N test images only")
+    pr.add_argument("--weight-decay", type=nonnegative_float, default=1e-3, help="L2 penalty of the logistic regression")
+    pr.add_argument("--batch-size", type=positive_int, default=100)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_probe)
 
     sc = sub.add_parser("score", help="exact bits/dim of each given image under a trained model")
     sc.add_argument("run_dir")
     sc.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
-    sc.add_argument("--class", dest="cls", type=int, help="class label for class-conditional models")
+    sc.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     sc.add_argument("--json", action="store_true", help="print one JSON list")
     sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
     z.add_argument("run_dir")
     z.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     z.add_argument("--out", required=True, help="the compressed file")
-    z.add_argument("--class", dest="cls", type=int, help="class label for class-conditional models")
+    z.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir")
     u.add_argument("file")
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
-    u.add_argument("--class", dest="cls", type=int, help="the class label given to compress")
+    u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
     u.set_defaults(func=cmd_decompress)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")
-    m.add_argument("--image", default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
+    m.add_argument("--image", type=_image_spec, default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
     m.set_defaults(func=cmd_models)
     return p
 

@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 PRECISIONS = ("fp32", "bf16")
+MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TrainConfig:
         """Raise ValueError naming the first bad setting; return self so calls can chain."""
         from .augment import TRANSFORM_TYPES
         from .models import SIZES, list_models  # the registry only; no model family is named here
+        from .models.registry import check_hparams, merge_hparams, preset
 
         if self.model not in list_models():
             raise ValueError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
@@ -84,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        # the model's options, checked now rather than after the data are loaded
+        check_hparams(self.model, merge_hparams(preset(self.model, self.size), self.model_overrides, self.model))
         _check_str(self, "dataset")
         if self.data_dir is not None:
             _check_str(self, "data_dir")
@@ -106,7 +110,7 @@ class TrainConfig:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 _check_int(self, name, low=1)
-        _check_int(self, "seed", low=0, high=2**63 - 1)
+        _check_int(self, "seed", low=0, high=MAX_SEED)
         _check_float(self, "lr", lambda v: v > 0, "> 0")
         _check_float(self, "eps", lambda v: v > 0, "> 0")
         _check_float(self, "lr_decay", lambda v: 0 < v <= 1, "in (0, 1]")

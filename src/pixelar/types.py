@@ -46,7 +46,11 @@ class ImageSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageSpec":
-        return cls(**{k: int(d[k]) for k in ("channels", "height", "width", "num_values")})
+        """The inverse of to_dict; ValueError (not a silent int() conversion) for anything else."""
+        keys = ("channels", "height", "width", "num_values")
+        if not isinstance(d, dict) or any(k not in d for k in keys):
+            raise ValueError(f"an image must be an object with the integers {', '.join(keys)}, got {d!r}")
+        return cls(**{k: d[k] for k in keys})
 
 
 def bits_per_dim(nats, image: ImageSpec):

@@ -13,6 +13,7 @@ Parameter layout per pixel, M = nr_mix: [logits (M) | per channel c: means (M), 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,8 @@ class DiscretizedLogisticMixture(OutputDistribution):
 
     def __init__(self, image: ImageSpec, nr_mix: int = 10):
         super().__init__(image)
-        if int(nr_mix) < 1:
-            raise ValueError(f"nr_mix must be >= 1, got {nr_mix}")
+        if not isinstance(nr_mix, numbers.Integral) or isinstance(nr_mix, bool) or nr_mix < 1:
+            raise ValueError(f"nr_mix (the number of logistic components) must be an integer >= 1, got {nr_mix!r}")
         self.nr_mix = int(nr_mix)
         C = image.channels
         self.pairs = [(c, p) for c in range(C) for p in range(c)]  # (G,R), (B,R), (B,G)

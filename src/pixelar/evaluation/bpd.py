@@ -33,6 +33,9 @@ EVAL_BINARIZATION_SEED = 0
 
 def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
     """The first n images of `ds` (all of them when n is None or >= len(ds))."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        # a negative n would slice from the end ([:-5] keeps all but 5 images) and silently score those
+        raise ValueError(f"the number of images to keep (subset) must be None (all) or an integer >= 0, got {n!r}")
     if n is None or n >= len(ds):
         return ds
     return dataclasses.replace(ds, images=ds.images[:n], labels=None if ds.labels is None else ds.labels[:n])
@@ -99,6 +102,7 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
     K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
     total = torch.zeros((), dtype=torch.float64)
+    non_finite = 0  # images whose log-likelihood is NaN or inf (broken weights or an overflow)
     per_order = torch.zeros(K, dtype=torch.float64)
     parts_fn = getattr(model, "log_prob_parts", None) if K == 1 else None
     parts: dict[str, float] = {}
@@ -123,7 +127,12 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
                 else:
                     lp = model.log_prob(x.to(device), cond)  # (B,) nats
             total += -lp.double().sum().cpu()
+            non_finite += int((~torch.isfinite(lp)).sum())
     n, nats = len(ds), total.item()
+    if non_finite or not math.isfinite(nats):
+        raise ValueError(f"the model gave a non-finite log-likelihood (NaN or inf) for {non_finite} of {n} images of "
+                         f"dataset {dataset.name!r} ({dataset.split}): its weights are broken (e.g. a diverged run), "
+                         "so there is no bits/dim to report")
     scale = n * model.image.dims * math.log(2)
     res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}
     if tokenizer is not None:

@@ -51,6 +51,9 @@ class DistAugModel(ARImageModel):
         nn.Module.__init__(self)  # the base owns the distribution and the weights; no second copy here
         if not isinstance(base, ARImageModel) or isinstance(base, DistAugModel):
             raise ValueError(f"base must be a registered pixelar model, got {type(base).__name__}")
+        for key, v in (("num_classes", num_classes), ("cond_dim", cond_dim)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
         if num_classes and cond_dim:
             raise ValueError("a model takes either class labels (num_classes) or a vector (cond_dim) as cond, not both")
         self.base = base
@@ -233,10 +236,11 @@ def create_distaug_model(name: str, image: ImageSpec, size: str = "tiny", transf
     builds PixelCNN++ with cond_dim = 10 + 4 + 2 (class one-hot + one block per type) and wraps it. Overrides
     are the model's options; num_classes / cond_dim are the user's conditioning (moved into the vector).
     """
-    from .registry import create_model
+    from .registry import check_hparams, create_model, merge_hparams, preset
 
-    num_classes = int(overrides.pop("num_classes", 0) or 0)
-    cond_dim = int(overrides.pop("cond_dim", 0) or 0)
+    checked = check_hparams(name, merge_hparams(preset(name, size), overrides, name))  # before they are moved
+    num_classes, cond_dim = checked["num_classes"], checked["cond_dim"]
+    overrides = {k: v for k, v in overrides.items() if k not in ("num_classes", "cond_dim")}
     if num_classes and cond_dim:
         raise ValueError("a model takes either class labels (num_classes) or a vector (cond_dim) as cond, not both")
     dim = distaug_cond_dim(image, transforms, num_classes, cond_dim)

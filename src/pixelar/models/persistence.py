@@ -17,22 +17,26 @@ def save_model_dir(model, path) -> None:
 
 
 def model_from_config(cfg: dict, source: str = "config"):
+    """Build the (untrained) model a config describes; ValueError naming `source` for anything malformed."""
     from .base import CONFIG_FORMAT
+    from .distaug import DistAugModel
     from .registry import build_model
 
-    if cfg.get("format") != CONFIG_FORMAT or "model" not in cfg or "image" not in cfg or "hparams" not in cfg:
+    if (not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT
+            or not all(k in cfg for k in ("model", "image", "hparams"))):
         raise ValueError(f"{source} is not a pixelar model config (needs format={CONFIG_FORMAT!r}, model, image, hparams)")
-    base = build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
-    if "distaug" not in cfg:
-        return base
-    # a Distribution Augmentation wrapper (models/distaug.py): the base's hparams already hold its cond_dim
-    from .distaug import DistAugModel
-
-    da = cfg["distaug"]
-    if not isinstance(da, dict) or "transforms" not in da:
-        raise ValueError(f"{source}: 'distaug' must be an object with 'transforms', got {da!r}")
-    return DistAugModel(base, da["transforms"], num_classes=int(da.get("num_classes", 0)),
-                        cond_dim=int(da.get("cond_dim", 0)))
+    try:
+        base = build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
+        if "distaug" not in cfg:
+            return base
+        # a Distribution Augmentation wrapper (models/distaug.py): the base's hparams already hold its cond_dim
+        da = cfg["distaug"]
+        if not isinstance(da, dict) or "transforms" not in da:
+            raise ValueError(f"'distaug' must be an object with 'transforms', got {da!r}")
+        return DistAugModel(base, da["transforms"], num_classes=da.get("num_classes", 0),
+                            cond_dim=da.get("cond_dim", 0))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def load_model(path, map_location: str = "cpu"):
@@ -43,6 +47,11 @@ def load_model(path, map_location: str = "cpu"):
     cfg = read_json(path / CONFIG_NAME, "model config")
     model = model_from_config(cfg.get("model_config", cfg), str(path / CONFIG_NAME))
     state = read_tensors(path / WEIGHTS_NAME, "model weights")
+    # damaged bytes or a diverged run: refuse here, or every likelihood would silently come out NaN
+    bad = next((k for k in sorted(state) if state[k].is_floating_point() and not bool(state[k].isfinite().all())), None)
+    if bad is not None:
+        raise ValueError(f"model weights {path / WEIGHTS_NAME} contain non-finite values (NaN or inf), first in "
+                         f"tensor {bad!r}: the file is damaged or was saved from a diverged run")
     missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
     if missing or unexpected:
         raise ValueError(f"model weights {path / WEIGHTS_NAME} do not match config.json: "

@@ -102,7 +102,7 @@ class AttentionBlock(nn.Module):
     # keys 16, values 128, dropout 0.5, 10 mixtures
     "paper": dict(nr_filters=256, nr_resnet=4, nr_block=12, key_size=16, value_size=128, dropout=0.5,
                   output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
-})
+}, zero_ok=("value_size",))
 class PixelSNAIL(ARImageModel):
     """Args: nr_filters, nr_resnet (per block), nr_block, key_size, value_size (0 = nr_filters // 2),
     dropout, output, num_classes, cond_dim."""

@@ -18,6 +18,10 @@ def to_uint8(images: torch.Tensor, image: ImageSpec) -> np.ndarray:
 
 def save_grid(images: torch.Tensor, image: ImageSpec, path, nrow: int = 8, pad: int = 2) -> None:
     """Write images (N, C, H, W) as one PNG grid, nrow images per row, `pad` grey pixels between them."""
+    if not isinstance(nrow, int) or isinstance(nrow, bool) or nrow < 1:
+        raise ValueError(f"nrow (images per row of the grid) must be an integer >= 1, got {nrow!r}")
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise ValueError(f"pad (pixels between the images) must be an integer >= 0, got {pad!r}")
     arr = to_uint8(images, image)
     N, H, W, C = arr.shape
     rows = (N + nrow - 1) // nrow
