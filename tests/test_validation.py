@@ -258,3 +258,16 @@ def test_probe_layer_beyond_the_model_names_its_layers(tmp_path, capsys):
     create_model("image_gpt", FMNIST).save(tmp_path)  # tiny: 2 layers, features 0 .. 2
     assert main(["probe", str(tmp_path), "--layer", "1,5", "--dataset", "fashion_mnist"]) == 2
     assert "layers 0 .. 2" in _one_line_error(capsys, "probe")
+
+
+def test_dotted_set_options_nest_and_conflicts_are_refused():
+    from pixelar.cli import _overrides
+
+    assert _overrides([("output.nr_mix", "5"), ("dropout", "0.1")]) == {"output": {"nr_mix": 5}, "dropout": 0.1}
+    for pairs in ([("output", "3"), ("output.nr_mix", "5")], [("output.nr_mix", "5"), ("output", "3")]):
+        with pytest.raises(ValueError, match="output"):
+            _overrides(pairs)
+    model = create_model("pixelcnn_pp", ImageSpec(1, 4, 4, 4), "tiny", **_overrides([("output.nr_mix", "3")]))
+    assert model.hparams["output"] == {"kind": "logistic_mixture", "nr_mix": 3}
+    model = create_model("pixelcnn_pp", ImageSpec(1, 4, 4, 4), "tiny", output="categorical")
+    assert model.hparams["output"] == {"kind": "categorical"}

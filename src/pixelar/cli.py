@@ -35,13 +35,19 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _overrides(pairs: list[tuple[str, str]]) -> dict:
-    """--set pairs -> model options; the registry checks them against the model's presets."""
-    out = {}
+    """--set pairs -> model options, a dotted key naming an option inside an option object
+    (output.nr_mix=5 -> {"output": {"nr_mix": 5}}); the registry checks them against the model's presets."""
+    out: dict = {}
     for key, value in pairs or []:
-        if key.startswith("output."):  # --set output.nr_mix=5
-            out.setdefault("output", {})[key[len("output."):]] = _parse_value(value)
-        else:
-            out[key] = _parse_value(value)
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part} was given a value of its own, so it has no option {last!r}")
+        if isinstance(node.get(last), dict):
+            raise ValueError(f"--set {key}: options inside {key} were set too; give one or the other")
+        node[last] = _parse_value(value)
     return out
 
 

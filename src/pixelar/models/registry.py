@@ -64,19 +64,27 @@ def preset(name: str, size: str) -> dict:
 
 
 def merge_hparams(base: dict, overrides: dict, name: str) -> dict:
-    """Overrides on top of a preset. Unknown keys fail loudly; the `output` dict merges key by key."""
+    """Overrides on top of a preset. Unknown top-level keys fail loudly. An option whose preset value is an
+    object (the output distribution, {"kind": ..., **options}) merges key by key, unless the override names
+    another kind, which replaces it (its options belong to the new kind); a string is short for {"kind": it}."""
     out = copy.deepcopy(base)
     for k, v in overrides.items():
         if k not in out:
             raise ValueError(f"unknown option {k!r} for model {name!r}; valid options: {', '.join(sorted(out))}")
-        if k == "output" and isinstance(v, str):
-            v = {"kind": v}
-        if k == "output" and isinstance(v, dict):
-            kind_changed = "kind" in v and v["kind"] != out["output"].get("kind")
-            out["output"] = dict(v) if kind_changed else {**out["output"], **v}
-        else:
-            out[k] = v
+        out[k] = _merge_option(out[k], v)
     return out
+
+
+def _merge_option(preset_value, v):
+    if not isinstance(preset_value, dict):
+        return v
+    if isinstance(v, str):
+        v = {"kind": v}
+    if not isinstance(v, dict):
+        return v  # check_hparams refuses it with the expected form
+    if "kind" in v and v["kind"] != preset_value.get("kind"):
+        return copy.deepcopy(v)
+    return {**preset_value, **{k: _merge_option(preset_value.get(k), x) for k, x in v.items()}}
 
 
 def _is_int(v) -> bool:
