@@ -253,6 +253,25 @@ def _method(model, requested: str) -> str:
     return "cached" if model.has_cached_sampler else "naive"
 
 
+def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
+    """The command's image files as one batch (n, C, H, W), read strictly (--convert allows the conversions
+    load_image lists); each conversion made is reported on stderr."""
+    from .sampling.grid import load_image
+
+    paths = [args.image] if args.command == "complete" else args.images
+    images = []
+    for path in paths:
+        x, notes = load_image(path, spec, convert=args.convert, deep_ok=deep_ok)
+        _notes(args, path, notes)
+        images.append(x)
+    return torch.stack(images)
+
+
+def _notes(args, path, notes: list[str]) -> None:
+    if notes:  # stderr: stdout stays the result (score --json)
+        print(f"pixelar {args.command}: note: {path}: {', '.join(notes)}", file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
     from .models import load_model
     from .sampling.grid import save_grid
@@ -271,12 +290,14 @@ def cmd_sample(args) -> int:
 def cmd_complete(args) -> int:
     from .models import load_model
     from .sampling.complete import complete, keep_mask
-    from .sampling.grid import load_image, save_grid
+    from .sampling.grid import save_grid
 
     model = load_model(args.run_dir)
     spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
-    x = load_image(args.image, spec)
-    keep = keep_mask(args.keep, spec.height, spec.width)
+    x = _load_images(args, spec)[0]
+    mask_notes = []
+    keep = keep_mask(args.keep, spec.height, spec.width, convert=args.convert, notes=mask_notes)
+    _notes(args, args.keep, mask_notes)
     if bool(keep.all()):
         raise ValueError("the mask keeps every pixel: nothing to complete (white = keep, black = hidden)")
     cond = _cond(model, args.n, args.cls)
@@ -307,10 +328,9 @@ def cmd_complete(args) -> int:
 def cmd_score(args) -> int:
     from .evaluation import TOKEN_NOTE, image_log_prob
     from .models import load_model
-    from .sampling.grid import load_image
 
     model = load_model(args.run_dir)
-    x = torch.stack([load_image(path, model.data_image) for path in args.images])
+    x = _load_images(args, model.data_image)
     nats = -image_log_prob(model, model.encode(x), _cond(model, len(args.images), args.cls))
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = (nats / (model.image.dims * math.log(2))).tolist()
@@ -330,11 +350,10 @@ def cmd_score(args) -> int:
 def cmd_compress(args) -> int:
     from .codec import compress
     from .models import load_model
-    from .sampling.grid import load_image
 
     model = load_model(args.run_dir)
     spec = model.data_image
-    x = torch.stack([load_image(path, spec) for path in args.images])
+    x = _load_images(args, spec, deep_ok=False)  # lossless: never reduce a deeper file
     cond = _cond(model, len(args.images), args.cls)
     t = time.perf_counter()
     data = compress(model, x, cond)
@@ -425,6 +444,10 @@ def cmd_models(args) -> int:
     return 0
 
 
+CONVERT_HELP = ("convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
+                "16-bit samples to their high byte) instead of refusing them; each conversion is reported")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixelar", description="Autoregressive image models with exact bits/dim.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -485,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--n", type=positive_int, default=4, help="number of completions")
             s.add_argument("--score", action="store_true",
                            help="also print the hidden region's conditional bits/dim given the kept pixels (lmconv)")
+            s.add_argument("--convert", action="store_true", help=CONVERT_HELP)
         else:
             s.add_argument("--n", type=positive_int, default=64)
             s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
@@ -515,12 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     sc.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     sc.add_argument("--json", action="store_true", help="print one JSON list")
+    sc.add_argument("--convert", action="store_true", help=CONVERT_HELP)
     sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
     z.add_argument("run_dir")
     z.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     z.add_argument("--out", required=True, help="the compressed file")
     z.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
+    z.add_argument("--convert", action="store_true",
+                   help="convert images the model cannot code exactly (colour <-> grey, transparency, other colour "
+                        "spaces; never more than 8 bits): decompress then returns the converted images")
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir")
