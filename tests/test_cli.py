@@ -193,3 +193,40 @@ def test_images_the_model_cannot_code_exactly_are_refused_unless_converted(tmp_p
     grey = np.asarray(Image.open(colour).convert("RGB").convert("L"))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "image_000.png")), grey)  # what the note said
 
+
+def test_destinations_are_checked_before_coding_and_never_overwritten_silently(tmp_path, capsys, monkeypatch):
+    import pixelar.codec
+
+    m = _grey_model_and_images(tmp_path)
+    grey, packed, out = str(tmp_path / "grey.png"), tmp_path / "g.pxar", tmp_path / "out"
+    assert main(["compress", str(m), grey, "--out", str(packed)]) == 0
+    assert main(["decompress", str(m), str(packed), "--out-dir", str(out)]) == 0
+    first = (out / "image_000.png").read_bytes()
+    capsys.readouterr()
+
+    def no_coding(*a, **k):
+        raise AssertionError("the destination should have been refused before coding")
+
+    monkeypatch.setattr(pixelar.codec, "compress", no_coding)
+    monkeypatch.setattr(pixelar.codec, "decompress", no_coding)
+    assert main(["compress", str(m), grey, "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["compress", str(m), grey, "--out", str(packed)]) == 2
+    assert "exists: pass --force" in capsys.readouterr().err
+    assert main(["compress", str(m), grey, "--out", str(tmp_path / "grey.png" / "x.pxar")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["decompress", str(m), str(packed), "--out-dir", grey]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (out / "image_000.png").write_bytes(b"keep me")
+    assert main(["decompress", str(m), str(packed), "--out-dir", str(out)]) == 2
+    assert f"{out / 'image_000.png'} exists" in capsys.readouterr().err
+    assert (out / "image_000.png").read_bytes() == b"keep me"
+    monkeypatch.undo()
+    assert main(["decompress", str(m), str(packed), "--out-dir", str(out), "--force"]) == 0
+    assert (out / "image_000.png").read_bytes() == first
+    assert main(["compress", str(m), grey, grey, "--out", str(packed), "--force"]) == 0
+    assert "wrote 2 image(s)" in capsys.readouterr().out
+    concatenated = tmp_path / "cat.pxar"
+    concatenated.write_bytes(packed.read_bytes() * 2)
+    assert main(["decompress", str(m), str(concatenated), "--out-dir", str(tmp_path / "cat")]) == 2
+    assert "bytes follow the end of the stream" in capsys.readouterr().err

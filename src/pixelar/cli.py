@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -272,6 +273,26 @@ def _notes(args, path, notes: list[str]) -> None:
         print(f"pixelar {args.command}: note: {path}: {', '.join(notes)}", file=sys.stderr)
 
 
+def _writable(path: Path, what: str) -> None:
+    """Refuse a destination that cannot be created before any work: its nearest existing ancestor must be a
+    writable directory."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {what} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {what} {path}: {parent} is not writable")
+
+
+def _check_out_file(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory: give the file to write")
+    if path.exists() and not force:
+        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
+    _writable(path, "--out")
+
+
 def cmd_sample(args) -> int:
     from .models import load_model
     from .sampling.grid import save_grid
@@ -351,6 +372,7 @@ def cmd_compress(args) -> int:
     from .codec import compress
     from .models import load_model
 
+    _check_out_file(Path(args.out), args.force)  # before the slow coding
     model = load_model(args.run_dir)
     spec = model.data_image
     x = _load_images(args, spec, deep_ok=False)  # lossless: never reduce a deeper file
@@ -378,16 +400,25 @@ def cmd_decompress(args) -> int:
     from .models import load_model
     from .sampling.grid import save_image
 
-    model = load_model(args.run_dir)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file: give a directory for the images")
+    _writable(out / "image_000.png", "--out-dir")
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed file at {path}")
     data = path.read_bytes()
-    x = decompress(model, data, _cond(model, stream_info(data)["n"], args.cls))
-    out = Path(args.out_dir)
+    n = stream_info(data)["n"]  # checks the stream's structure before any decoding
+    names = [out / f"image_{k:03d}.png" for k in range(n)]
+    existing = [p for p in names if p.exists()]
+    if existing and not args.force:
+        raise ValueError(f"{existing[0]} exists ({len(existing)} of the {n} output files do): pass --force to "
+                         "overwrite them, or choose another --out-dir")
+    model = load_model(args.run_dir)
+    x = decompress(model, data, _cond(model, n, args.cls))
     out.mkdir(parents=True, exist_ok=True)
-    for k, img in enumerate(x):
-        save_image(img, model.data_image, out / f"image_{k:03d}.png")
+    for name, img in zip(names, x):
+        save_image(img, model.data_image, name)
     print(f"wrote {len(x)} image(s) to {out}/image_000.png ...")
     return 0
 
@@ -549,12 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--convert", action="store_true",
                    help="convert images the model cannot code exactly (colour <-> grey, transparency, other colour "
                         "spaces; never more than 8 bits): decompress then returns the converted images")
+    z.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir")
     u.add_argument("file")
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
+    u.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
     u.set_defaults(func=cmd_decompress)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")
