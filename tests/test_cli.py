@@ -155,3 +155,78 @@ def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, c
     assert main(["complete", str(tmp_path / "p"), "--image", str(img), "--keep", str(mask), "--score",
                  "--out", str(out)]) == 2
     assert "lmconv" in capsys.readouterr().err
+
+
+def _grey_model_and_images(tmp_path):
+    """A saved tiny greyscale model for 6x5 images, an 8-bit image, a colour one and a 16-bit one."""
+    import torch
+
+    from pixelar import ImageSpec, create_model
+
+    torch.manual_seed(0)
+    create_model("pixelcnn_pp", ImageSpec(1, 6, 5, 256), "tiny").save(tmp_path / "m")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)).save(tmp_path / "colour.png")
+    Image.fromarray(rng.integers(0, 65536, (6, 5)).astype(np.uint16)).save(tmp_path / "deep.png")
+    return tmp_path / "m"
+
+
+def test_images_the_model_cannot_code_exactly_are_refused_unless_converted(tmp_path, capsys):
+    m = _grey_model_and_images(tmp_path)
+    deep, colour, packed = str(tmp_path / "deep.png"), str(tmp_path / "colour.png"), str(tmp_path / "c.pxar")
+    for argv in (["score", str(m), deep], ["compress", str(m), deep, "--out", packed],
+                 ["complete", str(m), "--image", deep, "--keep", "top-half", "--out", str(tmp_path / "o.png")]):
+        assert main(argv) == 2  # used to be read clipped to 0/255, exit 0
+        assert "16-bit samples" in capsys.readouterr().err
+    assert main(["compress", str(m), deep, "--out", packed, "--convert"]) == 2  # lossless: never reduced
+    assert "lossless round trip" in capsys.readouterr().err
+    assert main(["score", str(m), deep, "--convert", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["image"] == deep and "high 8 bits" in out.err
+
+    assert main(["compress", str(m), colour, "--out", packed]) == 2  # used to turn it grey, alpha dropped, silently
+    assert "pass --convert" in capsys.readouterr().err and not (tmp_path / "c.pxar").exists()
+    assert main(["compress", str(m), colour, "--out", packed, "--convert"]) == 0
+    assert "alpha channel dropped, colour converted to grey" in capsys.readouterr().err
+    assert main(["decompress", str(m), packed, "--out-dir", str(tmp_path / "d")]) == 0
+    grey = np.asarray(Image.open(colour).convert("RGB").convert("L"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "image_000.png")), grey)  # what the note said
+
+
+def test_destinations_are_checked_before_coding_and_never_overwritten_silently(tmp_path, capsys, monkeypatch):
+    import pixelar.codec
+
+    m = _grey_model_and_images(tmp_path)
+    grey, packed, out = str(tmp_path / "grey.png"), tmp_path / "g.pxar", tmp_path / "out"
+    assert main(["compress", str(m), grey, "--out", str(packed)]) == 0
+    assert main(["decompress", str(m), str(packed), "--out-dir", str(out)]) == 0
+    first = (out / "image_000.png").read_bytes()
+    capsys.readouterr()
+
+    def no_coding(*a, **k):
+        raise AssertionError("the destination should have been refused before coding")
+
+    monkeypatch.setattr(pixelar.codec, "compress", no_coding)
+    monkeypatch.setattr(pixelar.codec, "decompress", no_coding)
+    assert main(["compress", str(m), grey, "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["compress", str(m), grey, "--out", str(packed)]) == 2
+    assert "exists: pass --force" in capsys.readouterr().err
+    assert main(["compress", str(m), grey, "--out", str(tmp_path / "grey.png" / "x.pxar")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["decompress", str(m), str(packed), "--out-dir", grey]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (out / "image_000.png").write_bytes(b"keep me")
+    assert main(["decompress", str(m), str(packed), "--out-dir", str(out)]) == 2
+    assert f"{out / 'image_000.png'} exists" in capsys.readouterr().err
+    assert (out / "image_000.png").read_bytes() == b"keep me"
+    monkeypatch.undo()
+    assert main(["decompress", str(m), str(packed), "--out-dir", str(out), "--force"]) == 0
+    assert (out / "image_000.png").read_bytes() == first
+    assert main(["compress", str(m), grey, grey, "--out", str(packed), "--force"]) == 0
+    assert "wrote 2 image(s)" in capsys.readouterr().out
+    concatenated = tmp_path / "cat.pxar"
+    concatenated.write_bytes(packed.read_bytes() * 2)
+    assert main(["decompress", str(m), str(concatenated), "--out-dir", str(tmp_path / "cat")]) == 2
+    assert "bytes follow the end of the stream" in capsys.readouterr().err

@@ -2,13 +2,14 @@
 order as its probability model: decompress(compress(x)) == x for arbitrary images, and the stream costs the
 model's -log2 p(x) bits up to the frequency-table rounding and the coder's termination."""
 import math
+import struct
 
 import pytest
 import torch
 
 import pixelar
 from pixelar import ImageSpec, create_model
-from pixelar.codec import compress, decompress
+from pixelar.codec import compress, decompress, stream_info
 from pixelar.codec.arithmetic import TOTAL, Decoder, Encoder, quantize
 from pixelar.codec.images import _HEADER
 from pixelar.models.distaug import create_distaug_model
@@ -34,6 +35,7 @@ def test_arithmetic_coder_round_trips_at_the_ideal_length(K, sharpness):
     assert ideal <= 8 * len(data) <= ideal + 2 + 7  # two termination bits and the byte padding
     dec = Decoder(data)
     assert [dec.decode(row, TOTAL) for row in cum.tolist()] == symbols.tolist()
+    assert dec.bytes_used() == len(data)  # the decoder knows where the encoder's output ends
 
 
 def test_quantize_keeps_zero_probabilities_codable_and_refuses_huge_alphabets():
@@ -70,12 +72,18 @@ def images_for(model, n=3, seed=0):
 
 
 def payload_bound(model, x, cond=None) -> float:
-    """-log2 p(x) of the model plus what the frequency tables and the coder may add."""
+    """-log2 p(x) of the model plus what the frequency tables and the coder may add (per image segment: two
+    termination bits and the byte padding)."""
     with torch.no_grad():
         nats = -model.log_prob(model.encode(x), cond).sum().item()
     C, H, W = model.image.shape
     K, steps = model.image.num_values, x.shape[0] * C * H * W
-    return nats / math.log(2) + steps * (-math.log2(1 - K / TOTAL) + 1e-3) + 2 + 7
+    return nats / math.log(2) + steps * (-math.log2(1 - K / TOTAL) + 1e-3) + x.shape[0] * (2 + 7)
+
+
+def payload(data: bytes, n: int) -> int:
+    """Bytes of the coded segments: the stream less its header and the n image lengths."""
+    return len(data) - _HEADER.size - 4 * n
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
@@ -85,7 +93,7 @@ def test_every_model_compresses_losslessly_at_its_likelihood(name, spec):
     x = images_for(model)
     data = compress(model, x)
     assert torch.equal(decompress(model, data), x)
-    assert 8 * (len(data) - _HEADER.size) <= payload_bound(model, x)
+    assert 8 * payload(data, len(x)) <= payload_bound(model, x)
 
 
 def test_conditioning_distaug_another_order_and_palette_tokens():
@@ -94,7 +102,7 @@ def test_conditioning_distaug_another_order_and_palette_tokens():
     x, cond = images_for(model), torch.tensor([2, 0, 1])
     data = compress(model, x, cond)
     assert torch.equal(decompress(model, data, cond), x)
-    assert 8 * (len(data) - _HEADER.size) <= payload_bound(model, x, cond)
+    assert 8 * payload(data, len(x)) <= payload_bound(model, x, cond)
     da = create_distaug_model("pixelcnn_pp", spec, "tiny", ["rot90"]).eval()  # codes through the identity
     assert torch.equal(decompress(da, compress(da, x)), x)
     lm = tiny("lmconv", spec).set_order(5)  # any generation order
@@ -102,7 +110,7 @@ def test_conditioning_distaug_another_order_and_palette_tokens():
     gpt = tiny("image_gpt", ImageSpec(3, 4, 4, 256), palette=4)  # codes palette tokens, exact for these images
     x = images_for(gpt)
     data = compress(gpt, x)
-    assert torch.equal(decompress(gpt, data), x) and 8 * (len(data) - _HEADER.size) <= payload_bound(gpt, x)
+    assert torch.equal(decompress(gpt, data), x) and 8 * payload(data, len(x)) <= payload_bound(gpt, x)
 
 
 def test_bad_streams_and_models_are_refused():
@@ -117,7 +125,11 @@ def test_bad_streams_and_models_are_refused():
     with pytest.raises(ValueError, match="not a pixelar compressed stream"):
         decompress(model, b"GIF89a" + data[6:])
     damaged = bytearray(data)
-    damaged[_HEADER.size + 3] ^= 0x10  # one flipped bit in the coded sub-pixels
+    damaged[_HEADER.size + 4 * len(x) + 3] ^= 0x10  # one flipped bit in the coded sub-pixels
+    with pytest.raises(ValueError, match="stream is damaged"):  # its segment's end, or else the checksum
+        decompress(model, bytes(damaged))
+    damaged = bytearray(data)
+    damaged[_HEADER.size - 1] ^= 0x01  # the header's CRC-32 of the images
     with pytest.raises(ValueError, match="fail the stream's checksum"):
         decompress(model, bytes(damaged))
     with pytest.raises(ValueError, match="x must hold integer values"):
@@ -128,3 +140,38 @@ def test_bad_streams_and_models_are_refused():
     images_for(gpt)  # fits a palette of black and white
     with pytest.raises(ValueError, match="palette does not reproduce"):
         compress(gpt, torch.full((1, 3, 4, 4), 100))
+
+
+def _with_count(data: bytes, n: int) -> bytes:
+    """The stream with its header's image count replaced (offset 5: after the magic and the version)."""
+    return data[:5] + struct.pack(">I", n) + data[9:]
+
+
+def test_the_stream_knows_its_end_and_its_count():
+    model = tiny("pixelcnn_pp", SPECS[0])
+    x = images_for(model)
+    data = compress(model, x)
+    info = stream_info(data)
+    assert info["n"] == 3 and len(info["segments"]) == 3
+    assert len(data) == _HEADER.size + 4 * 3 + sum(info["segments"])
+    with pytest.raises(ValueError, match="bytes follow the end of the stream"):
+        decompress(model, data + data)  # cat a.pxar b.pxar
+    with pytest.raises(ValueError, match="1 bytes follow"):
+        decompress(model, data + b"\0")
+    with pytest.raises(ValueError, match="truncated"):
+        decompress(model, data[:-1])
+    with pytest.raises(ValueError, match="truncated or its header is damaged"):
+        stream_info(_with_count(data, 10**9))  # refused from the lengths, before anything is allocated
+    with pytest.raises(ValueError, match="claims 0 images"):
+        stream_info(_with_count(data, 0))
+    with pytest.raises(ValueError, match="version 1 .*older pixelar"):
+        stream_info(data[:4] + b"\x01" + data[5:])
+    # a segment length moved from one image to the next (total unchanged): the first decoder ends early
+    table = _HEADER.size
+    a, b = struct.unpack_from(">II", data, table)
+    shifted = bytearray(data)
+    struct.pack_into(">II", shifted, table, a + 1, b - 1)
+    with pytest.raises(ValueError, match="damaged: image 0's coded data"):
+        decompress(model, bytes(shifted))
+    with pytest.raises(ValueError, match="no images to compress"):
+        compress(model, x[:0])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -259,6 +260,45 @@ def _method(model, requested: str) -> str:
     return "cached" if model.has_cached_sampler else "naive"
 
 
+def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
+    """The command's image files as one batch (n, C, H, W), read strictly (--convert allows the conversions
+    load_image lists); each conversion made is reported on stderr."""
+    from .sampling.grid import load_image
+
+    paths = [args.image] if args.command == "complete" else args.images
+    images = []
+    for path in paths:
+        x, notes = load_image(path, spec, convert=args.convert, deep_ok=deep_ok)
+        _notes(args, path, notes)
+        images.append(x)
+    return torch.stack(images)
+
+
+def _notes(args, path, notes: list[str]) -> None:
+    if notes:  # stderr: stdout stays the result (score --json)
+        print(f"pixelar {args.command}: note: {path}: {', '.join(notes)}", file=sys.stderr)
+
+
+def _writable(path: Path, what: str) -> None:
+    """Refuse a destination that cannot be created before any work: its nearest existing ancestor must be a
+    writable directory."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {what} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {what} {path}: {parent} is not writable")
+
+
+def _check_out_file(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory: give the file to write")
+    if path.exists() and not force:
+        raise ValueError(f"--out {path} exists: pass --force to overwrite it")
+    _writable(path, "--out")
+
+
 def cmd_sample(args) -> int:
     from .models import load_model
     from .sampling.grid import save_grid
@@ -277,12 +317,14 @@ def cmd_sample(args) -> int:
 def cmd_complete(args) -> int:
     from .models import load_model
     from .sampling.complete import complete, keep_mask
-    from .sampling.grid import load_image, save_grid
+    from .sampling.grid import save_grid
 
     model = load_model(args.run_dir)
     spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
-    x = load_image(args.image, spec)
-    keep = keep_mask(args.keep, spec.height, spec.width)
+    x = _load_images(args, spec)[0]
+    mask_notes = []
+    keep = keep_mask(args.keep, spec.height, spec.width, convert=args.convert, notes=mask_notes)
+    _notes(args, args.keep, mask_notes)
     if bool(keep.all()):
         raise ValueError("the mask keeps every pixel: nothing to complete (white = keep, black = hidden)")
     cond = _cond(model, args.n, args.cls)
@@ -313,10 +355,9 @@ def cmd_complete(args) -> int:
 def cmd_score(args) -> int:
     from .evaluation import TOKEN_NOTE, image_log_prob
     from .models import load_model
-    from .sampling.grid import load_image
 
     model = load_model(args.run_dir)
-    x = torch.stack([load_image(path, model.data_image) for path in args.images])
+    x = _load_images(args, model.data_image)
     nats = -image_log_prob(model, model.encode(x), _cond(model, len(args.images), args.cls))
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = (nats / (model.image.dims * math.log(2))).tolist()
@@ -336,11 +377,11 @@ def cmd_score(args) -> int:
 def cmd_compress(args) -> int:
     from .codec import compress
     from .models import load_model
-    from .sampling.grid import load_image
 
+    _check_out_file(Path(args.out), args.force)  # before the slow coding
     model = load_model(args.run_dir)
     spec = model.data_image
-    x = torch.stack([load_image(path, spec) for path in args.images])
+    x = _load_images(args, spec, deep_ok=False)  # lossless: never reduce a deeper file
     cond = _cond(model, len(args.images), args.cls)
     t = time.perf_counter()
     data = compress(model, x, cond)
@@ -365,16 +406,25 @@ def cmd_decompress(args) -> int:
     from .models import load_model
     from .sampling.grid import save_image
 
-    model = load_model(args.run_dir)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file: give a directory for the images")
+    _writable(out / "image_000.png", "--out-dir")
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed file at {path}")
     data = path.read_bytes()
-    x = decompress(model, data, _cond(model, stream_info(data)["n"], args.cls))
-    out = Path(args.out_dir)
+    n = stream_info(data)["n"]  # checks the stream's structure before any decoding
+    names = [out / f"image_{k:03d}.png" for k in range(n)]
+    existing = [p for p in names if p.exists()]
+    if existing and not args.force:
+        raise ValueError(f"{existing[0]} exists ({len(existing)} of the {n} output files do): pass --force to "
+                         "overwrite them, or choose another --out-dir")
+    model = load_model(args.run_dir)
+    x = decompress(model, data, _cond(model, n, args.cls))
     out.mkdir(parents=True, exist_ok=True)
-    for k, img in enumerate(x):
-        save_image(img, model.data_image, out / f"image_{k:03d}.png")
+    for name, img in zip(names, x):
+        save_image(img, model.data_image, name)
     print(f"wrote {len(x)} image(s) to {out}/image_000.png ...")
     return 0
 
@@ -429,6 +479,10 @@ def cmd_models(args) -> int:
                 counts.append(create_model(name, spec, size).num_parameters())
         print(f"{name:<18}" + "".join(f"{c:>14,}" for c in counts))
     return 0
+
+
+CONVERT_HELP = ("convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
+                "16-bit samples to their high byte) instead of refusing them; each conversion is reported")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--n", type=positive_int, default=4, help="number of completions")
             s.add_argument("--score", action="store_true",
                            help="also print the hidden region's conditional bits/dim given the kept pixels (lmconv)")
+            s.add_argument("--convert", action="store_true", help=CONVERT_HELP)
         else:
             s.add_argument("--n", type=positive_int, default=64)
             s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
@@ -521,18 +576,24 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     sc.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     sc.add_argument("--json", action="store_true", help="print one JSON list")
+    sc.add_argument("--convert", action="store_true", help=CONVERT_HELP)
     sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
     z.add_argument("run_dir")
     z.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     z.add_argument("--out", required=True, help="the compressed file")
     z.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
+    z.add_argument("--convert", action="store_true",
+                   help="convert images the model cannot code exactly (colour <-> grey, transparency, other colour "
+                        "spaces; never more than 8 bits): decompress then returns the converted images")
+    z.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir")
     u.add_argument("file")
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
+    u.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
     u.set_defaults(func=cmd_decompress)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")

@@ -90,6 +90,12 @@ class Decoder:
         self.pos += 1
         return (self.data[byte] >> (7 - k)) & 1 if byte < len(self.data) else 0  # zeros past the end
 
+    def bytes_used(self) -> int:
+        """The bytes the encoder wrote for the symbols decoded so far: the decoder reads BITS bits ahead and one
+        per renormalising shift, the encoder writes one bit per shift (the same shifts, on the same interval)
+        plus the two of finish(), padded to whole bytes."""
+        return (self.pos - BITS + 2 + 7) // 8
+
     def decode(self, cum: list[int], total: int) -> int:
         span = self.high - self.low + 1
         target = ((self.value - self.low + 1) * total - 1) // span  # the cumulative count the value falls in

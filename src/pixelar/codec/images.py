@@ -13,10 +13,17 @@ frequency table (`arithmetic.quantize`). Decode with the same model, weights, de
 another platform may round the network's floats differently (the checksum then says so); the header's
 fingerprint catches another model or other weights.
 
-The stream: a 31-byte header (magic, version, image count and shape, number of values, the model's
-fingerprint, a CRC-32 of the images) and the arithmetic-coded sub-pixels, per step the n images in turn. A
-damaged stream, or probabilities computed differently at decode time, fail the checksum with a clear error
-instead of returning wrong images. Class labels or cond vectors are side
+The stream (version 2): a 31-byte header (magic, version, image count n and shape, number of values, the
+model's fingerprint, a CRC-32 of the images), n 4-byte lengths, then n arithmetic-coded segments, one per image
+(the model still runs on all n images at once). The lengths make the stream's end exact: trailing bytes (two
+files concatenated) or a truncated file are errors, and a decoder that ends inside its segment or short of its
+end is one too. They also bound the image count by the stream's length before anything is allocated: every
+image costs at least 5 bytes (its length and a segment of at least one byte), so n <= (bytes - 31) / 5. The
+coded bits alone bound nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the
+likeliest value up to 1 - (K - 1) / 2^16 of the total: 2e-5 bits for K = 2), so a few bytes could claim billions
+of images. The lengths cost about 4.7 bytes per image (0.05 bits/dim at 28x28). Version 1 streams (one segment
+for all images) are refused. A damaged stream, or probabilities computed differently at decode time, fail the
+checksum with a clear error instead of returning wrong images. Class labels or cond vectors are side
 information: pass the same `cond` to both calls. Models with palette tokens (image_gpt) code the tokens, when
 their palette reproduces the images exactly.
 """
@@ -34,8 +41,9 @@ from ..sampling.naive import generation_steps
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
 
 MAGIC = b"PXAR"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct(">4sBIHHHI8sI")  # magic, version, n, C, H, W, num_values, fingerprint, CRC-32 of images
+_LENGTH = 4  # bytes of each image's segment length (big-endian unsigned), after the header
 
 
 def fingerprint(model) -> bytes:
@@ -114,31 +122,51 @@ def compress(model, x: torch.Tensor, cond=None) -> bytes:
 def _compress(model, x: torch.Tensor, cond) -> bytes:
     _check_codable(model)
     device = next(model.parameters()).device
+    tokens = _model_input(model, x).to(device)
+    n = tokens.shape[0]
+    if n == 0:
+        raise ValueError("no images to compress: give at least one")
     crc = _crc(x)
-    x = _model_input(model, x).to(device)
-    n = x.shape[0]
     coder, cond = _probability_model(model, cond, n)
-    work = torch.zeros_like(x)  # filled step by step, exactly as the decoder fills its image
-    enc = Encoder()
+    work = torch.zeros_like(tokens)  # filled step by step, exactly as the decoder fills its image
+    encoders = [Encoder() for _ in range(n)]  # one segment per image (see the stream above)
     for i, j, c, cum in _coding_steps(coder, work, cond):
-        v = x[:, c, i, j, None]
-        for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
+        v = tokens[:, c, i, j, None]
+        lo, hi = cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()
+        for enc, a, b in zip(encoders, lo, hi):
             enc.encode(a, b, TOTAL)
-        work[:, c, i, j] = x[:, c, i, j]
+        work[:, c, i, j] = tokens[:, c, i, j]
+    segments = [enc.finish() for enc in encoders]
     d = model.data_image
     header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc)
-    return header + enc.finish()
+    return header + struct.pack(f">{n}I", *map(len, segments)) + b"".join(segments)
 
 
 def stream_info(data: bytes) -> dict:
-    """The header of a compressed stream: {"n", "channels", "height", "width", "num_values", "fingerprint",
-    "crc32"}."""
+    """The header of a compressed stream, its structure checked against the stream's length: {"n", "channels",
+    "height", "width", "num_values", "fingerprint", "crc32", "segments" (each image's coded bytes)}."""
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise ValueError("not a pixelar compressed stream (it does not start with the PXAR header)")
     _, version, n, C, H, W, K, fp, crc = _HEADER.unpack(data[: _HEADER.size])
     if version != VERSION:
-        raise ValueError(f"stream version {version} is not supported (this pixelar reads version {VERSION})")
-    return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp, "crc32": crc}
+        old = " (written by an older pixelar, without image lengths)" if version < VERSION else ""
+        raise ValueError(f"stream version {version}{old} is not supported: this pixelar reads version {VERSION}")
+    if n == 0:
+        raise ValueError("the stream's header claims 0 images (damaged header?): a stream holds at least one")
+    table = _HEADER.size + _LENGTH * n
+    if len(data) < table + n:  # before reading n lengths: every image takes its length and at least one byte
+        raise ValueError(f"the stream's header claims {n:,} images, which need at least {table + n:,} bytes, but "
+                         f"the stream has {len(data):,}: it is truncated or its header is damaged")
+    lengths = struct.unpack_from(f">{n}I", data, _HEADER.size)
+    end = table + sum(lengths)
+    if min(lengths) == 0 or len(data) < end:
+        raise ValueError(f"the stream is truncated or damaged: its image lengths add up to {end:,} bytes, the "
+                         f"stream has {len(data):,}")
+    if len(data) > end:
+        raise ValueError(f"{len(data) - end:,} bytes follow the end of the stream (several files concatenated?): "
+                         "decompress each file on its own")
+    return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp, "crc32": crc,
+            "segments": list(lengths)}
 
 
 def decompress(model, data: bytes, cond=None) -> torch.Tensor:
@@ -161,10 +189,17 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
     coder, cond = _probability_model(model, cond, n)
     device = next(model.parameters()).device
     x = torch.zeros(n, *model.image.shape, dtype=torch.long, device=device)
-    dec = Decoder(data[_HEADER.size :])
+    decoders, start = [], _HEADER.size + _LENGTH * n
+    for length in info["segments"]:
+        decoders.append(Decoder(data[start : start + length]))
+        start += length
     for i, j, c, cum in _coding_steps(coder, x, cond):
         rows = cum.tolist()
-        x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in rows], device=device)
+        x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for dec, r in zip(decoders, rows)], device=device)
+    for k, (dec, length) in enumerate(zip(decoders, info["segments"])):
+        if dec.bytes_used() != length:  # the encoder wrote exactly these bytes for the symbols decoded
+            raise ValueError(f"the stream is damaged: image {k}'s coded data is {length} bytes, but its "
+                             f"sub-pixels end after {dec.bytes_used()}")
     images = model.decode(x)
     if _crc(images) != info["crc32"]:
         raise ValueError("the decoded images fail the stream's checksum: the stream is damaged, or this machine "

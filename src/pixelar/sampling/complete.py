@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+from ..types import ImageSpec
+from .grid import load_image
 
 KEEP_PRESETS = ("top-half", "left-half")
 
 
-def keep_mask(keep: str, height: int, width: int) -> torch.Tensor:
-    """Which pixels to keep, bool (H, W): "top-half", "left-half", or a mask image (white = keep)."""
+def keep_mask(keep: str, height: int, width: int, convert: bool = False, notes: list | None = None) -> torch.Tensor:
+    """Which pixels to keep, bool (H, W): "top-half", "left-half", or a mask image (white = keep: grey level
+    >= 128). A mask image is read as strictly as the images (load_image: convert, and the conversions made are
+    appended to notes)."""
     mask = torch.zeros(height, width, dtype=torch.bool)
     if keep == "top-half":
         mask[: height // 2] = True
@@ -22,13 +25,10 @@ def keep_mask(keep: str, height: int, width: int) -> torch.Tensor:
     path = Path(keep)
     if not path.is_file():
         raise ValueError(f"--keep must be one of {list(KEEP_PRESETS)} or a mask image file; {keep!r} is neither")
-    try:
-        m = np.asarray(Image.open(path).convert("L"))
-    except OSError as e:
-        raise ValueError(f"cannot read mask image {path}: {e}") from None
-    if m.shape != (height, width):
-        raise ValueError(f"mask {path} is {m.shape[1]}x{m.shape[0]} (WxH) but the model expects {width}x{height}")
-    return torch.from_numpy(m >= 128)
+    m, made = load_image(path, ImageSpec(1, height, width, 256), convert=convert)
+    if notes is not None:
+        notes.extend(made)
+    return m[0] >= 128
 
 
 def complete(model, x: torch.Tensor, keep: torch.Tensor, n: int = 1, cond=None, temperature: float = 1.0,
