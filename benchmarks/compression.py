@@ -45,9 +45,10 @@ def main(argv=None):
     ap.add_argument("--run", help="a trained run directory (default: train one with --steps)")
     ap.add_argument("--steps", type=int, default=300, help="training steps when no --run is given")
     ap.add_argument("--n", type=int, default=100, help="test images to compress")
-    ap.add_argument("--batch", type=int, default=25, help="images per compressed stream")
+    ap.add_argument("--batch", type=int, help="images per compressed stream (default: all --n in one stream)")
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (compression block)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # the table's timings are one thread's
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
         if run is None:
@@ -62,6 +63,7 @@ def main(argv=None):
         if model.num_classes:
             raise SystemExit("class-conditional runs need their labels as side information; use an unconditional run")
         dims = x.numel()
+        args.batch = args.batch or args.n
         t = time.perf_counter()
         streams = [compress(model, x[k : k + args.batch]) for k in range(0, args.n, args.batch)]
         t_enc = time.perf_counter() - t
@@ -89,7 +91,6 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if args.write:
-
         write_table("compression", text)
 
 

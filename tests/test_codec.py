@@ -11,7 +11,7 @@ import pixelar
 from pixelar import ImageSpec, create_model
 from pixelar.codec import compress, decompress, stream_info
 from pixelar.codec.arithmetic import TOTAL, Decoder, Encoder, quantize
-from pixelar.codec.images import _HEADER
+from pixelar.codec.images import _HEADER, SEGMENT_IMAGES
 from pixelar.models.distaug import create_distaug_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -72,18 +72,20 @@ def images_for(model, n=3, seed=0):
 
 
 def payload_bound(model, x, cond=None) -> float:
-    """-log2 p(x) of the model plus what the frequency tables and the coder may add (per image segment: two
-    termination bits and the byte padding)."""
+    """-log2 p(x) of the model plus what the frequency tables and the coder may add (per segment of up to
+    SEGMENT_IMAGES images: two termination bits and the byte padding)."""
     with torch.no_grad():
         nats = -model.log_prob(model.encode(x), cond).sum().item()
     C, H, W = model.image.shape
     K, steps = model.image.num_values, x.shape[0] * C * H * W
-    return nats / math.log(2) + steps * (-math.log2(1 - K / TOTAL) + 1e-3) + x.shape[0] * (2 + 7)
+    segments = -(-x.shape[0] // SEGMENT_IMAGES)
+    return nats / math.log(2) + steps * (-math.log2(1 - K / TOTAL) + 1e-3) + segments * (2 + 7)
 
 
 def payload(data: bytes, n: int) -> int:
-    """Bytes of the coded segments: the stream less its header and the n image lengths."""
-    return len(data) - _HEADER.size - 4 * n
+    """Bytes of the coded segments: the stream less its header and the segment lengths."""
+    assert stream_info(data)["n"] == n
+    return len(data) - _HEADER.size - 4 * len(stream_info(data)["segments"])
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
@@ -125,11 +127,11 @@ def test_bad_streams_and_models_are_refused():
     with pytest.raises(ValueError, match="not a pixelar compressed stream"):
         decompress(model, b"GIF89a" + data[6:])
     damaged = bytearray(data)
-    damaged[_HEADER.size + 4 * len(x) + 3] ^= 0x10  # one flipped bit in the coded sub-pixels
+    damaged[_HEADER.size + 4 * len(stream_info(data)["segments"]) + 3] ^= 0x10  # one flipped bit in the coded sub-pixels
     with pytest.raises(ValueError, match="stream is damaged"):  # its segment's end, or else the checksum
         decompress(model, bytes(damaged))
     damaged = bytearray(data)
-    damaged[_HEADER.size - 1] ^= 0x01  # the header's CRC-32 of the images
+    damaged[_HEADER.size - 3] ^= 0x01  # the header's CRC-32 of the images (before the 2-byte segment size)
     with pytest.raises(ValueError, match="fail the stream's checksum"):
         decompress(model, bytes(damaged))
     with pytest.raises(ValueError, match="x must hold integer values"):
@@ -149,11 +151,12 @@ def _with_count(data: bytes, n: int) -> bytes:
 
 def test_the_stream_knows_its_end_and_its_count():
     model = tiny("pixelcnn_pp", SPECS[0])
-    x = images_for(model)
+    x = images_for(model).repeat(14, 1, 1, 1)[:40]  # segments of 16, 16 and 8 images
     data = compress(model, x)
     info = stream_info(data)
-    assert info["n"] == 3 and len(info["segments"]) == 3
+    assert info["n"] == 40 and info["segment_images"] == SEGMENT_IMAGES == 16 and len(info["segments"]) == 3
     assert len(data) == _HEADER.size + 4 * 3 + sum(info["segments"])
+    assert torch.equal(decompress(model, data), x)
     with pytest.raises(ValueError, match="bytes follow the end of the stream"):
         decompress(model, data + data)  # cat a.pxar b.pxar
     with pytest.raises(ValueError, match="1 bytes follow"):
@@ -166,12 +169,14 @@ def test_the_stream_knows_its_end_and_its_count():
         stream_info(_with_count(data, 0))
     with pytest.raises(ValueError, match="version 1 .*older pixelar"):
         stream_info(data[:4] + b"\x01" + data[5:])
-    # a segment length moved from one image to the next (total unchanged): the first decoder ends early
+    with pytest.raises(ValueError, match="damaged|checksum"):  # more images than the stream codes
+        decompress(model, _with_count(data, 48))
+    # a segment length moved from one segment to the next (total unchanged): the first decoder ends early
     table = _HEADER.size
     a, b = struct.unpack_from(">II", data, table)
     shifted = bytearray(data)
     struct.pack_into(">II", shifted, table, a + 1, b - 1)
-    with pytest.raises(ValueError, match="damaged: image 0's coded data"):
+    with pytest.raises(ValueError, match="damaged: segment 0's coded data"):
         decompress(model, bytes(shifted))
     with pytest.raises(ValueError, match="no images to compress"):
         compress(model, x[:0])

@@ -13,16 +13,20 @@ frequency table (`arithmetic.quantize`). Decode with the same model, weights, de
 another platform may round the network's floats differently (the checksum then says so); the header's
 fingerprint catches another model or other weights.
 
-The stream (version 2): a 31-byte header (magic, version, image count n and shape, number of values, the
-model's fingerprint, a CRC-32 of the images), n 4-byte lengths, then n arithmetic-coded segments, one per image
-(the model still runs on all n images at once). The lengths make the stream's end exact: trailing bytes (two
-files concatenated) or a truncated file are errors, and a decoder that ends inside its segment or short of its
-end is one too. They also bound the image count by the stream's length before anything is allocated: every
-image costs at least 5 bytes (its length and a segment of at least one byte), so n <= (bytes - 31) / 5. The
-coded bits alone bound nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the
+The stream (version 2): a 33-byte header (magic, version, image count n and shape, number of values, the
+model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
+then the segments: images 0..S-1 arithmetic-coded together (per step the segment's images in turn), then the
+next S, and so on (S = 16 when compressing). The model runs on one segment's images at a time, so compression
+and decompression memory stay those of a batch of S images however many images a stream holds.
+
+The lengths make the stream's end exact: trailing bytes (two files concatenated) or a truncated file are
+errors, and a decoder that ends inside its segment or short of its end is one too. They also bound the image
+count by the stream's length before anything is decoded: every segment costs at least 5 bytes (its length and
+at least one coded byte), so n <= S * (bytes - 33) / 5, and a segment is decoded only once its bytes are there.
+The coded bits alone bound nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the
 likeliest value up to 1 - (K - 1) / 2^16 of the total: 2e-5 bits for K = 2), so a few bytes could claim billions
-of images. The lengths cost about 4.7 bytes per image (0.05 bits/dim at 28x28). Version 1 streams (one segment
-for all images) are refused. A damaged stream, or probabilities computed differently at decode time, fail the
+of images. A segment costs its 4-byte length and the coder's last byte or two, about 0.4 bytes per image.
+Version 1 streams (one segment, no lengths) are refused. A damaged stream, or probabilities computed differently at decode time, fail the
 checksum with a clear error instead of returning wrong images. Class labels or cond vectors are side
 information: pass the same `cond` to both calls. Models with palette tokens (image_gpt) code the tokens, when
 their palette reproduces the images exactly.
@@ -42,8 +46,10 @@ from .arithmetic import TOTAL, Decoder, Encoder, quantize
 
 MAGIC = b"PXAR"
 VERSION = 2
-_HEADER = struct.Struct(">4sBIHHHI8sI")  # magic, version, n, C, H, W, num_values, fingerprint, CRC-32 of images
-_LENGTH = 4  # bytes of each image's segment length (big-endian unsigned), after the header
+# magic, version, n, C, H, W, num_values, fingerprint, CRC-32 of the images, images per segment
+_HEADER = struct.Struct(">4sBIHHHI8sIH")
+_LENGTH = 4  # bytes of each segment's length (big-endian unsigned), after the header
+SEGMENT_IMAGES = 16  # images coded together: the model's batch when coding, and what one length covers
 
 
 def fingerprint(model) -> bytes:
@@ -128,51 +134,75 @@ def _compress(model, x: torch.Tensor, cond) -> bytes:
         raise ValueError("no images to compress: give at least one")
     crc = _crc(x)
     coder, cond = _probability_model(model, cond, n)
-    work = torch.zeros_like(tokens)  # filled step by step, exactly as the decoder fills its image
-    encoders = [Encoder() for _ in range(n)]  # one segment per image (see the stream above)
+    segments = []
+    for k in range(0, n, SEGMENT_IMAGES):  # one segment at a time: memory of SEGMENT_IMAGES images, not n
+        part = slice(k, k + SEGMENT_IMAGES)
+        segments.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part]))
+    d = model.data_image
+    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc,
+                          SEGMENT_IMAGES)
+    return header + struct.pack(f">{len(segments)}I", *map(len, segments)) + b"".join(segments)
+
+
+def _encode_segment(coder, tokens: torch.Tensor, cond) -> bytes:
+    """One segment: the images tokens (m, C, H, W) coded together, per step each image in turn."""
+    work = torch.zeros_like(tokens)  # filled step by step, exactly as the decoder fills its images
+    enc = Encoder()
     for i, j, c, cum in _coding_steps(coder, work, cond):
         v = tokens[:, c, i, j, None]
-        lo, hi = cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()
-        for enc, a, b in zip(encoders, lo, hi):
+        for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
             enc.encode(a, b, TOTAL)
         work[:, c, i, j] = tokens[:, c, i, j]
-    segments = [enc.finish() for enc in encoders]
-    d = model.data_image
-    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc)
-    return header + struct.pack(f">{n}I", *map(len, segments)) + b"".join(segments)
+    return enc.finish()
 
 
 def stream_info(data: bytes) -> dict:
     """The header of a compressed stream, its structure checked against the stream's length: {"n", "channels",
-    "height", "width", "num_values", "fingerprint", "crc32", "segments" (each image's coded bytes)}."""
+    "height", "width", "num_values", "fingerprint", "crc32", "segment_images", "segments" (each segment's coded
+    bytes)}."""
     if len(data) < _HEADER.size or data[:4] != MAGIC:
         raise ValueError("not a pixelar compressed stream (it does not start with the PXAR header)")
-    _, version, n, C, H, W, K, fp, crc = _HEADER.unpack(data[: _HEADER.size])
+    version = data[4]
     if version != VERSION:
-        old = " (written by an older pixelar, without image lengths)" if version < VERSION else ""
+        old = " (written by an older pixelar, without segment lengths)" if version < VERSION else ""
         raise ValueError(f"stream version {version}{old} is not supported: this pixelar reads version {VERSION}")
-    if n == 0:
-        raise ValueError("the stream's header claims 0 images (damaged header?): a stream holds at least one")
-    table = _HEADER.size + _LENGTH * n
-    if len(data) < table + n:  # before reading n lengths: every image takes its length and at least one byte
-        raise ValueError(f"the stream's header claims {n:,} images, which need at least {table + n:,} bytes, but "
-                         f"the stream has {len(data):,}: it is truncated or its header is damaged")
-    lengths = struct.unpack_from(f">{n}I", data, _HEADER.size)
+    _, _, n, C, H, W, K, fp, crc, S = _HEADER.unpack(data[: _HEADER.size])
+    if n == 0 or S == 0:
+        raise ValueError(f"the stream's header claims {n} images in segments of {S} (damaged header?): a stream "
+                         "holds at least one image")
+    count = -(-n // S)
+    table = _HEADER.size + _LENGTH * count
+    if len(data) < table + count:  # before reading the lengths: every segment takes its length and a byte
+        raise ValueError(f"the stream's header claims {n:,} images, which need at least {table + count:,} bytes, "
+                         f"but the stream has {len(data):,}: it is truncated or its header is damaged")
+    lengths = struct.unpack_from(f">{count}I", data, _HEADER.size)
     end = table + sum(lengths)
     if min(lengths) == 0 or len(data) < end:
-        raise ValueError(f"the stream is truncated or damaged: its image lengths add up to {end:,} bytes, the "
+        raise ValueError(f"the stream is truncated or damaged: its segment lengths add up to {end:,} bytes, the "
                          f"stream has {len(data):,}")
     if len(data) > end:
         raise ValueError(f"{len(data) - end:,} bytes follow the end of the stream (several files concatenated?): "
                          "decompress each file on its own")
     return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp, "crc32": crc,
-            "segments": list(lengths)}
+            "segment_images": S, "segments": list(lengths)}
 
 
 def decompress(model, data: bytes, cond=None) -> torch.Tensor:
     """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model."""
     with inference(model):
         return _decompress(model, data, cond)
+
+
+def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int) -> torch.Tensor:
+    """The m images (m, C, H, W) of segment k."""
+    x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
+    dec = Decoder(segment)
+    for i, j, c, cum in _coding_steps(coder, x, cond):
+        x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
+    if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
+        raise ValueError(f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
+                         f"sub-pixels end after {dec.bytes_used()}")
+    return x
 
 
 def _decompress(model, data: bytes, cond) -> torch.Tensor:
@@ -188,18 +218,13 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
                          "decompress with the model that compressed it")
     coder, cond = _probability_model(model, cond, n)
     device = next(model.parameters()).device
-    x = torch.zeros(n, *model.image.shape, dtype=torch.long, device=device)
-    decoders, start = [], _HEADER.size + _LENGTH * n
-    for length in info["segments"]:
-        decoders.append(Decoder(data[start : start + length]))
+    S, parts, start = info["segment_images"], [], _HEADER.size + _LENGTH * len(info["segments"])
+    for k, length in enumerate(info["segments"]):  # one segment at a time: memory of S images, not n
+        m = min(S, n - k * S)
+        seg_cond = None if cond is None else cond[k * S : k * S + m]
+        parts.append(_decode_segment(coder, data[start : start + length], m, seg_cond, device, k))
         start += length
-    for i, j, c, cum in _coding_steps(coder, x, cond):
-        rows = cum.tolist()
-        x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for dec, r in zip(decoders, rows)], device=device)
-    for k, (dec, length) in enumerate(zip(decoders, info["segments"])):
-        if dec.bytes_used() != length:  # the encoder wrote exactly these bytes for the symbols decoded
-            raise ValueError(f"the stream is damaged: image {k}'s coded data is {length} bytes, but its "
-                             f"sub-pixels end after {dec.bytes_used()}")
+    x = torch.cat(parts)
     images = model.decode(x)
     if _crc(images) != info["crc32"]:
         raise ValueError("the decoded images fail the stream's checksum: the stream is damaged, or this machine "
