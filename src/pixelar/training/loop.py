@@ -95,6 +95,11 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     train_ds = first_images(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir), cfg.train_subset)
     test_ds = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir)
+    # the final evaluation's data are checked now, not after the last step
+    if test_ds.spec != train_ds.spec:
+        shape = lambda s: f"{s.channels}x{s.height}x{s.width} with {s.num_values} values"
+        raise ValueError(f"dataset {cfg.dataset!r}: its test images are {shape(test_ds.spec)} but its training images "
+                         f"{shape(train_ds.spec)}; both splits must have images of one size and kind")
     torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
     if model_config is not None:
         model = model_from_config(model_config, str(run.config_path))
@@ -115,8 +120,10 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         # the weights (a resumed run restores it from the checkpoint)
         model.tokenizer.fit(train_ds.images, seed=cfg.seed)
         emit(f"tokenizer: {model.tokenizer} fitted on the {len(train_ds)} training images")
-    if model.num_classes and train_ds.labels is None:
-        raise ValueError(f"the model is class-conditional but dataset {cfg.dataset!r} has no labels")
+    if model.num_classes and (train_ds.labels is None or test_ds.labels is None):
+        split = "training" if train_ds.labels is None else "test"
+        raise ValueError(f"the model is class-conditional but the {split} images of dataset {cfg.dataset!r} "
+                         "have no labels")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -260,7 +267,8 @@ class _Batches:
 
     def __init__(self, ds: ImageDataset, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
         if len(ds) < batch_size:
-            raise ValueError(f"the training split has {len(ds)} images, fewer than batch_size={batch_size}")
+            raise ValueError(f"the training split of {ds.name!r} has {len(ds)} images, fewer than batch_size="
+                             f"{batch_size}: use a smaller batch size or more training images")
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self._start(epoch)
         for _ in range(batch):
