@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -12,29 +12,49 @@ from safetensors.torch import load_file, save_file
 
 
 def _atomic(path: Path, write) -> None:
-    """Write via `write(tmp_path)` into a temp file beside `path`, fsync, then rename over `path`."""
+    """Write via `write(tmp_path)` into a temp file beside `path`, fsync, then rename over `path`.
+
+    The temp file is named .NAME.<random>.tmp (what a later run may clean up after a crash).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        tmp = _new_temp_file(path)
+        mode = os.stat(tmp).st_mode  # what the umask gives a new file
         write(tmp)
+        os.chmod(tmp, mode)  # a writer that replaced the file (safetensors does) made it 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def write_json(path, obj) -> None:
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, new temp file beside `path`. Not tempfile.mkstemp: its files are 0600 and the rename
+    would keep that; os.open(..., 0o666) lets the umask decide, as for any other new file."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another temp file has this name: draw another
+            continue
+
+
+def write_text(path, text: str) -> None:
     def w(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
 
     _atomic(Path(path), w)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path, what: str = "file") -> dict:

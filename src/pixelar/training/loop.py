@@ -18,8 +18,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, iterate_batches, load_dataset
 from ..evaluation import TOKEN_NOTE, evaluate, first_images
+from ..io import write_text
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
@@ -335,10 +334,7 @@ class _MetricsLog:
                     continue
                 if isinstance(rec, dict) and not rec.get("final") and rec.get("step", math.inf) <= keep_through:
                     kept.append(line + "\n")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -1,0 +1,49 @@
+"""Tests of a training run directory: file modes.
+
+Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from pixelar.config import TrainConfig
+from pixelar.training import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory) -> str:
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 4,
+             x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), y_test=np.arange(12) % 4)
+    return f"npz:{path}"
+
+
+@pytest.fixture
+def cfg(npz_data) -> TrainConfig:
+    return TrainConfig(size="tiny", dataset=npz_data, batch_size=8, max_steps=6, checkpoint_every=3, log_every=1,
+                       eval_batch_size=16, sample_n=0, lr=5e-3)
+
+
+def quiet(cfg, run_dir, **kw):
+    return train(cfg, run_dir, progress=False, log=lambda msg: None, **kw)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_files_follow_the_umask(cfg, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        quiet(dataclasses.replace(cfg, max_steps=3, sample_n=2), tmp_path / "run")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "model.safetensors", "training_state.json", "training_state.safetensors", "metrics.jsonl",
+            "samples.png"} == modes.keys()
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
