@@ -1,4 +1,4 @@
-"""Tests of a training run directory: file modes.
+"""Tests of a training run directory: file modes, identical files from identical runs.
 
 Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py).
 """
@@ -7,11 +7,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from pixelar.config import TrainConfig
+from pixelar.io import read_json
 from pixelar.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -36,6 +40,10 @@ def quiet(cfg, run_dir, **kw):
     return train(cfg, run_dir, progress=False, log=lambda msg: None, **kw)
 
 
+def same_bytes(a: Path, b: Path, names=("model.safetensors", "training_state.safetensors")) -> bool:
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_run_files_follow_the_umask(cfg, tmp_path, umask):
     old = os.umask(umask)
@@ -47,3 +55,24 @@ def test_run_files_follow_the_umask(cfg, tmp_path, umask):
     assert {"config.json", "model.safetensors", "training_state.json", "training_state.safetensors", "metrics.jsonl",
             "samples.png"} == modes.keys()
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_identical_runs_write_identical_files(cfg, tmp_path):
+    for name in ("a", "b"):
+        quiet(cfg, tmp_path / name)
+    assert same_bytes(tmp_path / "a", tmp_path / "b", ("model.safetensors", "training_state.safetensors", "config.json"))
+
+
+def test_a_checkpoint_of_the_previous_format_resumes(cfg, tmp_path):
+    """Metadata {"format", "step", "fingerprint"}: still resumable."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    quiet(dataclasses.replace(cfg, max_steps=3), run)
+    quiet(cfg, ref)
+    record = read_json(run / "training_state.json")
+    path = run / "training_state.safetensors"
+    save_file(load_file(path), path, metadata={"format": "pixelar-training-state", "step": "3",
+                                               "fingerprint": record["fingerprint"]})
+    quiet(cfg, run, resume=True, max_steps=6)
+    for name in ("model.safetensors", "training_state.safetensors"):
+        a, b = load_file(run / name), load_file(ref / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

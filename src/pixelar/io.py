@@ -72,6 +72,8 @@ def read_json(path, what: str = "file") -> dict:
 
 
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically. Give at most one metadata key where identical inputs must give
+    identical files: safetensors writes the metadata in hash-map order, which varies between processes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

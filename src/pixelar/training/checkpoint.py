@@ -2,27 +2,32 @@
 
 Files of a run directory:
     config.json                  model.config() plus "train": TrainConfig.to_dict(); pixelar.load_model reads it
-    model.safetensors            the EMA weights of the latest checkpoint (what evaluation and sampling use)
+    model.safetensors            the EMA weights of the latest checkpoint (what evaluation and sampling use);
+                                 metadata {"fingerprint"} of that checkpoint
     training_state.safetensors   "model.*" raw weights, "optim.<param index>.<key>" Adam tensors, "ema.*" EMA,
                                  "rng.torch", "rng.cuda.<i>", "rng.data", "rng.augment" (runs with
                                  augmentation) generator states (uint8);
-                                 metadata {"step", "fingerprint"}
+                                 metadata {"pixelar-training-state": fingerprint}
     training_state.json          step, epoch, batch (within the epoch), bad_steps, elapsed_s, Adam's scalar
                                  state (per-parameter step counts) and the fingerprint of its tensors file
     training_state.prev.json     exists only while a save is in progress: the record being replaced
 
 Every file is written to a temporary file and renamed (pixelar.io), so each one is always whole. A checkpoint
-is the pair (training_state.json, training_state.safetensors) with the same fingerprint. A save writes
-training_state.prev.json (the current record), then the new training_state.json, then the tensors, then
-model.safetensors, then removes the .prev file. A crash at any moment therefore leaves either the new pair, or
-the old tensors with the old record in training_state.prev.json; `load` picks the record whose fingerprint
-matches the tensors and never mixes two checkpoints. The first save of a run writes the tensors first (there
-is no older checkpoint to protect), so training_state.json existing means a complete checkpoint exists.
+is the pair (training_state.json, training_state.safetensors) with the same fingerprint: "<step>-<SHA-256 of
+the tensors and of the record less its wall-clock elapsed_s>", so a record matches only the tensors it was
+saved with (two saves share a fingerprint only if they hold the same state), and identical runs write
+identical files. A save writes training_state.prev.json (the current record), then the new
+training_state.json, then the tensors, then model.safetensors, then removes the .prev file. A crash at any
+moment therefore leaves either the new pair, or the old tensors with the old record in
+training_state.prev.json; `load` picks the record whose fingerprint matches the tensors and never mixes two
+checkpoints. The first save of a run writes the tensors first (there is no older checkpoint to protect), so
+training_state.json existing means a complete checkpoint exists.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +100,6 @@ class RunDir:
     def save(self, ckpt: Checkpoint) -> None:
         """Write a checkpoint and model.safetensors in the crash-safe order of the module docstring."""
         step = int(ckpt.progress["step"])
-        fingerprint = f"{step}-{secrets.token_hex(8)}"
         tensors = {f"model.{k}": v for k, v in ckpt.model.items()}
         tensors.update({f"ema.{k}": v for k, v in ckpt.ema.items()})
         tensors.update({f"rng.{k}": v for k, v in ckpt.rng.items()})
@@ -106,10 +110,12 @@ class RunDir:
                     tensors[f"optim.{index}.{key}"] = value
                 else:  # 0-dim tensors (Adam's step) and plain numbers go to JSON, exactly
                     scalars.setdefault(str(index), {})[key] = _scalar_to_json(value)
-        record = {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": fingerprint,
-                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS},
-                  "elapsed_s": float(ckpt.progress.get("elapsed_s", 0.0)), "optimizer_scalars": scalars}
-        metadata = {"format": STATE_FORMAT, "step": str(step), "fingerprint": fingerprint}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        record = {"format": STATE_FORMAT, "version": STATE_VERSION,
+                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS}, "optimizer_scalars": scalars}
+        fingerprint = f"{step}-{_content_hash(tensors, record)}"
+        record.update(fingerprint=fingerprint, elapsed_s=float(ckpt.progress.get("elapsed_s", 0.0)))
+        metadata = {STATE_FORMAT: fingerprint}  # one key: safetensors orders several differently in each process
         if self._committed is None:
             write_tensors(self.tensors_path, tensors, metadata)
             write_json(self.record_path, record)
@@ -124,7 +130,7 @@ class RunDir:
     def write_weights(self, ema_state: dict[str, torch.Tensor]) -> None:
         """model.safetensors <- the EMA weights of the committed checkpoint."""
         rec = self._committed
-        write_tensors(self.weights_path, ema_state, {"step": str(rec["step"]), "fingerprint": rec["fingerprint"]})
+        write_tensors(self.weights_path, ema_state, {"fingerprint": rec["fingerprint"]})  # one key, as above
 
     def load(self) -> Checkpoint:
         """Read the checkpoint; errors name the file and what is wrong with it."""
@@ -166,9 +172,11 @@ class RunDir:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"training state {path} is corrupt or not a safetensors file ({e})") from None
-        if meta.get("format") != STATE_FORMAT or not meta.get("fingerprint"):
+        # older versions wrote {"format": STATE_FORMAT, "step", "fingerprint"}
+        fingerprint = meta.get(STATE_FORMAT) or (meta.get("fingerprint") if meta.get("format") == STATE_FORMAT else None)
+        if not fingerprint:
             raise ValueError(f"training state {path} is corrupt: its metadata has no {STATE_FORMAT} fingerprint")
-        return meta["fingerprint"]
+        return fingerprint
 
     def _matching_record(self, fingerprint: str) -> dict:
         """The record (training_state.json, else the .prev one left by an interrupted save) of these tensors."""
@@ -197,6 +205,16 @@ def _read_record(path: Path) -> dict:
     if not isinstance(rec.get("elapsed_s"), (int, float)) or not isinstance(rec.get("optimizer_scalars"), dict):
         raise ValueError(f"training state record {path} is corrupt: missing 'elapsed_s' or 'optimizer_scalars'")
     return rec
+
+
+def _content_hash(tensors: dict[str, torch.Tensor], record: dict) -> str:
+    """SHA-256 (first 32 hex digits) of the record (as sorted JSON) and every tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"\n{name} {t.dtype} {list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, whatever the dtype (bf16 included)
+    return h.hexdigest()[:32]
 
 
 def _scalar_to_json(value) -> dict:
