@@ -1,10 +1,11 @@
-"""Tests of a training run directory: file modes, identical files from identical runs.
+"""Tests of a training run directory: file modes, identical files from identical runs, metrics across a resume.
 
 Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixelar.config import TrainConfig
-from pixelar.io import read_json
+from pixelar.io import read_json, write_json
 from pixelar.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -40,8 +41,20 @@ def quiet(cfg, run_dir, **kw):
     return train(cfg, run_dir, progress=False, log=lambda msg: None, **kw)
 
 
+def stop_after(n):
+    def hook(step):
+        if step == n:
+            raise KeyboardInterrupt
+
+    return hook
+
+
 def same_bytes(a: Path, b: Path, names=("model.safetensors", "training_state.safetensors")) -> bool:
     return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -63,12 +76,28 @@ def test_identical_runs_write_identical_files(cfg, tmp_path):
     assert same_bytes(tmp_path / "a", tmp_path / "b", ("model.safetensors", "training_state.safetensors", "config.json"))
 
 
+def test_resumed_metrics_equal_uninterrupted_ones(cfg, tmp_path):
+    cfg = dataclasses.replace(cfg, max_steps=8, log_every=4, checkpoint_every=3)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    quiet(cfg, full)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg, cut, on_step=stop_after(5))  # the checkpoint at step 3 is mid-window (lines at 4 and 8)
+    quiet(cfg, cut, resume=True)
+    wall_clock = {"elapsed_s", "images_per_s", "data_fraction"}
+    lines = {d: [{k: v for k, v in m.items() if k not in wall_clock} for m in metrics(d)] for d in (full, cut)}
+    assert [m["step"] for m in lines[full]] == [4, 8, 8] and lines[full][-1]["final"]
+    assert lines[cut] == lines[full]
+    assert same_bytes(cut, full)
+
+
 def test_a_checkpoint_of_the_previous_format_resumes(cfg, tmp_path):
-    """Metadata {"format", "step", "fingerprint"}: still resumable."""
+    """Metadata {"format", "step", "fingerprint"} and no metrics window in the record: still resumable."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     quiet(dataclasses.replace(cfg, max_steps=3), run)
     quiet(cfg, ref)
     record = read_json(run / "training_state.json")
+    del record["metrics_window"]
+    write_json(run / "training_state.json", record)
     path = run / "training_state.safetensors"
     save_file(load_file(path), path, metadata={"format": "pixelar-training-state", "step": "3",
                                                "fingerprint": record["fingerprint"]})

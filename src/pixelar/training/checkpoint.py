@@ -9,7 +9,8 @@ Files of a run directory:
                                  augmentation) generator states (uint8);
                                  metadata {"pixelar-training-state": fingerprint}
     training_state.json          step, epoch, batch (within the epoch), bad_steps, elapsed_s, Adam's scalar
-                                 state (per-parameter step counts) and the fingerprint of its tensors file
+                                 state (per-parameter step counts), the sums of the metrics window since the
+                                 last metrics line, and the fingerprint of its tensors file
     training_state.prev.json     exists only while a save is in progress: the record being replaced
 
 Every file is written to a temporary file and renamed (pixelar.io), so each one is always whole. A checkpoint
@@ -44,13 +45,15 @@ PREV_STATE_JSON_NAME = "training_state.prev.json"
 STATE_FORMAT = "pixelar-training-state"
 STATE_VERSION = 1
 PROGRESS_KEYS = ("step", "epoch", "batch", "bad_steps")
+WINDOW_KEYS = ("steps", "bpd_sum", "norm_sum")  # the metrics window: good steps since the last line, their sums
 
 
 @dataclass
 class Checkpoint:
     """Everything a run needs to continue exactly.
 
-    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0) and "elapsed_s" (float).
+    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0), "elapsed_s" (float) and "window" (the
+        metrics window, {"steps": int, "bpd_sum": float, "norm_sum": float}; zeros when absent).
     model, ema: state dicts (raw and averaged weights).
     optimizer: the "state" part of a torch optimizer's state_dict, {param index: {key: tensor or number}}.
     rng: generator states as uint8 tensors, {"torch", "cuda.<i>", "data"}.
@@ -111,8 +114,11 @@ class RunDir:
                 else:  # 0-dim tensors (Adam's step) and plain numbers go to JSON, exactly
                     scalars.setdefault(str(index), {})[key] = _scalar_to_json(value)
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        window = ckpt.progress.get("window") or {"steps": 0, "bpd_sum": 0.0, "norm_sum": 0.0}
         record = {"format": STATE_FORMAT, "version": STATE_VERSION,
-                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS}, "optimizer_scalars": scalars}
+                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS}, "optimizer_scalars": scalars,
+                  "metrics_window": {"steps": int(window["steps"]), "bpd_sum": float(window["bpd_sum"]),
+                                     "norm_sum": float(window["norm_sum"])}}
         fingerprint = f"{step}-{_content_hash(tensors, record)}"
         record.update(fingerprint=fingerprint, elapsed_s=float(ckpt.progress.get("elapsed_s", 0.0)))
         metadata = {STATE_FORMAT: fingerprint}  # one key: safetensors orders several differently in each process
@@ -161,6 +167,7 @@ class RunDir:
         self._committed = record
         progress = {k: record[k] for k in PROGRESS_KEYS}
         progress["elapsed_s"] = record["elapsed_s"]
+        progress["window"] = record.get("metrics_window")  # absent in records of older versions
         return Checkpoint(progress, groups["model"], groups["ema"], optimizer, groups["rng"])
 
     def _tensors_fingerprint(self) -> str:
@@ -204,6 +211,12 @@ def _read_record(path: Path) -> dict:
             raise ValueError(f"training state record {path} is corrupt: {key!r} must be an integer >= 0, got {v!r}")
     if not isinstance(rec.get("elapsed_s"), (int, float)) or not isinstance(rec.get("optimizer_scalars"), dict):
         raise ValueError(f"training state record {path} is corrupt: missing 'elapsed_s' or 'optimizer_scalars'")
+    window = rec.get("metrics_window")
+    if window is not None and not (
+            isinstance(window, dict) and set(window) == set(WINDOW_KEYS)
+            and isinstance(window["steps"], int) and not isinstance(window["steps"], bool) and window["steps"] >= 0
+            and all(isinstance(window[k], (int, float)) and math.isfinite(window[k]) for k in ("bpd_sum", "norm_sum"))):
+        raise ValueError(f"training state record {path} is corrupt: bad 'metrics_window' {window!r}")
     return rec
 
 

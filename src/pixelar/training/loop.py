@@ -145,6 +145,8 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         if max_steps is not None:
             run.write_config(model.config(), cfg.to_dict())
     metrics = _MetricsLog(run.path / METRICS_NAME, keep_through=step if ckpt is not None else None)
+    # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
+    window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
 
     emit(f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
          f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
@@ -160,7 +162,6 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf  # inf: norm measured, grads unchanged
     session_start = time.perf_counter()
-    window = _Window()
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - session_start
@@ -231,7 +232,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                          f"{line['images_per_s']:.0f} images/s")
                 window = _Window()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                _save(run, model, optimizer, ema, batches, step, bad, elapsed(), aug_gen)
+                _save(run, model, optimizer, ema, batches, step, bad, elapsed(), window, aug_gen)
                 if not progress:
                     emit(f"checkpoint at step {step}")
             if on_step is not None:
@@ -293,12 +294,14 @@ class _Batches:
 
 
 class _Window:
-    """Running sums over the steps since the last metrics line."""
+    """Running sums over the steps since the last metrics line (steps and the sums are checkpointed; the
+    rest is wall-clock and starts afresh)."""
 
-    def __init__(self):
+    def __init__(self, steps: int = 0, bpd_sum: float = 0.0, norm_sum: float = 0.0):
         self.start = time.perf_counter()
-        self.steps = self.images = 0
-        self.bpd_sum = self.norm_sum = self.last_bpd = 0.0
+        self.steps, self.bpd_sum, self.norm_sum = steps, bpd_sum, norm_sum
+        self.images = 0
+        self.last_bpd = 0.0
         self.data_s = 0.0  # time spent waiting for batches (data loading runs in the training thread)
 
     def add(self, bpd: float, grad_norm: float, images: int) -> None:
@@ -314,6 +317,9 @@ class _Window:
     def data_fraction(self) -> float:
         """Fraction of the window's wall time spent getting batches (near 0: the step is never starved)."""
         return self.data_s / max(time.perf_counter() - self.start, 1e-9)
+
+    def state(self) -> dict:
+        return {"steps": self.steps, "bpd_sum": self.bpd_sum, "norm_sum": self.norm_sum}
 
 
 class _MetricsLog:
@@ -356,7 +362,7 @@ def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str,
 
 
 def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int, bad: int, elapsed_s: float,
-          aug_gen: torch.Generator | None = None) -> None:
+          window: _Window, aug_gen: torch.Generator | None = None) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
@@ -366,7 +372,8 @@ def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int,
     if bad_names:
         raise TrainingDiverged(f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
                                f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept")
-    progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s}
+    progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s,
+                "window": window.state()}
     run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, aug_gen)))
 
 
