@@ -1,6 +1,8 @@
-"""Tests of a training run directory: file modes, identical files from identical runs, metrics across a resume.
+"""Tests of a training run directory under stress: a second writer, kill -9, stale temporary files, file modes,
+identical files from identical runs, metrics across a resume.
 
-Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py).
+Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py); one test trains in a child
+process and kills it with SIGKILL.
 """
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import dataclasses
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import pixelar
+from pixelar.cli import main
 from pixelar.config import TrainConfig
 from pixelar.io import read_json, write_json
 from pixelar.training import train
+from pixelar.training.checkpoint import RunDirBusy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the child processes import: this one
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,58 @@ def metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+# a training process that reports step 4 (checkpoint at 3) and then waits, holding the run directory's lock
+CHILD = """
+import json, sys, torch
+from pixelar.config import TrainConfig
+from pixelar.training import train
+torch.set_num_threads(1)
+
+def hold(step):
+    if step == 4:
+        print("at step 4", flush=True)
+        sys.stdin.readline()  # until the test kills this process
+
+train(TrainConfig.from_dict(json.loads(sys.argv[2])), sys.argv[1], progress=False, log=lambda m: None, on_step=hold)
+"""
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_nothing_stuck(cfg, tmp_path, capsys):
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    quiet(cfg, ref)
+    with open(tmp_path / "child.err", "w") as err:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(run), json.dumps(cfg.to_dict())], text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                 env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        assert child.stdout.readline() == "at step 4\n", (tmp_path / "child.err").read_text()
+        config = (run / "config.json").read_bytes()
+        busy = rf"{run} is in use by another training process \(pid {child.pid}\)"
+        with pytest.raises(RunDirBusy, match=busy):  # a new run of another model into the same directory
+            quiet(dataclasses.replace(cfg, model="pixelcnn"), run)
+        with pytest.raises(RunDirBusy, match=busy):
+            quiet(cfg, run, resume=True)
+        assert main(["train", "--model", "pixelcnn", "--size", "tiny", "--dataset", cfg.dataset, "--run-dir", str(run),
+                     "--no-progress"]) == 1
+        assert "in use by another training process" in capsys.readouterr().err
+        assert (run / "config.json").read_bytes() == config  # nothing of the refused runs was written
+        pixelar.load_model(run)  # readers take no lock
+    finally:
+        child.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
+        child.wait()
+    # temporary files of writers killed mid-write, and files that are not pixelar's (kept)
+    stale = [run / ".training_state.safetensors.0a1b2c3d.tmp", run / ".metrics.jsonl.k3j_x9q2.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    (run / "notes.tmp").write_text("mine")
+    (run / ".notes.txt.tmp").write_text("mine")
+    messages = []
+    train(cfg, run, resume=True, progress=False, log=messages.append)
+    assert any("removed 2 temporary file(s)" in m for m in messages)
+    assert not any(p.exists() for p in stale) and (run / "notes.tmp").exists() and (run / ".notes.txt.tmp").exists()
+    assert same_bytes(run, ref)  # resumed from the killed run's checkpoint, bitwise
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_run_files_follow_the_umask(cfg, tmp_path, umask):
     old = os.umask(umask)
@@ -66,7 +126,7 @@ def test_run_files_follow_the_umask(cfg, tmp_path, umask):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
     assert {"config.json", "model.safetensors", "training_state.json", "training_state.safetensors", "metrics.jsonl",
-            "samples.png"} == modes.keys()
+            "samples.png", ".lock"} == modes.keys()
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 

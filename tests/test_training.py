@@ -249,7 +249,7 @@ def test_test_split_problems_are_found_before_the_first_step(tmp_path):
         cfg = TrainConfig(size="tiny", dataset=f"npz:{tmp_path / name}.npz", batch_size=8, max_steps=2, sample_n=0, **kw)
         with pytest.raises(ValueError, match=match):
             quiet(cfg, tmp_path / name, on_step=steps.append)
-        assert steps == [] and not (tmp_path / name / "config.json").exists()
+        assert steps == [] and not (tmp_path / name).exists()  # nothing written, not even the directory
 
 
 # ----- non-finite steps --------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Files of a run directory:
                                  state (per-parameter step counts), the sums of the metrics window since the
                                  last metrics line, and the fingerprint of its tensors file
     training_state.prev.json     exists only while a save is in progress: the record being replaced
+    metrics.jsonl, samples.png   written by the training loop
+    .lock                        the advisory lock held by the process training in the directory (see lock())
 
 Every file is written to a temporary file and renamed (pixelar.io), so each one is always whole. A checkpoint
 is the pair (training_state.json, training_state.safetensors) with the same fingerprint: "<step>-<SHA-256 of
@@ -26,9 +28,12 @@ training_state.json existing means a complete checkpoint exists.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +47,11 @@ WEIGHTS_NAME = "model.safetensors"
 STATE_TENSORS_NAME = "training_state.safetensors"
 STATE_JSON_NAME = "training_state.json"
 PREV_STATE_JSON_NAME = "training_state.prev.json"
+METRICS_NAME = "metrics.jsonl"
+SAMPLES_NAME = "samples.png"
+LOCK_NAME = ".lock"
+# the files written through pixelar.io's temporary files (.NAME.<random>.tmp)
+ATOMIC_NAMES = (CONFIG_NAME, WEIGHTS_NAME, STATE_TENSORS_NAME, STATE_JSON_NAME, PREV_STATE_JSON_NAME, METRICS_NAME)
 STATE_FORMAT = "pixelar-training-state"
 STATE_VERSION = 1
 PROGRESS_KEYS = ("step", "epoch", "batch", "bad_steps")
@@ -66,6 +76,10 @@ class Checkpoint:
     rng: dict[str, torch.Tensor]
 
 
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's lock: it is training there."""
+
+
 class RunDir:
     """Reads and writes the files of one run directory (see the module docstring)."""
 
@@ -85,6 +99,48 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         return self.record_path.exists() or self.prev_record_path.exists()
+
+    # ----- the lock ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the directory's lock (creating the directory), or raise RunDirBusy at once naming its holder.
+
+        An advisory fcntl.flock on .lock: the kernel releases it when the process ends, however it ends (kill -9
+        included), so a crashed run never leaves it stuck. Only writers take it; readers (evaluation, sampling)
+        need none, since every file is replaced whole. The file itself stays (removing it would let a second
+        process lock a new file while the first still holds the old one), except in a directory this call
+        created and left holding nothing else: a run that fails before writing leaves no directory behind.
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                raise RunDirBusy(f"{self.path} is in use by another training process"
+                                 + (f" (pid {holder})" if holder.isdigit() else "")
+                                 + ": wait for it to end, or train into another run directory") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above, in another process
+            try:
+                yield self
+            finally:
+                if created and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:  # we still hold the lock
+                    with contextlib.suppress(OSError):  # e.g. another process just opened the lock file
+                        os.unlink(self.path / LOCK_NAME)
+                        self.path.rmdir()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def remove_temp_files(self) -> int:
+        """Delete the temporary files that killed writers left behind; returns how many. Call it holding the
+        lock, so that none can belong to a live writer."""
+        stale = [p for name in ATOMIC_NAMES for p in self.path.glob(f".{name}.*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
 
     # ----- config.json -------------------------------------------------------------------------------------
     def write_config(self, model_config: dict, train_config: dict) -> None:

@@ -33,12 +33,9 @@ from ..io import write_text
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
-from .checkpoint import Checkpoint, RunDir
+from .checkpoint import METRICS_NAME, SAMPLES_NAME, Checkpoint, RunDir
 from .ema import EMA
 from .optim import learning_rate, make_optimizer, set_lr
-
-METRICS_NAME = "metrics.jsonl"
-SAMPLES_NAME = "samples.png"
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,14 +60,27 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             depends on max_steps the result is bitwise that of a run started with the larger value). The new
             value is written to config.json.
 
+    While it runs it holds run_dir's lock (see RunDir.lock), and first deletes the temporary files that
+    killed runs left there.
+
     Raises:
         TrainingDiverged: max_bad_steps consecutive non-finite steps (nothing is written after the last good
             checkpoint).
-        ValueError: run_dir holds a checkpoint and resume is False; bad settings; a corrupt run file.
+        RunDirBusy: another process is training in run_dir (nothing is read or written).
+        ValueError: run_dir holds a checkpoint and resume is False; bad settings or data; a corrupt run file.
         FileNotFoundError: a missing run file (the message names it).
     """
     run = RunDir(run_dir)
     emit = tqdm.write if progress and log is print else log  # keep the bar intact while it is shown
+    with run.lock():
+        removed = run.remove_temp_files()
+        if removed:
+            emit(f"removed {removed} temporary file(s) left in {run.path} by an interrupted run")
+        return _train(cfg, run, resume, progress, log, emit, on_step, max_steps)
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emit, on_step, max_steps) -> dict:
+    """train() holding the lock."""
     if resume:
         model_config, train_section = run.read_config()
         try:
