@@ -1,5 +1,5 @@
 """Tests of a training run directory under stress: a second writer, kill -9, stale temporary files, file modes,
-identical files from identical runs, metrics across a resume.
+a full disk, identical files from identical runs, metrics across a resume.
 
 Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py); one test trains in a child
 process and kills it with SIGKILL.
@@ -7,6 +7,7 @@ process and kills it with SIGKILL.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import stat
@@ -17,14 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import pixelar
+import pixelar.io
+import pixelar.sampling.grid
 from pixelar.cli import main
 from pixelar.config import TrainConfig
-from pixelar.io import read_json, write_json
+from pixelar.io import DiskFullError, read_json, write_json
 from pixelar.training import train
-from pixelar.training.checkpoint import RunDirBusy
+from pixelar.training.checkpoint import RunDir, RunDirBusy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the child processes import: this one
@@ -130,6 +134,52 @@ def test_run_files_follow_the_umask(cfg, tmp_path, umask):
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 
+@pytest.mark.parametrize("fails", ["tensors", "record", "samples"])
+def test_a_full_disk_stops_with_a_clear_message_and_keeps_the_checkpoint(cfg, tmp_path, monkeypatch, capsys, fails):
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    args = ["train", "--size", "tiny", "--dataset", cfg.dataset, "--batch-size", "8", "--steps", "6",
+            "--checkpoint-every", "3", "--sample-n", "2", "--no-progress"]
+    assert main([*args, "--run-dir", str(ref)]) == 0
+    real_save, real_replace, saves, replaces = pixelar.io.save_file, os.replace, [], []
+
+    def save_file(tensors, path, metadata=None):  # as safetensors reports it: "(os error 28)", no errno
+        saves.append(path)
+        if len(saves) == 3:  # the first save at step 6 (step 3 wrote training_state and model.safetensors)
+            Path(path).write_bytes(b"partial")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real_save(tensors, path, metadata=metadata)
+
+    def replace(src, dst):  # the second training_state.json (step 6) exceeds the quota
+        replaces.append(Path(dst).name)
+        if replaces.count("training_state.json") == 2:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(src))
+        real_replace(src, dst)
+
+    def save_grid(images, spec, path, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    if fails == "tensors":
+        monkeypatch.setattr(pixelar.io, "save_file", save_file)
+    elif fails == "record":
+        monkeypatch.setattr(pixelar.io.os, "replace", replace)
+    else:
+        monkeypatch.setattr(pixelar.sampling.grid, "save_grid", save_grid)
+    capsys.readouterr()
+    assert main([*args, "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    what, name, step = {"tensors": ("disk full (no space left on device)", "training_state.safetensors", 3),
+                        "record": ("disk quota exceeded", "training_state.json", 3),
+                        "samples": ("disk full (no space left on device)", "samples.png", 6)}[fails]
+    assert err == (f"pixelar train: error: {what} while writing {run / name}; free space in {run}; the last good "
+                   f"checkpoint in {run} (step {step}) is kept: free space, then resume the run (pixelar train "
+                   f"--resume {run})\n")
+    assert not list(run.glob(".*.tmp"))
+    assert RunDir(run).load().progress["step"] == step
+    quiet(TrainConfig(), run, resume=True)
+    assert same_bytes(run, ref)
+
+
 def test_identical_runs_write_identical_files(cfg, tmp_path):
     for name in ("a", "b"):
         quiet(cfg, tmp_path / name)
@@ -165,3 +215,11 @@ def test_a_checkpoint_of_the_previous_format_resumes(cfg, tmp_path):
     for name in ("model.safetensors", "training_state.safetensors"):
         a, b = load_file(run / name), load_file(ref / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_disk_full_error_is_an_oserror_with_a_sentence(tmp_path):
+    e = pixelar.io.disk_full("/runs/a/model.safetensors", OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(e, DiskFullError) and isinstance(e, OSError) and e.errno == errno.ENOSPC
+    assert str(e) == "disk full (no space left on device) while writing /runs/a/model.safetensors; free space in /runs/a"
+    quota = pixelar.io.disk_full(tmp_path, OSError(errno.EDQUOT, "Disk quota exceeded"))  # the file is unknown
+    assert str(quota) == f"disk quota exceeded while writing in {tmp_path}; free space there"

@@ -639,13 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .io import DiskFullError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # e.g. TrainingDiverged: the message says what happened and what was kept
+    except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
+        # what happened and what was kept
         print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -29,7 +29,7 @@ from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, iterate_batches, load_dataset
 from ..evaluation import TOKEN_NOTE, evaluate, first_images
-from ..io import write_text
+from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_text
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
@@ -67,6 +67,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         TrainingDiverged: max_bad_steps consecutive non-finite steps (nothing is written after the last good
             checkpoint).
         RunDirBusy: another process is training in run_dir (nothing is read or written).
+        DiskFullError: a write failed for lack of space or quota; the last checkpoint is kept.
         ValueError: run_dir holds a checkpoint and resume is False; bad settings or data; a corrupt run file.
         FileNotFoundError: a missing run file (the message names it).
     """
@@ -76,7 +77,20 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         removed = run.remove_temp_files()
         if removed:
             emit(f"removed {removed} temporary file(s) left in {run.path} by an interrupted run")
-        return _train(cfg, run, resume, progress, log, emit, on_step, max_steps)
+        try:
+            return _train(cfg, run, resume, progress, log, emit, on_step, max_steps)
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            err = e if isinstance(e, DiskFullError) else disk_full(e.filename or run.path, e)
+            raise DiskFullError(e.errno, f"{err}; {_kept(run)}: free space, then resume the run "
+                                         f"(pixelar train --resume {run.path})", err.filename) from None
+
+
+def _kept(run: RunDir) -> str:
+    last = run.checkpoint_step
+    return (f"the last good checkpoint in {run.path} (step {last}) is kept" if last is not None
+            else f"no checkpoint had been written to {run.path} yet")
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emit, on_step, max_steps) -> dict:
@@ -219,12 +233,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
                 emit(f"step {step}: {reason} (loss {loss.item()}); step skipped, {bad} bad step(s) in a row")
                 metrics.write({"step": step, "skipped": True, "reason": reason, "bad_steps": bad, "lr": lr})
                 if bad >= cfg.max_bad_steps:
-                    last = run.checkpoint_step
-                    kept = (f"the last good checkpoint in {run.path} (step {last}) is kept" if last is not None
-                            else f"no checkpoint had been written to {run.path} yet")
                     raise TrainingDiverged(
                         f"training diverged: {bad} consecutive steps (up to step {step}, lr {lr:.3g}) had a non-finite "
-                        f"loss or gradient ({reason}); {kept}. Try a lower lr, warmup_steps, or grad_clip, or "
+                        f"loss or gradient ({reason}); {_kept(run)}. Try a lower lr, warmup_steps, or grad_clip, or "
                         "bf16 -> fp32 precision")
             bar.update(1)
             if window.steps:
@@ -353,8 +364,7 @@ class _MetricsLog:
         write_text(path, "".join(kept))
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
 
 
 def _augment_seed(seed: int) -> int:
