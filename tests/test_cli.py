@@ -230,3 +230,28 @@ def test_destinations_are_checked_before_coding_and_never_overwritten_silently(t
     concatenated.write_bytes(packed.read_bytes() * 2)
     assert main(["decompress", str(m), str(concatenated), "--out-dir", str(tmp_path / "cat")]) == 2
     assert "bytes follow the end of the stream" in capsys.readouterr().err
+
+
+def test_resume_refuses_flags_that_contradict_the_run(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
+    run = tmp_path / "run"
+    assert main(["train", "--model", "pixelcnn_pp", "--size", "tiny", "--dataset", f"npz:{data}", "--batch-size", "8",
+                 "--steps", "2", "--sample-n", "0", "--run-dir", str(run), "--no-progress"]) == 0
+    config, state = (run / "config.json").read_bytes(), (run / "training_state.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "4", "--lr", "0.01", "--model", "pixelcnn", "--seed", "0",
+                 "--set", "dropout=0.5", "--compile", "--run-dir", str(tmp_path / "other"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (f"--resume {run}: --run-dir {tmp_path / 'other'} is not the run being resumed; --model pixelcnn conflicts "
+            "with the run's model pixelcnn_pp; --lr 0.01 conflicts with the run's lr 0.002; --compile conflicts with "
+            "the run's compile false; --set dropout=0.5 conflicts with the run's model_overrides {}. A resumed run "
+            "keeps its settings (only --steps can change)") in err
+    assert "--seed" not in err  # equal to the run's: accepted
+    assert (run / "config.json").read_bytes() == config and (run / "training_state.json").read_bytes() == state
+    # flags equal to the run's settings are accepted, and --steps extends the run
+    assert main(["train", "--resume", str(run), "--steps", "4", "--lr", "0.002", "--model", "pixelcnn_pp",
+                 "--dataset", f"npz:{data}", "--run-dir", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "training_state.json").read_text())["step"] == 4

@@ -451,6 +451,23 @@ def test_folder_plain_rgb_and_errors(tmp_path):
         load_dataset(f"folder:{root}", "full_train")
 
 
+def test_empty_and_one_image_datasets_say_so(tmp_path):
+    """Too few images are named as such, not as a bad val_size."""
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 5, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"empty.npz'?: its train images are empty \(0 images\)"):
+        load_dataset(f"npz:{tmp_path / 'empty.npz'}")
+    np.savez(tmp_path / "notest.npz", x_train=make_images(4, (5, 5), 0), x_test=np.zeros((0, 5, 5), np.uint8))
+    with pytest.raises(ValueError, match="its test images are empty"):
+        load_dataset(f"npz:{tmp_path / 'notest.npz'}", "test")
+    root = tmp_path / "one"
+    _save(root / "train" / "a.png", make_images(1, (4, 4), 0)[0], "L")
+    _save(root / "test" / "b.png", make_images(1, (4, 4), 1)[0], "L")
+    for split in ("train", "val"):
+        with pytest.raises(ValueError, match=rf"only 1 training image: the '{split}' split needs at least 2"):
+            load_dataset(f"folder:{root}", split)
+    assert len(load_dataset(f"folder:{root}", "full_train")) == len(load_dataset(f"folder:{root}", "test")) == 1
+
+
 # ---------------------------------------------------------------- lookup order
 
 

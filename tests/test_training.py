@@ -235,6 +235,23 @@ def test_bf16_first_step_matches_fp32(cfg, tmp_path):
     assert all(v.dtype == torch.float32 for k, v in weights.items() if k.startswith("model."))  # fp32 master weights
 
 
+def test_test_split_problems_are_found_before_the_first_step(tmp_path):
+    """Test images of another size, or without labels for a class-conditional model, stop the run at the start
+    (not in the final evaluation, after all the training)."""
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "sizes.npz", x_train=x_train, x_test=rng.integers(0, 256, (4, 10, 10), dtype=np.uint8))
+    np.savez(tmp_path / "nolabels.npz", x_train=x_train, y_train=np.arange(20) % 4, x_test=x_train[:4])
+    for name, kw, match in (
+            ("sizes", {}, r"its test images are 1x10x10 with 256 values but its training images 1x8x8 with 256 values"),
+            ("nolabels", {"class_conditional": True}, "class-conditional but the test images of dataset .* have no labels")):
+        steps = []
+        cfg = TrainConfig(size="tiny", dataset=f"npz:{tmp_path / name}.npz", batch_size=8, max_steps=2, sample_n=0, **kw)
+        with pytest.raises(ValueError, match=match):
+            quiet(cfg, tmp_path / name, on_step=steps.append)
+        assert steps == [] and not (tmp_path / name).exists()  # nothing written, not even the directory
+
+
 # ----- non-finite steps --------------------------------------------------------------------------------------
 def poison_training_calls(monkeypatch, bad_calls):
     """Make ARImageModel.log_prob return NaN on the given (1-based) calls in training mode."""

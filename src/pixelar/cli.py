@@ -120,29 +120,63 @@ def _types(text: str | None) -> list[str]:
 
 
 # ----- train ------------------------------------------------------------------------------------------------
+def _train_flags(args) -> dict[str, tuple[str, object]]:
+    """The training settings given on the command line: {TrainConfig field: (the flag as typed, value)}."""
+    given = {}
+    for field, flag, value in (
+            ("model", "--model", args.model), ("size", "--size", args.size), ("dataset", "--dataset", args.dataset),
+            ("data_dir", "--data-dir", args.data_dir), ("batch_size", "--batch-size", args.batch_size),
+            ("lr", "--lr", args.lr), ("lr_decay", "--lr-decay", args.lr_decay),
+            ("warmup_steps", "--warmup-steps", args.warmup_steps), ("precision", "--precision", args.precision),
+            ("seed", "--seed", args.seed), ("checkpoint_every", "--checkpoint-every", args.checkpoint_every),
+            ("sample_n", "--sample-n", args.sample_n), ("train_subset", "--train-subset", args.train_subset),
+            ("test_subset", "--test-subset", args.test_subset)):
+        if value is not None:
+            given[field] = (f"{flag} {value}", value)
+    for field, flag in (("class_conditional", "--class-conditional"), ("compile", "--compile"),
+                        ("channels_last", "--channels-last")):
+        if getattr(args, field):  # store_true: absent means "not given", not False
+            given[field] = (flag, True)
+    for field in ("augment", "distaug"):
+        if getattr(args, field) is not None:
+            given[field] = (f"--{field} {getattr(args, field)}", _types(getattr(args, field)))
+    if args.set:
+        given["model_overrides"] = (" ".join(f"--set {k}={v}" for k, v in args.set), _overrides(args.set))
+    return given
+
+
+def _check_resume_flags(args, given: dict) -> None:
+    """Refuse flags that contradict the run being resumed (it keeps its own settings; only --steps may change)."""
+    conflicts = []
+    if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+        conflicts.append(f"--run-dir {args.run_dir} is not the run being resumed")
+    if given:
+        section = _train_section(args.resume)  # {} for a saved model: train() says it cannot be resumed
+        for field, (typed, value) in given.items():
+            have = section.get(field, value)
+            if value != have:
+                shown = json.dumps(have) if isinstance(have, (dict, list, bool)) or have is None else have
+                conflicts.append(f"{typed} conflicts with the run's {field} {shown}")
+    if conflicts:
+        raise ValueError(f"--resume {args.resume}: " + "; ".join(conflicts) + ". A resumed run keeps its settings "
+                         "(only --steps can change): drop these flags, or start a new run in another directory")
+
+
 def cmd_train(args) -> int:
     from .config import TrainConfig
     from .training import train
 
+    given = _train_flags(args)
     if args.resume:
+        _check_resume_flags(args, given)
         result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress,
                        max_steps=args.steps)
     else:
         cfg = TrainConfig()
-        for field, value in (("model", args.model), ("size", args.size), ("dataset", args.dataset),
-                             ("data_dir", args.data_dir), ("batch_size", args.batch_size), ("max_steps", args.steps),
-                             ("lr", args.lr), ("lr_decay", args.lr_decay), ("warmup_steps", args.warmup_steps),
-                             ("precision", args.precision), ("seed", args.seed),
-                             ("checkpoint_every", args.checkpoint_every), ("sample_n", args.sample_n),
-                             ("train_subset", args.train_subset), ("test_subset", args.test_subset)):
-            if value is not None:
-                setattr(cfg, field, value)
-        cfg.class_conditional = args.class_conditional
-        cfg.augment = _types(args.augment)
-        cfg.distaug = _types(args.distaug)
-        cfg.compile = args.compile
-        cfg.channels_last = args.channels_last
-        cfg.model_overrides = _overrides(args.set)
+        for field, (_, value) in given.items():
+            setattr(cfg, field, value)
+        if args.steps is not None:
+            cfg.max_steps = args.steps
         cfg.validate()
         run_dir = args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"run directory: {run_dir}")
@@ -518,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "test bits/dim use the identity (Jun et al. 2020)")
     t.add_argument("--set", action="append", type=_key_value, metavar="KEY=VALUE", help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10")
     t.add_argument("--run-dir", help="output directory (default runs/MODEL-DATASET-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run exactly where it stopped, with its own settings (only --steps "
+                        "may change; other flags must agree with the run's)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -603,13 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .io import DiskFullError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # e.g. TrainingDiverged: the message says what happened and what was kept
+    except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
+        # what happened and what was kept
         print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,40 +1,96 @@
 """Atomic file writes and safe reads shared by model and training checkpoints (no pickle anywhere)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+# errno values of a full disk and of a full quota
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk (or the user's quota) is full. An OSError with the errno of the
+    failure and the file's name; str() is a sentence that names the file and its directory."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def disk_full(path, cause: OSError) -> DiskFullError:
+    """The DiskFullError of a failed write to `path`, a file or, where the file is unknown, its directory
+    (cause: the OSError with ENOSPC or EDQUOT)."""
+    path = Path(path)
+    what = "disk quota exceeded" if cause.errno == errno.EDQUOT else "disk full (no space left on device)"
+    where = f"in {path}; free space there" if path.is_dir() else f"{path}; free space in {path.parent}"
+    return DiskFullError(cause.errno, f"{what} while writing {where}", str(path))
+
 
 def _atomic(path: Path, write) -> None:
-    """Write via `write(tmp_path)` into a temp file beside `path`, fsync, then rename over `path`."""
+    """Write via `write(tmp_path)` into a temp file beside `path`, fsync, then rename over `path`.
+
+    The temp file is named .NAME.<random>.tmp (what a later run may clean up after a crash). A full disk
+    raises DiskFullError naming `path`; `path` itself is untouched by any failure.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        tmp = _new_temp_file(path)
+        mode = os.stat(tmp).st_mode  # what the umask gives a new file
         write(tmp)
+        os.chmod(tmp, mode)  # a writer that replaced the file (safetensors does) made it 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            raise disk_full(path, e) from None
+        raise
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty, new temp file beside `path`. Not tempfile.mkstemp: its files are 0600 and the rename
+    would keep that; os.open(..., 0o666) lets the umask decide, as for any other new file."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another temp file has this name: draw another
+            continue
+
+
+def write_text(path, text: str) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    _atomic(Path(path), w)
+
+
+def append_text(path, text: str) -> None:
+    """Append to a file (created if missing); a full disk raises DiskFullError naming it."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise disk_full(path, e) from None
         raise
 
 
 def write_json(path, obj) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    _atomic(Path(path), w)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path, what: str = "file") -> dict:
@@ -51,9 +107,27 @@ def read_json(path, what: str = "file") -> dict:
     return obj
 
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically. Give at most one metadata key where identical inputs must give
+    identical files: safetensors writes the metadata in hash-map order, which varies between processes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def w(tmp):
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:
+            # safetensors reports a failed write as SafetensorError("... (os error N)"): give it back its errno,
+            # so that a full disk is recognised as for every other file
+            m = _RUST_OS_ERROR.search(str(e))
+            if m is None:
+                raise
+            code = int(m.group(1))
+            raise OSError(code, f"{os.strerror(code)} ({e})", str(tmp)) from e
+
+    _atomic(Path(path), w)
 
 
 def read_tensors(path, what: str = "file") -> dict[str, torch.Tensor]:

@@ -2,27 +2,38 @@
 
 Files of a run directory:
     config.json                  model.config() plus "train": TrainConfig.to_dict(); pixelar.load_model reads it
-    model.safetensors            the EMA weights of the latest checkpoint (what evaluation and sampling use)
+    model.safetensors            the EMA weights of the latest checkpoint (what evaluation and sampling use);
+                                 metadata {"fingerprint"} of that checkpoint
     training_state.safetensors   "model.*" raw weights, "optim.<param index>.<key>" Adam tensors, "ema.*" EMA,
                                  "rng.torch", "rng.cuda.<i>", "rng.data", "rng.augment" (runs with
                                  augmentation) generator states (uint8);
-                                 metadata {"step", "fingerprint"}
+                                 metadata {"pixelar-training-state": fingerprint}
     training_state.json          step, epoch, batch (within the epoch), bad_steps, elapsed_s, Adam's scalar
-                                 state (per-parameter step counts) and the fingerprint of its tensors file
+                                 state (per-parameter step counts), the sums of the metrics window since the
+                                 last metrics line, and the fingerprint of its tensors file
     training_state.prev.json     exists only while a save is in progress: the record being replaced
+    metrics.jsonl, samples.png   written by the training loop
+    .lock                        the advisory lock held by the process training in the directory (see lock())
 
 Every file is written to a temporary file and renamed (pixelar.io), so each one is always whole. A checkpoint
-is the pair (training_state.json, training_state.safetensors) with the same fingerprint. A save writes
-training_state.prev.json (the current record), then the new training_state.json, then the tensors, then
-model.safetensors, then removes the .prev file. A crash at any moment therefore leaves either the new pair, or
-the old tensors with the old record in training_state.prev.json; `load` picks the record whose fingerprint
-matches the tensors and never mixes two checkpoints. The first save of a run writes the tensors first (there
-is no older checkpoint to protect), so training_state.json existing means a complete checkpoint exists.
+is the pair (training_state.json, training_state.safetensors) with the same fingerprint: "<step>-<SHA-256 of
+the tensors and of the record less its wall-clock elapsed_s>", so a record matches only the tensors it was
+saved with (two saves share a fingerprint only if they hold the same state), and identical runs write
+identical files. A save writes training_state.prev.json (the current record), then the new
+training_state.json, then the tensors, then model.safetensors, then removes the .prev file. A crash at any
+moment therefore leaves either the new pair, or the old tensors with the old record in
+training_state.prev.json; `load` picks the record whose fingerprint matches the tensors and never mixes two
+checkpoints. The first save of a run writes the tensors first (there is no older checkpoint to protect), so
+training_state.json existing means a complete checkpoint exists.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import math
-import secrets
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +47,23 @@ WEIGHTS_NAME = "model.safetensors"
 STATE_TENSORS_NAME = "training_state.safetensors"
 STATE_JSON_NAME = "training_state.json"
 PREV_STATE_JSON_NAME = "training_state.prev.json"
+METRICS_NAME = "metrics.jsonl"
+SAMPLES_NAME = "samples.png"
+LOCK_NAME = ".lock"
+# the files written through pixelar.io's temporary files (.NAME.<random>.tmp)
+ATOMIC_NAMES = (CONFIG_NAME, WEIGHTS_NAME, STATE_TENSORS_NAME, STATE_JSON_NAME, PREV_STATE_JSON_NAME, METRICS_NAME)
 STATE_FORMAT = "pixelar-training-state"
 STATE_VERSION = 1
 PROGRESS_KEYS = ("step", "epoch", "batch", "bad_steps")
+WINDOW_KEYS = ("steps", "bpd_sum", "norm_sum")  # the metrics window: good steps since the last line, their sums
 
 
 @dataclass
 class Checkpoint:
     """Everything a run needs to continue exactly.
 
-    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0) and "elapsed_s" (float).
+    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0), "elapsed_s" (float) and "window" (the
+        metrics window, {"steps": int, "bpd_sum": float, "norm_sum": float}; zeros when absent).
     model, ema: state dicts (raw and averaged weights).
     optimizer: the "state" part of a torch optimizer's state_dict, {param index: {key: tensor or number}}.
     rng: generator states as uint8 tensors, {"torch", "cuda.<i>", "data"}.
@@ -56,6 +74,10 @@ class Checkpoint:
     ema: dict[str, torch.Tensor]
     optimizer: dict
     rng: dict[str, torch.Tensor]
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's lock: it is training there."""
 
 
 class RunDir:
@@ -78,6 +100,48 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.record_path.exists() or self.prev_record_path.exists()
 
+    # ----- the lock ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the directory's lock (creating the directory), or raise RunDirBusy at once naming its holder.
+
+        An advisory fcntl.flock on .lock: the kernel releases it when the process ends, however it ends (kill -9
+        included), so a crashed run never leaves it stuck. Only writers take it; readers (evaluation, sampling)
+        need none, since every file is replaced whole. The file itself stays (removing it would let a second
+        process lock a new file while the first still holds the old one), except in a directory this call
+        created and left holding nothing else: a run that fails before writing leaves no directory behind.
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                raise RunDirBusy(f"{self.path} is in use by another training process"
+                                 + (f" (pid {holder})" if holder.isdigit() else "")
+                                 + ": wait for it to end, or train into another run directory") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above, in another process
+            try:
+                yield self
+            finally:
+                if created and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:  # we still hold the lock
+                    with contextlib.suppress(OSError):  # e.g. another process just opened the lock file
+                        os.unlink(self.path / LOCK_NAME)
+                        self.path.rmdir()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def remove_temp_files(self) -> int:
+        """Delete the temporary files that killed writers left behind; returns how many. Call it holding the
+        lock, so that none can belong to a live writer."""
+        stale = [p for name in ATOMIC_NAMES for p in self.path.glob(f".{name}.*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
     # ----- config.json -------------------------------------------------------------------------------------
     def write_config(self, model_config: dict, train_config: dict) -> None:
         write_json(self.config_path, {**model_config, "train": train_config})
@@ -95,7 +159,6 @@ class RunDir:
     def save(self, ckpt: Checkpoint) -> None:
         """Write a checkpoint and model.safetensors in the crash-safe order of the module docstring."""
         step = int(ckpt.progress["step"])
-        fingerprint = f"{step}-{secrets.token_hex(8)}"
         tensors = {f"model.{k}": v for k, v in ckpt.model.items()}
         tensors.update({f"ema.{k}": v for k, v in ckpt.ema.items()})
         tensors.update({f"rng.{k}": v for k, v in ckpt.rng.items()})
@@ -106,10 +169,15 @@ class RunDir:
                     tensors[f"optim.{index}.{key}"] = value
                 else:  # 0-dim tensors (Adam's step) and plain numbers go to JSON, exactly
                     scalars.setdefault(str(index), {})[key] = _scalar_to_json(value)
-        record = {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": fingerprint,
-                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS},
-                  "elapsed_s": float(ckpt.progress.get("elapsed_s", 0.0)), "optimizer_scalars": scalars}
-        metadata = {"format": STATE_FORMAT, "step": str(step), "fingerprint": fingerprint}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        window = ckpt.progress.get("window") or {"steps": 0, "bpd_sum": 0.0, "norm_sum": 0.0}
+        record = {"format": STATE_FORMAT, "version": STATE_VERSION,
+                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS}, "optimizer_scalars": scalars,
+                  "metrics_window": {"steps": int(window["steps"]), "bpd_sum": float(window["bpd_sum"]),
+                                     "norm_sum": float(window["norm_sum"])}}
+        fingerprint = f"{step}-{_content_hash(tensors, record)}"
+        record.update(fingerprint=fingerprint, elapsed_s=float(ckpt.progress.get("elapsed_s", 0.0)))
+        metadata = {STATE_FORMAT: fingerprint}  # one key: safetensors orders several differently in each process
         if self._committed is None:
             write_tensors(self.tensors_path, tensors, metadata)
             write_json(self.record_path, record)
@@ -124,7 +192,7 @@ class RunDir:
     def write_weights(self, ema_state: dict[str, torch.Tensor]) -> None:
         """model.safetensors <- the EMA weights of the committed checkpoint."""
         rec = self._committed
-        write_tensors(self.weights_path, ema_state, {"step": str(rec["step"]), "fingerprint": rec["fingerprint"]})
+        write_tensors(self.weights_path, ema_state, {"fingerprint": rec["fingerprint"]})  # one key, as above
 
     def load(self) -> Checkpoint:
         """Read the checkpoint; errors name the file and what is wrong with it."""
@@ -155,6 +223,7 @@ class RunDir:
         self._committed = record
         progress = {k: record[k] for k in PROGRESS_KEYS}
         progress["elapsed_s"] = record["elapsed_s"]
+        progress["window"] = record.get("metrics_window")  # absent in records of older versions
         return Checkpoint(progress, groups["model"], groups["ema"], optimizer, groups["rng"])
 
     def _tensors_fingerprint(self) -> str:
@@ -166,9 +235,11 @@ class RunDir:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"training state {path} is corrupt or not a safetensors file ({e})") from None
-        if meta.get("format") != STATE_FORMAT or not meta.get("fingerprint"):
+        # older versions wrote {"format": STATE_FORMAT, "step", "fingerprint"}
+        fingerprint = meta.get(STATE_FORMAT) or (meta.get("fingerprint") if meta.get("format") == STATE_FORMAT else None)
+        if not fingerprint:
             raise ValueError(f"training state {path} is corrupt: its metadata has no {STATE_FORMAT} fingerprint")
-        return meta["fingerprint"]
+        return fingerprint
 
     def _matching_record(self, fingerprint: str) -> dict:
         """The record (training_state.json, else the .prev one left by an interrupted save) of these tensors."""
@@ -196,7 +267,23 @@ def _read_record(path: Path) -> dict:
             raise ValueError(f"training state record {path} is corrupt: {key!r} must be an integer >= 0, got {v!r}")
     if not isinstance(rec.get("elapsed_s"), (int, float)) or not isinstance(rec.get("optimizer_scalars"), dict):
         raise ValueError(f"training state record {path} is corrupt: missing 'elapsed_s' or 'optimizer_scalars'")
+    window = rec.get("metrics_window")
+    if window is not None and not (
+            isinstance(window, dict) and set(window) == set(WINDOW_KEYS)
+            and isinstance(window["steps"], int) and not isinstance(window["steps"], bool) and window["steps"] >= 0
+            and all(isinstance(window[k], (int, float)) and math.isfinite(window[k]) for k in ("bpd_sum", "norm_sum"))):
+        raise ValueError(f"training state record {path} is corrupt: bad 'metrics_window' {window!r}")
     return rec
+
+
+def _content_hash(tensors: dict[str, torch.Tensor], record: dict) -> str:
+    """SHA-256 (first 32 hex digits) of the record (as sorted JSON) and every tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"\n{name} {t.dtype} {list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, whatever the dtype (bf16 included)
+    return h.hexdigest()[:32]
 
 
 def _scalar_to_json(value) -> dict:

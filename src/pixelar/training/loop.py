@@ -18,8 +18,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,15 +29,13 @@ from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, iterate_batches, load_dataset
 from ..evaluation import TOKEN_NOTE, evaluate, first_images
+from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_text
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
-from .checkpoint import Checkpoint, RunDir
+from .checkpoint import METRICS_NAME, SAMPLES_NAME, Checkpoint, RunDir
 from .ema import EMA
 from .optim import learning_rate, make_optimizer, set_lr
-
-METRICS_NAME = "metrics.jsonl"
-SAMPLES_NAME = "samples.png"
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,14 +60,41 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             depends on max_steps the result is bitwise that of a run started with the larger value). The new
             value is written to config.json.
 
+    While it runs it holds run_dir's lock (see RunDir.lock), and first deletes the temporary files that
+    killed runs left there.
+
     Raises:
         TrainingDiverged: max_bad_steps consecutive non-finite steps (nothing is written after the last good
             checkpoint).
-        ValueError: run_dir holds a checkpoint and resume is False; bad settings; a corrupt run file.
+        RunDirBusy: another process is training in run_dir (nothing is read or written).
+        DiskFullError: a write failed for lack of space or quota; the last checkpoint is kept.
+        ValueError: run_dir holds a checkpoint and resume is False; bad settings or data; a corrupt run file.
         FileNotFoundError: a missing run file (the message names it).
     """
     run = RunDir(run_dir)
     emit = tqdm.write if progress and log is print else log  # keep the bar intact while it is shown
+    with run.lock():
+        removed = run.remove_temp_files()
+        if removed:
+            emit(f"removed {removed} temporary file(s) left in {run.path} by an interrupted run")
+        try:
+            return _train(cfg, run, resume, progress, log, emit, on_step, max_steps)
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            err = e if isinstance(e, DiskFullError) else disk_full(e.filename or run.path, e)
+            raise DiskFullError(e.errno, f"{err}; {_kept(run)}: free space, then resume the run "
+                                         f"(pixelar train --resume {run.path})", err.filename) from None
+
+
+def _kept(run: RunDir) -> str:
+    last = run.checkpoint_step
+    return (f"the last good checkpoint in {run.path} (step {last}) is kept" if last is not None
+            else f"no checkpoint had been written to {run.path} yet")
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emit, on_step, max_steps) -> dict:
+    """train() holding the lock."""
     if resume:
         model_config, train_section = run.read_config()
         try:
@@ -95,6 +118,11 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     train_ds = first_images(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir), cfg.train_subset)
     test_ds = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir)
+    # the final evaluation's data are checked now, not after the last step
+    if test_ds.spec != train_ds.spec:
+        shape = lambda s: f"{s.channels}x{s.height}x{s.width} with {s.num_values} values"
+        raise ValueError(f"dataset {cfg.dataset!r}: its test images are {shape(test_ds.spec)} but its training images "
+                         f"{shape(train_ds.spec)}; both splits must have images of one size and kind")
     torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
     if model_config is not None:
         model = model_from_config(model_config, str(run.config_path))
@@ -115,8 +143,10 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         # the weights (a resumed run restores it from the checkpoint)
         model.tokenizer.fit(train_ds.images, seed=cfg.seed)
         emit(f"tokenizer: {model.tokenizer} fitted on the {len(train_ds)} training images")
-    if model.num_classes and train_ds.labels is None:
-        raise ValueError(f"the model is class-conditional but dataset {cfg.dataset!r} has no labels")
+    if model.num_classes and (train_ds.labels is None or test_ds.labels is None):
+        split = "training" if train_ds.labels is None else "test"
+        raise ValueError(f"the model is class-conditional but the {split} images of dataset {cfg.dataset!r} "
+                         "have no labels")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -139,6 +169,8 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         if max_steps is not None:
             run.write_config(model.config(), cfg.to_dict())
     metrics = _MetricsLog(run.path / METRICS_NAME, keep_through=step if ckpt is not None else None)
+    # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
+    window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
 
     emit(f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
          f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
@@ -154,7 +186,6 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
         emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf  # inf: norm measured, grads unchanged
     session_start = time.perf_counter()
-    window = _Window()
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - session_start
@@ -202,12 +233,9 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                 emit(f"step {step}: {reason} (loss {loss.item()}); step skipped, {bad} bad step(s) in a row")
                 metrics.write({"step": step, "skipped": True, "reason": reason, "bad_steps": bad, "lr": lr})
                 if bad >= cfg.max_bad_steps:
-                    last = run.checkpoint_step
-                    kept = (f"the last good checkpoint in {run.path} (step {last}) is kept" if last is not None
-                            else f"no checkpoint had been written to {run.path} yet")
                     raise TrainingDiverged(
                         f"training diverged: {bad} consecutive steps (up to step {step}, lr {lr:.3g}) had a non-finite "
-                        f"loss or gradient ({reason}); {kept}. Try a lower lr, warmup_steps, or grad_clip, or "
+                        f"loss or gradient ({reason}); {_kept(run)}. Try a lower lr, warmup_steps, or grad_clip, or "
                         "bf16 -> fp32 precision")
             bar.update(1)
             if window.steps:
@@ -225,7 +253,7 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
                          f"{line['images_per_s']:.0f} images/s")
                 window = _Window()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                _save(run, model, optimizer, ema, batches, step, bad, elapsed(), aug_gen)
+                _save(run, model, optimizer, ema, batches, step, bad, elapsed(), window, aug_gen)
                 if not progress:
                     emit(f"checkpoint at step {step}")
             if on_step is not None:
@@ -260,7 +288,8 @@ class _Batches:
 
     def __init__(self, ds: ImageDataset, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
         if len(ds) < batch_size:
-            raise ValueError(f"the training split has {len(ds)} images, fewer than batch_size={batch_size}")
+            raise ValueError(f"the training split of {ds.name!r} has {len(ds)} images, fewer than batch_size="
+                             f"{batch_size}: use a smaller batch size or more training images")
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self._start(epoch)
         for _ in range(batch):
@@ -286,12 +315,14 @@ class _Batches:
 
 
 class _Window:
-    """Running sums over the steps since the last metrics line."""
+    """Running sums over the steps since the last metrics line (steps and the sums are checkpointed; the
+    rest is wall-clock and starts afresh)."""
 
-    def __init__(self):
+    def __init__(self, steps: int = 0, bpd_sum: float = 0.0, norm_sum: float = 0.0):
         self.start = time.perf_counter()
-        self.steps = self.images = 0
-        self.bpd_sum = self.norm_sum = self.last_bpd = 0.0
+        self.steps, self.bpd_sum, self.norm_sum = steps, bpd_sum, norm_sum
+        self.images = 0
+        self.last_bpd = 0.0
         self.data_s = 0.0  # time spent waiting for batches (data loading runs in the training thread)
 
     def add(self, bpd: float, grad_norm: float, images: int) -> None:
@@ -307,6 +338,9 @@ class _Window:
     def data_fraction(self) -> float:
         """Fraction of the window's wall time spent getting batches (near 0: the step is never starved)."""
         return self.data_s / max(time.perf_counter() - self.start, 1e-9)
+
+    def state(self) -> dict:
+        return {"steps": self.steps, "bpd_sum": self.bpd_sum, "norm_sum": self.norm_sum}
 
 
 class _MetricsLog:
@@ -327,14 +361,10 @@ class _MetricsLog:
                     continue
                 if isinstance(rec, dict) and not rec.get("final") and rec.get("step", math.inf) <= keep_through:
                     kept.append(line + "\n")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
 
 
 def _augment_seed(seed: int) -> int:
@@ -352,7 +382,7 @@ def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str,
 
 
 def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int, bad: int, elapsed_s: float,
-          aug_gen: torch.Generator | None = None) -> None:
+          window: _Window, aug_gen: torch.Generator | None = None) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
@@ -362,7 +392,8 @@ def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int,
     if bad_names:
         raise TrainingDiverged(f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
                                f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept")
-    progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s}
+    progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s,
+                "window": window.state()}
     run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, aug_gen)))
 
 
