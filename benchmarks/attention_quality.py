@@ -9,6 +9,7 @@ the project defaults (Adam 0.95 / 0.9995, lr 2e-3, EMA), the same seed, batch, s
 
     python -m benchmarks.attention_quality --steps 100 --test-subset 500 [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def prepare(shared: Path, out_dir: Path) -> Path:
-    subprocess.run([sys.executable, str(shared / "unpack_cifar10_jpeg.py"), str(out_dir)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(shared / "unpack_cifar10_jpeg.py"), str(out_dir)], check=True, capture_output=True
+    )
     rng = np.random.default_rng(0)
     arrays = {}
     for split in ("train", "test"):
@@ -50,30 +52,47 @@ def main():
     ap.add_argument("--test-subset", type=int, default=500)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--shared-data", default=str(SHARED))
-    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (attention-quality block)")
+    ap.add_argument(
+        "--write", action="store_true", help="write the table into docs/benchmarks.md (attention-quality block)"
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         data = prepare(Path(args.shared_data), Path(d))
         for name in args.models.split(","):
-            cfg = TrainConfig(model=name, size="small", dataset=f"npz:{data}", batch_size=args.batch_size,
-                              max_steps=args.steps, sample_n=0, test_subset=args.test_subset,
-                              checkpoint_every=10**9, log_every=10**9)
+            cfg = TrainConfig(
+                model=name,
+                size="small",
+                dataset=f"npz:{data}",
+                batch_size=args.batch_size,
+                max_steps=args.steps,
+                sample_n=0,
+                test_subset=args.test_subset,
+                checkpoint_every=10**9,
+                log_every=10**9,
+            )
             t = time.perf_counter()
             res = train(cfg, f"{d}/run-{name}", progress=False, log=lambda *a: None)
             wall = time.perf_counter() - t
             from pixelar import ImageSpec, create_model
 
             params = create_model(name, ImageSpec(3, 32, 32), "small").num_parameters()
-            rows.append(f"| `{name}` small | {params:,} | {args.steps} x {args.batch_size} | {wall / 60:.1f} min | "
-                        f"{res['test_bpd']:.3f} |")
+            rows.append(
+                f"| `{name}` small | {params:,} | {args.steps} x {args.batch_size} | {wall / 60:.1f} min | "
+                f"{res['test_bpd']:.3f} |"
+            )
             print(rows[-1], flush=True)
-    table = "\n".join([f"CIFAR-10 (JPEG copy, shuffled), first {args.test_subset} test images; one shared CPU core.", "",
-                       "| model | params | steps x batch | wall time (train + test eval) | test bits/dim |",
-                       "|---|---|---|---|---|", *rows])
+    table = "\n".join(
+        [
+            f"CIFAR-10 (JPEG copy, shuffled), first {args.test_subset} test images; one shared CPU core.",
+            "",
+            "| model | params | steps x batch | wall time (train + test eval) | test bits/dim |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(table)
     if args.write:
-
         write_table("attention-quality", table)
 
 

@@ -9,6 +9,7 @@ Both return the same images (checked here too).
     python -m benchmarks.attention_sampling_speed --quick     # 16x16x3, 1 row, batch 4
     python -m benchmarks.attention_sampling_speed [--size 32 --rows 2 --batch 16] [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,19 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (attention-sampling block)")
+    ap.add_argument(
+        "--write", action="store_true", help="write the table into docs/benchmarks.md (attention-sampling block)"
+    )
     args = ap.parse_args(argv)
     size, rows, n = (16, 1, 4) if args.quick else (args.size, args.rows, args.batch)
     image = ImageSpec(3, size, size, 256)
-    lines = [f"`small` models, {size}x{size}x3, batch {n}, time per image batch extrapolated from the first "
-             f"{rows} row(s); CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}.",
-             "", "| model | params | naive s | cached s | speed-up |", "|---|---|---|---|---|"]
+    lines = [
+        f"`small` models, {size}x{size}x3, batch {n}, time per image batch extrapolated from the first "
+        f"{rows} row(s); CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}.",
+        "",
+        "| model | params | naive s | cached s | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     for name in MODELS:
         torch.manual_seed(0)
         model = pixelar.create_model(name, image, "small").eval()
@@ -58,14 +65,16 @@ def main(argv=None):
         naive, a = time_rows(model, n, rows, "naive")
         cached, b = time_rows(model, n, rows, "cached")
         if not torch.equal(a, b):
-            print(f"note: {name}: cached and naive samples differ in {int((a != b).flatten(1).any(1).sum())} of "
-                  f"{len(a)} images (a draw flipped by floating-point rounding; see docs/benchmarks.md)", file=sys.stderr)
+            print(
+                f"note: {name}: cached and naive samples differ in {int((a != b).flatten(1).any(1).sum())} of "
+                f"{len(a)} images (a draw flipped by floating-point rounding; see docs/benchmarks.md)",
+                file=sys.stderr,
+            )
         print(f"{name}: naive {naive:.1f} s, cached {cached:.1f} s", flush=True)
         lines.append(f"| `{name}` | {model.num_parameters():,} | {naive:.1f} | {cached:.1f} | {naive / cached:.1f}x |")
     text = "\n".join(lines)
     print(text)
     if args.write:
-
         write_table("attention-sampling", text)
 
 

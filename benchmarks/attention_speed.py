@@ -18,6 +18,7 @@ kernel where PyTorch has one (then its memory grows like N, its time like N^2).
     python -m benchmarks.attention_speed --quick             # 16x16 and 32x32, 2 layers; ~1 minute on CPU
     python -m benchmarks.attention_speed [--device cuda] [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,14 @@ def one_config(pattern: str, size: int, n_layer: int, reps: int, device: str) ->
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"pattern": pattern, "size": size, "N": N, "pairs": pairs, "s_per_step": statistics.median(times),
-            "peak_bytes": max(int(peak), 0)}
+    return {
+        "pattern": pattern,
+        "size": size,
+        "N": N,
+        "pairs": pairs,
+        "s_per_step": statistics.median(times),
+        "peak_bytes": max(int(peak), 0),
+    }
 
 
 def run(pattern, size, n_layer, reps, device) -> dict:
@@ -87,15 +94,20 @@ def run(pattern, size, n_layer, reps, device) -> dict:
 
 def table(rows, device, n_layer) -> str:
     dense = {r["size"]: r for r in rows if r["pattern"] == "dense"}
-    lines = [f"Sparse Transformer `small` with {n_layer} layers (d 64, 2 heads), batch 1, one training step; "
-             f"{device_name(device)}, torch {torch.__version__}.", "",
-             "| image (sub-pixels) | pattern | attention pairs / layer | s / step | peak memory | time vs dense |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Sparse Transformer `small` with {n_layer} layers (d 64, 2 heads), batch 1, one training step; "
+        f"{device_name(device)}, torch {torch.__version__}.",
+        "",
+        "| image (sub-pixels) | pattern | attention pairs / layer | s / step | peak memory | time vs dense |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         d = dense.get(r["size"])
         rel = f"{r['s_per_step'] / d['s_per_step']:.2f}x" if d else "-"
-        lines.append(f"| {r['size']}x{r['size']}x3 ({r['N']}) | {r['pattern']} | {r['pairs']:,} | "
-                     f"{r['s_per_step']:.3f} | {r['peak_bytes'] / 2**20:.0f} MiB | {rel} |")
+        lines.append(
+            f"| {r['size']}x{r['size']}x3 ({r['N']}) | {r['pattern']} | {r['pairs']:,} | "
+            f"{r['s_per_step']:.3f} | {r['peak_bytes'] / 2**20:.0f} MiB | {rel} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,10 +123,15 @@ def main(argv=None):
     ap.add_argument("--sizes", default=None, help="comma-separated image sizes (default 16,32,64)")
     ap.add_argument("--layers", type=int, default=None, help="layers (default 4; quick 2)")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--patterns", default=",".join(PATTERNS),
-                    help="comma-separated attention entries, e.g. strided,strided.local+strided.stride (split heads)")
+    ap.add_argument(
+        "--patterns",
+        default=",".join(PATTERNS),
+        help="comma-separated attention entries, e.g. strided,strided.local+strided.stride (split heads)",
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (attention-speed block)")
+    ap.add_argument(
+        "--write", action="store_true", help="write the table into docs/benchmarks.md (attention-speed block)"
+    )
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -129,8 +146,11 @@ def main(argv=None):
     for size in sizes:
         for pattern in args.patterns.split(","):
             r = run(pattern, size, n_layer, reps, args.device)
-            print(f"{size}x{size}x3 {pattern:8s} pairs {r['pairs']:>12,}  {r['s_per_step']:.3f} s/step  "
-                  f"peak {r['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+            print(
+                f"{size}x{size}x3 {pattern:8s} pairs {r['pairs']:>12,}  {r['s_per_step']:.3f} s/step  "
+                f"peak {r['peak_bytes'] / 2**20:.0f} MiB",
+                flush=True,
+            )
             rows.append(r)
     text = table(rows, args.device, n_layer)
     print(text)
@@ -138,7 +158,6 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     if args.write:
-
         write_table("attention-speed", text)
 
 

@@ -21,6 +21,7 @@ column splits the bits/dim (grayscale: grey image + image given grey; pyramid: e
 for every model the time to draw --sample-n images is measured (the cached sampler where the model
 has one, else the naive one; one thread per process is not forced, so run on quiet cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,9 @@ def main():
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--size", default="small")
     ap.add_argument("--test-subset", type=int, default=None)
-    ap.add_argument("--sample-n", type=int, default=None, help="images drawn for the sampling time (default 16; 4 with --quick)")
+    ap.add_argument(
+        "--sample-n", type=int, default=None, help="images drawn for the sampling time (default 16; 4 with --quick)"
+    )
     ap.add_argument("--out", default="benchmarks/out", help="where centre_hole.png goes")
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = ap.parse_args()
@@ -70,8 +73,15 @@ def main():
         from attention_quality import SHARED, prepare
 
         dataset = f"npz:{prepare(SHARED, Path(tmp.name))}"
-    base = TrainConfig(dataset=dataset, size=args.size, max_steps=steps, test_subset=test_subset, sample_n=0,
-                       checkpoint_every=10**9, log_every=10**9)
+    base = TrainConfig(
+        dataset=dataset,
+        size=args.size,
+        max_steps=steps,
+        test_subset=test_subset,
+        sample_n=0,
+        checkpoint_every=10**9,
+        log_every=10**9,
+    )
     rows, lmconv8 = [], None
     for name, overrides in runs(pixelar.list_models()):
         cfg = dataclasses.replace(base, model=name, model_overrides=overrides)
@@ -86,21 +96,28 @@ def main():
         label = f"{name} {args.size}" + (f", {overrides['num_orders']} order(s)" if "num_orders" in overrides else "")
         parts = " + ".join(f"{k} {v:.3f}" for k, v in res["bpd_parts"].items()) if "bpd_parts" in res else "-"
         sampling = sampling_time(model, sample_n)
-        rows.append(f"| {label} | {model.num_parameters() / 1e6:.2f}M | {steps} | {wall / 60:.1f} min | "
-                    f"{res['bpd']:.3f} | {single} | {parts} | {sampling} |")
+        rows.append(
+            f"| {label} | {model.num_parameters() / 1e6:.2f}M | {steps} | {wall / 60:.1f} min | "
+            f"{res['bpd']:.3f} | {single} | {parts} | {sampling} |"
+        )
         print(rows[-1], flush=True)
         if name == "lmconv" and overrides.get("num_orders") == 8:
             lmconv8 = model
     n_test = test_subset or "all"
-    table = "\n".join([f"{args.dataset}, {steps} steps x batch {base.batch_size}, same seed; one CPU core per run.", "",
-                        f"| model | params | steps | wall time (train + eval) | test bits/dim ({n_test} images) "
-                       f"| single order | parts (bits/dim) | sampling {sample_n} images |", "|---|---|---|---|---|---|---|---|",
-                        *rows])
+    table = "\n".join(
+        [
+            f"{args.dataset}, {steps} steps x batch {base.batch_size}, same seed; one CPU core per run.",
+            "",
+            f"| model | params | steps | wall time (train + eval) | test bits/dim ({n_test} images) "
+            f"| single order | parts (bits/dim) | sampling {sample_n} images |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(table)
     if lmconv8 is not None:
         inpaint(lmconv8, dataset, Path(args.out))
     if args.write:
-
         write_table("aux-lmconv" if args.dataset == "fashion_mnist" else "aux-lmconv-colour", table)
     tmp.cleanup()
 
@@ -122,8 +139,11 @@ def inpaint(model, dataset: str, out: Path, n_images: int = 4, n: int = 4) -> No
     spec = model.image
     keep = torch.ones(spec.height, spec.width, dtype=torch.bool)
     keep[spec.height // 4 : 3 * spec.height // 4, spec.width // 4 : 3 * spec.width // 4] = False
-    x_all, _ = next(iterate_batches(load_dataset(dataset, "test"), n_images, shuffle=False,
-                                    generator=torch.Generator().manual_seed(0)))  # (n_images, C, H, W) model values
+    x_all, _ = next(
+        iterate_batches(
+            load_dataset(dataset, "test"), n_images, shuffle=False, generator=torch.Generator().manual_seed(0)
+        )
+    )  # (n_images, C, H, W) model values
     tiles = []
     g = torch.Generator().manual_seed(0)
     hidden_dims = int((~keep).sum()) * spec.channels
@@ -135,8 +155,10 @@ def inpaint(model, dataset: str, out: Path, n_images: int = 4, n: int = 4) -> No
         tiles += [x[None], (x * keep)[None], complete(model, x, keep, n=n, generator=g, method="naive")]
     out.mkdir(parents=True, exist_ok=True)
     save_grid(torch.cat(tiles), spec, out / "centre_hole.png", nrow=n + 2)
-    print(f"centre hole: conditional bits/dim of the hidden region {sum(bits) / len(bits):.3f} "
-          f"(mean over {n_images} test images); picture: {out / 'centre_hole.png'}")
+    print(
+        f"centre hole: conditional bits/dim of the hidden region {sum(bits) / len(bits):.3f} "
+        f"(mean over {n_images} test images); picture: {out / 'centre_hole.png'}"
+    )
 
 
 if __name__ == "__main__":

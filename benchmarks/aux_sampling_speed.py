@@ -11,6 +11,7 @@ LMConv (its first S-curve order) computes one column of every layer per pixel fr
     python -m benchmarks.aux_sampling_speed --quick          # 8x8x3, batch 2: seconds
     python -m benchmarks.aux_sampling_speed [--images 28x28x1,32x32x3 --batch 4] [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,13 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (aux-sampling block)")
     args = ap.parse_args(argv)
     images, n = (["8x8x3"], 2) if args.quick else (args.images.split(","), args.batch)
-    lines = [f"`small` models, random weights, {n} whole images per call; CPU ({platform.machine()}, "
-             f"{torch.get_num_threads()} thread(s)), torch {torch.__version__}.", "",
-             "| image | model | params | naive s | cached s | speed-up |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"`small` models, random weights, {n} whole images per call; CPU ({platform.machine()}, "
+        f"{torch.get_num_threads()} thread(s)), torch {torch.__version__}.",
+        "",
+        "| image | model | params | naive s | cached s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for text in images:
         H, W, C = (int(v) for v in text.split("x"))
         spec = ImageSpec(C, H, W, 256)
@@ -58,15 +63,20 @@ def main(argv=None):
             naive, a = time_sample(model, n, "naive")
             cached, b = time_sample(model, n, "cached")
             if not torch.equal(a, b):
-                print(f"note: {name} {text}: cached and naive samples differ in {int((a != b).flatten(1).any(1).sum())} of "
-                      f"{len(a)} images (a draw flipped by floating-point rounding; see docs/benchmarks.md)", file=sys.stderr)
+                print(
+                    f"note: {name} {text}: cached and naive samples differ in "
+                    f"{int((a != b).flatten(1).any(1).sum())} of {len(a)} images (a draw flipped by floating-point "
+                    "rounding; see docs/sampling.md)",
+                    file=sys.stderr,
+                )
             print(f"{text} {name}: naive {naive:.1f} s, cached {cached:.1f} s", flush=True)
-            lines.append(f"| {text} | `{name}` | {model.num_parameters():,} | {naive:.1f} | {cached:.1f} "
-                         f"| {naive / cached:.1f}x |")
+            lines.append(
+                f"| {text} | `{name}` | {model.num_parameters():,} | {naive:.1f} | {cached:.1f} "
+                f"| {naive / cached:.1f}x |"
+            )
     text = "\n".join(lines)
     print(text)
     if args.write:
-
         write_table("aux-sampling", text)
 
 

@@ -9,6 +9,7 @@ the raw uint8 pixels of all images together; plus the coder's speed.
     python -m benchmarks.compression --run RUN_DIR [--n 100] [--write]
     python -m benchmarks.compression --steps 300 --n 20          # trains a small PixelCNN++ first
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def main(argv=None):
         run = args.run
         if run is None:
             run = str(Path(tmp) / "run")
-            train(TrainConfig(max_steps=args.steps, sample_n=0, test_subset=100), run, progress=False,
-                  log=lambda *a: None)
+            train(
+                TrainConfig(max_steps=args.steps, sample_n=0, test_subset=100), run, progress=False, log=lambda *a: None
+            )
         model = pixelar.load_model(run).eval()
         train_cfg = read_json(Path(run) / "config.json", "run config").get("train", {})
         dataset = train_cfg.get("dataset", "fashion_mnist")
@@ -76,17 +78,23 @@ def main(argv=None):
             nats = -sum(model.log_prob(model.encode(x[k : k + 100])).sum().item() for k in range(0, args.n, 100))
         spec = model.data_image
         arr = (x * 255 // (spec.num_values - 1)).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        rows = [("pixelar codec (this model)", 8 * sum(len(s) for s in streams) / dims),
-                ("the model's -log2 p(x) (ideal)", nats / math.log(2) / dims),
-                ("PNG (optimize)", 8 * sum(image_bytes(a, "PNG", optimize=True) for a in arr) / dims)]
+        rows = [
+            ("pixelar codec (this model)", 8 * sum(len(s) for s in streams) / dims),
+            ("the model's -log2 p(x) (ideal)", nats / math.log(2) / dims),
+            ("PNG (optimize)", 8 * sum(image_bytes(a, "PNG", optimize=True) for a in arr) / dims),
+        ]
         if features.check("webp"):
             rows.append(("WebP lossless", 8 * sum(image_bytes(a, "WEBP", lossless=True, method=6) for a in arr) / dims))
         rows.append(("gzip -9 of the raw pixels", 8 * len(gzip.compress(arr.tobytes(), 9)) / dims))
     source = f"run {Path(run).name}" if args.run else f"trained here for {args.steps} steps"
-    lines = [f"`{model.name}` ({model.num_parameters():,} parameters, {source}), the first {args.n} "
-             f"{dataset} test images, {args.batch} per stream; one CPU thread: compress {args.n / t_enc:.1f} "
-             f"images/s, decompress {args.n / t_dec:.1f} images/s; every image decompressed identical.", "",
-             "| method | bits/dim | vs raw 8 bits |", "|---|---|---|"]
+    lines = [
+        f"`{model.name}` ({model.num_parameters():,} parameters, {source}), the first {args.n} "
+        f"{dataset} test images, {args.batch} per stream; one CPU thread: compress {args.n / t_enc:.1f} "
+        f"images/s, decompress {args.n / t_dec:.1f} images/s; every image decompressed identical.",
+        "",
+        "| method | bits/dim | vs raw 8 bits |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {bpd:.3f} | {bpd / 8:.1%} |" for name, bpd in rows]
     text = "\n".join(lines)
     print(text)

@@ -13,6 +13,7 @@ sampling speed of the KV cache against the naive sampler.
     python -m benchmarks.igpt_probe --quick          # a minute or two: checks that everything runs
     python -m benchmarks.igpt_probe [--steps 2000 --batch-size 16 --probe-train 5000 --probe-test 10000] --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,31 @@ def main(argv=None):
         args.rows, args.sample_batch, args.warmup_steps = 1, 2, 2
     torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(model="image_gpt", size=args.size, dataset=args.dataset, train_subset=args.train_subset,
-                      max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, betas=(0.9, 0.95),
-                      warmup_steps=args.warmup_steps, lr_decay=1.0, test_subset=args.probe_test, sample_n=0,
-                      checkpoint_every=max(args.steps, 1))
+    cfg = TrainConfig(
+        model="image_gpt",
+        size=args.size,
+        dataset=args.dataset,
+        train_subset=args.train_subset,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        warmup_steps=args.warmup_steps,
+        lr_decay=1.0,
+        test_subset=args.probe_test,
+        sample_n=0,
+        checkpoint_every=max(args.steps, 1),
+    )
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         res = train(cfg, f"{d}/run", progress=False, log=lambda *a: None)
         train_s = time.perf_counter() - t
         model = pixelar.load_model(f"{d}/run")
-    print(f"trained {args.steps} steps x {args.batch_size} in {train_s / 60:.1f} min: "
-          f"{res['test_nats_per_token']:.4f} nats per token on {args.probe_test} test images", flush=True)
+    print(
+        f"trained {args.steps} steps x {args.batch_size} in {train_s / 60:.1f} min: "
+        f"{res['test_nats_per_token']:.4f} nats per token on {args.probe_test} test images",
+        flush=True,
+    )
 
     train_ds = first_images(load_dataset(args.dataset, "train"), args.train_subset)
     test_ds = load_dataset(args.dataset, "test")
@@ -76,13 +91,20 @@ def main(argv=None):
     for label, m in (("pretrained", model), ("untrained", untrained)):
         t = time.perf_counter()
         probes[label] = linear_probe(m, train_ds, test_ds, train_subset=args.probe_train, test_subset=args.probe_test)
-        print(f"probe ({label}): {time.perf_counter() - t:.0f} s: "
-              + ", ".join(f"L{r['layer']} {100 * r['test_accuracy']:.1f}%" for r in probes[label]), flush=True)
+        print(
+            f"probe ({label}): {time.perf_counter() - t:.0f} s: "
+            + ", ".join(f"L{r['layer']} {100 * r['test_accuracy']:.1f}%" for r in probes[label]),
+            flush=True,
+        )
 
     # reference: the same probe on the raw pixels (C*H*W values scaled to [0, 1]), no model
-    raw = probe_layer(train_ds.images[: args.probe_train].flatten(1).double() / 255,
-                      train_ds.labels[: args.probe_train], test_ds.images[: args.probe_test].flatten(1).double() / 255,
-                      test_ds.labels[: args.probe_test], train_ds.num_classes)
+    raw = probe_layer(
+        train_ds.images[: args.probe_train].flatten(1).double() / 255,
+        train_ds.labels[: args.probe_train],
+        test_ds.images[: args.probe_test].flatten(1).double() / 255,
+        test_ds.labels[: args.probe_test],
+        train_ds.num_classes,
+    )
     print(f"probe (raw pixels): {100 * raw['test_accuracy']:.1f}%", flush=True)
 
     naive_s, a = time_rows(model, args.sample_batch, args.rows, "naive")
@@ -108,13 +130,17 @@ def main(argv=None):
         name = f"{r['layer']}" + (" (final norm)" if r["layer"] == n_layer else "")
         mark = " (best)" if r is best else ""
         lines.append(f"| {name} | {100 * r['test_accuracy']:.1f}%{mark} | {100 * u['test_accuracy']:.1f}% |")
-    lines += ["", f"The same logistic regression on the raw pixels ({train_ds.spec.dims} values, no model): "
-              f"{100 * raw['test_accuracy']:.1f}%.", "", f"Sampling a batch of {args.sample_batch} (extrapolated from the first {args.rows} row(s)): naive "
-              f"{naive_s:.1f} s, KV-cached {cached_s:.1f} s ({naive_s / cached_s:.1f}x; {same})."]
+    lines += [
+        "",
+        f"The same logistic regression on the raw pixels ({train_ds.spec.dims} values, no model): "
+        f"{100 * raw['test_accuracy']:.1f}%.",
+        "",
+        f"Sampling a batch of {args.sample_batch} (extrapolated from the first {args.rows} row(s)): naive "
+        f"{naive_s:.1f} s, KV-cached {cached_s:.1f} s ({naive_s / cached_s:.1f}x; {same}).",
+    ]
     table = "\n".join(lines)
     print(table)
     if args.write:
-
         write_table("igpt-probe", table)
 
 

@@ -13,6 +13,7 @@ exact test bits/dim of the EMA weights. Recipes (Adam throughout; lr decays by -
     python -m benchmarks.optimizer_recipes --quick
     python -m benchmarks.optimizer_recipes --models image_transformer_dmol,sparse_transformer --steps 400 [--write]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr-decay", type=float, default=0.9995)
     ap.add_argument("--test-subset", type=int, default=1000)
-    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (optimizer-recipes block)")
+    ap.add_argument(
+        "--write", action="store_true", help="write the table into docs/benchmarks.md (optimizer-recipes block)"
+    )
     args = ap.parse_args(argv)
     size, steps, test_subset = ("tiny", 20, 100) if args.quick else (args.size, args.steps, args.test_subset)
     rows = []
@@ -53,25 +56,41 @@ def main(argv=None):
         for model in args.models.split(","):
             for recipe in args.recipes.split(","):
                 r = RECIPES[recipe]
-                cfg = TrainConfig(model=model, size=size, dataset=args.dataset, max_steps=steps,
-                                  batch_size=args.batch_size, lr=r["lr"], betas=r["betas"], lr_decay=args.lr_decay,
-                                  warmup_steps=round(r["warmup_fraction"] * steps), test_subset=test_subset,
-                                  sample_n=0, checkpoint_every=10**9)
+                cfg = TrainConfig(
+                    model=model,
+                    size=size,
+                    dataset=args.dataset,
+                    max_steps=steps,
+                    batch_size=args.batch_size,
+                    lr=r["lr"],
+                    betas=r["betas"],
+                    lr_decay=args.lr_decay,
+                    warmup_steps=round(r["warmup_fraction"] * steps),
+                    test_subset=test_subset,
+                    sample_n=0,
+                    checkpoint_every=10**9,
+                )
                 t = time.perf_counter()
                 out = train(cfg, Path(tmp) / f"{model}-{recipe}", progress=False, log=lambda *a: None)
                 wall = time.perf_counter() - t
-                rows.append(f"| `{model}` | {recipe} | {r['lr']:g} | {r['betas'][0]}, {r['betas'][1]} | "
-                            f"{cfg.warmup_steps} | {wall / 60:.1f} min | {out['test_bpd']:.3f} |")
+                rows.append(
+                    f"| `{model}` | {recipe} | {r['lr']:g} | {r['betas'][0]}, {r['betas'][1]} | "
+                    f"{cfg.warmup_steps} | {wall / 60:.1f} min | {out['test_bpd']:.3f} |"
+                )
                 print(rows[-1], flush=True)
-    table = "\n".join([
-        f"{args.dataset}, `{size}` models, {steps} steps x batch {args.batch_size}, lr decay {args.lr_decay} per "
-        f"step, same seed; test bits/dim of the EMA weights on the first {test_subset} test images; "
-        f"{torch.get_num_threads()} thread(s).", "",
-        "| model | recipe | lr | Adam betas | warm-up steps | wall time (train + eval) | test bits/dim |",
-        "|---|---|---|---|---|---|---|", *rows])
+    table = "\n".join(
+        [
+            f"{args.dataset}, `{size}` models, {steps} steps x batch {args.batch_size}, lr decay {args.lr_decay} per "
+            f"step, same seed; test bits/dim of the EMA weights on the first {test_subset} test images; "
+            f"{torch.get_num_threads()} thread(s).",
+            "",
+            "| model | recipe | lr | Adam betas | warm-up steps | wall time (train + eval) | test bits/dim |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(table)
     if args.write:
-
         write_table("optimizer-recipes", table)
 
 

@@ -6,6 +6,7 @@ EMA weights in both cases), and writes a Markdown table and a PNG plot of the tw
 
     python -m benchmarks.precision_curves --steps 200 [--test-subset 2000] [--write] [--png docs/precision_curves.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: Path, size=(640, 400)
     W, H = size
 
     def xy(s, b):
-        return (margin + (W - 2 * margin) * (s - x0) / max(x1 - x0, 1),
-                H - margin - (H - 2 * margin) * (min(b, y1) - y0) / max(y1 - y0, 1e-9))
+        return (
+            margin + (W - 2 * margin) * (s - x0) / max(x1 - x0, 1),
+            H - margin - (H - 2 * margin) * (min(b, y1) - y0) / max(y1 - y0, 1e-9),
+        )
 
     d.rectangle([margin, margin, W - margin, H - margin], outline="black")
     for frac in (0, 0.5, 1):
@@ -85,20 +88,25 @@ def main():
     b16 = dict(curves["bf16"])
     pick = sorted(set(steps[:: max(1, len(steps) // 8)] + [steps[-1]]))
     n_test = args.test_subset or 10000
-    lines = [f"`{base.model}` ({base.size}) on {base.dataset}, batch {base.batch_size}, same seed and data order; "
-             f"train bits/dim averaged over {base.log_every} steps; test bits/dim on {n_test:,} test images "
-             f"(fp32 evaluation of the EMA weights). Plot: `{args.png}`.",
-             "", "| step | fp32 train bits/dim | bf16 train bits/dim | difference |", "|---|---|---|---|"]
+    lines = [
+        f"`{base.model}` ({base.size}) on {base.dataset}, batch {base.batch_size}, same seed and data order; "
+        f"train bits/dim averaged over {base.log_every} steps; test bits/dim on {n_test:,} test images "
+        f"(fp32 evaluation of the EMA weights). Plot: `{args.png}`.",
+        "",
+        "| step | fp32 train bits/dim | bf16 train bits/dim | difference |",
+        "|---|---|---|---|",
+    ]
     for s, b in curves["fp32"]:
         if s in pick:
             lines.append(f"| {s} | {b:.4f} | {b16[s]:.4f} | {b16[s] - b:+.4f} |")
-    lines.append(f"| test (after {args.steps}) | {finals['fp32']:.4f} | {finals['bf16']:.4f} | "
-                 f"{finals['bf16'] - finals['fp32']:+.4f} |")
+    lines.append(
+        f"| test (after {args.steps}) | {finals['fp32']:.4f} | {finals['bf16']:.4f} | "
+        f"{finals['bf16'] - finals['fp32']:+.4f} |"
+    )
     lines.append(f"| wall time | {walls['fp32']:.0f} s | {walls['bf16']:.0f} s | |")
     table = "\n".join(lines)
     print(table)
     if args.write:
-
         write_table("precision-curves", table)
 
 

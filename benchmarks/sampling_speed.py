@@ -14,6 +14,7 @@ fp32 and bf16 (torch.autocast on CPU, where it works) precisions. Prints a Markd
     python -m benchmarks.sampling_speed --quick      # < 2 minutes: small (+ paper, 28x28x1, batch 1), few steps
     python -m benchmarks.sampling_speed              # small and paper, full cached images
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def autocast(precision: str):
 @torch.no_grad()
 def naive_step_time(model, x, steps: int, precision: str) -> float:
     """Seconds per step of the naive sampler (a joint distribution: one step per pixel), over `steps` steps."""
-    dist, (C, H, W), g = model.distribution, model.image.shape, torch.Generator().manual_seed(0)
+    dist, W, g = model.distribution, model.image.width, torch.Generator().manual_seed(0)
     with autocast(precision):
         model(x)  # warm-up
         t = time.perf_counter()
@@ -54,7 +55,7 @@ def naive_step_time(model, x, steps: int, precision: str) -> float:
 @torch.no_grad()
 def cached_image_time(model, x, rows: int, precision: str) -> tuple[float, float, int]:
     """(seconds per image batch, extrapolated from `rows` rows plus compile; compile seconds; cache bytes)."""
-    dist, (C, H, W), g = model.distribution, model.image.shape, torch.Generator().manual_seed(0)
+    dist, (H, W), g = model.distribution, model.image.shape[1:], torch.Generator().manual_seed(0)
     with autocast(precision):
         t = time.perf_counter()
         state = model.begin_cache(x)
@@ -133,41 +134,58 @@ def main(argv=None):
                     paper = size == "paper"
                     naive_steps = (args.paper_naive_steps if paper else args.naive_steps) or (2 if args.quick else 16)
                     rows = min(H, (args.paper_cached_rows if paper else args.cached_rows) or (1 if args.quick else H))
-                    one = dict(size=size, image=image_name, batch=batch, precision=precision,
-                               naive_steps=naive_steps, rows=rows, threads=args.threads)
-                    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True,
-                                          text=True)
+                    one = dict(
+                        size=size,
+                        image=image_name,
+                        batch=batch,
+                        precision=precision,
+                        naive_steps=naive_steps,
+                        rows=rows,
+                        threads=args.threads,
+                    )
+                    proc = subprocess.run(
+                        [sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True, text=True
+                    )
                     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
                     if line is None:
-                        print(f"{size} {image_name} {batch} {precision}: failed "
-                              f"({(proc.stderr.strip().splitlines() or ['no output'])[-1]})", flush=True)
+                        print(
+                            f"{size} {image_name} {batch} {precision}: failed "
+                            f"({(proc.stderr.strip().splitlines() or ['no output'])[-1]})",
+                            flush=True,
+                        )
                         continue
-                    r = json.loads(line[len("RESULT "):])
+                    r = json.loads(line[len("RESULT ") :])
                     if "skipped" in r:
                         print(f"{size} {image_name} {precision}: skipped ({r['skipped']})", flush=True)
                         continue
-                    how = (f"cached: {rows}/{H} rows + cache set-up ({r['compile_s']:.2f} s)" if rows < H
-                           else "cached: whole image")
+                    how = (
+                        f"cached: {rows}/{H} rows + cache set-up ({r['compile_s']:.2f} s)"
+                        if rows < H
+                        else "cached: whole image"
+                    )
                     rows_md.append(
                         f"| {size} | {image_name} | {batch} | {precision} | {batch / r['naive_s']:.3g} | "
                         f"{batch / r['cached_s']:.3g} | {r['naive_s'] / r['cached_s']:.1f}x | "
                         f"{r['cache_bytes'] / 2**20:.1f} MiB | {r['peak_bytes'] / 2**30:.2f} GiB | "
-                        f"naive: {naive_steps}/{H * IMAGES[image_name].width} steps; {how} |")
+                        f"naive: {naive_steps}/{H * IMAGES[image_name].width} steps; {how} |"
+                    )
                     print(rows_md[-1], flush=True)
     threads = args.threads or torch.get_num_threads()
-    table = "\n".join([
-        f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{threads} threads, naive and cached side by side in one run; extrapolated where the last column says "
-        f"({time.perf_counter() - t0:.0f} s in all). Peak memory: resident set of the process measuring that row.",
-        "",
-        "| size | image | batch | precision | naive img/s | cached img/s | speedup | cache memory | peak memory | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *rows_md,
-    ])
+    table = "\n".join(
+        [
+            f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+            f"{threads} threads, naive and cached side by side in one run; extrapolated where the last column says "
+            f"({time.perf_counter() - t0:.0f} s in all). Peak memory: resident set of the process measuring that row.",
+            "",
+            "| size | image | batch | precision | naive img/s | cached img/s | speedup | cache memory | peak memory "
+            "| measured |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows_md,
+        ]
+    )
     print()
     print(table)
     if args.write:
-
         write_table("sampling-speed", table)
 
 

@@ -1,5 +1,6 @@
 """Write a benchmark's Markdown table into docs/benchmarks.md between `<!-- NAME:start -->` and
 `<!-- NAME:end -->`, so every published figure is the output of the script named beside it."""
+
 from __future__ import annotations
 
 from pathlib import Path

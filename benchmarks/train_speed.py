@@ -17,6 +17,7 @@ a full run (the released PixelCNN++ took about 5 days on 8 Maxwell TITAN X to re
         image_transformer image_transformer_dmol sparse_transformer image_gpt --sizes small --modes fp32 bf16 \
         --no-reference --block train-speed-models --write   # the other families at small size
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,8 +105,16 @@ def run_one(spec: dict) -> dict:
     else:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     compiled = getattr(log_prob, "compiled", None)
-    return dict(params=model.num_parameters(), flops=flops, seconds=s, first_step_s=first,
-                images_per_s=spec["batch"] / s, flops_per_s=flops / s, peak_mem=peak_mem, compiled=compiled)
+    return dict(
+        params=model.num_parameters(),
+        flops=flops,
+        seconds=s,
+        first_step_s=first,
+        images_per_s=spec["batch"] / s,
+        flops_per_s=flops / s,
+        peak_mem=peak_mem,
+        compiled=compiled,
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -120,12 +129,23 @@ def configs(args) -> list[tuple[str, dict]]:
     out = []
     for model in args.models:
         for size in args.sizes:
-            out.append((f"{model} {size}, 32x32x3, batch 16", dict(model=model, size=size, image=[3, 32, 32], batch=16)))
+            out.append(
+                (f"{model} {size}, 32x32x3, batch 16", dict(model=model, size=size, image=[3, 32, 32], batch=16))
+            )
     if "pixelcnn_pp" in args.models and not args.no_reference:
         # the configuration of the public port's published timing: 64 filters, 2 resnets
-        out.append(("pixelcnn_pp 64 filters, 2 resnets, 28x28x1, batch 32",
-                    dict(model="pixelcnn_pp", size="small", image=[1, 28, 28], batch=32,
-                         overrides=dict(nr_filters=64, nr_resnet=2, dropout=0.5))))
+        out.append(
+            (
+                "pixelcnn_pp 64 filters, 2 resnets, 28x28x1, batch 32",
+                dict(
+                    model="pixelcnn_pp",
+                    size="small",
+                    image=[1, 28, 28],
+                    batch=32,
+                    overrides=dict(nr_filters=64, nr_resnet=2, dropout=0.5),
+                ),
+            )
+        )
     return out
 
 
@@ -139,12 +159,19 @@ def main():
     ap.add_argument("--no-reference", action="store_true", help="skip the 64-filter 28x28x1 reference configuration")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--reps-paper", type=int, default=None, help="timed repetitions for paper sizes (default --reps)")
-    ap.add_argument("--compiled-configs", default="pixelcnn_pp", help="comma-separated models that run the "
-                    "compiled modes (compiling takes minutes per model on a CPU); 'all' for every model")
+    ap.add_argument(
+        "--compiled-configs",
+        default="pixelcnn_pp",
+        help="comma-separated models that run the "
+        "compiled modes (compiling takes minutes per model on a CPU); 'all' for every model",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
-    ap.add_argument("--block", default="train-speed", help="docs/benchmarks.md block to write (train-speed-models: the other "
-                    "model families)")
+    ap.add_argument(
+        "--block",
+        default="train-speed",
+        help="docs/benchmarks.md block to write (train-speed-models: the other model families)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration given as JSON
     args = ap.parse_args()
     if args.one:
@@ -159,39 +186,50 @@ def main():
     rows = []
     for label, spec in configs(args):
         for mode in args.modes:
-            if mode.startswith("compiled") and args.compiled_configs != "all" and (
-                    spec["model"] not in args.compiled_configs.split(",") or spec["size"] == "paper"):
+            if (
+                mode.startswith("compiled")
+                and args.compiled_configs != "all"
+                and (spec["model"] not in args.compiled_configs.split(",") or spec["size"] == "paper")
+            ):
                 continue  # compile only where asked: minutes per model on a CPU (paper sizes: tens of minutes)
             reps = args.reps_paper if spec["size"] == "paper" and args.reps_paper else args.reps
             one = dict(spec, mode=mode, reps=reps, device=args.device, threads=args.threads)
-            proc = subprocess.run([sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True, text=True
+            )
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
                 err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 print(f"{label} {mode}: failed ({err})", flush=True)
                 continue
-            r = json.loads(line[len("RESULT "):])
+            r = json.loads(line[len("RESULT ") :])
             shown = mode if r["compiled"] is not False else f"{mode} (eager fallback)"
             p = peak["bf16" if mode.endswith("bf16") else "fp32"]
-            rows.append(f"| {label} | {r['params'] / 1e6:.2f}M | {shown} | {r['flops'] / 1e9:.0f} | {r['seconds']:.2f} | "
-                        f"{r['images_per_s']:.1f} | {r['flops_per_s'] / 1e12:.3f} | {100 * r['flops_per_s'] / p:.0f}% | "
-                        f"{r['peak_mem'] / 2**30:.2f} | {r['first_step_s']:.0f} | {_duration(50000 / r['images_per_s'])} |")
+            rows.append(
+                f"| {label} | {r['params'] / 1e6:.2f}M | {shown} | {r['flops'] / 1e9:.0f} | {r['seconds']:.2f} | "
+                f"{r['images_per_s']:.1f} | {r['flops_per_s'] / 1e12:.3f} | {100 * r['flops_per_s'] / p:.0f}% | "
+                f"{r['peak_mem'] / 2**30:.2f} | {r['first_step_s']:.0f} | {_duration(50000 / r['images_per_s'])} |"
+            )
             print(rows[-1], flush=True)
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()})")
-    table = "\n".join([
-        f"Measured on {where}, torch {torch.__version__}; matmul peak in the same run: "
-        f"fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s. "
-        "% of peak is against the peak of the step's precision; first step includes warm-up and compilation.",
-        "",
-        "| configuration | params | mode | GFLOP/step | s/step | images/s | TFLOP/s | % of matmul peak | peak memory GiB | first step s "
-        "| one CIFAR-10 epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ])
+    where = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()})"
+    )
+    table = "\n".join(
+        [
+            f"Measured on {where}, torch {torch.__version__}; matmul peak in the same run: "
+            f"fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s. "
+            "% of peak is against the peak of the step's precision; first step includes warm-up and compilation.",
+            "",
+            "| configuration | params | mode | GFLOP/step | s/step | images/s | TFLOP/s | % of matmul peak "
+            "| peak memory GiB | first step s | one CIFAR-10 epoch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     print(table)
     if args.write:
-
         write_table(args.block, table)
 
 

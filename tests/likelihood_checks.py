@@ -1,4 +1,5 @@
 """Black-box likelihood checks usable on any model through the public API (shared by several test files)."""
+
 from __future__ import annotations
 
 import itertools
@@ -55,8 +56,14 @@ def causality_violations(model, x, cond=None) -> tuple[list, int]:
     # one image per call: vectorized kernels (e.g. F.elu) may round the tail of a batch differently from the
     # rest, so the same image could score a last-bit differently at another batch position
     with torch.no_grad():
-        lp = torch.cat([model.log_prob(xs[k : k + 1].view(1, *spec.shape), None if c is None else c[k : k + 1],
-                                       reduce=False).reshape(1, D) for k in range(D + 1)])
+        lp = torch.cat(
+            [
+                model.log_prob(
+                    xs[k : k + 1].view(1, *spec.shape), None if c is None else c[k : k + 1], reduce=False
+                ).reshape(1, D)
+                for k in range(D + 1)
+            ]
+        )
     violations, later_changes = [], 0
     for t in range(D):
         before, after = order[:t], order[t + 1 :]

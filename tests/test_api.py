@@ -1,4 +1,5 @@
 """Public API: registry errors, input validation, save/load round trip, naive sampling and completion."""
+
 import json
 
 import pytest

@@ -1,5 +1,6 @@
 """pixelar.nn.attention: every pattern against a dense reference with an explicit mask written from the
 papers' set definitions, causality (no position reads a later one), KV-cached steps, and the work saved."""
+
 import itertools
 
 import pytest
@@ -65,8 +66,12 @@ CASES = {
     "fixed.summary": dict(name="fixed.summary", N=23, stride=5, summary=1),
     "local_1d": dict(name="local_1d", N=23, stride=4),
     "local_1d_strict": dict(name="local_1d", N=23, stride=4, strict=True),
-    "local_2d_block_raster": dict(name="local_2d", N=35, coords=grid_coords(5, 7, _o), query_shape=(2, 3), flange=(1, 2)),
-    "local_2d_raster": dict(name="local_2d", N=35, coords=grid_coords(5, 7, torch.arange(35)), query_shape=(2, 3), flange=(2, 1)),
+    "local_2d_block_raster": dict(
+        name="local_2d", N=35, coords=grid_coords(5, 7, _o), query_shape=(2, 3), flange=(1, 2)
+    ),
+    "local_2d_raster": dict(
+        name="local_2d", N=35, coords=grid_coords(5, 7, torch.arange(35)), query_shape=(2, 3), flange=(2, 1)
+    ),
 }
 
 
@@ -171,14 +176,25 @@ def test_heads_split_between_patterns_equal_per_group_dense_references():
     layer = CausalSelfAttention(8, 4, 8, 12, tuple(AttentionPattern(n, 23, stride=5) for n in names))
     x = torch.randn(3, 23, 8, requires_grad=True)
     q, k, v = layer._heads(x)
-    ref = torch.cat([reference_attend(q[:, 2 * g : 2 * g + 2], k[:, 2 * g : 2 * g + 2], v[:, 2 * g : 2 * g + 2],
-                                      reference_mask(n, 23, stride=5)) for g, n in enumerate(names)], dim=1)
+    ref = torch.cat(
+        [
+            reference_attend(
+                q[:, 2 * g : 2 * g + 2],
+                k[:, 2 * g : 2 * g + 2],
+                v[:, 2 * g : 2 * g + 2],
+                reference_mask(n, 23, stride=5),
+            )
+            for g, n in enumerate(names)
+        ],
+        dim=1,
+    )
     ref = layer.proj(ref.transpose(1, 2).reshape(3, 23, 12))
     out = layer(x)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
     w = torch.randn(out.shape)
-    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((ref * w).sum(), x)[0],
-                               atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        torch.autograd.grad((out * w).sum(), x)[0], torch.autograd.grad((ref * w).sum(), x)[0], atol=1e-10, rtol=1e-10
+    )
     # the two groups really differ: the same heads under one shared pattern give another output
     merged = CausalSelfAttention(8, 4, 8, 12, AttentionPattern("strided.local", 23, stride=5))
     merged.load_state_dict(layer.state_dict())
@@ -194,7 +210,7 @@ def test_heads_split_between_patterns_equal_per_group_dense_references():
 def scores_computed(pattern):
     """Query-key pairs the block-sparse computation evaluates (padding included)."""
     if pattern.kind == "dense":
-        return pattern.length ** 2
+        return pattern.length**2
     return sum(p.mask.numel() for p in pattern.parts)
 
 
@@ -202,6 +218,7 @@ def test_sparse_patterns_do_o_n_sqrt_n_work():
     """32x32x3 sub-pixels with the CIFAR stride of one image row (96): the sparse patterns evaluate a few
     percent of the N^2 pairs, and quadrupling N (stride doubled, about sqrt(N)) multiplies their work by about
     8 (N^1.5), dense work by 16. The fixed pattern keeps c = 8 summary positions per block, as in the paper."""
+
     def work(kind, N, l):
         return scores_computed(AttentionPattern(kind, N, stride=l, summary=8))
 

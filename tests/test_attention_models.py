@@ -1,16 +1,20 @@
 """The attention models beyond their registry defaults (test_likelihood.py and test_cached_sampling.py run
 every registered model at its tiny preset): the other attention patterns, the block-raster order of local
 2D attention, checkpointing, and the paper sizes."""
+
 import pytest
 import torch
+from likelihood_checks import causality_violations, conditional_sums, total_probability
 
 from pixelar import ImageSpec, create_model
-from likelihood_checks import causality_violations, conditional_sums, total_probability
 
 VARIANTS = [
     ("sparse_transformer", {"attention": ["dense"]}),
     ("sparse_transformer", {"attention": ["fixed"], "summary": 2}),
-    ("sparse_transformer", {"attention": ["strided.local", "strided.stride", "fixed.local", "fixed.summary"], "n_layer": 4}),
+    (
+        "sparse_transformer",
+        {"attention": ["strided.local", "strided.stride", "fixed.local", "fixed.summary"], "n_layer": 4},
+    ),
     ("sparse_transformer", {"attention": ["strided"], "stride": 5, "output": "logistic_mixture"}),
     ("sparse_transformer", {"attention": ["strided.local+strided.stride", "fixed.local+fixed.summary"], "stride": 5}),
     ("image_transformer", {"attention": "local_1d", "block_length": 5}),
@@ -53,8 +57,9 @@ def test_variant_normalized_causal_and_cached_equals_naive(name, kw):
     model = make(name, ImageSpec(3, 5, 5, 256), scale=0.2, **kw)
     cond = cond_for(kw, 2)
     for seed, temperature in [(0, 1.0), (1, 0.0)]:
-        naive = model.sample(2, cond=cond, temperature=temperature, method="naive",
-                             generator=torch.Generator().manual_seed(seed))
+        naive = model.sample(
+            2, cond=cond, temperature=temperature, method="naive", generator=torch.Generator().manual_seed(seed)
+        )
         cached = model.sample(2, cond=cond, temperature=temperature, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(naive, cached)
 
@@ -103,8 +108,9 @@ def test_bad_options_raise_value_error():
         create_model("image_transformer", spec, attention="local_2d", query_shape=[0, 2])
 
 
-@pytest.mark.parametrize("name,paper", [("sparse_transformer", 59e6), ("image_transformer", 38e6),
-                                        ("image_transformer_dmol", 9.4e6)])
+@pytest.mark.parametrize(
+    "name,paper", [("sparse_transformer", 59e6), ("image_transformer", 38e6), ("image_transformer_dmol", 9.4e6)]
+)
 def test_paper_sizes(name, paper):
     """Within 6% of the published / computed count (papers.md): 59M, about 38M and 9.4M for CIFAR-10."""
     torch.set_default_dtype(torch.float32)
@@ -113,9 +119,16 @@ def test_paper_sizes(name, paper):
     assert abs(n - paper) / paper < 0.06, n
 
 
-@pytest.mark.parametrize("name,kw", [("pixelsnail", {}), ("pixelsnail", {"num_classes": 3}),
-                                     ("sparse_transformer", {}), ("image_transformer", {}),
-                                     ("image_transformer_dmol", {"attention": "local_2d"})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("pixelsnail", {}),
+        ("pixelsnail", {"num_classes": 3}),
+        ("sparse_transformer", {}),
+        ("image_transformer", {}),
+        ("image_transformer_dmol", {"attention": "local_2d"}),
+    ],
+)
 def test_cached_steps_equal_the_full_forward(name, kw):
     """float64: every step's parameters from the cache equal forward(x) at that pixel, the current x
     holding the pixels drawn so far (and zeros after them), as the samplers fill it."""
@@ -128,6 +141,7 @@ def test_cached_steps_equal_the_full_forward(name, kw):
     state = model.begin_cache(x, cond)
     joint = model.distribution.joint
     from pixelar.sampling.naive import pixel_order
+
     for i, j in pixel_order(model):
         for c in range(1 if joint else spec.channels):
             ref = model(x, cond)[:, :, i, j]

@@ -10,17 +10,17 @@
 - both: samples follow the model (empirical frequencies against exp(log_prob) on every image of a tiny spec,
   class-conditional), temperature 0 is deterministic, evaluate() and `pixelar eval` report the parts.
 """
+
 import itertools
 
 import numpy as np
 import pytest
 import torch
-
 from likelihood_checks import all_images, causality_violations, conditional_sums, total_probability
+
 from pixelar import ImageSpec, create_model
 from pixelar.distributions import make_distribution
 from pixelar.models.aux_pixelcnn import gray_intervals, pyramid_sizes, to_gray
-
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -35,11 +35,16 @@ def make(name, spec, scale=0.3, **kw):
 
 
 # ----- truncated conditionals of the output distributions -----------------------------------------------------
-@pytest.mark.parametrize("kind,joint,spec", [
-    ("categorical", True, ImageSpec(3, 2, 3, 5)), ("categorical", False, ImageSpec(3, 2, 3, 5)),
-    ("logistic_mixture", True, ImageSpec(3, 2, 3, 6)), ("logistic_mixture", True, ImageSpec(1, 2, 3, 6)),
-    ("bernoulli", False, ImageSpec(3, 2, 3, 2)),
-])
+@pytest.mark.parametrize(
+    "kind,joint,spec",
+    [
+        ("categorical", True, ImageSpec(3, 2, 3, 5)),
+        ("categorical", False, ImageSpec(3, 2, 3, 5)),
+        ("logistic_mixture", True, ImageSpec(3, 2, 3, 6)),
+        ("logistic_mixture", True, ImageSpec(1, 2, 3, 6)),
+        ("bernoulli", False, ImageSpec(3, 2, 3, 2)),
+    ],
+)
 def test_interval_log_prob_is_the_renormalized_conditional(kind, joint, spec):
     g = torch.Generator().manual_seed(0)
     kw = {"nr_mix": 3} if kind == "logistic_mixture" else {}
@@ -74,7 +79,8 @@ def test_interval_log_prob_is_the_renormalized_conditional(kind, joint, spec):
 
 def test_logistic_interval_masses_stay_exact_in_the_tails():
     """Tiny scales and far means (bin masses far below the released code's 1e-5 fallback): the truncated
-    conditionals still sum to one over the allowed values, a forced value still gets exactly 1, gradients stay finite."""
+    conditionals still sum to one over the allowed values, a forced value still gets exactly 1, gradients stay
+    finite."""
     spec = ImageSpec(3, 1, 1, 256)
     dist = make_distribution(spec, "logistic_mixture", joint=True, nr_mix=2)
     g = torch.Generator().manual_seed(1)
@@ -104,8 +110,14 @@ def test_gray_intervals_are_exactly_the_values_that_can_reach_y(channels, K, lev
         y = int(ys[n])
         for c in range(channels):
             # brute force: values v of channel c such that some later channels give grey level y
-            ok = [v for v in range(K) if any(table[tuple(x[:c]) + (v,) + rest] == y
-                                             for rest in itertools.product(range(K), repeat=channels - c - 1))]
+            ok = [
+                v
+                for v in range(K)
+                if any(
+                    table[tuple(x[:c]) + (v,) + rest] == y
+                    for rest in itertools.product(range(K), repeat=channels - c - 1)
+                )
+            ]
             assert ok == list(range(int(lo[n, c]), int(hi[n, c]) + 1)), (x, c, ok, lo[n, c], hi[n, c])
 
 
@@ -133,10 +145,15 @@ def test_grayscale_parts_add_up_and_the_grey_part_is_the_grey_model():
         model.generation_order()
 
 
-@pytest.mark.parametrize("spec,levels,output", [
-    (ImageSpec(3, 1, 2, 4), 3, "logistic_mixture"), (ImageSpec(3, 1, 2, 4), 4, "categorical"),
-    (ImageSpec(1, 2, 3, 4), 3, "logistic_mixture"), (ImageSpec(1, 2, 3, 3), 2, "categorical"),
-])
+@pytest.mark.parametrize(
+    "spec,levels,output",
+    [
+        (ImageSpec(3, 1, 2, 4), 3, "logistic_mixture"),
+        (ImageSpec(3, 1, 2, 4), 4, "categorical"),
+        (ImageSpec(1, 2, 3, 4), 3, "logistic_mixture"),
+        (ImageSpec(1, 2, 3, 3), 2, "categorical"),
+    ],
+)
 def test_grayscale_sums_to_one_over_all_images(spec, levels, output):
     model = make("grayscale_pixelcnn", spec, gray_levels=levels, output=output, num_classes=2)
     assert abs(total_probability(model, spec, torch.tensor([1])) - 1.0) < 1e-6
@@ -197,11 +214,14 @@ def test_three_level_pyramid_is_normalized_and_causal_and_a_leak_is_caught():
 
 
 # ----- sampling --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,spec,kw", [
-    ("grayscale_pixelcnn", ImageSpec(3, 1, 1, 4), dict(gray_levels=3, output="logistic_mixture")),
-    ("grayscale_pixelcnn", ImageSpec(1, 1, 2, 4), dict(gray_levels=2, output="categorical")),
-    ("pyramid_pixelcnn", ImageSpec(1, 2, 2, 3), dict(coarsest_size=1, output="logistic_mixture")),
-])
+@pytest.mark.parametrize(
+    "name,spec,kw",
+    [
+        ("grayscale_pixelcnn", ImageSpec(3, 1, 1, 4), dict(gray_levels=3, output="logistic_mixture")),
+        ("grayscale_pixelcnn", ImageSpec(1, 1, 2, 4), dict(gray_levels=2, output="categorical")),
+        ("pyramid_pixelcnn", ImageSpec(1, 2, 2, 3), dict(coarsest_size=1, output="logistic_mixture")),
+    ],
+)
 def test_samples_follow_the_model(name, spec, kw):
     """Empirical frequencies of 10,000 class-conditional samples against exp(log_prob) of every image."""
     model = make(name, spec, scale=0.5, num_classes=2, **kw)
@@ -243,8 +263,12 @@ def test_grayscale_cached_sampling_equals_naive_and_completion_keeps_pixels(spec
     cond = torch.tensor([0, 1, 2])
     for seed, temperature, completion in [(4, 1.0, False), (5, 0.6, False), (6, 0.0, False), (3, 1.0, True)]:
         kw = dict(x_known=x, known=known) if completion else {}
-        out = {method: model.sample(3, cond, temperature=temperature, generator=torch.Generator().manual_seed(seed),
-                                    method=method, **kw) for method in ("cached", "naive")}
+        out = {
+            method: model.sample(
+                3, cond, temperature=temperature, generator=torch.Generator().manual_seed(seed), method=method, **kw
+            )
+            for method in ("cached", "naive")
+        }
         assert torch.equal(out["cached"], out["naive"]), (seed, temperature, completion)
         if completion:
             keep = known[:, None].expand_as(x)
@@ -285,14 +309,17 @@ def test_pyramid_cache_refuses_out_of_order_levels():
 # ----- evaluation ------------------------------------------------------------------------------------------------
 def test_evaluate_and_cli_report_the_parts(tmp_path, capsys):
     from pixelar.cli import main
-    from pixelar.evaluation import evaluate
     from pixelar.data import load_dataset
+    from pixelar.evaluation import evaluate
 
     torch.set_default_dtype(torch.float32)
     spec = ImageSpec(3, 4, 4, 256)
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8))
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8),
+    )
     ds = load_dataset(f"npz:{tmp_path / 'd.npz'}", "test")
     assert ds.spec == spec
     for name, keys in (("grayscale_pixelcnn", ["gray", "image_given_gray"]), ("pyramid_pixelcnn", ["2x2", "4x4"])):

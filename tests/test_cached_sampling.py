@@ -8,6 +8,7 @@
   layer type on its own (strides, transposed convolutions, masks, shifts) and inside every model;
 - memory: the per-map caches are a few rows, independent of the image height.
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -27,7 +28,11 @@ from pixelar.nn.cache import CausalGraph, IncrementalForward, pointwise_conv
 
 # models with an incremental forward (begin_cache): every registered model but grayscale_pixelcnn (tested in
 # test_aux_pixelcnn.py: its sample() caches both stages itself)
-MODELS = [name for name in pixelar.list_models() if callable(getattr(pixelar.models.registry._lookup(name)[0], "begin_cache", None))]
+MODELS = [
+    name
+    for name in pixelar.list_models()
+    if callable(getattr(pixelar.models.registry._lookup(name)[0], "begin_cache", None))
+]
 # models whose cached sampler is the convolutional per-layer cache (pixelar.nn.cache): its internals are tested
 GRAPH_MODELS = [m for m in MODELS if hasattr(pixelar.models.registry._lookup(m)[0], "cache_graph")]
 SPECS = [ImageSpec(1, 6, 6, 4), ImageSpec(3, 5, 5, 256)]
@@ -84,7 +89,7 @@ def assert_same_calls(naive_calls, cached_calls):
     for k, ((pn, cn, tn), (pc, cc, tc)) in enumerate(zip(naive_calls, cached_calls)):
         assert pn.shape == pc.shape and pn.dtype == pc.dtype and cn == cc and tn == tc, k
         scale = max(1.0, pn.abs().max().item())
-        torch.testing.assert_close(pc, pn, atol=1e-5 * scale, rtol=1e-5, msg=lambda m: f"step {k}: {m}")
+        torch.testing.assert_close(pc, pn, atol=1e-5 * scale, rtol=1e-5, msg=lambda m, k=k: f"step {k}: {m}")
 
 
 @pytest.mark.parametrize("cond_kind", CONDS)
@@ -178,8 +183,9 @@ def test_step_params_and_every_map_match_full_forward(name, spec, cond_kind, flo
     x_final = torch.randint(0, spec.num_values, (2, *spec.shape), generator=g)
     cond = make_cond(cond_kind, 2)
     segments = []
-    state, worst = drive(model, x_final, cond,
-                         trace=lambda name, r, c0, c1, y, prov: segments.append((name, r, c0, c1, y.clone(), prov)))
+    state, worst = drive(
+        model, x_final, cond, trace=lambda name, r, c0, c1, y, prov: segments.append((name, r, c0, c1, y.clone(), prov))
+    )
     assert worst < 1e-10, worst  # float64, relative to the parameters' scale
     # the graph describes the forward pass
     full = state.graph.full()
@@ -207,8 +213,13 @@ def test_steps_compute_only_new_positions():
     model = make("pixelcnn_pp", spec)
     x_final = torch.randint(0, 4, (1, *spec.shape))
     count = {}
-    state, _ = drive(model, x_final, None, check_params=False,
-                     trace=lambda name, r, c0, c1, y, prov: count.__setitem__(name, count.get(name, 0) + c1 - c0))
+    state, _ = drive(
+        model,
+        x_final,
+        None,
+        check_params=False,
+        trace=lambda name, r, c0, c1, y, prov: count.__setitem__(name, count.get(name, 0) + c1 - c0),
+    )
     # every map computes each of its positions exactly once (joint output: nothing provisional)
     full = state.graph.full()
     for name, n in count.items():
@@ -239,8 +250,9 @@ def run_graph(build, H, W, C=3, B=2, seed=0, schedule=None):
     graph = CausalGraph()
     out = build(graph, graph.input(x))
     segments = []
-    state = IncrementalForward(graph, out, trace=lambda *a: segments.append(a[:4] + (a[4].clone(),)),
-                               require_causal=False)
+    state = IncrementalForward(
+        graph, out, trace=lambda *a: segments.append(a[:4] + (a[4].clone(),)), require_causal=False
+    )
     for f in schedule or range(1, H * W + 1):
         x.view(B, C, -1)[:, :, :f] = final.view(B, C, -1)[:, :, :f]
         state.advance(f)
@@ -270,10 +282,12 @@ LAYERS = {
     "downright_2x2_stride2": lambda g, x: g.conv(x, DownRightShiftedConv2d(3, 5, (2, 2), stride=2)),
     "plain_conv_padded": lambda g, x: g.conv(x, nn.Conv2d(3, 4, (2, 3)), pad=(1, 1, 1, 0)),
     "shift_down_right": lambda g, x: g.map(torch.add, g.shift(x, 1, 0), g.shift(x, 0, 1)),
-    "transposed_down": lambda g, x: g.conv_transpose(g.conv(x, DownShiftedConv2d(3, 4, (2, 3), stride=2)),
-                                                     DownShiftedConvTranspose2d(4, 5), (x.H, x.W)),
-    "transposed_downright": lambda g, x: g.conv_transpose(g.conv(x, DownRightShiftedConv2d(3, 4, (2, 2), stride=2)),
-                                                          DownRightShiftedConvTranspose2d(4, 5), (x.H, x.W)),
+    "transposed_down": lambda g, x: g.conv_transpose(
+        g.conv(x, DownShiftedConv2d(3, 4, (2, 3), stride=2)), DownShiftedConvTranspose2d(4, 5), (x.H, x.W)
+    ),
+    "transposed_downright": lambda g, x: g.conv_transpose(
+        g.conv(x, DownRightShiftedConv2d(3, 4, (2, 2), stride=2)), DownRightShiftedConvTranspose2d(4, 5), (x.H, x.W)
+    ),
     "two_levels": lambda g, x: _two_levels(g, x),
     "multi_source_post": lambda g, x: _multi_source(g, x),
     "constant_map": lambda g, x: _with_constant(g, x),
@@ -301,8 +315,13 @@ def _multi_source(g, x):
     a = g.conv(x, DownRightShiftedConv2d(3, 4, (2, 2)))
     b = g.shift(g.conv(x, DownShiftedConv2d(3, 4, (2, 3))), 1, 0)
     nin = pointwise_conv(nn.Conv2d(16, 4, 1))
-    return g.conv([a, b], DownRightShiftedConv2d(16, 4, (2, 2)), pre=concat_elu,
-                  post=lambda y, s, t: y + nin(concat_elu(torch.cat([s, t], 1))), extras=[a, b])
+    return g.conv(
+        [a, b],
+        DownRightShiftedConv2d(16, 4, (2, 2)),
+        pre=concat_elu,
+        post=lambda y, s, t: y + nin(concat_elu(torch.cat([s, t], 1))),
+        extras=[a, b],
+    )
 
 
 @pytest.mark.parametrize("size", [(6, 6), (5, 7)], ids=lambda s: f"{s[0]}x{s[1]}")

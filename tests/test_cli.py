@@ -1,4 +1,5 @@
 """End to end through the command line on a Fashion-MNIST subset: train, eval, sample, complete, resume."""
+
 import json
 from pathlib import Path
 
@@ -11,8 +12,21 @@ from pixelar.cli import build_parser, main
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
-TINY = ["--model", "pixelcnn_pp", "--size", "tiny", "--batch-size", "8", "--train-subset", "64",
-        "--test-subset", "50", "--sample-n", "4", "--no-progress"]
+TINY = [
+    "--model",
+    "pixelcnn_pp",
+    "--size",
+    "tiny",
+    "--batch-size",
+    "8",
+    "--train-subset",
+    "64",
+    "--test-subset",
+    "50",
+    "--sample-n",
+    "4",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +88,10 @@ def test_bad_input_gives_a_clear_error(run_dir, tmp_path, capsys):
     assert "nothing" in capsys.readouterr().err
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
-    assert main(["complete", str(run_dir), "--image", str(small), "--keep", "top-half", "--out", str(tmp_path / "o.png")]) == 2
+    assert (
+        main(["complete", str(run_dir), "--image", str(small), "--keep", "top-half", "--out", str(tmp_path / "o.png")])
+        == 2
+    )
     assert "28x28" in capsys.readouterr().err
 
 
@@ -106,7 +123,9 @@ def test_score_compress_decompress_round_trip_and_errors(tmp_path, capsys):
     assert "wrote 2 image(s)" in capsys.readouterr().out
     assert main(["decompress", str(tmp_path / "m"), str(packed), "--out-dir", str(tmp_path / "out")]) == 0
     for k, p in enumerate(paths):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"image_{k:03d}.png")), np.asarray(Image.open(p)))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "out" / f"image_{k:03d}.png")), np.asarray(Image.open(p))
+        )
     assert main(["score", str(tmp_path / "m"), *map(str, paths), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = pixelar_load(tmp_path / "m")
@@ -142,8 +161,24 @@ def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, c
     Image.fromarray((keep * 255).astype(np.uint8)).save(mask)
     out = tmp_path / "done.png"
     capsys.readouterr()
-    assert main(["complete", str(tmp_path / "m"), "--image", str(img), "--keep", str(mask), "--n", "2",
-                 "--score", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "complete",
+                str(tmp_path / "m"),
+                "--image",
+                str(img),
+                "--keep",
+                str(mask),
+                "--n",
+                "2",
+                "--score",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"hidden region: {int((~keep).sum())} sub-pixels" in text and "bits/dim" in text
     assert "method cached" in text  # auto: LMConv's column cache, in the completion order
@@ -152,8 +187,10 @@ def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, c
     for t in (2, 3):  # the two completions keep every kept pixel
         tile = grid[pad : pad + 8, pad + t * (8 + pad) : pad + t * (8 + pad) + 8]
         assert np.array_equal(tile[keep], np.asarray(Image.open(img))[keep])
-    assert main(["complete", str(tmp_path / "p"), "--image", str(img), "--keep", str(mask), "--score",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["complete", str(tmp_path / "p"), "--image", str(img), "--keep", str(mask), "--score", "--out", str(out)])
+        == 2
+    )
     assert "lmconv" in capsys.readouterr().err
 
 
@@ -175,8 +212,11 @@ def _grey_model_and_images(tmp_path):
 def test_images_the_model_cannot_code_exactly_are_refused_unless_converted(tmp_path, capsys):
     m = _grey_model_and_images(tmp_path)
     deep, colour, packed = str(tmp_path / "deep.png"), str(tmp_path / "colour.png"), str(tmp_path / "c.pxar")
-    for argv in (["score", str(m), deep], ["compress", str(m), deep, "--out", packed],
-                 ["complete", str(m), "--image", deep, "--keep", "top-half", "--out", str(tmp_path / "o.png")]):
+    for argv in (
+        ["score", str(m), deep],
+        ["compress", str(m), deep, "--out", packed],
+        ["complete", str(m), "--image", deep, "--keep", "top-half", "--out", str(tmp_path / "o.png")],
+    ):
         assert main(argv) == 2  # used to be read clipped to 0/255, exit 0
         assert "16-bit samples" in capsys.readouterr().err
     assert main(["compress", str(m), deep, "--out", packed, "--convert"]) == 2  # lossless: never reduced
@@ -235,23 +275,90 @@ def test_destinations_are_checked_before_coding_and_never_overwritten_silently(t
 def test_resume_refuses_flags_that_contradict_the_run(tmp_path, capsys):
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"
-    np.savez(data, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
+    np.savez(
+        data,
+        x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8),
+    )
     run = tmp_path / "run"
-    assert main(["train", "--model", "pixelcnn_pp", "--size", "tiny", "--dataset", f"npz:{data}", "--batch-size", "8",
-                 "--steps", "2", "--sample-n", "0", "--run-dir", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "pixelcnn_pp",
+                "--size",
+                "tiny",
+                "--dataset",
+                f"npz:{data}",
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+                "--sample-n",
+                "0",
+                "--run-dir",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     config, state = (run / "config.json").read_bytes(), (run / "training_state.json").read_bytes()
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--steps", "4", "--lr", "0.01", "--model", "pixelcnn", "--seed", "0",
-                 "--set", "dropout=0.5", "--compile", "--run-dir", str(tmp_path / "other"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(run),
+                "--steps",
+                "4",
+                "--lr",
+                "0.01",
+                "--model",
+                "pixelcnn",
+                "--seed",
+                "0",
+                "--set",
+                "dropout=0.5",
+                "--compile",
+                "--run-dir",
+                str(tmp_path / "other"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert (f"--resume {run}: --run-dir {tmp_path / 'other'} is not the run being resumed; --model pixelcnn conflicts "
-            "with the run's model pixelcnn_pp; --lr 0.01 conflicts with the run's lr 0.002; --compile conflicts with "
-            "the run's compile false; --set dropout=0.5 conflicts with the run's model_overrides {}. A resumed run "
-            "keeps its settings (only --steps can change)") in err
+    assert (
+        f"--resume {run}: --run-dir {tmp_path / 'other'} is not the run being resumed; --model pixelcnn conflicts "
+        "with the run's model pixelcnn_pp; --lr 0.01 conflicts with the run's lr 0.002; --compile conflicts with "
+        "the run's compile false; --set dropout=0.5 conflicts with the run's model_overrides {}. A resumed run "
+        "keeps its settings (only --steps can change)"
+    ) in err
     assert "--seed" not in err  # equal to the run's: accepted
     assert (run / "config.json").read_bytes() == config and (run / "training_state.json").read_bytes() == state
     # flags equal to the run's settings are accepted, and --steps extends the run
-    assert main(["train", "--resume", str(run), "--steps", "4", "--lr", "0.002", "--model", "pixelcnn_pp",
-                 "--dataset", f"npz:{data}", "--run-dir", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(run),
+                "--steps",
+                "4",
+                "--lr",
+                "0.002",
+                "--model",
+                "pixelcnn_pp",
+                "--dataset",
+                f"npz:{data}",
+                "--run-dir",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "training_state.json").read_text())["step"] == 4

@@ -1,6 +1,7 @@
 """Lossless compression (pixelar.codec): the arithmetic coder on its own, then every model with a generation
 order as its probability model: decompress(compress(x)) == x for arbitrary images, and the stream costs the
 model's -log2 p(x) bits up to the frequency-table rounding and the coder's termination."""
+
 import math
 import struct
 
@@ -127,7 +128,9 @@ def test_bad_streams_and_models_are_refused():
     with pytest.raises(ValueError, match="not a pixelar compressed stream"):
         decompress(model, b"GIF89a" + data[6:])
     damaged = bytearray(data)
-    damaged[_HEADER.size + 4 * len(stream_info(data)["segments"]) + 3] ^= 0x10  # one flipped bit in the coded sub-pixels
+    damaged[_HEADER.size + 4 * len(stream_info(data)["segments"]) + 3] ^= (
+        0x10  # one flipped bit in the coded sub-pixels
+    )
     with pytest.raises(ValueError, match="stream is damaged"):  # its segment's end, or else the checksum
         decompress(model, bytes(damaged))
     damaged = bytearray(data)

@@ -1,17 +1,17 @@
 """The compiled path (torch.compile of log_prob): same numbers as eager, same likelihood guarantees, and a
 clear fallback to eager mode where compilation is unavailable."""
+
 import dataclasses
 
 import pytest
 import torch
+from likelihood_checks import causality_violations, total_probability
 
 import pixelar
 from pixelar import ImageSpec, create_model
 from pixelar.config import TrainConfig
 from pixelar.models import compiled as compiled_mod
 from pixelar.models import compiled_log_prob
-from likelihood_checks import causality_violations, total_probability
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -51,6 +51,7 @@ def test_a_failing_first_compiled_call_falls_back_to_eager(monkeypatch):
     def broken_compile(fn, **kw):
         def call(*a, **k):
             raise RuntimeError("backend exploded\nlong traceback")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -64,13 +65,21 @@ def test_a_failing_first_compiled_call_falls_back_to_eager(monkeypatch):
 
 def test_train_with_compile_unavailable_logs_and_matches_eager_training(monkeypatch, tmp_path):
     monkeypatch.setattr(compiled_mod, "_AVAILABLE", (False, "no compiler"))
-    from pixelar.training import train
     import numpy as np
+
+    from pixelar.training import train
 
     x = np.random.default_rng(0).integers(0, 4, size=(40, 1, 6, 6), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x, x_test=x[:8])
-    cfg = TrainConfig(model="pixelcnn_pp", size="tiny", dataset=f"npz:{tmp_path / 'd.npz'}", batch_size=8,
-                      max_steps=3, sample_n=0, checkpoint_every=100)
+    cfg = TrainConfig(
+        model="pixelcnn_pp",
+        size="tiny",
+        dataset=f"npz:{tmp_path / 'd.npz'}",
+        batch_size=8,
+        max_steps=3,
+        sample_n=0,
+        checkpoint_every=100,
+    )
     runs = {}
     for flag in (False, True):
         lines = []
@@ -88,8 +97,9 @@ def test_train_with_compile_unavailable_logs_and_matches_eager_training(monkeypa
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["pixelcnn", pytest.param("gated_pixelcnn", marks=SLOW),
-                                  pytest.param("pixelcnn_pp", marks=SLOW)])
+@pytest.mark.parametrize(
+    "name", ["pixelcnn", pytest.param("gated_pixelcnn", marks=SLOW), pytest.param("pixelcnn_pp", marks=SLOW)]
+)
 def test_compiled_log_prob_equals_eager_and_keeps_the_likelihood_guarantees(name):
     needs_compile()
     spec = ImageSpec(1, 4, 4, 2)

@@ -5,6 +5,7 @@ decompress identically.
 
 PIXELAR_TEST_DEVICE=cpu runs the same tests on the CPU (a dry run of this file where no GPU is at hand).
 """
+
 import os
 
 import numpy as np
@@ -43,8 +44,18 @@ def test_log_prob_on_the_gpu_equals_the_cpu(name):
     torch.testing.assert_close(gpu, cpu, rtol=2e-3, atol=1e-2)
 
 
-@pytest.mark.parametrize("name", ["pixelcnn_pp", "pixelsnail", "lmconv", "pyramid_pixelcnn", "grayscale_pixelcnn",
-                                  "sparse_transformer", "image_transformer_dmol"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pixelcnn_pp",
+        "pixelsnail",
+        "lmconv",
+        "pyramid_pixelcnn",
+        "grayscale_pixelcnn",
+        "sparse_transformer",
+        "image_transformer_dmol",
+    ],
+)
 def test_cached_sampling_equals_naive_on_the_gpu(name):
     model = tiny(name).to(DEVICE)
     for seed in (0, 1):
@@ -57,15 +68,29 @@ def test_cached_sampling_equals_naive_on_the_gpu(name):
 def npz_data(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+    )
     return f"npz:{path}"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_on_the_gpu_runs_and_resumes(npz_data, tmp_path, precision):
-    cfg = TrainConfig(size="tiny", dataset=npz_data, batch_size=8, max_steps=6, checkpoint_every=3, log_every=1,
-                      eval_batch_size=16, sample_n=4, lr=5e-3, device=DEVICE, precision=precision)
+    cfg = TrainConfig(
+        size="tiny",
+        dataset=npz_data,
+        batch_size=8,
+        max_steps=6,
+        checkpoint_every=3,
+        log_every=1,
+        eval_batch_size=16,
+        sample_n=4,
+        lr=5e-3,
+        device=DEVICE,
+        precision=precision,
+    )
     quiet = dict(progress=False, log=lambda m: None)
     whole = train(cfg, tmp_path / "whole", **quiet)
 

@@ -4,6 +4,7 @@ Every test runs with an isolated file lookup (empty cache and system roots, no
 $PIXELAR_DATA); only the last test reads the real Fashion-MNIST from
 /usr/share/datasets/fashion-mnist, and is skipped where that is absent.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,11 +32,12 @@ from pixelar.data import (
     DatasetNotFoundError,
     ImageDataset,
     UnsafePickleError,
+    download,
     iterate_batches,
     list_datasets,
     load_dataset,
+    paths,
 )
-from pixelar.data import download, paths
 from pixelar.data.idx import read_idx
 from pixelar.data.safe_pickle import safe_loads
 from pixelar.types import ImageSpec
@@ -93,10 +95,7 @@ def cifar_batches(n: int = 3, seed: int = 0) -> dict[str, tuple[np.ndarray, list
     """Six small CIFAR batches: name -> (data uint8 (n, 3072), labels)."""
     rng = np.random.default_rng(seed)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    return {
-        name: (rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n).tolist())
-        for name in names
-    }
+    return {name: (rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n).tolist()) for name in names}
 
 
 def cifar_pickle(data: np.ndarray, labels: list[int], protocol: int = 2) -> bytes:
@@ -136,9 +135,7 @@ def http_dir(tmp_path):
     """A local HTTP server on 127.0.0.1 serving tmp_path/"served"; yields (dir, base_url)."""
     served = tmp_path / "served"
     served.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served))
-    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -157,8 +154,15 @@ def md5(data: bytes) -> str:
 
 def test_list_datasets():
     names = list_datasets()
-    for name in ("fashion_mnist", "fashion_mnist_binary", "fashion_mnist_dynamic", "mnist", "mnist_binary",
-                 "mnist_dynamic", "cifar10"):
+    for name in (
+        "fashion_mnist",
+        "fashion_mnist_binary",
+        "fashion_mnist_dynamic",
+        "mnist",
+        "mnist_binary",
+        "mnist_dynamic",
+        "cifar10",
+    ):
         assert name in names
 
 
@@ -199,7 +203,10 @@ def test_train_val_split(tmp_path):
     write_mnist(tmp_path / "d", n_train=40)
     load = functools.partial(load_dataset, "mnist", data_dir=tmp_path / "d", download=False)
     full, train, val = load(split="full_train"), load(split="train"), load(split="val")
-    ids = lambda ds: set(ds.images[:, 0, 0, 0].tolist())  # pixel (0, 0) is the image id
+
+    def ids(ds):  # pixel (0, 0) is the image id
+        return set(ds.images[:, 0, 0, 0].tolist())
+
     assert len(val) == 4 and len(train) == 36  # built-in default: min(5000, N // 10)
     assert ids(train).isdisjoint(ids(val)) and ids(train) | ids(val) == ids(full)
     # Labels travel with their images.
@@ -299,8 +306,9 @@ def test_image_dataset_validates():
     with pytest.raises(ValueError, match="shape"):
         ImageDataset(torch.zeros(2, 3, 2, 2, dtype=torch.uint8), None, ImageSpec(1, 2, 2), None, "s")
     with pytest.raises(ValueError, match="labels"):
-        ImageDataset(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64),
-                     ImageSpec(1, 2, 2), 2, "s")
+        ImageDataset(
+            torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), ImageSpec(1, 2, 2), 2, "s"
+        )
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -422,8 +430,9 @@ def _save(path: Path, arr: np.ndarray, mode: str) -> None:
 def test_folder_classes_and_splits(tmp_path):
     root = tmp_path / "imgs"
     imgs = make_images(6, (7, 5), 0)
-    for i, (split, cls) in enumerate([("train", "cat"), ("train", "dog"), ("train", "ant"),
-                                      ("train", "dog"), ("test", "dog"), ("test", "cat")]):
+    for i, (split, cls) in enumerate(
+        [("train", "cat"), ("train", "dog"), ("train", "ant"), ("train", "dog"), ("test", "dog"), ("test", "cat")]
+    ):
         _save(root / split / cls / f"{i:03d}.png", imgs[i], "L")
     train = load_dataset(f"folder:{root}", "full_train")
     test = load_dataset(f"folder:{root}", "test")
@@ -563,7 +572,9 @@ def test_download_success(tmp_path, http_dir, monkeypatch):
     ds = load_dataset("mnist", "full_train", data_dir=tmp_path / "dl")
     assert torch.equal(ds.images[:, 0], torch.from_numpy(arrays["train"][0]))
     assert sorted(p.name for p in (tmp_path / "dl" / "mnist").iterdir()) == [
-        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
     # Without data_dir the download goes to the user cache; test files are added on demand.
     assert len(load_dataset("mnist", "test")) == 15
     assert len(list((tmp_path / "cache" / "mnist").iterdir())) == 2
@@ -583,8 +594,11 @@ def test_download_checksum_mismatch(tmp_path, http_dir, monkeypatch):
 
 def test_download_offline(tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{closed_port()}/"
-    monkeypatch.setitem(download.REMOTE_FILES, "fashion-mnist", tuple(
-        download.RemoteFile(r.name, url + r.name, r.md5) for r in download.REMOTE_FILES["fashion-mnist"]))
+    monkeypatch.setitem(
+        download.REMOTE_FILES,
+        "fashion-mnist",
+        tuple(download.RemoteFile(r.name, url + r.name, r.md5) for r in download.REMOTE_FILES["fashion-mnist"]),
+    )
     start = time.monotonic()
     with pytest.raises(DatasetNotFoundError) as e:
         load_dataset("fashion_mnist", data_dir=tmp_path / "dl")

@@ -1,15 +1,16 @@
 """Distribution Augmentation: the transformations (bijections, identity at index 0, the paper's rules) and the
 DistAugModel wrapper (likelihood checks of every registered model under fixed non-identity indices, identity
 equals the base with identity one-hots, generation order, sampling, saving)."""
+
 import numpy as np
 import pytest
 import torch
+from likelihood_checks import causality_violations, conditional_sums, total_probability
 
 import pixelar
 from pixelar import ImageSpec, create_model
 from pixelar.augment import TRANSFORM_TYPES, Augmenter, make_transform, parse_transforms
 from pixelar.models.distaug import DistAugModel, create_distaug_model
-from likelihood_checks import causality_violations, conditional_sums, total_probability
 
 MODELS = pixelar.list_models()
 ALL_TYPES = list(TRANSFORM_TYPES)
@@ -53,8 +54,11 @@ def test_the_rules_are_the_papers():
     assert torch.equal(one("colour", 5), x[0, [2, 1, 0]])  # the last permutation of (R, G, B)
     # jigsaw 1 = quadrant order (0, 1, 3, 2): the two bottom quadrants swap
     j = one("jigsaw", 1)
-    assert torch.equal(j[:, :2], x[0, :, :2]) and torch.equal(j[:, 2:, :2], x[0, :, 2:, 2:]) \
+    assert (
+        torch.equal(j[:, :2], x[0, :, :2])
+        and torch.equal(j[:, 2:, :2], x[0, :, 2:, 2:])
         and torch.equal(j[:, 2:, 2:], x[0, :, 2:, :2])
+    )
     # randperm: fixed by its seed, a different seed gives other permutations
     a, b = make_transform(spec, "randperm"), make_transform(spec, "randperm", seed=1, num=5)
     assert torch.equal(a.table, make_transform(spec, "randperm").table) and b.num_choices == 6
@@ -227,8 +231,9 @@ def test_sampling_through_the_base(name):
     model = make(name, spec, ["rot90", "colour"])
     a = torch.tensor([[1, 2], [3, 5]])
     s = model.sample(2, aug=a, generator=torch.Generator().manual_seed(0), method="naive")
-    ref = model.base.sample(2, cond=model.base_cond(None, a, 2), generator=torch.Generator().manual_seed(0),
-                            method="naive")
+    ref = model.base.sample(
+        2, cond=model.base_cond(None, a, 2), generator=torch.Generator().manual_seed(0), method="naive"
+    )
     assert torch.equal(s, model.augmenter.inverse(ref, a))
     cached = model.sample(2, aug=a, generator=torch.Generator().manual_seed(0), method="cached")
     assert torch.equal(cached, s)
@@ -250,7 +255,9 @@ def test_save_load_round_trip(tmp_path):
     x = torch.randint(0, 4, (2, *spec.shape))
     a = torch.tensor([[1, 2], [0, 1]])
     with torch.no_grad():
-        assert torch.equal(back.log_prob(x, torch.tensor([0, 2]), aug=a), model.log_prob(x, torch.tensor([0, 2]), aug=a))
+        assert torch.equal(
+            back.log_prob(x, torch.tensor([0, 2]), aug=a), model.log_prob(x, torch.tensor([0, 2]), aug=a)
+        )
 
 
 # ----- command line ----------------------------------------------------------------------------------------------
@@ -261,17 +268,39 @@ def test_cli_train_distaug_and_plain_then_eval_per_augmentation(tmp_path, capsys
 
     rng = np.random.default_rng(0)
     data = tmp_path / "rgb.npz"
-    np.savez(data, x_train=rng.integers(0, 256, (24, 4, 4, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8))
-    common = ["train", "--model", "pixelcnn", "--size", "tiny", "--dataset", f"npz:{data}", "--batch-size", "4",
-              "--steps", "2", "--sample-n", "2", "--no-progress"]
+    np.savez(
+        data,
+        x_train=rng.integers(0, 256, (24, 4, 4, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8),
+    )
+    common = [
+        "train",
+        "--model",
+        "pixelcnn",
+        "--size",
+        "tiny",
+        "--dataset",
+        f"npz:{data}",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--sample-n",
+        "2",
+        "--no-progress",
+    ]
     assert main([*common, "--distaug", "rot90,colour", "--run-dir", str(tmp_path / "dist")]) == 0
     assert main([*common, "--augment", "transpose", "--run-dir", str(tmp_path / "plain")]) == 0
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "dist"), "--per-augmentation", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_augmentation"]
-    assert [(r["type"], r["index"]) for r in rows] == [("identity", 0), ("rot90", 1), ("rot90", 2), ("rot90", 3),
-                                                       *[("colour", k) for k in range(1, 6)]]
+    assert [(r["type"], r["index"]) for r in rows] == [
+        ("identity", 0),
+        ("rot90", 1),
+        ("rot90", 2),
+        ("rot90", 3),
+        *[("colour", k) for k in range(1, 6)],
+    ]
     assert main(["eval", str(tmp_path / "dist"), "--json"]) == 0  # plain eval: the identity row
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bpd"] == pytest.approx(rows[0]["bpd"])
     assert main(["eval", str(tmp_path / "plain"), "--per-augmentation"]) == 0  # the run's own --augment types
@@ -297,8 +326,13 @@ def test_evaluation_keeps_order_mixtures_and_parts(name):
 
     spec = ImageSpec(3, 4, 4, 4)
     model = make(name, spec, ["transpose"])
-    ds = ImageDataset(images=torch.randint(0, 4, (5, *spec.shape), dtype=torch.uint8), labels=None, spec=spec,
-                      num_classes=None, name="mem")
+    ds = ImageDataset(
+        images=torch.randint(0, 4, (5, *spec.shape), dtype=torch.uint8),
+        labels=None,
+        spec=spec,
+        num_classes=None,
+        name="mem",
+    )
     res = evaluate(model, ds)
     assert ("num_orders" in res) == (name == "lmconv") and ("bpd_parts" in res) == (name != "lmconv")
     vec = torch.tensor([[1.0, 0.0]]).expand(5, 2)
@@ -317,9 +351,12 @@ class _Fixed(torch.nn.Module):
         self.base, self.vec, self.image, self.num_classes = base, vec, base.image, 0
         for attr in ("log_prob_per_order", "log_prob_parts"):
             if hasattr(base, attr):
-                setattr(self, attr, lambda x, cond=None, _f=getattr(base, attr): _f(x, self.vec[: len(x)]))
+                setattr(self, attr, self._with_vec(getattr(base, attr)))
         if hasattr(base, "num_orders"):
             self.num_orders = base.num_orders
+
+    def _with_vec(self, f):
+        return lambda x, cond=None: f(x, self.vec[: len(x)])
 
     def log_prob(self, x, cond=None):
         return self.base.log_prob(x, self.vec[: len(x)])

@@ -1,5 +1,6 @@
 """Output distributions: normalization (edge bins included), exact uniform bpd, sampling range, mode, and
 that samples follow the probabilities."""
+
 import itertools
 import math
 
@@ -16,8 +17,11 @@ def all_pixels(C, K):
 
 
 def dists(C, K):
-    out = [Categorical(ImageSpec(C, 1, 1, K)), Categorical(ImageSpec(C, 1, 1, K), joint=True),
-           DiscretizedLogisticMixture(ImageSpec(C, 1, 1, K), nr_mix=3)]
+    out = [
+        Categorical(ImageSpec(C, 1, 1, K)),
+        Categorical(ImageSpec(C, 1, 1, K), joint=True),
+        DiscretizedLogisticMixture(ImageSpec(C, 1, 1, K), nr_mix=3),
+    ]
     if K == 2:
         out.append(Bernoulli(ImageSpec(C, 1, 1, K)))
     for d in out:
@@ -87,7 +91,11 @@ def test_samples_stay_in_range(C, K):
     for d in dists(C, K):
         params = 5 * torch.randn(500, d.num_params, generator=g)
         for t in (0.0, 0.5, 1.0, 3.0):
-            s = torch.stack([d.sample(params, t, g, channel=c) for c in range(C)], 1) if not d.joint else d.sample(params, t, g)
+            s = (
+                torch.stack([d.sample(params, t, g, channel=c) for c in range(C)], 1)
+                if not d.joint
+                else d.sample(params, t, g)
+            )
             assert s.dtype == torch.long and s.shape == (500, C)
             assert int(s.min()) >= 0 and int(s.max()) < K
 

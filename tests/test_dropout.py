@@ -1,5 +1,6 @@
 """pixelar.nn.dropout: the CPU mask from 16-bit uniforms drops the right fraction, scales like torch, sends
 gradients only through kept elements, is reproducible from the torch RNG, and is the identity in eval."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -5,6 +5,7 @@ probe, and the command line end to end (train -> eval -> sample -> complete -> p
 The shared likelihood and cached-sampling tests cover image_gpt too (tiny size: no palette, so every image
 of a tiny spec can be enumerated); here the palette models get their own checks.
 """
+
 import json
 import math
 
@@ -13,16 +14,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from likelihood_checks import causality_violations, conditional_sums
 from PIL import Image
 
 import pixelar
 from pixelar import ImageSpec, create_model
 from pixelar.data import ImageDataset
-from pixelar.models.palette import Palette
 from pixelar.evaluation import evaluate
 from pixelar.evaluation.probe import linear_probe, probe_layer
 from pixelar.models.image_gpt import IGPT_L, IGPT_M
-from likelihood_checks import causality_violations, conditional_sums
+from pixelar.models.palette import Palette
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -148,8 +149,11 @@ def test_released_structure():
 @pytest.mark.parametrize("kind", ["class", "vector"])
 def test_conditioning_enters_the_start_token_only(kind):
     spec = ImageSpec(1, 3, 3, 4)
-    kw, c1, c2 = (({"num_classes": 3}, torch.tensor([0]), torch.tensor([2])) if kind == "class"
-                  else ({"cond_dim": 4}, torch.zeros(1, 4), torch.ones(1, 4)))
+    kw, c1, c2 = (
+        ({"num_classes": 3}, torch.tensor([0]), torch.tensor([2]))
+        if kind == "class"
+        else ({"cond_dim": 4}, torch.zeros(1, 4), torch.ones(1, 4))
+    )
     model = _strong(create_model("image_gpt", spec, "tiny", **kw))  # random weights (head and cond_emb start at 0)
     x = torch.randint(0, 4, (1, *spec.shape))
     diff = (model.embed(x, c1) - model.embed(x, c2)).abs().sum(-1)[0]  # (N,)
@@ -215,14 +219,17 @@ def test_cached_sampling_and_completion_equal_naive_over_palette_tokens():
     cond = torch.tensor([0, 1, 2])
     for seed, temperature in [(0, 1.0), (1, 0.6)]:
         a = model.sample(3, cond=cond, temperature=temperature, generator=torch.Generator().manual_seed(seed))
-        b = model.sample(3, cond=cond, temperature=temperature, generator=torch.Generator().manual_seed(seed),
-                         method="naive")
+        b = model.sample(
+            3, cond=cond, temperature=temperature, generator=torch.Generator().manual_seed(seed), method="naive"
+        )
         assert torch.equal(a, b) and a.shape == (3, 1, 5, 5) and int(a.max()) < 16
     x_known = model.encode(random_rgb(3, size=5, seed=3).long())
     known = torch.zeros(3, 5, 5, dtype=torch.bool)
     known[:, :2] = True
-    out = [model.sample(3, cond=cond, generator=torch.Generator().manual_seed(5), method=m, x_known=x_known,
-                        known=known) for m in ("cached", "naive")]
+    out = [
+        model.sample(3, cond=cond, generator=torch.Generator().manual_seed(5), method=m, x_known=x_known, known=known)
+        for m in ("cached", "naive")
+    ]
     assert torch.equal(out[0], out[1]) and torch.equal(out[0][:, :, :2], x_known[:, :, :2])
     assert model.decode(out[0]).shape == (3, 3, 5, 5)
 
@@ -290,8 +297,26 @@ def test_cli_train_eval_sample_complete_probe_resume(rgb_npz, tmp_path, capsys):
     from pixelar.cli import main
 
     run = tmp_path / "run"
-    args = ["train", "--model", "image_gpt", "--size", "tiny", "--set", "palette=16", "--dataset", rgb_npz,
-            "--batch-size", "8", "--sample-n", "2", "--no-progress", "--checkpoint-every", "2", "--run-dir", str(run)]
+    args = [
+        "train",
+        "--model",
+        "image_gpt",
+        "--size",
+        "tiny",
+        "--set",
+        "palette=16",
+        "--dataset",
+        rgb_npz,
+        "--batch-size",
+        "8",
+        "--sample-n",
+        "2",
+        "--no-progress",
+        "--checkpoint-every",
+        "2",
+        "--run-dir",
+        str(run),
+    ]
     assert main([*args, "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "nats per token" in out and "NOT comparable with bits/dim" in out and "Palette(k=16" in out
@@ -355,16 +380,43 @@ def test_distaug_wraps_a_palette_model(rgb_npz, tmp_path, capsys):
     x = model.encode(random_rgb(2, seed=5).long())
     _strong(model.base)
     rot = model.augmenter.apply(x, torch.ones(2, 1, dtype=torch.long))
-    torch.testing.assert_close(model.log_prob(x, aug=torch.ones(2, 1, dtype=torch.long)),
-                               model.base.log_prob(rot, model.base_cond(None, torch.ones(2, 1, dtype=torch.long), 2)))
+    torch.testing.assert_close(
+        model.log_prob(x, aug=torch.ones(2, 1, dtype=torch.long)),
+        model.base.log_prob(rot, model.base_cond(None, torch.ones(2, 1, dtype=torch.long), 2)),
+    )
     model.save(tmp_path / "m")
     loaded = pixelar.load_model(tmp_path / "m")
-    assert loaded.data_image == model.data_image and torch.equal(loaded.encode(random_rgb(1).long()),
-                                                                  model.encode(random_rgb(1).long()))
+    assert loaded.data_image == model.data_image and torch.equal(
+        loaded.encode(random_rgb(1).long()), model.encode(random_rgb(1).long())
+    )
     for flag in ("--distaug", "--augment"):
         run = tmp_path / flag.strip("-")
-        assert main(["train", "--model", "image_gpt", "--size", "tiny", "--set", "palette=16", "--dataset", rgb_npz,
-                     "--batch-size", "8", "--steps", "2", "--sample-n", "0", "--no-progress", flag, "rot90,colour"
-                     if flag == "--augment" else "rot90", "--run-dir", str(run)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    "image_gpt",
+                    "--size",
+                    "tiny",
+                    "--set",
+                    "palette=16",
+                    "--dataset",
+                    rgb_npz,
+                    "--batch-size",
+                    "8",
+                    "--steps",
+                    "2",
+                    "--sample-n",
+                    "0",
+                    "--no-progress",
+                    flag,
+                    "rot90,colour" if flag == "--augment" else "rot90",
+                    "--run-dir",
+                    str(run),
+                ]
+            )
+            == 0
+        )
         assert main(["eval", str(run), "--subset", "4", "--per-augmentation"]) == 0
         assert "bits/tok per transformation" in capsys.readouterr().out

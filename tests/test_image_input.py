@@ -1,5 +1,6 @@
 """Reading image files (pixelar.sampling.grid.load_image): exact or refused by default, converted only when asked,
 deep files never reduced silently, the size checked from the header before any pixel is decoded."""
+
 import struct
 import zlib
 
@@ -24,8 +25,9 @@ def write_png(path, width, height, bit_depth, colour_type, raw: bytes) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def write_png16(path, arr: np.ndarray) -> None:

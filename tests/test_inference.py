@@ -4,6 +4,7 @@ grow with the number of images.
 A graph kept alive across batches once made `pixelar train`'s final evaluation run out of memory (a decorator
 had slid off `evaluate` onto a helper); these tests fail if any entry point runs the model with autograd on.
 """
+
 import ctypes
 import ctypes.util
 
@@ -49,12 +50,12 @@ def dataset(spec, n=6, labels=False):
     return ImageDataset(images, y, spec, 3 if labels else None, "random", split="test")
 
 
-def assert_inference(model, call):
-    """call() runs the model without building a graph and leaves it in training mode, as it found it."""
+def assert_inference(model, fn, *args, **kw):
+    """fn(*args, **kw) runs the model without building a graph and leaves it in training mode, as it found it."""
     assert torch.is_grad_enabled()
     model.train()
     with SavedTensors() as saved:
-        call()
+        fn(*args, **kw)
     assert saved.count == 0, f"{saved.count} tensors were saved for backward: autograd was on"
     assert model.training, "the model's training mode was not restored"
 
@@ -73,35 +74,38 @@ def test_evaluation_scoring_sampling_and_completion_run_without_autograd(name):
     ds = dataset(SPEC, labels=True)
     x = ds.images[:2].long()
     cond = torch.tensor([0, 2])
-    assert_inference(model, lambda: evaluate(model, ds, batch_size=4))
-    assert_inference(model, lambda: image_log_prob(model, x, cond))
+    assert_inference(model, evaluate, model, ds, batch_size=4)
+    assert_inference(model, image_log_prob, model, x, cond)
     methods = ["naive"] + (["cached"] if model.has_cached_sampler else [])
     for method in methods:
-        assert_inference(model, lambda: model.sample(2, cond=cond, method=method))
+        assert_inference(model, model.sample, 2, cond=cond, method=method)
         keep = torch.zeros(SPEC.height, SPEC.width, dtype=torch.bool)
         keep[:2] = True
-        assert_inference(model, lambda: complete(model, x[0], keep, n=2, cond=cond, method=method))
+        assert_inference(model, complete, model, x[0], keep, n=2, cond=cond, method=method)
     if getattr(model, "factorizes", True):
         data = compress(model, x, cond)  # in training mode: compress switches to eval itself
-        assert_inference(model, lambda: compress(model, x, cond))
-        assert_inference(model, lambda: decompress(model, data, cond))
+        assert_inference(model, compress, model, x, cond)
+        assert_inference(model, decompress, model, data, cond)
 
 
 def test_order_mixture_and_parts_and_augmentation_run_without_autograd():
     ds = dataset(SPEC)
-    for model in (create_model("lmconv", SPEC, "tiny", num_orders=2), create_model("grayscale_pixelcnn", SPEC, "tiny"),
-                  create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"])):
-        assert_inference(model, lambda: evaluate(model, ds, batch_size=4))
-        assert_inference(model, lambda: image_log_prob(model, ds.images[:2].long()))
+    for model in (
+        create_model("lmconv", SPEC, "tiny", num_orders=2),
+        create_model("grayscale_pixelcnn", SPEC, "tiny"),
+        create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"]),
+    ):
+        assert_inference(model, evaluate, model, ds, batch_size=4)
+        assert_inference(model, image_log_prob, model, ds.images[:2].long())
     model = create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"])
-    assert_inference(model, lambda: evaluate_per_augmentation(model, ds, None, batch_size=4))
+    assert_inference(model, evaluate_per_augmentation, model, ds, None, batch_size=4)
 
 
 def test_linear_probe_features_run_without_autograd():
     spec = ImageSpec(3, 4, 4, 256)
     model = create_model("image_gpt", spec, "tiny")
     ds = dataset(spec, labels=True)
-    assert_inference(model, lambda: extract_features(model, ds, [0, 1], batch_size=4))
+    assert_inference(model, extract_features, model, ds, [0, 1], batch_size=4)
 
 
 # ----- memory --------------------------------------------------------------------------------------------------
@@ -113,9 +117,21 @@ def _heap_in_use():
         return None
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                     "keepcost")]
+        _fields_ = [
+            (f, ctypes.c_size_t)
+            for f in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     libc.mallinfo2.restype = MallInfo2
 

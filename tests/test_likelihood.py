@@ -1,10 +1,11 @@
 """Normalization, per-sub-pixel conditionals and causality of every registered model (float64, brute force)."""
+
 import pytest
 import torch
+from likelihood_checks import causality_violations, conditional_sums, total_probability
 
 import pixelar
 from pixelar import ImageSpec, create_model
-from likelihood_checks import causality_violations, conditional_sums, total_probability
 
 MODELS = pixelar.list_models()
 CHECK_SPECS = [ImageSpec(1, 4, 4, 2), ImageSpec(3, 4, 4, 4)]

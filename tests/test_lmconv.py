@@ -1,15 +1,15 @@
 """LMConv (models/lmconv.py): likelihood checks in many orders, order ensembles, training orders, completion,
 conditional likelihood of a hidden region, and the sampler following model.generation_order()."""
+
 import math
 
 import pytest
 import torch
+from likelihood_checks import all_images, causality_violations, conditional_sums, total_probability
 
 from pixelar import ImageSpec, create_model
 from pixelar.nn.orders import dihedral_orders, generation_order, hidden_last_score
 from pixelar.sampling.naive import generate, generation_steps
-from likelihood_checks import all_images, causality_violations, conditional_sums, total_probability
-
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -56,8 +56,9 @@ def test_conditionals_normalized_and_causal_in_every_order(spec):
     perm = torch.randperm(16, generator=g)
     model.set_order(perm)
     assert causality_violations(model, x)[0] == []
-    assert causality_violations(InOrder(model, generation_order("s_curve", 4, 4)), x)[0], \
+    assert causality_violations(InOrder(model, generation_order("s_curve", 4, 4)), x)[0], (
         "generation_order() must be the order in use: another order has to show violations"
+    )
 
 
 def test_every_order_and_the_ensemble_sum_to_one():
@@ -190,8 +191,7 @@ def test_completion_order_puts_hidden_pixels_last_and_completion_keeps_the_rest(
     order = model.completion_order(known)
     assert hidden_last_score(order, ~known) == 0
     x = torch.randint(0, 8, spec.shape, generator=g)
-    out = model.sample(3, x_known=x.expand(3, -1, -1, -1), known=known.expand(3, -1, -1),
-                       generator=g, method="naive")
+    out = model.sample(3, x_known=x.expand(3, -1, -1, -1), known=known.expand(3, -1, -1), generator=g, method="naive")
     assert torch.equal(out[:, :, known], x[:, known].expand(3, -1, -1))
     assert torch.equal(model.current_order(), model.orders[0])  # the completion order was temporary
 

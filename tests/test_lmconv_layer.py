@@ -6,6 +6,7 @@
   and a wrong first-layer mask is caught;
 - the unfolded input is not kept for the backward pass (memory), and no gradient reaches the mask.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 from pixelar.nn import MaskedConv2d
 from pixelar.nn.lmconv import LocallyMaskedConv2d, kernel_masks, locally_masked_conv2d
 from pixelar.nn.orders import generation_order, ranks
-
 
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
@@ -112,8 +112,11 @@ def test_a_stack_is_causal_in_its_order_and_a_wrong_mask_is_caught():
     r = ranks(order)
     earlier = r.view(1, -1) < r.view(-1, 1)  # earlier[p, q]: q generated before p
     layers = [LocallyMaskedConv2d(2, 3, 3), LocallyMaskedConv2d(3, 3, 3), LocallyMaskedConv2d(3, 2, 3, dilation=2)]
-    good = [kernel_masks(order, H, W, 3, 1, "A"), kernel_masks(order, H, W, 3, 1, "B"),
-            kernel_masks(order, H, W, 3, 2, "B")]
+    good = [
+        kernel_masks(order, H, W, 3, 1, "A"),
+        kernel_masks(order, H, W, 3, 1, "B"),
+        kernel_masks(order, H, W, 3, 2, "B"),
+    ]
     dep = receptive_fields(layers, good, H, W)
     assert not (dep & ~earlier).any(), "an output depends on its own or a later pixel"
     assert dep.sum() > 0.5 * earlier.sum()  # and on most earlier pixels: the check is not vacuous
@@ -155,8 +158,9 @@ def test_bf16_autocast_forward_and_backward():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
-    ref = locally_masked_conv2d(x.detach().double(), layer.weight.detach().double(), layer.bias.detach().double(),
-                                mask.double())
+    ref = locally_masked_conv2d(
+        x.detach().double(), layer.weight.detach().double(), layer.bias.detach().double(), mask.double()
+    )
     torch.testing.assert_close(out.double(), ref, atol=0.1, rtol=0.05)
 
 

@@ -1,4 +1,5 @@
 """Generation orders (pixelar.nn.orders): permutations, neighbour steps, the 8 dihedral variants, completion."""
+
 import itertools
 
 import pytest

@@ -4,6 +4,7 @@ a full disk, identical files from identical runs, metrics across a resume.
 Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py); one test trains in a child
 process and kills it with SIGKILL.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,15 +39,29 @@ SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the child processes 
 def npz_data(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 4,
-             x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), y_test=np.arange(12) % 4)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+        y_train=np.arange(20) % 4,
+        x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+        y_test=np.arange(12) % 4,
+    )
     return f"npz:{path}"
 
 
 @pytest.fixture
 def cfg(npz_data) -> TrainConfig:
-    return TrainConfig(size="tiny", dataset=npz_data, batch_size=8, max_steps=6, checkpoint_every=3, log_every=1,
-                       eval_batch_size=16, sample_n=0, lr=5e-3)
+    return TrainConfig(
+        size="tiny",
+        dataset=npz_data,
+        batch_size=8,
+        max_steps=6,
+        checkpoint_every=3,
+        log_every=1,
+        eval_batch_size=16,
+        sample_n=0,
+        lr=5e-3,
+    )
 
 
 def quiet(cfg, run_dir, **kw):
@@ -89,9 +104,14 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_nothing_stuck(cfg, t
     run, ref = tmp_path / "run", tmp_path / "ref"
     quiet(cfg, ref)
     with open(tmp_path / "child.err", "w") as err:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(run), json.dumps(cfg.to_dict())], text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                 env={**os.environ, "PYTHONPATH": SRC})
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(run), json.dumps(cfg.to_dict())],
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
     try:
         assert child.stdout.readline() == "at step 4\n", (tmp_path / "child.err").read_text()
         config = (run / "config.json").read_bytes()
@@ -100,8 +120,23 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_nothing_stuck(cfg, t
             quiet(dataclasses.replace(cfg, model="pixelcnn"), run)
         with pytest.raises(RunDirBusy, match=busy):
             quiet(cfg, run, resume=True)
-        assert main(["train", "--model", "pixelcnn", "--size", "tiny", "--dataset", cfg.dataset, "--run-dir", str(run),
-                     "--no-progress"]) == 1
+        assert (
+            main(
+                [
+                    "train",
+                    "--model",
+                    "pixelcnn",
+                    "--size",
+                    "tiny",
+                    "--dataset",
+                    cfg.dataset,
+                    "--run-dir",
+                    str(run),
+                    "--no-progress",
+                ]
+            )
+            == 1
+        )
         assert "in use by another training process" in capsys.readouterr().err
         assert (run / "config.json").read_bytes() == config  # nothing of the refused runs was written
         pixelar.load_model(run)  # readers take no lock
@@ -129,16 +164,37 @@ def test_run_files_follow_the_umask(cfg, tmp_path, umask):
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "model.safetensors", "training_state.json", "training_state.safetensors", "metrics.jsonl",
-            "samples.png", ".lock"} == modes.keys()
+    assert {
+        "config.json",
+        "model.safetensors",
+        "training_state.json",
+        "training_state.safetensors",
+        "metrics.jsonl",
+        "samples.png",
+        ".lock",
+    } == modes.keys()
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 
 @pytest.mark.parametrize("fails", ["tensors", "record", "samples"])
 def test_a_full_disk_stops_with_a_clear_message_and_keeps_the_checkpoint(cfg, tmp_path, monkeypatch, capsys, fails):
     run, ref = tmp_path / "run", tmp_path / "ref"
-    args = ["train", "--size", "tiny", "--dataset", cfg.dataset, "--batch-size", "8", "--steps", "6",
-            "--checkpoint-every", "3", "--sample-n", "2", "--no-progress"]
+    args = [
+        "train",
+        "--size",
+        "tiny",
+        "--dataset",
+        cfg.dataset,
+        "--batch-size",
+        "8",
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--sample-n",
+        "2",
+        "--no-progress",
+    ]
     assert main([*args, "--run-dir", str(ref)]) == 0
     real_save, real_replace, saves, replaces = pixelar.io.save_file, os.replace, [], []
 
@@ -168,12 +224,16 @@ def test_a_full_disk_stops_with_a_clear_message_and_keeps_the_checkpoint(cfg, tm
     assert main([*args, "--run-dir", str(run)]) == 1
     err = capsys.readouterr().err
     monkeypatch.undo()
-    what, name, step = {"tensors": ("disk full (no space left on device)", "training_state.safetensors", 3),
-                        "record": ("disk quota exceeded", "training_state.json", 3),
-                        "samples": ("disk full (no space left on device)", "samples.png", 6)}[fails]
-    assert err == (f"pixelar train: error: {what} while writing {run / name}; free space in {run}; the last good "
-                   f"checkpoint in {run} (step {step}) is kept: free space, then resume the run (pixelar train "
-                   f"--resume {run})\n")
+    what, name, step = {
+        "tensors": ("disk full (no space left on device)", "training_state.safetensors", 3),
+        "record": ("disk quota exceeded", "training_state.json", 3),
+        "samples": ("disk full (no space left on device)", "samples.png", 6),
+    }[fails]
+    assert err == (
+        f"pixelar train: error: {what} while writing {run / name}; free space in {run}; the last good "
+        f"checkpoint in {run} (step {step}) is kept: free space, then resume the run (pixelar train "
+        f"--resume {run})\n"
+    )
     assert not list(run.glob(".*.tmp"))
     assert RunDir(run).load().progress["step"] == step
     quiet(TrainConfig(), run, resume=True)
@@ -183,7 +243,9 @@ def test_a_full_disk_stops_with_a_clear_message_and_keeps_the_checkpoint(cfg, tm
 def test_identical_runs_write_identical_files(cfg, tmp_path):
     for name in ("a", "b"):
         quiet(cfg, tmp_path / name)
-    assert same_bytes(tmp_path / "a", tmp_path / "b", ("model.safetensors", "training_state.safetensors", "config.json"))
+    assert same_bytes(
+        tmp_path / "a", tmp_path / "b", ("model.safetensors", "training_state.safetensors", "config.json")
+    )
 
 
 def test_resumed_metrics_equal_uninterrupted_ones(cfg, tmp_path):
@@ -209,8 +271,11 @@ def test_a_checkpoint_of_the_previous_format_resumes(cfg, tmp_path):
     del record["metrics_window"]
     write_json(run / "training_state.json", record)
     path = run / "training_state.safetensors"
-    save_file(load_file(path), path, metadata={"format": "pixelar-training-state", "step": "3",
-                                               "fingerprint": record["fingerprint"]})
+    save_file(
+        load_file(path),
+        path,
+        metadata={"format": "pixelar-training-state", "step": "3", "fingerprint": record["fingerprint"]},
+    )
     quiet(cfg, run, resume=True, max_steps=6)
     for name in ("model.safetensors", "training_state.safetensors"):
         a, b = load_file(run / name), load_file(ref / name)
@@ -220,6 +285,8 @@ def test_a_checkpoint_of_the_previous_format_resumes(cfg, tmp_path):
 def test_disk_full_error_is_an_oserror_with_a_sentence(tmp_path):
     e = pixelar.io.disk_full("/runs/a/model.safetensors", OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(e, DiskFullError) and isinstance(e, OSError) and e.errno == errno.ENOSPC
-    assert str(e) == "disk full (no space left on device) while writing /runs/a/model.safetensors; free space in /runs/a"
+    assert (
+        str(e) == "disk full (no space left on device) while writing /runs/a/model.safetensors; free space in /runs/a"
+    )
     quota = pixelar.io.disk_full(tmp_path, OSError(errno.EDQUOT, "Disk quota exceeded"))  # the file is unknown
     assert str(quota) == f"disk quota exceeded while writing in {tmp_path}; free space there"

@@ -5,6 +5,7 @@ Runs use tiny PixelCNN++ models on an 8x8 npz dataset (20 training, 12 test imag
 training run takes well under a second; one exact-resume case uses the real Fashion-MNIST (dynamically
 binarized) and is skipped where it is absent.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,16 +40,30 @@ def npz_data(tmp_path_factory) -> str:
     """Dataset name of an 8x8 grayscale npz file with train/test splits and 4 classes."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8), y_train=np.arange(20) % 4,
-             x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), y_test=np.arange(12) % 4)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+        y_train=np.arange(20) % 4,
+        x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
+        y_test=np.arange(12) % 4,
+    )
     return f"npz:{path}"
 
 
 @pytest.fixture
 def cfg(npz_data) -> TrainConfig:
     # "train" carves max(1, 20 // 10) = 2 images off as val: 18 images, 2 full batches of 8 per epoch
-    return TrainConfig(size="tiny", dataset=npz_data, batch_size=8, max_steps=6, checkpoint_every=3, log_every=1,
-                       eval_batch_size=16, sample_n=0, lr=5e-3)
+    return TrainConfig(
+        size="tiny",
+        dataset=npz_data,
+        batch_size=8,
+        max_steps=6,
+        checkpoint_every=3,
+        log_every=1,
+        eval_batch_size=16,
+        sample_n=0,
+        lr=5e-3,
+    )
 
 
 def quiet(cfg, run_dir, **kw):
@@ -75,7 +90,7 @@ def ema_model(run_dir):
     """A model with the EMA weights stored in the training state (not via model.safetensors)."""
     model = pixelar.load_model(run_dir)
     state = read_tensors(Path(run_dir) / "training_state.safetensors")
-    model.load_state_dict({k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")})
+    model.load_state_dict({k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")})
     return model
 
 
@@ -87,11 +102,16 @@ def test_config_round_trips_through_json_and_validates():
     assert TrainConfig.from_dict({"seed": 3}) == TrainConfig(seed=3)
     with pytest.raises(ValueError, match="unknown training option.*'learning_rate'.*valid options: .*lr"):
         TrainConfig.from_dict({"learning_rate": 1.0})
-    for bad, match in (({"precision": "fp16"}, "precision must be one of fp32, bf16"),
-                       ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-                       ({"lr": -1.0}, "lr must be"), ({"ema_decay": 1.0}, r"ema_decay must be a number in \[0, 1\)"),
-                       ({"model": "nope"}, "model must be one of"), ({"betas": (0.9,)}, "betas"),
-                       ({"device": "gpu7"}, "device must be"), ({"train_subset": 0}, "train_subset")):
+    for bad, match in (
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"lr": -1.0}, "lr must be"),
+        ({"ema_decay": 1.0}, r"ema_decay must be a number in \[0, 1\)"),
+        ({"model": "nope"}, "model must be one of"),
+        ({"betas": (0.9,)}, "betas"),
+        ({"device": "gpu7"}, "device must be"),
+        ({"train_subset": 0}, "train_subset"),
+    ):
         with pytest.raises(ValueError, match=match):
             dataclasses.replace(TrainConfig(), **bad).validate()
     assert TrainConfig().validate() == TrainConfig()
@@ -164,8 +184,9 @@ def test_interrupted_run_resumes_bitwise(cfg, tmp_path, case):
         if not REAL_FASHION_MNIST.is_dir():
             pytest.skip("Fashion-MNIST not installed")
         # dropout draws from the torch RNG, binarization from the data generator; 3 batches per epoch
-        cfg = dataclasses.replace(cfg, dataset="fashion_mnist_dynamic", train_subset=24, test_subset=8,
-                                  model_overrides={"dropout": 0.5})
+        cfg = dataclasses.replace(
+            cfg, dataset="fashion_mnist_dynamic", train_subset=24, test_subset=8, model_overrides={"dropout": 0.5}
+        )
     full, cut = tmp_path / "full", tmp_path / "cut"
     quiet(cfg, full)
     with pytest.raises(KeyboardInterrupt):
@@ -191,8 +212,10 @@ def test_resume_with_more_steps_equals_a_longer_run(cfg, tmp_path):
     quiet(cfg, tmp_path / "short", resume=True, max_steps=6)
     quiet(cfg, tmp_path / "long")
     assert read_json(tmp_path / "short" / "config.json")["train"]["max_steps"] == 6
-    assert tensors_equal(read_tensors(tmp_path / "short" / "training_state.safetensors"),
-                         read_tensors(tmp_path / "long" / "training_state.safetensors"))
+    assert tensors_equal(
+        read_tensors(tmp_path / "short" / "training_state.safetensors"),
+        read_tensors(tmp_path / "long" / "training_state.safetensors"),
+    )
 
 
 def test_augmentation_runs(cfg, tmp_path):
@@ -243,10 +266,13 @@ def test_test_split_problems_are_found_before_the_first_step(tmp_path):
     np.savez(tmp_path / "sizes.npz", x_train=x_train, x_test=rng.integers(0, 256, (4, 10, 10), dtype=np.uint8))
     np.savez(tmp_path / "nolabels.npz", x_train=x_train, y_train=np.arange(20) % 4, x_test=x_train[:4])
     for name, kw, match in (
-            ("sizes", {}, r"its test images are 1x10x10 with 256 values but its training images 1x8x8 with 256 values"),
-            ("nolabels", {"class_conditional": True}, "class-conditional but the test images of dataset .* have no labels")):
+        ("sizes", {}, r"its test images are 1x10x10 with 256 values but its training images 1x8x8 with 256 values"),
+        ("nolabels", {"class_conditional": True}, "class-conditional but the test images of dataset .* have no labels"),
+    ):
         steps = []
-        cfg = TrainConfig(size="tiny", dataset=f"npz:{tmp_path / name}.npz", batch_size=8, max_steps=2, sample_n=0, **kw)
+        cfg = TrainConfig(
+            size="tiny", dataset=f"npz:{tmp_path / name}.npz", batch_size=8, max_steps=2, sample_n=0, **kw
+        )
         with pytest.raises(ValueError, match=match):
             quiet(cfg, tmp_path / name, on_step=steps.append)
         assert steps == [] and not (tmp_path / name).exists()  # nothing written, not even the directory
@@ -271,8 +297,7 @@ def poison_training_calls(monkeypatch, bad_calls):
 def test_a_nan_step_is_skipped_and_logged(cfg, tmp_path, monkeypatch):
     poison_training_calls(monkeypatch, {2})
     messages = []
-    train(dataclasses.replace(cfg, max_steps=4, max_bad_steps=2), tmp_path / "run", progress=False,
-          log=messages.append)
+    train(dataclasses.replace(cfg, max_steps=4, max_bad_steps=2), tmp_path / "run", progress=False, log=messages.append)
     lines = metrics(tmp_path / "run")
     skipped = [m for m in lines if m.get("skipped")]
     assert [m["step"] for m in skipped] == [2] and skipped[0]["reason"] == "non-finite loss"
@@ -304,15 +329,18 @@ def finished_run(cfg, tmp_path):
     return tmp_path / "run", tmp_path / "ref"
 
 
-@pytest.mark.parametrize("name, damage, match", [
-    ("training_state.json", "garbage", "training state record .*training_state.json is corrupt"),
-    ("training_state.json", "delete", "training_state.json not found"),
-    ("training_state.safetensors", "truncate", "training_state.safetensors is corrupt"),
-    ("training_state.safetensors", "delete", "training state not found: .*training_state.safetensors"),
-    ("config.json", "garbage", "run config .*config.json is corrupt"),
-    ("config.json", "delete", "run config not found: .*config.json"),
-    ("training_state.json", "other_checkpoint", "training_state.json .* come from different checkpoints"),
-])
+@pytest.mark.parametrize(
+    "name, damage, match",
+    [
+        ("training_state.json", "garbage", "training state record .*training_state.json is corrupt"),
+        ("training_state.json", "delete", "training_state.json not found"),
+        ("training_state.safetensors", "truncate", "training_state.safetensors is corrupt"),
+        ("training_state.safetensors", "delete", "training state not found: .*training_state.safetensors"),
+        ("config.json", "garbage", "run config .*config.json is corrupt"),
+        ("config.json", "delete", "run config not found: .*config.json"),
+        ("training_state.json", "other_checkpoint", "training_state.json .* come from different checkpoints"),
+    ],
+)
 def test_damaged_checkpoint_files_are_named(finished_run, name, damage, match):
     run, ref = finished_run
     path = run / name
@@ -336,7 +364,9 @@ def test_interrupted_save_resumes_from_the_previous_checkpoint(finished_run, tmp
     write_json(run / "training_state.json", {**record, "step": 6, "fingerprint": "6-crashed"})
     quiet(TrainConfig(), run, resume=True, max_steps=6)
     assert not (run / "training_state.prev.json").exists()
-    assert tensors_equal(read_tensors(run / "training_state.safetensors"), read_tensors(ref / "training_state.safetensors"))
+    assert tensors_equal(
+        read_tensors(run / "training_state.safetensors"), read_tensors(ref / "training_state.safetensors")
+    )
     assert tensors_equal(read_tensors(run / "model.safetensors"), read_tensors(ref / "model.safetensors"))
 
 
@@ -353,8 +383,13 @@ def test_resume_without_a_checkpoint_says_so(cfg, tmp_path):
 def test_evaluate_sums_every_image_exactly():
     spec = pixelar.ImageSpec(1, 6, 5)
     g = torch.Generator().manual_seed(0)
-    ds = ImageDataset(images=torch.randint(0, 256, (20, *spec.shape), generator=g, dtype=torch.uint8),
-                      labels=torch.arange(20) % 3, spec=spec, num_classes=3, name="mem")
+    ds = ImageDataset(
+        images=torch.randint(0, 256, (20, *spec.shape), generator=g, dtype=torch.uint8),
+        labels=torch.arange(20) % 3,
+        spec=spec,
+        num_classes=3,
+        name="mem",
+    )
     torch.manual_seed(0)
     # float64: fp32 convolutions may round differently for different batch sizes (~1e-7), which would hide
     # what is tested here (every image counted once, the sum kept in float64)
@@ -365,8 +400,13 @@ def test_evaluate_sums_every_image_exactly():
     assert a["nats_per_image"] == pytest.approx(b["nats_per_image"], rel=1e-9, abs=0)
     assert a["bpd"] == pytest.approx(a["nats_per_image"] / (spec.dims * math.log(2)), rel=1e-12)
     with torch.no_grad():
-        ref = -sum(model.eval().log_prob(ds.images[i : i + 1].long(), ds.labels[i : i + 1]).double().item()
-                   for i in range(20)) / 20
+        ref = (
+            -sum(
+                model.eval().log_prob(ds.images[i : i + 1].long(), ds.labels[i : i + 1]).double().item()
+                for i in range(20)
+            )
+            / 20
+        )
     assert a["nats_per_image"] == pytest.approx(ref, rel=1e-9)  # labels were passed as cond
     assert evaluate(model, ds, batch_size=4, subset=9)["num_images"] == 9
     model.train()

@@ -1,5 +1,6 @@
 """Hostile input: bad hyperparameters, counts, config files and weights give one clear error, never a traceback
 or a silently wrong number."""
+
 import json
 
 import numpy as np
@@ -27,22 +28,25 @@ def test_every_preset_passes_the_check(name):
         assert check_hparams(name, preset(name, size)) == preset(name, size)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(dropout="abc"), r"option dropout must be a probability in \[0, 1\), got 'abc'"),
-    (dict(dropout=1.0), r"option dropout must be a probability in \[0, 1\)"),
-    (dict(dropout=float("nan")), "option dropout"),
-    (dict(nr_filters=True), "option nr_filters must be an integer >= 1, got True"),  # bool is no int
-    (dict(nr_filters=0), "option nr_filters must be an integer >= 1, got 0"),
-    (dict(nr_filters=2.5), "option nr_filters must be an integer >= 1, got 2.5"),
-    (dict(nr_filters="8"), "option nr_filters must be an integer"),
-    (dict(nr_resnet=-1), "option nr_resnet must be an integer >= 1, got -1"),
-    (dict(num_classes=-1), "option num_classes must be an integer >= 0, got -1"),
-    (dict(cond_dim=-2), "option cond_dim must be an integer >= 0, got -2"),
-    (dict(output=3), "option output must be an object with a 'kind'"),
-    (dict(output={"nr_mix": 0}), "nr_mix .* must be an integer >= 1, got 0"),
-    (dict(output={"nr_mix": 2.5}), "nr_mix .* must be an integer >= 1, got 2.5"),
-    (dict(output={"nr_mix": True}), "nr_mix .* must be an integer >= 1, got True"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(dropout="abc"), r"option dropout must be a probability in \[0, 1\), got 'abc'"),
+        (dict(dropout=1.0), r"option dropout must be a probability in \[0, 1\)"),
+        (dict(dropout=float("nan")), "option dropout"),
+        (dict(nr_filters=True), "option nr_filters must be an integer >= 1, got True"),  # bool is no int
+        (dict(nr_filters=0), "option nr_filters must be an integer >= 1, got 0"),
+        (dict(nr_filters=2.5), "option nr_filters must be an integer >= 1, got 2.5"),
+        (dict(nr_filters="8"), "option nr_filters must be an integer"),
+        (dict(nr_resnet=-1), "option nr_resnet must be an integer >= 1, got -1"),
+        (dict(num_classes=-1), "option num_classes must be an integer >= 0, got -1"),
+        (dict(cond_dim=-2), "option cond_dim must be an integer >= 0, got -2"),
+        (dict(output=3), "option output must be an object with a 'kind'"),
+        (dict(output={"nr_mix": 0}), "nr_mix .* must be an integer >= 1, got 0"),
+        (dict(output={"nr_mix": 2.5}), "nr_mix .* must be an integer >= 1, got 2.5"),
+        (dict(output={"nr_mix": True}), "nr_mix .* must be an integer >= 1, got True"),
+    ],
+)
 def test_bad_hyperparameters_name_the_model_and_the_option(overrides, message):
     with pytest.raises(ValueError, match=r"model 'pixelcnn_pp'.*" + message):
         create_model("pixelcnn_pp", SPEC, **overrides)
@@ -100,9 +104,21 @@ def _edit(cfg, how):
         cfg["distaug"] = {"transforms": ["rot90"], "num_classes": "ten"}
 
 
-@pytest.mark.parametrize("how", ["no image", "image string", "height not numeric", "height not whole",
-                                 "hparams string", "unknown hparam", "missing hparam", "zero width",
-                                 "model a list", "distaug classes"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "no image",
+        "image string",
+        "height not numeric",
+        "height not whole",
+        "hparams string",
+        "unknown hparam",
+        "missing hparam",
+        "zero width",
+        "model a list",
+        "distaug classes",
+    ],
+)
 def test_a_malformed_config_is_a_valueerror_naming_the_file(tmp_path, how):
     create_model("pixelcnn_pp", SPEC).save(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -114,8 +130,12 @@ def test_a_malformed_config_is_a_valueerror_naming_the_file(tmp_path, how):
 
 def test_image_spec_from_dict_converts_nothing_silently():
     assert ImageSpec.from_dict(SPEC.to_dict()) == SPEC
-    for bad in ({"channels": 1, "height": 4, "width": 4}, {**SPEC.to_dict(), "height": "4"},
-                {**SPEC.to_dict(), "width": 4.5}, [1, 4, 4, 256]):
+    for bad in (
+        {"channels": 1, "height": 4, "width": 4},
+        {**SPEC.to_dict(), "height": "4"},
+        {**SPEC.to_dict(), "width": 4.5},
+        [1, 4, 4, 256],
+    ):
         with pytest.raises(ValueError, match="ImageSpec|an image must be"):
             ImageSpec.from_dict(bad)
 
@@ -141,8 +161,9 @@ def test_load_model_refuses_non_finite_weights(tmp_path, value):
 def test_evaluate_refuses_to_report_a_non_finite_likelihood():
     torch.manual_seed(0)
     model = create_model("pixelcnn_pp", SPEC)
-    ds = ImageDataset(torch.randint(0, 256, (5, *SPEC.shape), dtype=torch.uint8), None, SPEC, None, "random",
-                      split="test")
+    ds = ImageDataset(
+        torch.randint(0, 256, (5, *SPEC.shape), dtype=torch.uint8), None, SPEC, None, "random", split="test"
+    )
     assert np.isfinite(evaluate(model, ds)["bpd"])
     with torch.no_grad():
         model.out.bias.fill_(float("nan"))  # every image's likelihood becomes NaN
@@ -163,39 +184,42 @@ def test_library_counts_refuse_negatives():
         save_grid(torch.zeros(2, *SPEC.shape, dtype=torch.long), SPEC, "unused.png", nrow=0)
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["eval", "R", "--subset", "-5"], "--subset"),
-    (["eval", "R", "--subset", "0"], "--subset"),
-    (["eval", "R", "--batch-size", "0"], "--batch-size"),
-    (["sample", "R", "--out", "o.png", "--n", "0"], "--n"),
-    (["sample", "R", "--out", "o.png", "--nrow", "0"], "--nrow"),
-    (["sample", "R", "--out", "o.png", "--seed", "-1"], "--seed"),
-    (["sample", "R", "--out", "o.png", "--class", "-1"], "--class"),
-    (["sample", "R", "--out", "o.png", "--temperature", "-0.5"], "--temperature"),
-    (["sample", "R", "--out", "o.png", "--temperature", "nan"], "--temperature"),
-    (["sample", "R", "--out", "o.png", "--temperature", "inf"], "--temperature"),
-    (["complete", "R", "--image", "i.png", "--keep", "top-half", "--out", "o.png", "--n", "-2"], "--n"),
-    (["train", "--steps", "0"], "--steps"),
-    (["train", "--batch-size", "-1"], "--batch-size"),
-    (["train", "--lr", "0"], "--lr"),
-    (["train", "--lr", "nan"], "--lr"),
-    (["train", "--lr-decay", "1.5"], "--lr-decay"),
-    (["train", "--warmup-steps", "-1"], "--warmup-steps"),
-    (["train", "--seed", "-1"], "--seed"),
-    (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
-    (["train", "--sample-n", "-1"], "--sample-n"),
-    (["train", "--train-subset", "-9990"], "--train-subset"),
-    (["train", "--test-subset", "0"], "--test-subset"),
-    (["train", "--set", "dropout"], "--set"),
-    (["probe", "R", "--layer", "-1"], "--layer"),
-    (["probe", "R", "--layer", "2,x"], "--layer"),
-    (["probe", "R", "--layer", "1", "--train-subset", "-1"], "--train-subset"),
-    (["probe", "R", "--layer", "1", "--weight-decay", "-1"], "--weight-decay"),
-    (["score", "R", "i.png", "--class", "-3"], "--class"),
-    (["compress", "R", "i.png", "--out", "o", "--class", "-3"], "--class"),
-    (["models", "--image", "2,28,28"], "--image"),
-    (["models", "--image", "1,28"], "--image"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["eval", "R", "--subset", "-5"], "--subset"),
+        (["eval", "R", "--subset", "0"], "--subset"),
+        (["eval", "R", "--batch-size", "0"], "--batch-size"),
+        (["sample", "R", "--out", "o.png", "--n", "0"], "--n"),
+        (["sample", "R", "--out", "o.png", "--nrow", "0"], "--nrow"),
+        (["sample", "R", "--out", "o.png", "--seed", "-1"], "--seed"),
+        (["sample", "R", "--out", "o.png", "--class", "-1"], "--class"),
+        (["sample", "R", "--out", "o.png", "--temperature", "-0.5"], "--temperature"),
+        (["sample", "R", "--out", "o.png", "--temperature", "nan"], "--temperature"),
+        (["sample", "R", "--out", "o.png", "--temperature", "inf"], "--temperature"),
+        (["complete", "R", "--image", "i.png", "--keep", "top-half", "--out", "o.png", "--n", "-2"], "--n"),
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--batch-size", "-1"], "--batch-size"),
+        (["train", "--lr", "0"], "--lr"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--lr-decay", "1.5"], "--lr-decay"),
+        (["train", "--warmup-steps", "-1"], "--warmup-steps"),
+        (["train", "--seed", "-1"], "--seed"),
+        (["train", "--checkpoint-every", "0"], "--checkpoint-every"),
+        (["train", "--sample-n", "-1"], "--sample-n"),
+        (["train", "--train-subset", "-9990"], "--train-subset"),
+        (["train", "--test-subset", "0"], "--test-subset"),
+        (["train", "--set", "dropout"], "--set"),
+        (["probe", "R", "--layer", "-1"], "--layer"),
+        (["probe", "R", "--layer", "2,x"], "--layer"),
+        (["probe", "R", "--layer", "1", "--train-subset", "-1"], "--train-subset"),
+        (["probe", "R", "--layer", "1", "--weight-decay", "-1"], "--weight-decay"),
+        (["score", "R", "i.png", "--class", "-3"], "--class"),
+        (["compress", "R", "i.png", "--out", "o", "--class", "-3"], "--class"),
+        (["models", "--image", "2,28,28"], "--image"),
+        (["models", "--image", "1,28"], "--image"),
+    ],
+)
 def test_bad_counts_fail_while_parsing_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv)
@@ -209,22 +233,42 @@ def _one_line_error(capsys, command: str) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("pair, option", [
-    ("dropout=abc", "dropout"), ("nr_filters=true", "nr_filters"), ("output=3", "output"),
-    ("nr_resnet=-1", "nr_resnet"), ("nr_filters=0", "nr_filters"), ("nr_filters=2.5", "nr_filters"),
-    ("num_classes=-1", "num_classes"), ("cond_dim=-1", "cond_dim"), ("output.nr_mix=0", "nr_mix"),
-])
+@pytest.mark.parametrize(
+    "pair, option",
+    [
+        ("dropout=abc", "dropout"),
+        ("nr_filters=true", "nr_filters"),
+        ("output=3", "output"),
+        ("nr_resnet=-1", "nr_resnet"),
+        ("nr_filters=0", "nr_filters"),
+        ("nr_filters=2.5", "nr_filters"),
+        ("num_classes=-1", "num_classes"),
+        ("cond_dim=-1", "cond_dim"),
+        ("output.nr_mix=0", "nr_mix"),
+    ],
+)
 def test_train_with_bad_model_options_is_one_line_and_exit_2(pair, option, tmp_path, capsys):
     # refused while the settings are checked, before any data are read or files written
-    argv = ["train", "--model", "pixelcnn_pp", "--size", "tiny", "--steps", "1", "--no-progress",
-            "--run-dir", str(tmp_path / "run"), "--set", pair]
+    argv = [
+        "train",
+        "--model",
+        "pixelcnn_pp",
+        "--size",
+        "tiny",
+        "--steps",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        pair,
+    ]
     assert main(argv) == 2
     assert option in _one_line_error(capsys, "train")
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("how", ["no image", "height not numeric", "hparams string", "unknown hparam",
-                                 "zero width"])
+@pytest.mark.parametrize("how", ["no image", "height not numeric", "hparams string", "unknown hparam", "zero width"])
 def test_eval_and_sample_of_a_hand_edited_config_is_one_line_and_exit_2(how, tmp_path, capsys):
     create_model("pixelcnn_pp", FMNIST).save(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())

@@ -8,6 +8,7 @@ Public API (stable)::
     model.save(path); pixelar.load_model(path); pixelar.bits_per_dim(nats, image)
     pixelar.codec.compress(model, x); pixelar.codec.decompress(model, data)
 """
+
 from . import codec
 from .models import create_model, list_models, load_model
 from .types import ImageSpec, bits_per_dim

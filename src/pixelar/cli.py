@@ -2,6 +2,7 @@
 
 The only place that turns command-line input into objects; all work happens in the library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ import torch
 
 from .config import MAX_SEED
 from .inference import inference
-from .types import ImageSpec, bits_per_dim
+from .types import ImageSpec
 
 
 def _parse_value(text: str):
@@ -111,7 +112,9 @@ def _image_spec(text: str) -> ImageSpec:
         return ImageSpec(*[int(v) for v in text.split(",")])
     except (TypeError, ValueError) as e:
         detail = f" ({e})" if str(e).startswith("ImageSpec") else ""
-        raise argparse.ArgumentTypeError(f"expected C,H,W[,NUM_VALUES] such as 3,32,32,256, got {text!r}{detail}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected C,H,W[,NUM_VALUES] such as 3,32,32,256, got {text!r}{detail}"
+        ) from None
 
 
 def _types(text: str | None) -> list[str]:
@@ -124,17 +127,28 @@ def _train_flags(args) -> dict[str, tuple[str, object]]:
     """The training settings given on the command line: {TrainConfig field: (the flag as typed, value)}."""
     given = {}
     for field, flag, value in (
-            ("model", "--model", args.model), ("size", "--size", args.size), ("dataset", "--dataset", args.dataset),
-            ("data_dir", "--data-dir", args.data_dir), ("batch_size", "--batch-size", args.batch_size),
-            ("lr", "--lr", args.lr), ("lr_decay", "--lr-decay", args.lr_decay),
-            ("warmup_steps", "--warmup-steps", args.warmup_steps), ("precision", "--precision", args.precision),
-            ("seed", "--seed", args.seed), ("checkpoint_every", "--checkpoint-every", args.checkpoint_every),
-            ("sample_n", "--sample-n", args.sample_n), ("train_subset", "--train-subset", args.train_subset),
-            ("test_subset", "--test-subset", args.test_subset)):
+        ("model", "--model", args.model),
+        ("size", "--size", args.size),
+        ("dataset", "--dataset", args.dataset),
+        ("data_dir", "--data-dir", args.data_dir),
+        ("batch_size", "--batch-size", args.batch_size),
+        ("lr", "--lr", args.lr),
+        ("lr_decay", "--lr-decay", args.lr_decay),
+        ("warmup_steps", "--warmup-steps", args.warmup_steps),
+        ("precision", "--precision", args.precision),
+        ("seed", "--seed", args.seed),
+        ("checkpoint_every", "--checkpoint-every", args.checkpoint_every),
+        ("sample_n", "--sample-n", args.sample_n),
+        ("train_subset", "--train-subset", args.train_subset),
+        ("test_subset", "--test-subset", args.test_subset),
+    ):
         if value is not None:
             given[field] = (f"{flag} {value}", value)
-    for field, flag in (("class_conditional", "--class-conditional"), ("compile", "--compile"),
-                        ("channels_last", "--channels-last")):
+    for field, flag in (
+        ("class_conditional", "--class-conditional"),
+        ("compile", "--compile"),
+        ("channels_last", "--channels-last"),
+    ):
         if getattr(args, field):  # store_true: absent means "not given", not False
             given[field] = (flag, True)
     for field in ("augment", "distaug"):
@@ -158,8 +172,10 @@ def _check_resume_flags(args, given: dict) -> None:
                 shown = json.dumps(have) if isinstance(have, (dict, list, bool)) or have is None else have
                 conflicts.append(f"{typed} conflicts with the run's {field} {shown}")
     if conflicts:
-        raise ValueError(f"--resume {args.resume}: " + "; ".join(conflicts) + ". A resumed run keeps its settings "
-                         "(only --steps can change): drop these flags, or start a new run in another directory")
+        raise ValueError(
+            f"--resume {args.resume}: " + "; ".join(conflicts) + ". A resumed run keeps its settings "
+            "(only --steps can change): drop these flags, or start a new run in another directory"
+        )
 
 
 def cmd_train(args) -> int:
@@ -169,8 +185,7 @@ def cmd_train(args) -> int:
     given = _train_flags(args)
     if args.resume:
         _check_resume_flags(args, given)
-        result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress,
-                       max_steps=args.steps)
+        result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress, max_steps=args.steps)
     else:
         cfg = TrainConfig()
         for field, (_, value) in given.items():
@@ -184,8 +199,10 @@ def cmd_train(args) -> int:
     if result.get("tokenized"):
         from .evaluation import TOKEN_NOTE
 
-        print(f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
-              f"reconstruction RMSE {result['palette_rmse']:.2f}; {TOKEN_NOTE}")
+        print(
+            f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
+            f"reconstruction RMSE {result['palette_rmse']:.2f}; {TOKEN_NOTE}"
+        )
     else:
         print(f"test bits/dim: {result['test_bpd']:.4f}  ({result['run_dir']})")
     return 0
@@ -233,11 +250,16 @@ def cmd_eval(args) -> int:
     else:
         print(f"{dataset} {args.split}: {describe(res)}")
         if "bpd_parts" in res:  # models with auxiliary variables: their parts, in bits/dim of the image
-            print("  parts: " + " + ".join(f"{k} {v:.4f}" for k, v in res["bpd_parts"].items())
-                  + f" = {res['bpd']:.4f} bits/dim")
+            print(
+                "  parts: "
+                + " + ".join(f"{k} {v:.4f}" for k, v in res["bpd_parts"].items())
+                + f" = {res['bpd']:.4f} bits/dim"
+            )
         if "num_orders" in res:
-            print(f"  mixture over {res['num_orders']} generation orders; single order: "
-                  f"{res['bpd_single_order']:.4f} bits/dim")
+            print(
+                f"  mixture over {res['num_orders']} generation orders; single order: "
+                f"{res['bpd_single_order']:.4f} bits/dim"
+            )
     return 0
 
 
@@ -250,13 +272,20 @@ def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> in
     if types is None and getattr(model, "augmenter", None) is None:
         types = train_cfg.get("augment") or None
         if types is None:
-            raise ValueError("--per-augmentation: the model was trained without transformations; name the types "
-                             "to score it under, e.g. --per-augmentation rot90,transpose")
+            raise ValueError(
+                "--per-augmentation: the model was trained without transformations; name the types "
+                "to score it under, e.g. --per-augmentation rot90,transpose"
+            )
     augmenter = Augmenter(parse_transforms(model.data_image, types)) if types else None  # acts on the data images
-    rows = evaluate_per_augmentation(model, ds, augmenter, batch_size=args.batch_size, precision=args.precision,
-                                     subset=args.subset)
+    rows = evaluate_per_augmentation(
+        model, ds, augmenter, batch_size=args.batch_size, precision=args.precision, subset=args.subset
+    )
     if args.json:
-        print(json.dumps({"dataset": dataset, "split": args.split, "run_dir": str(args.run_dir), "per_augmentation": rows}))
+        print(
+            json.dumps(
+                {"dataset": dataset, "split": args.split, "run_dir": str(args.run_dir), "per_augmentation": rows}
+            )
+        )
         return 0
     how = "conditioned on the transformation" if getattr(model, "augmenter", None) is not None else "transformed images"
     unit = "bits/dim"
@@ -341,8 +370,9 @@ def cmd_sample(args) -> int:
     g = torch.Generator().manual_seed(args.seed)
     t = time.time()
     method = _method(model, args.method)
-    x = model.sample(args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature, generator=g,
-                     method=method)
+    x = model.sample(
+        args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature, generator=g, method=method
+    )
     save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
     print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
@@ -365,17 +395,29 @@ def cmd_complete(args) -> int:
     if args.score:
         score = getattr(model, "conditional_log_prob", None)
         if not callable(score):
-            raise NotImplementedError(f"model {model.name!r} cannot score a hidden region given the rest "
-                                      "(it generates in one fixed order); lmconv can")
+            raise NotImplementedError(
+                f"model {model.name!r} cannot score a hidden region given the rest "
+                "(it generates in one fixed order); lmconv can"
+            )
         with inference(model):
             nats = -score(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
         dims = int((~keep).sum()) * spec.channels
-        print(f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
-              f"{nats / (dims * math.log(2)):.4f} bits/dim")
+        print(
+            f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
+            f"{nats / (dims * math.log(2)):.4f} bits/dim"
+        )
     g = torch.Generator().manual_seed(args.seed)
     method = _method(model, args.method)
-    out = complete(model, model.encode(x[None])[0], keep, n=args.n, cond=cond, temperature=args.temperature,
-                   generator=g, method=method)
+    out = complete(
+        model,
+        model.encode(x[None])[0],
+        keep,
+        n=args.n,
+        cond=cond,
+        temperature=args.temperature,
+        generator=g,
+        method=method,
+    )
     out = model.decode(out)
     if model.tokenizer is not None:  # kept pixels are shown as the palette has them (lossy)
         x = model.decode(model.encode(x[None]))[0]
@@ -426,12 +468,16 @@ def cmd_compress(args) -> int:
     with inference(model):
         nats = -model.log_prob(model.encode(x), cond).sum().item()
     source = sum(Path(p).stat().st_size for p in args.images)
-    print(f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "
-          f"bits/dim (the model's -log2 p(x): {nats / (dims * math.log(2)):.4f}; the input files: {source:,} bytes) "
-          f"in {seconds:.1f} s")
+    print(
+        f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "
+        f"bits/dim (the model's -log2 p(x): {nats / (dims * math.log(2)):.4f}; the input files: {source:,} bytes) "
+        f"in {seconds:.1f} s"
+    )
     if spec.num_values != 256:
-        print(f"note: the model codes {spec.num_values} values per sub-pixel: the 8-bit files were reduced to them "
-              "first, so decompress returns the reduced images, not the original files")
+        print(
+            f"note: the model codes {spec.num_values} values per sub-pixel: the 8-bit files were reduced to them "
+            "first, so decompress returns the reduced images, not the original files"
+        )
     return 0
 
 
@@ -452,8 +498,10 @@ def cmd_decompress(args) -> int:
     names = [out / f"image_{k:03d}.png" for k in range(n)]
     existing = [p for p in names if p.exists()]
     if existing and not args.force:
-        raise ValueError(f"{existing[0]} exists ({len(existing)} of the {n} output files do): pass --force to "
-                         "overwrite them, or choose another --out-dir")
+        raise ValueError(
+            f"{existing[0]} exists ({len(existing)} of the {n} output files do): pass --force to "
+            "overwrite them, or choose another --out-dir"
+        )
     model = load_model(args.run_dir)
     x = decompress(model, data, _cond(model, n, args.cls))
     out.mkdir(parents=True, exist_ok=True)
@@ -483,14 +531,24 @@ def cmd_probe(args) -> int:
     data_dir = args.data_dir or train_cfg.get("data_dir")
     train = load_dataset(dataset, "train", data_dir=data_dir)
     test = load_dataset(dataset, "test", data_dir=data_dir)
-    rows = linear_probe(model, train, test, layers, batch_size=args.batch_size, train_subset=args.train_subset,
-                        test_subset=args.test_subset, weight_decay=args.weight_decay)
+    rows = linear_probe(
+        model,
+        train,
+        test,
+        layers,
+        batch_size=args.batch_size,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        weight_decay=args.weight_decay,
+    )
     if args.json:
         print(json.dumps({"dataset": dataset, "run_dir": str(args.run_dir), "layers": rows}))
         return 0
-    print(f"linear probe on {dataset}: logistic regression on features averaged over positions, trained on "
-          f"{rows[0]['num_train']} training images, accuracy on {rows[0]['num_test']} test images "
-          f"(layer {n - 1} = final norm)")
+    print(
+        f"linear probe on {dataset}: logistic regression on features averaged over positions, trained on "
+        f"{rows[0]['num_train']} training images, accuracy on {rows[0]['num_test']} test images "
+        f"(layer {n - 1} = final norm)"
+    )
     print(f"{'layer':>5}  {'train acc':>9}  {'test acc':>8}")
     best = max(rows, key=lambda r: r["test_accuracy"])
     for r in rows:
@@ -515,46 +573,72 @@ def cmd_models(args) -> int:
     return 0
 
 
-CONVERT_HELP = ("convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
-                "16-bit samples to their high byte) instead of refusing them; each conversion is reported")
+CONVERT_HELP = (
+    "convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
+    "16-bit samples to their high byte) instead of refusing them; each conversion is reported"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixelar", description="Autoregressive image models with exact bits/dim.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (default: small PixelCNN++ on Fashion-MNIST, ~5 min on 2 CPU cores)")
+    t = sub.add_parser(
+        "train", help="train a model (default: small PixelCNN++ on Fashion-MNIST, ~5 min on 2 CPU cores)"
+    )
     t.add_argument("--model", help="registered model name (see `pixelar models`)")
     t.add_argument("--size", choices=["tiny", "small", "paper"])
     t.add_argument("--dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH")
-    t.add_argument("--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)")
+    t.add_argument(
+        "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
+    )
     t.add_argument("--steps", type=positive_int, help="number of training steps")
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--lr-decay", type=decay_factor, help="per-step learning-rate decay factor")
     t.add_argument("--warmup-steps", type=nonnegative_int, help="linear learning-rate warm-up steps")
     t.add_argument("--precision", choices=["fp32", "bf16"])
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (fuses elementwise work; compiling takes minutes on a CPU, so it "
-                        "pays off for long runs; falls back to eager mode where unavailable)")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (fuses elementwise work; compiling takes minutes on a CPU, so it "
+        "pays off for long runs; falls back to eager mode where unavailable)",
+    )
     t.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
     t.add_argument("--seed", type=seed)
     t.add_argument("--checkpoint-every", type=positive_int)
     t.add_argument("--sample-n", type=nonnegative_int, help="samples drawn into samples.png at the end")
     t.add_argument("--train-subset", type=positive_int, help="use only the first N training images (quick experiments)")
-    t.add_argument("--test-subset", type=positive_int, help="evaluate on the first N test images only (quick experiments)")
+    t.add_argument(
+        "--test-subset", type=positive_int, help="evaluate on the first N test images only (quick experiments)"
+    )
     t.add_argument("--class-conditional", action="store_true", help="condition the model on the dataset's labels")
-    t.add_argument("--augment", metavar="TYPES",
-                   help="plain data augmentation baseline (unconditioned): comma-separated transformation types from "
-                        "rot90, transpose, colour, jigsaw, reverse, randperm; each image draws one index per type")
-    t.add_argument("--distaug", metavar="TYPES",
-                   help="Distribution Augmentation: as --augment, but the model is conditioned on the indices and "
-                        "test bits/dim use the identity (Jun et al. 2020)")
-    t.add_argument("--set", action="append", type=_key_value, metavar="KEY=VALUE", help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10")
+    t.add_argument(
+        "--augment",
+        metavar="TYPES",
+        help="plain data augmentation baseline (unconditioned): comma-separated transformation types from "
+        "rot90, transpose, colour, jigsaw, reverse, randperm; each image draws one index per type",
+    )
+    t.add_argument(
+        "--distaug",
+        metavar="TYPES",
+        help="Distribution Augmentation: as --augment, but the model is conditioned on the indices and "
+        "test bits/dim use the identity (Jun et al. 2020)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        type=_key_value,
+        metavar="KEY=VALUE",
+        help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10",
+    )
     t.add_argument("--run-dir", help="output directory (default runs/MODEL-DATASET-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run exactly where it stopped, with its own settings (only --steps "
-                        "may change; other flags must agree with the run's)")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run exactly where it stopped, with its own settings (only --steps "
+        "may change; other flags must agree with the run's)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -567,42 +651,67 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--subset", type=positive_int, help="score only the first N images of the split (quick checks)")
-    e.add_argument("--per-augmentation", nargs="?", const="", metavar="TYPES",
-                   help="bits/dim for each transformation type and index, identity first (DistAug models: their "
-                        "own types; other models: the run's --augment types or the TYPES given)")
+    e.add_argument(
+        "--per-augmentation",
+        nargs="?",
+        const="",
+        metavar="TYPES",
+        help="bits/dim for each transformation type and index, identity first (DistAug models: their "
+        "own types; other models: the run's --augment types or the TYPES given)",
+    )
     e.set_defaults(func=cmd_eval)
 
-    for name, helptext in (("sample", "draw samples into a PNG grid"), ("complete", "keep part of an image, sample the rest")):
+    for name, helptext in (
+        ("sample", "draw samples into a PNG grid"),
+        ("complete", "keep part of an image, sample the rest"),
+    ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("run_dir")
         if name == "complete":
             s.add_argument("--image", required=True, help="PNG/JPEG of the model's size")
             s.add_argument("--keep", required=True, help="top-half, left-half, or a mask image (white = keep)")
             s.add_argument("--n", type=positive_int, default=4, help="number of completions")
-            s.add_argument("--score", action="store_true",
-                           help="also print the hidden region's conditional bits/dim given the kept pixels (lmconv)")
+            s.add_argument(
+                "--score",
+                action="store_true",
+                help="also print the hidden region's conditional bits/dim given the kept pixels (lmconv)",
+            )
             s.add_argument("--convert", action="store_true", help=CONVERT_HELP)
         else:
             s.add_argument("--n", type=positive_int, default=64)
             s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
         s.add_argument("--out", required=True)
-        s.add_argument("--temperature", type=nonnegative_float, default=1.0,
-                       help="1 samples the model, lower sharpens, 0 takes the most likely value of every step")
+        s.add_argument(
+            "--temperature",
+            type=nonnegative_float,
+            default=1.0,
+            help="1 samples the model, lower sharpens, 0 takes the most likely value of every step",
+        )
         s.add_argument("--seed", type=seed, default=0)
         s.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
-        s.add_argument("--method", default="auto", choices=["auto", "cached", "naive"],
-                       help="auto (default: cached where the model has it, else naive), cached (fast) or naive (reference)")
+        s.add_argument(
+            "--method",
+            default="auto",
+            choices=["auto", "cached", "naive"],
+            help="auto (default: cached where the model has it, else naive), cached (fast) or naive (reference)",
+        )
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
 
     pr = sub.add_parser("probe", help="linear probe: class accuracy of logistic regression on a layer's features")
     pr.add_argument("run_dir")
-    pr.add_argument("--layer", required=True, type=_layers, help="layer number (0 .. n_layer; middle layers work best), "
-                    "several as 2,3,4, or 'all' for a table")
+    pr.add_argument(
+        "--layer",
+        required=True,
+        type=_layers,
+        help="layer number (0 .. n_layer; middle layers work best), several as 2,3,4, or 'all' for a table",
+    )
     pr.add_argument("--dataset", help="default: the dataset the run was trained on (must have labels)")
     pr.add_argument("--data-dir")
     pr.add_argument("--train-subset", type=positive_int, help="fit on the first N training images only")
     pr.add_argument("--test-subset", type=positive_int, help="score on the first N test images only")
-    pr.add_argument("--weight-decay", type=nonnegative_float, default=1e-3, help="L2 penalty of the logistic regression")
+    pr.add_argument(
+        "--weight-decay", type=nonnegative_float, default=1e-3, help="L2 penalty of the logistic regression"
+    )
     pr.add_argument("--batch-size", type=positive_int, default=100)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_probe)
@@ -619,9 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     z.add_argument("--out", required=True, help="the compressed file")
     z.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
-    z.add_argument("--convert", action="store_true",
-                   help="convert images the model cannot code exactly (colour <-> grey, transparency, other colour "
-                        "spaces; never more than 8 bits): decompress then returns the converted images")
+    z.add_argument(
+        "--convert",
+        action="store_true",
+        help="convert images the model cannot code exactly (colour <-> grey, transparency, other colour "
+        "spaces; never more than 8 bits): decompress then returns the converted images",
+    )
     z.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")

@@ -1,4 +1,5 @@
 """TrainConfig: every setting of a training run, saved as the "train" section of a run's config.json."""
+
 from __future__ import annotations
 
 import math
@@ -61,20 +62,22 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Build from a dict such as config.json's "train" section; missing keys take their defaults."""
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a dict, got {type(d).__name__}")
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(valid))
         if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
+            raise ValueError(
+                f"unknown training option(s) {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}"
+            )
         d = dict(d)
         if isinstance(d.get("betas"), list):  # JSON has no tuples
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ValueError naming the first bad setting; return self so calls can chain."""
         from .augment import TRANSFORM_TYPES
         from .models import SIZES, list_models  # the registry only; no model family is named here
@@ -99,8 +102,9 @@ class TrainConfig:
             if bad:
                 raise ValueError(f"{name}: unknown transformation(s) {bad}; valid: {', '.join(TRANSFORM_TYPES)}")
         if self.augment and self.distaug:
-            raise ValueError("choose augment (plain, unconditioned) or distaug (conditioned on the transformation), "
-                             "not both")
+            raise ValueError(
+                "choose augment (plain, unconditioned) or distaug (conditioned on the transformation), not both"
+            )
         if not isinstance(self.class_conditional, bool):
             raise ValueError(f"class_conditional must be true or false, got {self.class_conditional!r}")
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "eval_batch_size", "max_bad_steps"):
@@ -118,8 +122,11 @@ class TrainConfig:
         if self.grad_clip is not None:
             _check_float(self, "grad_clip", lambda v: v > 0, "> 0 (or None for no clipping)")
         betas = self.betas
-        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-                or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+        if (
+            not isinstance(betas, (tuple, list))
+            or len(betas) != 2
+            or not all(_is_number(b) and 0 <= b < 1 for b in betas)
+        ):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         for flag in ("compile", "channels_last"):
             if not isinstance(getattr(self, flag), bool):
@@ -133,7 +140,9 @@ class TrainConfig:
             try:
                 torch.device(self.device)
             except RuntimeError:
-                raise ValueError(f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {self.device!r}") from None
+                raise ValueError(
+                    f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {self.device!r}"
+                ) from None
         return self
 
 

@@ -7,6 +7,7 @@ alive until it ran out of memory), a `with` block inside the body cannot. tests/
 each entry point builds no autograd graph and that evaluation memory does not grow with the data.
 Lives below every package so that models/, sampling/, evaluation/ and codec/ can all use it.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Atomic file writes and safe reads shared by model and training checkpoints (no pickle anywhere)."""
+
 from __future__ import annotations
 
 import errno

@@ -1,5 +1,6 @@
 """Whether torch.compile is tracing the calling code: value-dependent checks (min/max of an input, then a
 Python branch) must be skipped then. Lives below every package so that nn/, augment/ and models/ can ask."""
+
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,9 @@
 """ImageSpec: the one description of "an image" shared by data, models and metrics."""
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ImageSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ImageSpec":
+    def from_dict(cls, d: dict) -> ImageSpec:
         """The inverse of to_dict; ValueError (not a silent int() conversion) for anything else."""
         keys = ("channels", "height", "width", "num_values")
         if not isinstance(d, dict) or any(k not in d for k in keys):

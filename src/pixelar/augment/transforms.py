@@ -25,6 +25,7 @@ Types (names from the paper's code in brackets):
 Difference from the paper: its "randomly determined order" permutes all 3072 sub-pixels; here the pixels are
 permuted (channels kept together, see above), from a stored seed so that a saved model rebuilds them exactly.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -67,15 +68,19 @@ class Transform:
     def _check(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         D = self.table.shape[1]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x[0].numel() != D:
-            raise ValueError(f"{self.name}: x must be a (B, C, H, W) tensor with C*H*W = {D}, got "
-                             f"{tuple(getattr(x, 'shape', ()))}")
+            raise ValueError(
+                f"{self.name}: x must be a (B, C, H, W) tensor with C*H*W = {D}, got {tuple(getattr(x, 'shape', ()))}"
+            )
         if not isinstance(index, torch.Tensor) or index.dtype.is_floating_point or index.shape != (x.shape[0],):
-            raise ValueError(f"{self.name}: index must be an int64 tensor of shape ({x.shape[0]},) (one index per "
-                             f"image), got {getattr(index, 'dtype', type(index).__name__)} "
-                             f"{tuple(getattr(index, 'shape', ()))}")
+            raise ValueError(
+                f"{self.name}: index must be an int64 tensor of shape ({x.shape[0]},) (one index per "
+                f"image), got {getattr(index, 'dtype', type(index).__name__)} "
+                f"{tuple(getattr(index, 'shape', ()))}"
+            )
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_choices):
-            raise ValueError(f"{self.name}: indices must be in [0, {self.num_choices}), got "
-                             f"{int(index.min())}..{int(index.max())}")
+            raise ValueError(
+                f"{self.name}: indices must be in [0, {self.num_choices}), got {int(index.min())}..{int(index.max())}"
+            )
         return index.long()
 
     def _gather(self, table: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -141,8 +146,10 @@ def make_transform(spec: ImageSpec, name: str, **options) -> Transform:
         raise ValueError(f"transformation {name!r} takes no options, got {sorted(options)}")
     C, H, W = spec.shape
     if name in ("rot90", "transpose") and H != W:
-        raise ValueError(f"{name} maps an image onto itself only when it is square; these images are {H}x{W} "
-                         "(HxW): drop it or use reverse / jigsaw")
+        raise ValueError(
+            f"{name} maps an image onto itself only when it is square; these images are {H}x{W} "
+            "(HxW): drop it or use reverse / jigsaw"
+        )
     if name == "colour" and C != 3:
         raise ValueError(f"colour permutes the R, G, B channels: it needs 3-channel images, got {C} channel(s)")
     if name == "jigsaw" and (H % 2 or W % 2):
@@ -166,8 +173,13 @@ def make_transform(spec: ImageSpec, name: str, **options) -> Transform:
 
         table = _table(spec, rule, num + 1)
     else:
-        rule, n = {"rot90": (_rot90, 4), "transpose": (_transpose, 2), "colour": (_colour, 6),
-                   "jigsaw": (_jigsaw, 24), "reverse": (_reverse, 2)}[name]
+        rule, n = {
+            "rot90": (_rot90, 4),
+            "transpose": (_transpose, 2),
+            "colour": (_colour, 6),
+            "jigsaw": (_jigsaw, 24),
+            "reverse": (_reverse, 2),
+        }[name]
         table = _table(spec, rule, n)
     return Transform(name, options, table, torch.argsort(table, dim=1))
 
@@ -178,8 +190,9 @@ def parse_transforms(spec: ImageSpec, types) -> list[Transform]:
     if isinstance(types, str):
         types = [t.strip() for t in types.split(",") if t.strip()]
     if not isinstance(types, (list, tuple)) or not types:
-        raise ValueError(f"transformations must be a non-empty list of names from {', '.join(TRANSFORM_TYPES)}, "
-                         f"got {types!r}")
+        raise ValueError(
+            f"transformations must be a non-empty list of names from {', '.join(TRANSFORM_TYPES)}, got {types!r}"
+        )
     out = []
     for t in types:
         if isinstance(t, str):
@@ -224,18 +237,23 @@ class Augmenter:
         """Validate aug: int (B, n_types) with aug[:, t] in [0, choices[t]); a (n_types,) vector is broadcast."""
         n = self.num_types
         if not isinstance(aug, torch.Tensor) or aug.dtype.is_floating_point or aug.dtype == torch.bool:
-            raise ValueError(f"aug must be an int64 tensor of shape ({batch}, {n}) (one index per transformation "
-                             f"type {self.names}), got {getattr(aug, 'dtype', type(aug).__name__)}")
+            raise ValueError(
+                f"aug must be an int64 tensor of shape ({batch}, {n}) (one index per transformation "
+                f"type {self.names}), got {getattr(aug, 'dtype', type(aug).__name__)}"
+            )
         if aug.shape == (n,):
             aug = aug.view(1, n).expand(batch, n)
         if aug.shape != (batch, n):
-            raise ValueError(f"aug must have shape ({batch}, {n}) (one index per type {self.names}), "
-                             f"got {tuple(aug.shape)}")
+            raise ValueError(
+                f"aug must have shape ({batch}, {n}) (one index per type {self.names}), got {tuple(aug.shape)}"
+            )
         if aug.numel() and not is_tracing():  # no value checks while torch.compile traces
             high = torch.tensor(self.choices, device=aug.device)
             if bool((aug < 0).any()) or bool((aug >= high).any()):
-                raise ValueError(f"aug[:, t] must be in [0, {self.choices}[t]) for the types {self.names}, "
-                                 f"got min {aug.min(0).values.tolist()} max {aug.max(0).values.tolist()}")
+                raise ValueError(
+                    f"aug[:, t] must be in [0, {self.choices}[t]) for the types {self.names}, "
+                    f"got min {aug.min(0).values.tolist()} max {aug.max(0).values.tolist()}"
+                )
         return aug.long()
 
     def apply(self, x: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ interval arithmetic exact (the range never drops below a quarter of 2**32). The 
 2 bits plus the byte padding of the ideal -log2(freq / total) summed over the symbols.
 `quantize` turns probabilities into such tables; encoder and decoder must build identical tables.
 """
+
 from __future__ import annotations
 
 import torch

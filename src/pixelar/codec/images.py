@@ -26,11 +26,12 @@ at least one coded byte), so n <= S * (bytes - 33) / 5, and a segment is decoded
 The coded bits alone bound nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the
 likeliest value up to 1 - (K - 1) / 2^16 of the total: 2e-5 bits for K = 2), so a few bytes could claim billions
 of images. A segment costs its 4-byte length and the coder's last byte or two, about 0.4 bytes per image.
-Version 1 streams (one segment, no lengths) are refused. A damaged stream, or probabilities computed differently at decode time, fail the
-checksum with a clear error instead of returning wrong images. Class labels or cond vectors are side
-information: pass the same `cond` to both calls. Models with palette tokens (image_gpt) code the tokens, when
-their palette reproduces the images exactly.
+Version 1 streams (one segment, no lengths) are refused. A damaged stream, or probabilities computed
+differently at decode time, fail the checksum with a clear error instead of returning wrong images. Class
+labels or cond vectors are side information: pass the same `cond` to both calls. Models with palette tokens
+(image_gpt) code the tokens, when their palette reproduces the images exactly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,10 @@ def _crc(images: torch.Tensor) -> int:
 
 def _check_codable(model) -> None:
     if not getattr(model, "factorizes", True):
-        raise NotImplementedError(f"{model.name} does not factor into one conditional per sub-pixel, so it cannot "
-                                  "drive the arithmetic coder; use a model with a generation order")
+        raise NotImplementedError(
+            f"{model.name} does not factor into one conditional per sub-pixel, so it cannot "
+            "drive the arithmetic coder; use a model with a generation order"
+        )
 
 
 def _probability_model(model, cond, n: int):
@@ -108,14 +111,23 @@ def _model_input(model, images: torch.Tensor) -> torch.Tensor:
     if model.tokenizer is None:
         return model.check_input(images)
     d = model.data_image
-    if not isinstance(images, torch.Tensor) or images.dtype.is_floating_point or images.dim() != 4 \
-            or tuple(images.shape[1:]) != d.shape or int(images.min()) < 0 or int(images.max()) >= d.num_values:
-        raise ValueError(f"images must be int64 (n, {d.channels}, {d.height}, {d.width}) with values in "
-                         f"[0, {d.num_values})")
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dtype.is_floating_point
+        or images.dim() != 4
+        or tuple(images.shape[1:]) != d.shape
+        or int(images.min()) < 0
+        or int(images.max()) >= d.num_values
+    ):
+        raise ValueError(
+            f"images must be int64 (n, {d.channels}, {d.height}, {d.width}) with values in [0, {d.num_values})"
+        )
     tokens = model.encode(images)
     if not torch.equal(model.decode(tokens), images):
-        raise ValueError(f"{model.name}'s colour palette does not reproduce these images exactly, so its tokens "
-                         "cannot code them losslessly; use a model of the pixel values")
+        raise ValueError(
+            f"{model.name}'s colour palette does not reproduce these images exactly, so its tokens "
+            "cannot code them losslessly; use a model of the pixel values"
+        )
     return tokens
 
 
@@ -139,8 +151,9 @@ def _compress(model, x: torch.Tensor, cond) -> bytes:
         part = slice(k, k + SEGMENT_IMAGES)
         segments.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part]))
     d = model.data_image
-    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc,
-                          SEGMENT_IMAGES)
+    header = _HEADER.pack(
+        MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc, SEGMENT_IMAGES
+    )
     return header + struct.pack(f">{len(segments)}I", *map(len, segments)) + b"".join(segments)
 
 
@@ -168,23 +181,40 @@ def stream_info(data: bytes) -> dict:
         raise ValueError(f"stream version {version}{old} is not supported: this pixelar reads version {VERSION}")
     _, _, n, C, H, W, K, fp, crc, S = _HEADER.unpack(data[: _HEADER.size])
     if n == 0 or S == 0:
-        raise ValueError(f"the stream's header claims {n} images in segments of {S} (damaged header?): a stream "
-                         "holds at least one image")
+        raise ValueError(
+            f"the stream's header claims {n} images in segments of {S} (damaged header?): a stream "
+            "holds at least one image"
+        )
     count = -(-n // S)
     table = _HEADER.size + _LENGTH * count
     if len(data) < table + count:  # before reading the lengths: every segment takes its length and a byte
-        raise ValueError(f"the stream's header claims {n:,} images, which need at least {table + count:,} bytes, "
-                         f"but the stream has {len(data):,}: it is truncated or its header is damaged")
+        raise ValueError(
+            f"the stream's header claims {n:,} images, which need at least {table + count:,} bytes, "
+            f"but the stream has {len(data):,}: it is truncated or its header is damaged"
+        )
     lengths = struct.unpack_from(f">{count}I", data, _HEADER.size)
     end = table + sum(lengths)
     if min(lengths) == 0 or len(data) < end:
-        raise ValueError(f"the stream is truncated or damaged: its segment lengths add up to {end:,} bytes, the "
-                         f"stream has {len(data):,}")
+        raise ValueError(
+            f"the stream is truncated or damaged: its segment lengths add up to {end:,} bytes, the "
+            f"stream has {len(data):,}"
+        )
     if len(data) > end:
-        raise ValueError(f"{len(data) - end:,} bytes follow the end of the stream (several files concatenated?): "
-                         "decompress each file on its own")
-    return {"n": n, "channels": C, "height": H, "width": W, "num_values": K, "fingerprint": fp, "crc32": crc,
-            "segment_images": S, "segments": list(lengths)}
+        raise ValueError(
+            f"{len(data) - end:,} bytes follow the end of the stream (several files concatenated?): "
+            "decompress each file on its own"
+        )
+    return {
+        "n": n,
+        "channels": C,
+        "height": H,
+        "width": W,
+        "num_values": K,
+        "fingerprint": fp,
+        "crc32": crc,
+        "segment_images": S,
+        "segments": list(lengths),
+    }
 
 
 def decompress(model, data: bytes, cond=None) -> torch.Tensor:
@@ -200,8 +230,10 @@ def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int) -> torc
     for i, j, c, cum in _coding_steps(coder, x, cond):
         x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
     if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
-        raise ValueError(f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
-                         f"sub-pixels end after {dec.bytes_used()}")
+        raise ValueError(
+            f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
+            f"sub-pixels end after {dec.bytes_used()}"
+        )
     return x
 
 
@@ -211,11 +243,15 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
     _check_codable(model)
     d = model.data_image
     if (C, H, W, K) != (d.channels, d.height, d.width, d.num_values):
-        raise ValueError(f"the stream holds {C}x{H}x{W} images with {K} values, the model is for "
-                         f"{d.channels}x{d.height}x{d.width} with {d.num_values}")
+        raise ValueError(
+            f"the stream holds {C}x{H}x{W} images with {K} values, the model is for "
+            f"{d.channels}x{d.height}x{d.width} with {d.num_values}"
+        )
     if fp != fingerprint(model):
-        raise ValueError("the stream was made with another model or other weights (fingerprint mismatch): "
-                         "decompress with the model that compressed it")
+        raise ValueError(
+            "the stream was made with another model or other weights (fingerprint mismatch): "
+            "decompress with the model that compressed it"
+        )
     coder, cond = _probability_model(model, cond, n)
     device = next(model.parameters()).device
     S, parts, start = info["segment_images"], [], _HEADER.size + _LENGTH * len(info["segments"])
@@ -227,7 +263,9 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
     x = torch.cat(parts)
     images = model.decode(x)
     if _crc(images) != info["crc32"]:
-        raise ValueError("the decoded images fail the stream's checksum: the stream is damaged, or this machine "
-                         "computes the model's probabilities differently (decompress with the platform, device "
-                         "and settings that compressed it)")
+        raise ValueError(
+            "the decoded images fail the stream's checksum: the stream is damaged, or this machine "
+            "computes the model's probabilities differently (decompress with the platform, device "
+            "and settings that compressed it)"
+        )
     return images

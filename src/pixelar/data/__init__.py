@@ -10,6 +10,7 @@ Public entry points::
 Files of built-in datasets are looked up as described in :mod:`pixelar.data.paths`
 and downloaded (MD5-checked) by :mod:`pixelar.data.download` when missing.
 """
+
 from pixelar.data.batches import iterate_batches
 from pixelar.data.dataset import ImageDataset
 from pixelar.data.errors import ChecksumError, DatasetNotFoundError, UnsafePickleError

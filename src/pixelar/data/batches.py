@@ -3,6 +3,7 @@
 No torch DataLoader: the data already sit in one tensor, so a batch is one index
 operation, which is far faster than collating single items.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -4,6 +4,7 @@ Reads ``cifar-10-python.tar.gz`` directly (members are never extracted to disk)
 or an already extracted ``cifar-10-batches-py/`` directory. Every pickle goes
 through the restricted unpickler (safe_pickle.py).
 """
+
 from __future__ import annotations
 
 import os

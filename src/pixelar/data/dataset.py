@@ -1,4 +1,5 @@
 """ImageDataset: an in-memory image dataset, the one thing every loader returns."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

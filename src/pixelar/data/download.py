@@ -9,6 +9,7 @@ Their decompressed contents do match the published MD5s of the original
 uncompressed files (``FASHION_MNIST_RAW_MD5``), so they are the original data.
 Checksums are only checked for downloads, never for files found locally.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,21 +46,30 @@ def _from_base(base: str, md5s: dict[str, str]) -> tuple[RemoteFile, ...]:
 
 # Keyed by dataset folder name (see paths.py). Tests point these at a local server.
 REMOTE_FILES: dict[str, tuple[RemoteFile, ...]] = {
-    "fashion-mnist": _from_base(_FASHION_BASE, {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    }),
-    "mnist": _from_base(_MNIST_BASE, {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    }),
-    "cifar10": _from_base("https://www.cs.toronto.edu/~kriz/", {
-        "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-    }),
+    "fashion-mnist": _from_base(
+        _FASHION_BASE,
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "mnist": _from_base(
+        _MNIST_BASE,
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "cifar10": _from_base(
+        "https://www.cs.toronto.edu/~kriz/",
+        {
+            "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+        },
+    ),
 }
 
 # MD5 of the decompressed original Fashion-MNIST files; the Debian copies match these.

@@ -4,6 +4,7 @@ They subclass the built-in exception a caller would naturally catch
 (``FileNotFoundError`` for missing data, ``ValueError`` for bad data), so code
 that does not know about pixelar still handles them sensibly.
 """
+
 from __future__ import annotations
 
 import pickle

@@ -8,6 +8,7 @@ label ids 0, 1, ...) or images directly (no labels). PNG and JPEG files are read
 all must have the same size. If every image is grayscale (mode L, 1 or LA) the set
 has 1 channel, otherwise all are converted to RGB.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 IDX layout: two zero bytes, a type code, the number of dimensions d, then d
 big-endian uint32 sizes, then the data in C order (big-endian for multi-byte types).
 """
+
 from __future__ import annotations
 
 import gzip

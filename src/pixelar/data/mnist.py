@@ -1,4 +1,5 @@
 """MNIST and Fashion-MNIST: 28x28 grayscale digits / clothes in IDX files, 10 classes."""
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,7 @@ def load_mnist_like(
     source = MNIST_SOURCES[family]
     # The gzipped name first: it is what is published and downloaded.
     required = [(base + ".gz", base) for base in _PART_FILES[part]]
-    images_path, labels_path = ensure_files(
-        source.folder, required, data_dir, download, source.title, source.hint
-    )
+    images_path, labels_path = ensure_files(source.folder, required, data_dir, download, source.title, source.hint)
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3 or images.dtype != "uint8":

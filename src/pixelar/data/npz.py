@@ -5,6 +5,7 @@ that is all training data; or ``x_train``/``x_test`` with optional
 ``y_train``/``y_test`` (``images_*``/``labels_*`` also work) for a file with both
 splits. Images are uint8 (N, H, W), (N, H, W, C) or (N, C, H, W), C in {1, 3}.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -39,9 +40,7 @@ def load_npz(path: str | Path, part: str) -> RawSplit:
     has_splits = any(f"{k}_train" in arrays for k in _IMAGE_KEYS)
     suffix = f"_{part}" if has_splits else ""
     if not has_splits and part != "train":
-        raise ValueError(
-            f"{path}: has no {part} split (store x_train/x_test and y_train/y_test to provide one)"
-        )
+        raise ValueError(f"{path}: has no {part} split (store x_train/x_test and y_train/y_test to provide one)")
     x = _first(arrays, [k + suffix for k in _IMAGE_KEYS])
     if x is None:
         wanted = " or ".join(k + suffix for k in _IMAGE_KEYS)

@@ -9,6 +9,7 @@ For a dataset folder name such as ``fashion-mnist`` the search order is:
    ``dataset-fashion-mnist`` package installs Fashion-MNIST). ``$PIXELAR_SYSTEM_DATA``
    replaces ``/usr/share/datasets``, e.g. to isolate tests.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Dataset names and load_dataset: from a name and split to an ImageDataset."""
+
 from __future__ import annotations
 
 import torch
@@ -81,12 +82,16 @@ def load_dataset(
 
     n = len(raw.images)
     if n == 0:
-        raise ValueError(f"dataset {name!r}: its {part} images are empty (0 images); a dataset needs images in "
-                         "both its training and its test part")
+        raise ValueError(
+            f"dataset {name!r}: its {part} images are empty (0 images); a dataset needs images in "
+            "both its training and its test part"
+        )
     if split in ("train", "val"):
         if n < 2:  # "val" is carved from the training images: at least one must be left for each
-            raise ValueError(f"dataset {name!r} has only 1 training image: the {split!r} split needs at least 2 "
-                             "(some are held out as 'val'); add training images")
+            raise ValueError(
+                f"dataset {name!r} has only 1 training image: the {split!r} split needs at least 2 "
+                "(some are held out as 'val'); add training images"
+            )
         size = default_val_size(n, builtin) if val_size is None else val_size
         train_idx, val_idx = train_val_indices(n, size)
         raw = _select(raw, train_idx if split == "train" else val_idx)

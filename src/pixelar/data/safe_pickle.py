@@ -5,6 +5,7 @@ Unpickling can call any importable function named in the data (the classic
 ``find_class`` resolves a short allow-list of numpy/codecs names and refuses
 everything else before anything is called.
 """
+
 from __future__ import annotations
 
 import codecs

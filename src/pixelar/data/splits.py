@@ -5,6 +5,7 @@
 entries are "val", the rest "train". "full_train" is all training images, "test"
 the separate test files.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Output distributions: parameters <-> per-sub-pixel log-probabilities <-> samples. No backbones here."""
+
 from __future__ import annotations
 
 from ..types import ImageSpec
@@ -41,4 +42,11 @@ def _no_extra(kind, kwargs):
         raise ValueError(f"output {kind!r} takes no options, got {sorted(kwargs)}")
 
 
-__all__ = ["OutputDistribution", "Categorical", "Bernoulli", "DiscretizedLogisticMixture", "make_distribution", "OUTPUTS"]
+__all__ = [
+    "OutputDistribution",
+    "Categorical",
+    "Bernoulli",
+    "DiscretizedLogisticMixture",
+    "make_distribution",
+    "OUTPUTS",
+]

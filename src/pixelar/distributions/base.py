@@ -10,6 +10,7 @@ per-sub-pixel conditional log-probabilities and samples. Two layouts exist:
   c; block c may depend on the channels < c of the same pixel (the backbone guarantees it, e.g. with
   R/G/B masked convolutions). Sampling takes one step per sub-pixel.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,9 @@ class OutputDistribution(nn.Module):
         lp = self.log_prob(params.repeat_interleave(K, dim=0)[:, :, None, None], cand[:, :, None, None])
         return lp[:, channel, 0, 0].view(-1, K)
 
-    def interval_log_prob(self, params: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    def interval_log_prob(
+        self, params: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    ) -> torch.Tensor:
         """Per-sub-pixel conditionals restricted to an interval of values, renormalized there:
         log p(x_d | x_<d, lo_d <= x_d <= hi_d) in nats, (B, C, H, W).
 
@@ -93,7 +96,9 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
     Always draws the same number of uniforms, so two samplers that call it in the same order on the same
     generator consume identical random streams.
     """
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32).to(upcast(logits).dtype)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32).to(
+        upcast(logits).dtype
+    )
     if temperature == 0:
         return logits.argmax(-1)
     u = u.clamp(1e-10, 1.0 - 1e-7)

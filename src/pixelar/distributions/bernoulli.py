@@ -1,4 +1,5 @@
 """Bernoulli output for binarized images (num_values = 2): one logit per sub-pixel, log p = x*l - softplus(l)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,10 @@ class Bernoulli(OutputDistribution):
 
     def __init__(self, image: ImageSpec):
         if image.num_values != 2:
-            raise ValueError(f"the bernoulli output needs binary images (num_values=2), got num_values={image.num_values}; "
-                             "use output 'categorical' or 'logistic_mixture'")
+            raise ValueError(
+                f"the bernoulli output needs binary images (num_values=2), got num_values={image.num_values}; "
+                "use output 'categorical' or 'logistic_mixture'"
+            )
         super().__init__(image)
         self.num_params = image.channels
 

@@ -5,6 +5,7 @@ With `joint=True` (for backbones whose features see only earlier pixels, like Pi
 one pixel are coupled autoregressively inside the distribution: the logits of channel c get a learned
 additive term for each value of every earlier channel c' < c of the same pixel, table (K, K) per pair.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..types import ImageSpec
-from .base import OutputDistribution, check_temperature, upcast, gumbel_argmax
+from .base import OutputDistribution, check_temperature, gumbel_argmax, upcast
 
 
 class Categorical(OutputDistribution):

@@ -10,16 +10,16 @@ true earlier channels: mu_G += alpha * r, mu_B += beta * r + gamma * g (coeffici
 Parameter layout per pixel, M = nr_mix: [logits (M) | per channel c: means (M), log-scales (M)
 | coefficients (M) per earlier-channel pair (G<-R, B<-R, B<-G)].
 """
+
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 import torch.nn.functional as F
 
 from ..types import ImageSpec
-from .base import OutputDistribution, check_temperature, upcast, gumbel_argmax
+from .base import OutputDistribution, check_temperature, gumbel_argmax, upcast
 
 LOG_SCALE_MIN = -7.0
 

@@ -1,7 +1,15 @@
 """Evaluation of trained models: exact bits/dim over a dataset split (and per transformation: augment.py),
 linear probes (probe.py)."""
+
 from .augment import evaluate_per_augmentation
 from .bpd import TOKEN_NOTE, describe, evaluate, first_images, image_log_prob, order_mixture
 
-__all__ = ["TOKEN_NOTE", "describe", "evaluate", "evaluate_per_augmentation", "first_images", "image_log_prob",
-           "order_mixture"]
+__all__ = [
+    "TOKEN_NOTE",
+    "describe",
+    "evaluate",
+    "evaluate_per_augmentation",
+    "first_images",
+    "image_log_prob",
+    "order_mixture",
+]

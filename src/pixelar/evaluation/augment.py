@@ -8,6 +8,7 @@ no conditioning: its rows score the transformed images T(x) themselves (same tra
 DistAug model: its log p(x | aug) is log p_base(T_aug(x) | aug)). For dynamically binarized data the plain rows
 binarize the transformed grey images, so their draws differ from the identity row's (same distribution).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,7 @@ from ..data import ImageDataset
 from .bpd import evaluate
 
 
-def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter | None = None,
-                              **kwargs) -> list[dict]:
+def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter | None = None, **kwargs) -> list[dict]:
     """Bits/dim of `dataset` under every (type, index) setting, identity first.
 
     Args:
@@ -38,8 +38,10 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
             raise ValueError(f"the model is conditioned on {own.names}; it cannot be scored under {augmenter.names}")
         augmenter = own
     elif augmenter is None:
-        raise ValueError("this model is not conditioned on transformations: pass the transformation types to score "
-                         "it under (e.g. the ones it was trained with, --per-augmentation rot90,transpose)")
+        raise ValueError(
+            "this model is not conditioned on transformations: pass the transformation types to score "
+            "it under (e.g. the ones it was trained with, --per-augmentation rot90,transpose)"
+        )
     rows = []
     for t, k in augmenter.settings():
         vec = augmenter.vector(t, k)
@@ -49,8 +51,15 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
         else:
             images = augmenter.apply(dataset.images, vec.view(1, -1).expand(len(dataset), -1))
             res = evaluate(model, dataclasses.replace(dataset, images=images), **kwargs)
-        rows.append({"type": "identity" if t < 0 else augmenter.names[t], "index": k, "bpd": res["bpd"],
-                     "nats_per_image": res["nats_per_image"], "num_images": res["num_images"]})
+        rows.append(
+            {
+                "type": "identity" if t < 0 else augmenter.names[t],
+                "index": k,
+                "bpd": res["bpd"],
+                "nats_per_image": res["nats_per_image"],
+                "num_images": res["num_images"],
+            }
+        )
     return rows
 
 

@@ -1,4 +1,5 @@
 """Exact bits/dim of a model on a dataset: every image counted, the sum kept in float64."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,19 +12,23 @@ from ..data import ImageDataset, iterate_batches
 from ..inference import inference
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
-TOKEN_NOTE = ("the palette is lossy in general, so nats per token score the quantised images and are NOT comparable "
-              "with bits/dim of 8-bit images")
+TOKEN_NOTE = (
+    "the palette is lossy in general, so nats per token score the quantised images and are NOT comparable "
+    "with bits/dim of 8-bit images"
+)
 
 
 def describe(res: dict) -> str:
     """One line for an evaluate() result: bits/dim, or for tokenized models nats per token, the palette's
     reconstruction error and TOKEN_NOTE."""
     if res.get("tokenized"):
-        return (f"{res['nats_per_token']:.4f} nats per palette token ({res['bpd']:.4f} bits per token, "
-                f"{res['nats_per_image']:.2f} nats/image, {res['num_images']} images); palette reconstruction "
-                f"RMSE {res['palette_rmse']:.2f} (0..255), {100 * res['palette_exact_fraction']:.1f}% of pixels exact; "
-                + TOKEN_NOTE)
-    return (f"{res['bpd']:.4f} bits/dim ({res['nats_per_image']:.2f} nats/image, {res['num_images']} images)")
+        return (
+            f"{res['nats_per_token']:.4f} nats per palette token ({res['bpd']:.4f} bits per token, "
+            f"{res['nats_per_image']:.2f} nats/image, {res['num_images']} images); palette reconstruction "
+            f"RMSE {res['palette_rmse']:.2f} (0..255), {100 * res['palette_exact_fraction']:.1f}% of pixels exact; "
+            + TOKEN_NOTE
+        )
+    return f"{res['bpd']:.4f} bits/dim ({res['nats_per_image']:.2f} nats/image, {res['num_images']} images)"
 
 
 # Dynamically binarized sets are binarized afresh per batch; a fixed generator makes their evaluation a
@@ -57,8 +62,9 @@ def image_log_prob(model, x: torch.Tensor, cond=None) -> torch.Tensor:
         return model.log_prob(x, cond).double()
 
 
-def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str = "fp32",
-             subset: int | None = None) -> dict:
+def evaluate(
+    model, dataset: ImageDataset, batch_size: int = 500, precision: str = "fp32", subset: int | None = None
+) -> dict:
     """Negative log-likelihood of `dataset` (or its first `subset` images) under `model`.
 
     Returns {"bpd": bits per sub-pixel, "nats_per_image": mean NLL per image, "num_images": N}. The nats of all
@@ -97,8 +103,7 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
     if len(ds) == 0:
         raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) has no images to evaluate")
     device = next(model.parameters()).device
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
     K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
     total = torch.zeros((), dtype=torch.float64)
@@ -130,18 +135,26 @@ def evaluate(model, dataset: ImageDataset, batch_size: int = 500, precision: str
             non_finite += int((~torch.isfinite(lp)).sum())
     n, nats = len(ds), total.item()
     if non_finite or not math.isfinite(nats):
-        raise ValueError(f"the model gave a non-finite log-likelihood (NaN or inf) for {non_finite} of {n} images of "
-                         f"dataset {dataset.name!r} ({dataset.split}): its weights are broken (e.g. a diverged run), "
-                         "so there is no bits/dim to report")
+        raise ValueError(
+            f"the model gave a non-finite log-likelihood (NaN or inf) for {non_finite} of {n} images of "
+            f"dataset {dataset.name!r} ({dataset.split}): its weights are broken (e.g. a diverged run), "
+            "so there is no bits/dim to report"
+        )
     scale = n * model.image.dims * math.log(2)
     res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}
     if tokenizer is not None:
-        res.update(tokenized=True, nats_per_token=nats / (n * model.image.dims),
-                   palette_rmse=math.sqrt(recon["sq_err_sum"] / recon["sub_pixels"]),
-                   palette_exact_fraction=recon["exact_pixels"] / recon["pixels"])
+        res.update(
+            tokenized=True,
+            nats_per_token=nats / (n * model.image.dims),
+            palette_rmse=math.sqrt(recon["sq_err_sum"] / recon["sub_pixels"]),
+            palette_exact_fraction=recon["exact_pixels"] / recon["pixels"],
+        )
     if parts:
         res["bpd_parts"] = {name: v / scale for name, v in parts.items()}
     if K > 1:
-        res.update(num_orders=K, bpd_single_order=per_order[0].item() / scale,
-                   bpd_per_order=[v / scale for v in per_order.tolist()])
+        res.update(
+            num_orders=K,
+            bpd_single_order=per_order[0].item() / scale,
+            bpd_per_order=[v / scale for v in per_order.tolist()],
+        )
     return res

@@ -10,6 +10,7 @@ layers, not at the end, since the last layers specialise in predicting the next 
 This module knows no model family: it asks the model for `features(x, cond, layers)` and
 `num_feature_layers`, and for `encode` (data images -> model inputs).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def _check_model(model) -> None:
         raise NotImplementedError(f"model {name!r} has no features() for a linear probe; image_gpt has")
 
 
-def extract_features(model, dataset: ImageDataset, layers: list[int], batch_size: int = 100,
-                     subset: int | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def extract_features(
+    model, dataset: ImageDataset, layers: list[int], batch_size: int = 100, subset: int | None = None
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Average-pooled features of every image: ({layer: float64 (N, d)}, labels int64 (N,))."""
     _check_model(model)
     if dataset.labels is None:
@@ -50,8 +52,9 @@ def extract_features(model, dataset: ImageDataset, layers: list[int], batch_size
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
-                 max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float = 1e-3, max_iter: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on features x (N, d) (standardised), labels y (N,): weights (d, K),
     bias (K,) minimising mean cross-entropy + weight_decay / 2 * |W|^2 (float64, L-BFGS, zero start)."""
     if weight_decay < 0:
@@ -59,8 +62,15 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     x = x.double()
     w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -82,9 +92,16 @@ def probe_layer(train_x, train_y, test_x, test_y, num_classes: int, weight_decay
     return {"train_accuracy": acc(a, train_y), "test_accuracy": acc(b, test_y)}
 
 
-def linear_probe(model, train: ImageDataset, test: ImageDataset, layers: list[int] | None = None,
-                 batch_size: int = 100, train_subset: int | None = None, test_subset: int | None = None,
-                 weight_decay: float = 1e-3) -> list[dict]:
+def linear_probe(
+    model,
+    train: ImageDataset,
+    test: ImageDataset,
+    layers: list[int] | None = None,
+    batch_size: int = 100,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    weight_decay: float = 1e-3,
+) -> list[dict]:
     """Probe accuracy per layer: [{"layer", "train_accuracy", "test_accuracy", "num_train", "num_test"}].
 
     layers None: every layer the model offers (0 .. num_feature_layers - 1).

@@ -1,10 +1,31 @@
 """Model families. Importing this package registers every model."""
-from . import aux_pixelcnn, gated_pixelcnn, lmconv, pixelcnn, pixelcnn_pp  # noqa: F401  (registration on import)
-from . import image_gpt, image_transformer, pixelsnail, sparse_transformer  # noqa: F401  (attention models)
+
+from . import (  # noqa: F401  (registration on import)  # noqa: F401  (attention models)
+    aux_pixelcnn,
+    gated_pixelcnn,
+    image_gpt,
+    image_transformer,
+    lmconv,
+    pixelcnn,
+    pixelcnn_pp,
+    pixelsnail,
+    sparse_transformer,
+)
 from .base import ARImageModel
 from .compiled import compile_available, compiled_log_prob
 from .distaug import DistAugModel, create_distaug_model
 from .persistence import load_model
 from .registry import SIZES, create_model, list_models, preset
 
-__all__ = ["ARImageModel", "DistAugModel", "create_distaug_model", "compile_available", "compiled_log_prob", "create_model", "list_models", "load_model", "preset", "SIZES"]
+__all__ = [
+    "ARImageModel",
+    "DistAugModel",
+    "create_distaug_model",
+    "compile_available",
+    "compiled_log_prob",
+    "create_model",
+    "list_models",
+    "load_model",
+    "preset",
+    "SIZES",
+]

@@ -33,6 +33,7 @@ forward with the auxiliary embedding as a constant map (computed once per stage)
 incremental forward per level when its first new pixel is requested; the level's coarse pixels are final
 by then and its new pixels are requested in the level's raster order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,11 @@ class AuxEmbedding(nn.Module):
         super().__init__()
         self.inp = nn.Conv2d(in_channels, filters, 3, padding=1)
         self.blocks = nn.ModuleList(
-            nn.ModuleList([nn.Conv2d(2 * filters, filters, 3, padding=1), nn.Conv2d(2 * filters, filters, 3, padding=1)])
-            for _ in range(blocks))
+            nn.ModuleList(
+                [nn.Conv2d(2 * filters, filters, 3, padding=1), nn.Conv2d(2 * filters, filters, 3, padding=1)]
+            )
+            for _ in range(blocks)
+        )
 
     def forward(self, aux: torch.Tensor) -> torch.Tensor:
         h = self.inp(aux)
@@ -78,8 +82,19 @@ class ConditionalPixelCNN(nn.Module):
     where the parameters of pixel (i, j) see earlier pixels in raster order and the whole auxiliary image.
     """
 
-    def __init__(self, channels: int, num_params: int, nr_filters: int, nr_resnet: int, aux_channels: int,
-                 embed_filters: int, embed_blocks: int, dropout: float, num_classes: int, cond_dim: int):
+    def __init__(
+        self,
+        channels: int,
+        num_params: int,
+        nr_filters: int,
+        nr_resnet: int,
+        aux_channels: int,
+        embed_filters: int,
+        embed_blocks: int,
+        dropout: float,
+        num_classes: int,
+        cond_dim: int,
+    ):
         super().__init__()
         F_ = nr_filters
         E = embed_filters if aux_channels else 0
@@ -170,18 +185,54 @@ def gray_intervals(x: torch.Tensor, y: torch.Tensor, levels: int, num_values: in
     return torch.cat(lo, dim=1), torch.cat(hi, dim=1)
 
 
-@register_model("grayscale_pixelcnn", sizes={
-    # tiny: 2 grey levels so that every test image (num_values down to 2) is allowed
-    "tiny": dict(gray_levels=2, gray_filters=6, gray_resnet=1, nr_filters=6, nr_resnet=1, embed_filters=4,
-                 embed_blocks=1, dropout=0.0, output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
-    # small: the budget of pixelcnn_pp small (a few minutes of CPU training on Fashion-MNIST)
-    "small": dict(gray_levels=16, gray_filters=32, gray_resnet=1, nr_filters=32, nr_resnet=3, embed_filters=16,
-                  embed_blocks=2, dropout=0.0, output={"kind": "logistic_mixture", "nr_mix": 5}, num_classes=0, cond_dim=0),
-    # the paper's 4-bit grey view; its network sizes were not retrievable: the grey stage is PixelCNN++ at the
-    # released code's defaults (160 filters, 5 resnets), the colour stage as wide, local, with a deep embedding
-    "paper": dict(gray_levels=16, gray_filters=160, gray_resnet=5, nr_filters=160, nr_resnet=8, embed_filters=80,
-                  embed_blocks=4, dropout=0.5, output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
-})
+@register_model(
+    "grayscale_pixelcnn",
+    sizes={
+        # tiny: 2 grey levels so that every test image (num_values down to 2) is allowed
+        "tiny": dict(
+            gray_levels=2,
+            gray_filters=6,
+            gray_resnet=1,
+            nr_filters=6,
+            nr_resnet=1,
+            embed_filters=4,
+            embed_blocks=1,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 2},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # small: the budget of pixelcnn_pp small (a few minutes of CPU training on Fashion-MNIST)
+        "small": dict(
+            gray_levels=16,
+            gray_filters=32,
+            gray_resnet=1,
+            nr_filters=32,
+            nr_resnet=3,
+            embed_filters=16,
+            embed_blocks=2,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 5},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # the paper's 4-bit grey view; its network sizes were not retrievable: the grey stage is PixelCNN++ at the
+        # released code's defaults (160 filters, 5 resnets), the colour stage as wide, local, with a deep embedding
+        "paper": dict(
+            gray_levels=16,
+            gray_filters=160,
+            gray_resnet=5,
+            nr_filters=160,
+            nr_resnet=8,
+            embed_filters=80,
+            embed_blocks=4,
+            dropout=0.5,
+            output={"kind": "logistic_mixture", "nr_mix": 10},
+            num_classes=0,
+            cond_dim=0,
+        ),
+    },
+)
 class GrayscalePixelCNN(ARImageModel):
     """Grayscale PixelCNN: p(x) = p(y) p(x | y), y = f(x) a quantized grey view.
 
@@ -197,21 +248,55 @@ class GrayscalePixelCNN(ARImageModel):
     factorizes = False  # p(y) p(x | y) is no product of per-sub-pixel conditionals of x
     has_cached_sampler = True  # sample() caches both stages itself (no begin_cache: there is no single order)
 
-    def __init__(self, image, gray_levels, gray_filters, gray_resnet, nr_filters, nr_resnet, embed_filters,
-                 embed_blocks, dropout, output, num_classes=0, cond_dim=0):
+    def __init__(
+        self,
+        image,
+        gray_levels,
+        gray_filters,
+        gray_resnet,
+        nr_filters,
+        nr_resnet,
+        embed_filters,
+        embed_blocks,
+        dropout,
+        output,
+        num_classes=0,
+        cond_dim=0,
+    ):
         super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         C, H, W, K = image.channels, image.height, image.width, image.num_values
         if not isinstance(gray_levels, int) or not 2 <= gray_levels <= K:
-            raise ValueError(f"gray_levels must be an int in [2, num_values={K}] (a grey level must not split finer "
-                             f"than the pixel values), got {gray_levels!r}; e.g. gray_levels=2 for binary images")
+            raise ValueError(
+                f"gray_levels must be an int in [2, num_values={K}] (a grey level must not split finer "
+                f"than the pixel values), got {gray_levels!r}; e.g. gray_levels=2 for binary images"
+            )
         self.levels = gray_levels
-        self.gray_net = PixelCNNPP(ImageSpec(1, H, W, gray_levels), nr_filters=gray_filters, nr_resnet=gray_resnet,
-                                   dropout=dropout, output={"kind": "categorical"}, num_classes=num_classes,
-                                   cond_dim=cond_dim)
+        self.gray_net = PixelCNNPP(
+            ImageSpec(1, H, W, gray_levels),
+            nr_filters=gray_filters,
+            nr_resnet=gray_resnet,
+            dropout=dropout,
+            output={"kind": "categorical"},
+            num_classes=num_classes,
+            cond_dim=cond_dim,
+        )
         # one channel and as many grey levels as values: y is x, p(x | y) = 1 and there is nothing to model
-        self.image_net = None if (C == 1 and gray_levels == K) else ConditionalPixelCNN(
-            C, self.distribution.num_params, nr_filters, nr_resnet, aux_channels=1, embed_filters=embed_filters,
-            embed_blocks=embed_blocks, dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
+        self.image_net = (
+            None
+            if (C == 1 and gray_levels == K)
+            else ConditionalPixelCNN(
+                C,
+                self.distribution.num_params,
+                nr_filters,
+                nr_resnet,
+                aux_channels=1,
+                embed_filters=embed_filters,
+                embed_blocks=embed_blocks,
+                dropout=dropout,
+                num_classes=num_classes,
+                cond_dim=cond_dim,
+            )
+        )
 
     def to_gray(self, x: torch.Tensor) -> torch.Tensor:
         """The auxiliary grey image y = f(x): (B, C, H, W) -> (B, 1, H, W) int64 in [0, gray_levels)."""
@@ -245,18 +330,30 @@ class GrayscalePixelCNN(ARImageModel):
     def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
         """log p(x | cond) = log p(y) + log p(x | y) in nats, (B,). reduce=False: NotImplementedError."""
         if not reduce:
-            raise NotImplementedError("grayscale_pixelcnn models p(y) p(x | y), not one conditional per sub-pixel of x: "
-                                      "use log_prob(x) or log_prob_parts(x)")
+            raise NotImplementedError(
+                "grayscale_pixelcnn models p(y) p(x | y), not one conditional per sub-pixel of x: "
+                "use log_prob(x) or log_prob_parts(x)"
+            )
         parts = self.log_prob_parts(x, cond)
         return parts["gray"] + parts["image_given_gray"]
 
     def generation_order(self) -> torch.Tensor:
-        raise NotImplementedError("grayscale_pixelcnn generates the grey image first, then the colour image given it: "
-                                  "there is no single order of the sub-pixels of x")
+        raise NotImplementedError(
+            "grayscale_pixelcnn generates the grey image first, then the colour image given it: "
+            "there is no single order of the sub-pixels of x"
+        )
 
     # ----- sampling --------------------------------------------------------------------------------------------
-    def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
-               method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        cond=None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        method: str = "cached",
+        x_known: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Draw y with the grey PixelCNN++, then x | y pixel by pixel in raster order. `method` applies to both
         stages: "cached" keeps a few rows per layer (the colour stage reads y's embedding, computed once),
         "naive" runs a full forward pass per step; both make the same draws.
@@ -270,24 +367,33 @@ class GrayscalePixelCNN(ARImageModel):
         if x_known is not None:
             x_known = self.check_input(x_known)
             y_known = self.to_gray(x_known)
-        y = self.gray_net.sample(n, cond=cond, temperature=temperature, generator=generator, method=method,
-                                 x_known=y_known, known=known)  # validates n, temperature, method, cond, known
+        y = self.gray_net.sample(
+            n, cond=cond, temperature=temperature, generator=generator, method=method, x_known=y_known, known=known
+        )  # validates n, temperature, method, cond, known
         if self.image_net is None:
             return y
         with inference(self):
-            return self._sample_given_gray(y, self.check_cond(cond, n), check_temperature(temperature), generator,
-                                           x_known, known, method)
+            return self._sample_given_gray(
+                y, self.check_cond(cond, n), check_temperature(temperature), generator, x_known, known, method
+            )
 
     def _sample_given_gray(self, y, cond, temperature, generator, x_known, known, method) -> torch.Tensor:
         n = y.shape[0]
         C, H, W, K = self.image.channels, self.image.height, self.image.width, self.image.num_values
         device = y.device
-        x = x_known.clone().to(device) if x_known is not None else torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        x = (
+            x_known.clone().to(device)
+            if x_known is not None
+            else torch.zeros(n, C, H, W, dtype=torch.long, device=device)
+        )
         if method == "cached":  # the embedding of y once, then a few rows per layer updated pixel by pixel
             state = self.image_net.begin_cache(x, self.scale_input, self.gray_net.scale_input(y), cond)
             params_at = state.params_at
         else:  # the reference: a full forward pass per pixel
-            params_at = lambda i, j: self.params_given_gray(x, y, cond)[:, :, i, j]
+
+            def params_at(i, j):
+                return self.params_given_gray(x, y, cond)[:, :, i, j]
+
         values = torch.arange(K, device=device).repeat(n)  # (n*K,) every value for every image
         for i in range(H):
             for j in range(W):
@@ -316,17 +422,47 @@ def pyramid_sizes(height: int, width: int, coarsest_size: int) -> list[tuple[int
     return sizes
 
 
-@register_model("pyramid_pixelcnn", sizes={
-    # tiny: 4x4 images get two levels (2x2, then 4x4); a 1x1 level would leave its network's taps unused
-    "tiny": dict(coarsest_size=2, nr_filters=6, nr_resnet=1, embed_filters=4, embed_blocks=1, dropout=0.0,
-                 output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
-    # small: 28x28 -> 14x14 -> 7x7, 32x32 -> 16x16 -> 8x8; about the budget of pixelcnn_pp small
-    "small": dict(coarsest_size=8, nr_filters=32, nr_resnet=4, embed_filters=16, embed_blocks=2, dropout=0.0,
-                  output={"kind": "logistic_mixture", "nr_mix": 5}, num_classes=0, cond_dim=0),
-    # the paper's level networks were not retrievable; ours: an 8x8 base and a modest net per level
-    "paper": dict(coarsest_size=8, nr_filters=128, nr_resnet=6, embed_filters=64, embed_blocks=4, dropout=0.5,
-                  output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
-})
+@register_model(
+    "pyramid_pixelcnn",
+    sizes={
+        # tiny: 4x4 images get two levels (2x2, then 4x4); a 1x1 level would leave its network's taps unused
+        "tiny": dict(
+            coarsest_size=2,
+            nr_filters=6,
+            nr_resnet=1,
+            embed_filters=4,
+            embed_blocks=1,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 2},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # small: 28x28 -> 14x14 -> 7x7, 32x32 -> 16x16 -> 8x8; about the budget of pixelcnn_pp small
+        "small": dict(
+            coarsest_size=8,
+            nr_filters=32,
+            nr_resnet=4,
+            embed_filters=16,
+            embed_blocks=2,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 5},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # the paper's level networks were not retrievable; ours: an 8x8 base and a modest net per level
+        "paper": dict(
+            coarsest_size=8,
+            nr_filters=128,
+            nr_resnet=6,
+            embed_filters=64,
+            embed_blocks=4,
+            dropout=0.5,
+            output={"kind": "logistic_mixture", "nr_mix": 10},
+            num_classes=0,
+            cond_dim=0,
+        ),
+    },
+)
 class PyramidPixelCNN(ARImageModel):
     """Pyramid PixelCNN: p(x) = p(x^L) prod_l p(new pixels of x^l | x^(l+1)), x^l = x[:, :, ::2**l, ::2**l].
 
@@ -337,8 +473,19 @@ class PyramidPixelCNN(ARImageModel):
         dropout, output, num_classes, cond_dim: as PixelCNN++ (every level gets the class / vector).
     """
 
-    def __init__(self, image, coarsest_size, nr_filters, nr_resnet, embed_filters, embed_blocks, dropout, output,
-                 num_classes=0, cond_dim=0):
+    def __init__(
+        self,
+        image,
+        coarsest_size,
+        nr_filters,
+        nr_resnet,
+        embed_filters,
+        embed_blocks,
+        dropout,
+        output,
+        num_classes=0,
+        cond_dim=0,
+    ):
         super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         if not isinstance(coarsest_size, int) or coarsest_size < 1:
             raise ValueError(f"coarsest_size must be an int >= 1, got {coarsest_size!r}")
@@ -347,10 +494,20 @@ class PyramidPixelCNN(ARImageModel):
         L = len(self.sizes)
         # finer levels read the coarser level's pixels at their places plus a mask of those places (C + 1)
         self.level_nets = nn.ModuleList(
-            ConditionalPixelCNN(C, self.distribution.num_params, nr_filters, nr_resnet,
-                                aux_channels=0 if level == L - 1 else C + 1, embed_filters=embed_filters,
-                                embed_blocks=embed_blocks, dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
-            for level in range(L))
+            ConditionalPixelCNN(
+                C,
+                self.distribution.num_params,
+                nr_filters,
+                nr_resnet,
+                aux_channels=0 if level == L - 1 else C + 1,
+                embed_filters=embed_filters,
+                embed_blocks=embed_blocks,
+                dropout=dropout,
+                num_classes=num_classes,
+                cond_dim=cond_dim,
+            )
+            for level in range(L)
+        )
 
     @property
     def num_levels(self) -> int:
@@ -401,7 +558,7 @@ class PyramidPixelCNN(ARImageModel):
         p = torch.tensor(pixels, dtype=torch.long).view(-1, 1)
         return (p + torch.arange(C).view(1, C) * (H * W)).reshape(-1)
 
-    def begin_cache(self, x: torch.Tensor, cond=None) -> "_PyramidCache":
+    def begin_cache(self, x: torch.Tensor, cond=None) -> _PyramidCache:
         """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j] when the
         pixels are requested in generation_order() (coarse to fine)."""
         require_eval(self)
@@ -412,8 +569,10 @@ class PyramidPixelCNN(ARImageModel):
         summing to log p(x)."""
         lp = self.log_prob(x, cond, reduce=False).sum(1)  # (B, H, W)
         lv = self.pixel_levels().to(lp.device)
-        return {f"{h}x{w}": torch.where(lv == level, lp, 0.0).flatten(1).sum(1)
-                for level, (h, w) in reversed(list(enumerate(self.sizes)))}
+        return {
+            f"{h}x{w}": torch.where(lv == level, lp, 0.0).flatten(1).sum(1)
+            for level, (h, w) in reversed(list(enumerate(self.sizes)))
+        }
 
 
 class _PyramidCache:
@@ -432,8 +591,10 @@ class _PyramidCache:
         s = 2**level
         if level != self.level:
             if self.level is not None and level > self.level:
-                raise ValueError(f"pixel ({i}, {j}) is on level {level}, coarser than the level {self.level} in "
-                                 "progress: request pixels in generation_order() (coarse to fine)")
+                raise ValueError(
+                    f"pixel ({i}, {j}) is on level {level}, coarser than the level {self.level} in "
+                    "progress: request pixels in generation_order() (coarse to fine)"
+                )
             m = self.model
             xl = self.x[:, :, ::s, ::s]  # a view: the sampler's writes to x show through
             aux = m.coarser_level(m.scale_input(xl)) if level < m.num_levels - 1 else None

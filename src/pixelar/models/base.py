@@ -4,8 +4,8 @@ Subclasses implement `forward(x, cond) -> params (B, P, H, W)` (with the causali
 and call `super().__init__(image, hparams, output)`. Everything else - input checks, log_prob, the
 generation order, sampling, saving - lives here and in sampling/, so every model gets it the same way.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -36,7 +36,9 @@ class ARImageModel(nn.Module):
     # y = f(x)): their log_prob(reduce=False) and generation_order() raise NotImplementedError
     factorizes: bool = True
 
-    def __init__(self, image: ImageSpec, hparams: dict, output: dict, grouped: bool, num_classes: int = 0, cond_dim: int = 0):
+    def __init__(
+        self, image: ImageSpec, hparams: dict, output: dict, grouped: bool, num_classes: int = 0, cond_dim: int = 0
+    ):
         super().__init__()
         if not isinstance(image, ImageSpec):
             raise ValueError(f"image must be a pixelar.ImageSpec, got {type(image).__name__}")
@@ -81,11 +83,14 @@ class ARImageModel(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a torch.Tensor of int64 values, got {type(x).__name__}")
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise ValueError(f"x must hold integer values in [0, {spec.num_values}) (int64), got dtype {x.dtype}; "
-                             "convert images with x.long() instead of scaling them to floats")
+            raise ValueError(
+                f"x must hold integer values in [0, {spec.num_values}) (int64), got dtype {x.dtype}; "
+                "convert images with x.long() instead of scaling them to floats"
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != spec.shape:
-            raise ValueError(f"x must have shape (B, {spec.channels}, {spec.height}, {spec.width}) for {spec}, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape (B, {spec.channels}, {spec.height}, {spec.width}) for {spec}, got {tuple(x.shape)}"
+            )
         if x.numel() and not is_tracing() and (int(x.min()) < 0 or int(x.max()) >= spec.num_values):
             raise ValueError(f"x values must be in [0, {spec.num_values}), got min {int(x.min())} max {int(x.max())}")
         return x.long()
@@ -94,20 +99,34 @@ class ARImageModel(nn.Module):
         """Validate `cond`: None, int64 labels (B,) when num_classes, float (B, cond_dim) when cond_dim."""
         if self.num_classes:
             if cond is None:
-                raise ValueError(f"this model is class-conditional: pass cond as int64 labels (B,) in [0, {self.num_classes})")
+                raise ValueError(
+                    f"this model is class-conditional: pass cond as int64 labels (B,) in [0, {self.num_classes})"
+                )
             if not isinstance(cond, torch.Tensor) or cond.dtype.is_floating_point or cond.shape != (batch,):
-                raise ValueError(f"cond must be int64 class labels of shape ({batch},), got "
-                                 f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}")
+                raise ValueError(
+                    f"cond must be int64 class labels of shape ({batch},), got "
+                    f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}"
+                )
             if cond.numel() and not is_tracing() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes):
-                raise ValueError(f"class labels must be in [0, {self.num_classes}), got {cond.min().item()}..{cond.max().item()}")
+                raise ValueError(
+                    f"class labels must be in [0, {self.num_classes}), got {cond.min().item()}..{cond.max().item()}"
+                )
             return cond.long()
         if self.cond_dim:
-            if not isinstance(cond, torch.Tensor) or not cond.dtype.is_floating_point or cond.shape != (batch, self.cond_dim):
-                raise ValueError(f"cond must be a float tensor of shape ({batch}, {self.cond_dim}), got "
-                                 f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}")
+            if (
+                not isinstance(cond, torch.Tensor)
+                or not cond.dtype.is_floating_point
+                or cond.shape != (batch, self.cond_dim)
+            ):
+                raise ValueError(
+                    f"cond must be a float tensor of shape ({batch}, {self.cond_dim}), got "
+                    f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}"
+                )
             return cond.to(next(self.parameters()).dtype)
         if cond is not None:
-            raise ValueError("this model is unconditional: cond must be None (build it with num_classes=... or cond_dim=...)")
+            raise ValueError(
+                "this model is unconditional: cond must be None (build it with num_classes=... or cond_dim=...)"
+            )
         return None
 
     # ----- likelihood --------------------------------------------------------------------------------------
@@ -133,8 +152,16 @@ class ARImageModel(nn.Module):
         overrides this where its own sample() caches (e.g. the grayscale PixelCNN's two stages)."""
         return callable(getattr(self, "begin_cache", None))
 
-    def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
-               method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        cond=None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        method: str = "cached",
+        x_known: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Draw n images, int64 (n, C, H, W).
 
         Args:
@@ -146,13 +173,26 @@ class ARImageModel(nn.Module):
         """
         from ..sampling import sample as _sample  # sampling/ depends on models' interface, not vice versa
 
-        return _sample(self, n, cond=cond, temperature=temperature, generator=generator, method=method,
-                       x_known=x_known, known=known)
+        return _sample(
+            self,
+            n,
+            cond=cond,
+            temperature=temperature,
+            generator=generator,
+            method=method,
+            x_known=x_known,
+            known=known,
+        )
 
     # ----- persistence -------------------------------------------------------------------------------------
     def config(self) -> dict:
-        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "model": self.name,
-                "image": self.data_image.to_dict(), "hparams": self.hparams}
+        return {
+            "format": CONFIG_FORMAT,
+            "version": CONFIG_VERSION,
+            "model": self.name,
+            "image": self.data_image.to_dict(),
+            "hparams": self.hparams,
+        }
 
     def save(self, path) -> None:
         """Write `path/config.json` and `path/model.safetensors` (each to a temp file, then renamed)."""

@@ -10,6 +10,7 @@ same either way, only speed differs.
 The input checks of log_prob read tensor values (`int(x.min())`), which would break the compiled graph; the
 wrapper runs them eagerly first, and ARImageModel skips them while Dynamo traces (see `pixelar.tracing.is_tracing`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,6 +26,7 @@ def compile_available() -> tuple[bool, str]:
     global _AVAILABLE
     if _AVAILABLE is None:
         try:
+
             def probe(t):
                 return torch.nn.functional.elu(torch.cat([t, -t])).sum()
 
@@ -53,8 +55,9 @@ class CompiledLogProb:
         self._fn = torch.compile(model.log_prob, dynamic=False, mode=mode) if ok else model.log_prob
         self._first = True
         if not ok:
-            log(f"compile: torch.compile is not available here ({why}); running in eager mode (same results, "
-                "no fusion)")
+            log(
+                f"compile: torch.compile is not available here ({why}); running in eager mode (same results, no fusion)"
+            )
 
     def __call__(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True, **kw) -> torch.Tensor:
         """kw: further arguments of the model's log_prob (e.g. DistAugModel's aug), passed through."""
@@ -68,8 +71,10 @@ class CompiledLogProb:
             out = self._fn(x, cond, reduce, **kw)
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            self.log(f"compile: compiling {type(self.model).__name__} failed ({type(e).__name__}: {first}); "
-                     "running in eager mode (same results, no fusion)")
+            self.log(
+                f"compile: compiling {type(self.model).__name__} failed ({type(e).__name__}: {first}); "
+                "running in eager mode (same results, no fusion)"
+            )
             self.compiled, self._fn = False, self.model.log_prob
             return self.model.log_prob(x, cond, reduce, **kw)
         self._first = False

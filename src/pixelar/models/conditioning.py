@@ -1,4 +1,5 @@
 """Global conditioning shared by the convolutional models: a class label or a vector -> per-channel bias."""
+
 from __future__ import annotations
 
 import torch

@@ -22,6 +22,7 @@ positional embeddings are those of the transformed
 image (the paper's `permute_embeddings` keeps the original coordinates); RandAugment and the dataset-indicator
 types are not included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,10 +64,12 @@ class DistAugModel(ARImageModel):
         self.user_dim = self.num_classes or self.cond_dim  # width of the user block of the base's cond vector
         need = self.user_dim + sum(self.augmenter.choices)
         if base.num_classes or base.cond_dim != need:
-            raise ValueError(f"the base model must take a cond vector of {need} = {self.user_dim} (labels / cond) + "
-                             f"{sum(self.augmenter.choices)} (one-hots of {self.augmenter.names}) entries; it has "
-                             f"num_classes={base.num_classes}, cond_dim={base.cond_dim} (build it with "
-                             "create_distaug_model)")
+            raise ValueError(
+                f"the base model must take a cond vector of {need} = {self.user_dim} (labels / cond) + "
+                f"{sum(self.augmenter.choices)} (one-hots of {self.augmenter.names}) entries; it has "
+                f"num_classes={base.num_classes}, cond_dim={base.cond_dim} (build it with "
+                "create_distaug_model)"
+            )
         self.hparams = base.hparams
         self.factorizes = base.factorizes
         self._aug = torch.zeros(self.augmenter.num_types, dtype=torch.long)  # the default: identity
@@ -152,8 +155,10 @@ class DistAugModel(ARImageModel):
 
     # ----- likelihood ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond=None) -> torch.Tensor:
-        raise NotImplementedError("DistAugModel has no parameters in x's layout (a colour permutation changes what "
-                                  "each output channel means); use log_prob, or model.base on augment.apply(x)")
+        raise NotImplementedError(
+            "DistAugModel has no parameters in x's layout (a colour permutation changes what "
+            "each output channel means); use log_prob, or model.base on augment.apply(x)"
+        )
 
     def log_prob(self, x: torch.Tensor, cond=None, reduce: bool = True, aug=None) -> torch.Tensor:
         """log p(x | cond, aug) in nats: (B,), or (B, C, H, W) per-sub-pixel conditionals in x's layout.
@@ -193,9 +198,17 @@ class DistAugModel(ARImageModel):
     def _no_direct_cache(self, x, cond=None):
         raise NotImplementedError("DistAugModel samples through its base: call model.sample(..., method='cached')")
 
-    def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
-               method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None,
-               aug=None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        cond=None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        method: str = "cached",
+        x_known: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        aug=None,
+    ) -> torch.Tensor:
         """Draw n images of p(x | cond, aug) (default aug: the identity): the base samples T_aug(x), which is
         mapped back. Arguments as ARImageModel.sample; known (n, H, W) pixels are moved with the transform."""
         if not isinstance(n, int) or n < 1:
@@ -208,16 +221,31 @@ class DistAugModel(ARImageModel):
             C = self.image.channels
             k = known.long().unsqueeze(1).expand(n, C, *known.shape[1:])
             known = self.augmenter.apply(k, aug.to(known.device))[:, 0].bool()
-        y = self.base.sample(n, cond=self.base_cond(cond, aug, n), temperature=temperature, generator=generator,
-                             method=method, x_known=x_known, known=known)
+        y = self.base.sample(
+            n,
+            cond=self.base_cond(cond, aug, n),
+            temperature=temperature,
+            generator=generator,
+            method=method,
+            x_known=x_known,
+            known=known,
+        )
         return self.augmenter.inverse(y, aug.to(y.device))
 
     # ----- persistence ---------------------------------------------------------------------------------------
     def config(self) -> dict:
-        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "model": self.base.name,
-                "image": self.data_image.to_dict(), "hparams": self.base.hparams,
-                "distaug": {"transforms": self.augmenter.to_list(), "num_classes": self.num_classes,
-                            "cond_dim": self.cond_dim}}
+        return {
+            "format": CONFIG_FORMAT,
+            "version": CONFIG_VERSION,
+            "model": self.base.name,
+            "image": self.data_image.to_dict(),
+            "hparams": self.base.hparams,
+            "distaug": {
+                "transforms": self.augmenter.to_list(),
+                "num_classes": self.num_classes,
+                "cond_dim": self.cond_dim,
+            },
+        }
 
     def num_parameters(self) -> int:
         return self.base.num_parameters()
@@ -228,8 +256,9 @@ def distaug_cond_dim(image: ImageSpec, transforms, num_classes: int = 0, cond_di
     return int(num_classes or cond_dim) + sum(Augmenter(parse_transforms(image, transforms)).choices)
 
 
-def create_distaug_model(name: str, image: ImageSpec, size: str = "tiny", transforms=("rot90",),
-                         **overrides) -> DistAugModel:
+def create_distaug_model(
+    name: str, image: ImageSpec, size: str = "tiny", transforms=("rot90",), **overrides
+) -> DistAugModel:
     """A registered model wrapped with Distribution Augmentation.
 
     `create_distaug_model("pixelcnn_pp", ImageSpec(3, 32, 32), "small", ["rot90", "transpose"], num_classes=10)`

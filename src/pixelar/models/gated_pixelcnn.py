@@ -7,6 +7,7 @@ at the current pixel (mask A in the first layer, which is also blind to the curr
 residual). Gates are tanh(W_f * x + V_f h) * sigmoid(W_g * x + V_g h); the residual connection (1x1 after
 the gate) is on the horizontal stack only. Conditioning h is a class label or any global vector.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,15 +28,18 @@ def gate(x: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, in_ch: int, p: int, k: int, groups: int, first: bool, last: bool, num_classes: int, cond_dim: int):
+    def __init__(
+        self, in_ch: int, p: int, k: int, groups: int, first: bool, last: bool, num_classes: int, cond_dim: int
+    ):
         super().__init__()
         self.first, self.last = first, last
         self.k = k
         self.v_conv = nn.Conv2d(in_ch, 2 * p, (k // 2 + 1, k))
         g_in = torch.arange(in_ch) if first else channel_groups(in_ch, groups)
         g_gate = channel_groups(p, groups).repeat(2)  # tanh half and sigmoid half share the grouping
-        self.h_conv = MaskedConv2d(in_ch, 2 * p, (1, k // 2 + 1), "A" if first else "B",
-                                   in_groups=g_in, out_groups=g_gate, center=(0, k // 2))
+        self.h_conv = MaskedConv2d(
+            in_ch, 2 * p, (1, k // 2 + 1), "A" if first else "B", in_groups=g_in, out_groups=g_gate, center=(0, k // 2)
+        )
         self.v_to_h = nn.Conv2d(2 * p, 2 * p, 1)
         self.h_res = MaskedConv2d(p, p, 1, "B", groups)
         # the last layer's vertical output would be unused: it only feeds the horizontal stack
@@ -81,12 +85,39 @@ class GatedLayer(nn.Module):
         return v_out, h_out
 
 
-@register_model("gated_pixelcnn", sizes={
-    "tiny": dict(channels=6, num_layers=3, kernel_size=3, out_hidden=12, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
-    "small": dict(channels=96, num_layers=8, kernel_size=5, out_hidden=192, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
-    # the paper's ImageNet model: 20 layers, 384 maps, 5x5 filters
-    "paper": dict(channels=384, num_layers=20, kernel_size=5, out_hidden=1024, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
-})
+@register_model(
+    "gated_pixelcnn",
+    sizes={
+        "tiny": dict(
+            channels=6,
+            num_layers=3,
+            kernel_size=3,
+            out_hidden=12,
+            output={"kind": "categorical"},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        "small": dict(
+            channels=96,
+            num_layers=8,
+            kernel_size=5,
+            out_hidden=192,
+            output={"kind": "categorical"},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # the paper's ImageNet model: 20 layers, 384 maps, 5x5 filters
+        "paper": dict(
+            channels=384,
+            num_layers=20,
+            kernel_size=5,
+            out_hidden=1024,
+            output={"kind": "categorical"},
+            num_classes=0,
+            cond_dim=0,
+        ),
+    },
+)
 class GatedPixelCNN(ARImageModel):
     """Args: channels (p), num_layers, kernel_size (odd k), out_hidden, output, num_classes, cond_dim."""
 
@@ -96,12 +127,15 @@ class GatedPixelCNN(ARImageModel):
             raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         C = image.channels
         self.layers = nn.ModuleList(
-            GatedLayer(C if i == 0 else channels, channels, kernel_size, C, i == 0, i == num_layers - 1, num_classes, cond_dim)
+            GatedLayer(
+                C if i == 0 else channels, channels, kernel_size, C, i == 0, i == num_layers - 1, num_classes, cond_dim
+            )
             for i in range(num_layers)
         )
         self.out1 = MaskedConv2d(channels, out_hidden, 1, "B", C)
-        self.out2 = MaskedConv2d(out_hidden, self.distribution.num_params, 1, "B", C,
-                                 out_groups=output_groups(self.distribution, C))
+        self.out2 = MaskedConv2d(
+            out_hidden, self.distribution.num_params, 1, "B", C, out_groups=output_groups(self.distribution, C)
+        )
 
     def forward(self, x, cond=None):
         v = h = self.scale_input(x)

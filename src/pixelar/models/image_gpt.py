@@ -31,6 +31,7 @@ colour, as in the released code), and data with at most k distinct colours (gray
 (IGPT_M, IGPT_L, IGPT_XL below), the registry's sizes being tiny / small / paper (= iGPT-S, 24 layers,
 d 512, 8 heads: 76.5M parameters at 32x32 with k = 512).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,30 +54,43 @@ IGPT_XL = dict(n_layer=60, d_model=3072, n_head=16)  # 6.8B (heads not stated; 1
 
 
 def _preset(n_layer, d_model, n_head, palette):
-    return dict(n_layer=n_layer, d_model=d_model, n_head=n_head, palette=palette, dropout=0.0, checkpoint=False,
-                output={"kind": "categorical"}, num_classes=0, cond_dim=0)
+    return dict(
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        palette=palette,
+        dropout=0.0,
+        checkpoint=False,
+        output={"kind": "categorical"},
+        num_classes=0,
+        cond_dim=0,
+    )
 
 
-@register_model("image_gpt", sizes={
-    # tiny: no palette, so that the brute-force tests can enumerate every image of a tiny spec
-    "tiny": _preset(2, 16, 2, 0),
-    "small": _preset(6, 64, 4, 512),
-    # iGPT-S: 24 layers, d 512, 8 heads, 9-bit palette (76M)
-    "paper": _preset(24, 512, 8, 512),
-})
+@register_model(
+    "image_gpt",
+    sizes={
+        # tiny: no palette, so that the brute-force tests can enumerate every image of a tiny spec
+        "tiny": _preset(2, 16, 2, 0),
+        "small": _preset(6, 64, 4, 512),
+        # iGPT-S: 24 layers, d 512, 8 heads, 9-bit palette (76M)
+        "paper": _preset(24, 512, 8, 512),
+    },
+)
 class ImageGPT(SequenceTransformer):
     """Args:
-        image: the 8-bit images the model is for (with a palette), or the images it models directly.
-        n_layer, d_model, n_head: depth, width, heads (MLP width 4 * d_model).
-        palette: k colours of the k-means palette (the paper: 512); 0 models the values of `image` directly.
-        dropout: at the end of each residual branch (the paper: none).
-        checkpoint: recompute each block in the backward pass (training memory).
-        output: output distribution (categorical over the tokens; with palette=0 any kind).
-        num_classes, cond_dim: conditioning, summed into the start token.
+    image: the 8-bit images the model is for (with a palette), or the images it models directly.
+    n_layer, d_model, n_head: depth, width, heads (MLP width 4 * d_model).
+    palette: k colours of the k-means palette (the paper: 512); 0 models the values of `image` directly.
+    dropout: at the end of each residual branch (the paper: none).
+    checkpoint: recompute each block in the backward pass (training memory).
+    output: output distribution (categorical over the tokens; with palette=0 any kind).
+    num_classes, cond_dim: conditioning, summed into the start token.
     """
 
-    def __init__(self, image, n_layer, d_model, n_head, palette, dropout, checkpoint, output, num_classes=0,
-                 cond_dim=0):
+    def __init__(
+        self, image, n_layer, d_model, n_head, palette, dropout, checkpoint, output, num_classes=0, cond_dim=0
+    ):
         if not isinstance(image, ImageSpec):
             raise ValueError(f"image must be a pixelar.ImageSpec, got {type(image).__name__}")
         if not isinstance(palette, int) or isinstance(palette, bool) or palette < 0 or palette == 1:
@@ -86,8 +100,10 @@ class ImageGPT(SequenceTransformer):
         tokens = image
         if palette:
             if image.num_values != 256:
-                raise ValueError(f"a colour palette is fitted on 8-bit images (num_values 256), got {image}; "
-                                 "set palette=0 to model these values directly")
+                raise ValueError(
+                    f"a colour palette is fitted on 8-bit images (num_values 256), got {image}; "
+                    "set palette=0 to model these values directly"
+                )
             kind = output.get("kind") if isinstance(output, dict) else output
             if kind != "categorical":
                 raise ValueError(f"palette tokens have no order, so they need output 'categorical', got {kind!r}")
@@ -96,11 +112,28 @@ class ImageGPT(SequenceTransformer):
         with torch.device("cpu"):  # index data (also under a meta default device)
             order = raster_order(tokens, "subpixel")
         pattern = AttentionPattern("dense", N)
-        super().__init__(tokens, output, unit="subpixel", unit_order=order, patterns=[pattern] * int(n_layer),
-                         d_model=d_model, n_head=n_head, qk_dim=d_model, v_dim=d_model, ff_dim=4 * d_model,
-                         dropout=dropout, norm="pre", activation="quick_gelu", checkpoint=checkpoint,
-                         num_classes=num_classes, cond_dim=cond_dim, norm_layer="rms", bias=False,
-                         positions="sequence", cond_at="start")
+        super().__init__(
+            tokens,
+            output,
+            unit="subpixel",
+            unit_order=order,
+            patterns=[pattern] * int(n_layer),
+            d_model=d_model,
+            n_head=n_head,
+            qk_dim=d_model,
+            v_dim=d_model,
+            ff_dim=4 * d_model,
+            dropout=dropout,
+            norm="pre",
+            activation="quick_gelu",
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            cond_dim=cond_dim,
+            norm_layer="rms",
+            bias=False,
+            positions="sequence",
+            cond_at="start",
+        )
         if palette:
             self.tokenizer = Palette(palette, image.channels)
             self.data_image = image

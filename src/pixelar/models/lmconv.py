@@ -34,6 +34,7 @@ Differences from the released code: no weight normalization and no positional no
 convolutions, the last convolution of each resnet initialised 10x smaller); any output distribution may be
 chosen.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,24 +79,69 @@ class LMGatedResnet(nn.Module):
         return x + a * torch.sigmoid(b)
 
 
-@register_model("lmconv", sizes={
-    # tiny: no up-pass resnets (nr_resnet=0 still leaves two down-pass resnets with short-cuts): brute-force
-    # likelihood tests evaluate 65,536 images, and every LMConv layer is im2col-heavy on the CPU
-    "tiny": dict(nr_filters=6, nr_resnet=0, kernel_size=3, dilation=2, dropout=0.0, order="s_curve", num_orders=8,
-                 output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
-    # small: the same budget as pixelcnn_pp small (a few minutes of CPU training on Fashion-MNIST)
-    "small": dict(nr_filters=32, nr_resnet=1, kernel_size=3, dilation=2, dropout=0.0, order="s_curve", num_orders=8,
-                  output={"kind": "logistic_mixture", "nr_mix": 5}, num_classes=0, cond_dim=0),
-    # the released CIFAR-10 command (2.887 bpd with 8 S-curve orders): 160 filters, 5 resnets, 3x3, dropout 0
-    "paper": dict(nr_filters=160, nr_resnet=5, kernel_size=3, dilation=2, dropout=0.0, order="s_curve", num_orders=8,
-                  output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
-})
+@register_model(
+    "lmconv",
+    sizes={
+        # tiny: no up-pass resnets (nr_resnet=0 still leaves two down-pass resnets with short-cuts): brute-force
+        # likelihood tests evaluate 65,536 images, and every LMConv layer is im2col-heavy on the CPU
+        "tiny": dict(
+            nr_filters=6,
+            nr_resnet=0,
+            kernel_size=3,
+            dilation=2,
+            dropout=0.0,
+            order="s_curve",
+            num_orders=8,
+            output={"kind": "logistic_mixture", "nr_mix": 2},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # small: the same budget as pixelcnn_pp small (a few minutes of CPU training on Fashion-MNIST)
+        "small": dict(
+            nr_filters=32,
+            nr_resnet=1,
+            kernel_size=3,
+            dilation=2,
+            dropout=0.0,
+            order="s_curve",
+            num_orders=8,
+            output={"kind": "logistic_mixture", "nr_mix": 5},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # the released CIFAR-10 command (2.887 bpd with 8 S-curve orders): 160 filters, 5 resnets, 3x3, dropout 0
+        "paper": dict(
+            nr_filters=160,
+            nr_resnet=5,
+            kernel_size=3,
+            dilation=2,
+            dropout=0.0,
+            order="s_curve",
+            num_orders=8,
+            output={"kind": "logistic_mixture", "nr_mix": 10},
+            num_classes=0,
+            cond_dim=0,
+        ),
+    },
+)
 class LMConv(ARImageModel):
     """Args: nr_filters, nr_resnet (per stage), kernel_size (odd), dilation (of the 4 stage-joining convs),
     dropout, order (base order name), num_orders (K dihedral variants, 1..8), output, num_classes, cond_dim."""
 
-    def __init__(self, image, nr_filters, nr_resnet, kernel_size, dilation, dropout, order, num_orders, output,
-                 num_classes=0, cond_dim=0):
+    def __init__(
+        self,
+        image,
+        nr_filters,
+        nr_resnet,
+        kernel_size,
+        dilation,
+        dropout,
+        order,
+        num_orders,
+        output,
+        num_classes=0,
+        cond_dim=0,
+    ):
         super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         F_, R, C, k = nr_filters, nr_resnet, image.channels, kernel_size
         self.kernel_size, self.dilation = k, dilation
@@ -109,8 +155,9 @@ class LMConv(ARImageModel):
         # first layer: +1 input channel of ones so that zero padding is told apart from earlier pixels
         self.init = LocallyMaskedConv2d(C + 1, F_, k)
         self.up = nn.ModuleList(nn.ModuleList(LMGatedResnet(F_, k, 0, **kw) for _ in range(R)) for _ in range(3))
-        self.down = nn.ModuleList(nn.ModuleList(LMGatedResnet(F_, k, F_, **kw) for _ in range(R if s == 0 else R + 1))
-                                  for s in range(3))
+        self.down = nn.ModuleList(
+            nn.ModuleList(LMGatedResnet(F_, k, F_, **kw) for _ in range(R if s == 0 else R + 1)) for s in range(3)
+        )
         # where PixelCNN++ strides down and up: dilated convolutions at full resolution
         self.dilated_up = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, dilation=dilation) for _ in range(2))
         self.dilated_down = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, dilation=dilation) for _ in range(2))
@@ -136,12 +183,14 @@ class LMConv(ARImageModel):
     def _as_order(self, order) -> torch.Tensor:
         if isinstance(order, int) and not isinstance(order, bool):
             if not 0 <= order < self.num_orders:
-                raise ValueError(f"order index must be in [0, {self.num_orders}) (this model has {self.num_orders} "
-                                 f"orders), got {order}")
+                raise ValueError(
+                    f"order index must be in [0, {self.num_orders}) (this model has {self.num_orders} "
+                    f"orders), got {order}"
+                )
             return self.orders[order]
         return check_order(order, self.image.height, self.image.width)
 
-    def set_order(self, order) -> "LMConv":
+    def set_order(self, order) -> LMConv:
         """Select the eval-mode order: an index into `orders` or any permutation of the H*W pixels."""
         self._selected = self._as_order(order)
         return self
@@ -170,8 +219,10 @@ class LMConv(ARImageModel):
             if len(self._mask_cache) >= 64:
                 self._mask_cache.clear()
             H, W, k = self.image.height, self.image.width, self.kernel_size
-            self._mask_cache[key] = tuple(MaskPlan(kernel_masks(order, H, W, k, d, t), H, W, k, d).to(device, dtype)
-                                          for d, t in ((1, "A"), (1, "B"), (self.dilation, "B")))
+            self._mask_cache[key] = tuple(
+                MaskPlan(kernel_masks(order, H, W, k, d, t), H, W, k, d).to(device, dtype)
+                for d, t in ((1, "A"), (1, "B"), (self.dilation, "B"))
+            )
         return self._mask_cache[key]
 
     # ----- forward -----------------------------------------------------------------------------------------
@@ -198,7 +249,7 @@ class LMConv(ARImageModel):
         return self.out(F.elu(u))
 
     # ----- cached sampling ---------------------------------------------------------------------------------
-    def begin_cache(self, x: torch.Tensor, cond=None) -> "_LMConvCache":
+    def begin_cache(self, x: torch.Tensor, cond=None) -> _LMConvCache:
         """Incremental forward for cached sampling under the order in use: params_at(i, j) equals
         forward(x)[:, :, i, j] when pixels are requested in that order (skipping is fine)."""
         require_eval(self)
@@ -208,7 +259,9 @@ class LMConv(ARImageModel):
     def _order_list(self, orders) -> list:
         if isinstance(orders, str):
             if orders != "all":
-                raise ValueError(f"orders must be 'all', a number of orders, or a list of order indices; got {orders!r}")
+                raise ValueError(
+                    f"orders must be 'all', a number of orders, or a list of order indices; got {orders!r}"
+                )
             return list(range(self.num_orders))
         if isinstance(orders, int) and not isinstance(orders, bool):
             if not 1 <= orders <= self.num_orders:
@@ -226,8 +279,9 @@ class LMConv(ARImageModel):
                 out.append(super().log_prob(x, cond))
         return torch.stack(out, dim=1)
 
-    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True,
-                 orders=None) -> torch.Tensor:
+    def log_prob(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True, orders=None
+    ) -> torch.Tensor:
         """log p(x | cond) in nats.
 
         Args:
@@ -245,10 +299,16 @@ class LMConv(ARImageModel):
     # ----- completion --------------------------------------------------------------------------------------
     def _hidden(self, known: torch.Tensor) -> torch.Tensor:
         H, W = self.image.height, self.image.width
-        if not isinstance(known, torch.Tensor) or known.dtype != torch.bool or known.shape[-2:] != (H, W) \
-                or known.dim() not in (2, 3):
-            raise ValueError(f"known must be a bool mask (H, W) = ({H}, {W}) or (n, {H}, {W}) of pixels to keep, got "
-                             f"{getattr(known, 'dtype', type(known).__name__)} {tuple(getattr(known, 'shape', ()))}")
+        if (
+            not isinstance(known, torch.Tensor)
+            or known.dtype != torch.bool
+            or known.shape[-2:] != (H, W)
+            or known.dim() not in (2, 3)
+        ):
+            raise ValueError(
+                f"known must be a bool mask (H, W) = ({H}, {W}) or (n, {H}, {W}) of pixels to keep, got "
+                f"{getattr(known, 'dtype', type(known).__name__)} {tuple(getattr(known, 'shape', ()))}"
+            )
         # pixels known in every image come first; the rest are generated (and kept where known)
         return ~(known if known.dim() == 2 else known.all(0)).cpu()
 
@@ -261,29 +321,46 @@ class LMConv(ARImageModel):
         best = self.orders[scores.index(min(scores))]
         return move_to_end(best, hidden)
 
-    def conditional_log_prob(self, x: torch.Tensor, known: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def conditional_log_prob(
+        self, x: torch.Tensor, known: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log p(x_hidden | x_known) in nats, (B,): the hidden pixels' conditionals under completion_order(known)
         (all known pixels come first there, so this is exactly the conditional likelihood of the region).
 
         known: bool (H, W), shared by the batch, True where the pixel is given.
         """
         if not isinstance(known, torch.Tensor) or known.dim() != 2:
-            raise ValueError("known must be one bool mask (H, W) for the batch; score images with different masks separately")
+            raise ValueError(
+                "known must be one bool mask (H, W) for the batch; score images with different masks separately"
+            )
         hidden = self._hidden(known)
         with self.using_order(self.completion_order(known)):
             lp = super().log_prob(x, cond, reduce=False)  # (B, C, H, W)
         return (lp * hidden.to(lp.device, lp.dtype)).flatten(1).sum(1)
 
-    def sample(self, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
-               method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        cond=None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        method: str = "cached",
+        x_known: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """As ARImageModel.sample (method must be "naive"); with `known`, in completion_order(known)."""
         order = self.current_order()
-        if isinstance(known, torch.Tensor) and known.dtype == torch.bool and known.dim() == 3 \
-                and known.shape[1:] == (self.image.height, self.image.width):
+        if (
+            isinstance(known, torch.Tensor)
+            and known.dtype == torch.bool
+            and known.dim() == 3
+            and known.shape[1:] == (self.image.height, self.image.width)
+        ):
             order = self.completion_order(known)
         with self.using_order(order):
-            return super().sample(n, cond=cond, temperature=temperature, generator=generator, method=method,
-                                  x_known=x_known, known=known)
+            return super().sample(
+                n, cond=cond, temperature=temperature, generator=generator, method=method, x_known=x_known, known=known
+            )
 
 
 class _LMConvCache:
@@ -305,8 +382,11 @@ class _LMConvCache:
         # per-pixel (k, k) masks: A (first layer), B (resnets), D (the dilated mask-B layers)
         dtype = next(model.parameters()).dtype
         self.dtype, self.device = dtype, x.device
-        masks = {"A": kernel_masks(order, H, W, k, 1, "A"), "B": kernel_masks(order, H, W, k, 1, "B"),
-                 "D": kernel_masks(order, H, W, k, model.dilation, "B")}  # (k*k, H*W) each
+        masks = {
+            "A": kernel_masks(order, H, W, k, 1, "A"),
+            "B": kernel_masks(order, H, W, k, 1, "B"),
+            "D": kernel_masks(order, H, W, k, model.dilation, "B"),
+        }  # (k*k, H*W) each
         self.masks = {t: m.to(x.device, dtype).t().reshape(H * W, k, k).contiguous() for t, m in masks.items()}
         self.bias = {}  # id(resnet) -> (n, 2F) conditioning bias
         for res in [*(r for stage in model.up for r in stage), *(r for stage in model.down for r in stage)]:
@@ -321,8 +401,9 @@ class _LMConvCache:
     def _buffer(self, slot: int, channels: int) -> torch.Tensor:
         if slot == len(self.buffers):
             n, P = self.x.shape[0], self.P
-            self.buffers.append(torch.zeros(n, channels, self.H + 2 * P, self.W + 2 * P, dtype=self.dtype,
-                                            device=self.device))
+            self.buffers.append(
+                torch.zeros(n, channels, self.H + 2 * P, self.W + 2 * P, dtype=self.dtype, device=self.device)
+            )
         return self.buffers[slot]
 
     def _store(self, value: torch.Tensor) -> int:

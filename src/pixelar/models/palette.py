@@ -14,6 +14,7 @@ never produced by `encode`.
 The Palette is an nn.Module with buffers only, so it is saved with the model's weights (safetensors), never
 pickled.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,9 @@ class Palette(nn.Module):
 
     # ----- fitting -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def fit(self, images: torch.Tensor, seed: int = 0, steps: int = 300, batch_size: int = 4096,
-            refine: int = 2) -> "Palette":
+    def fit(
+        self, images: torch.Tensor, seed: int = 0, steps: int = 300, batch_size: int = 4096, refine: int = 2
+    ) -> Palette:
         """Fit the centres on training images, uint8 (N, C, H, W) (8-bit values). Deterministic for a seed.
 
         The distinct colours are counted first (exact, one bincount). If there are at most k of them, they are
@@ -80,7 +82,7 @@ class Palette(nn.Module):
     def _distinct_colours(self, images: torch.Tensor):
         images = self._check_pixels(images, "images").cpu()  # fitting runs on the CPU, once
         C = self.channels
-        code = torch.zeros(256 ** C, dtype=torch.long)
+        code = torch.zeros(256**C, dtype=torch.long)
         flat = images.permute(0, 2, 3, 1).reshape(-1, C)  # (N*H*W, C)
         if flat.shape[0] == 0:
             raise ValueError("cannot fit a palette on zero images")
@@ -88,7 +90,7 @@ class Palette(nn.Module):
         for i in range(0, flat.shape[0], step):  # bincount of colour codes, chunked (bounded memory)
             p = flat[i : i + step].long()
             codes = p[:, 0] if C == 1 else (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]
-            code += torch.bincount(codes, minlength=256 ** C)
+            code += torch.bincount(codes, minlength=256**C)
         ids = code.nonzero().flatten()  # (D,) present colour codes, ascending
         if C == 1:
             colours = ids.view(-1, 1)
@@ -105,8 +107,10 @@ class Palette(nn.Module):
         exact for these values (nearest in [-1, 1] is the same: the scaling is uniform).
         """
         if not self.fitted:
-            raise ValueError("the palette is not fitted: call palette.fit(training images) first "
-                             "(pixelar train does this before the first step)")
+            raise ValueError(
+                "the palette is not fitted: call palette.fit(training images) first "
+                "(pixelar train does this before the first step)"
+            )
         images = self._check_pixels(images, "images")
         B, C, H, W = images.shape
         if C == 1:  # grayscale: the token of each of the 256 levels once, then a lookup
@@ -129,10 +133,16 @@ class Palette(nn.Module):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, 1, H, W) in [0, k) -> 8-bit images int64 (B, C, H, W)."""
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dim() != 4 \
-                or tokens.shape[1] != 1:
-            raise ValueError(f"tokens must be an integer tensor (B, 1, H, W), got "
-                             f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.dtype.is_floating_point
+            or tokens.dim() != 4
+            or tokens.shape[1] != 1
+        ):
+            raise ValueError(
+                f"tokens must be an integer tensor (B, 1, H, W), got "
+                f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}"
+            )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.k):
             raise ValueError(f"tokens must be in [0, {self.k}), got {int(tokens.min())}..{int(tokens.max())}")
         return self.centres[tokens[:, 0].long()].long().permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
@@ -144,16 +154,24 @@ class Palette(nn.Module):
         on the 0..255 scale)."""
         images = self._check_pixels(images, "images")
         diff = self.decode(self.encode(images)) - images.long()
-        return {"sq_err_sum": float((diff.double() ** 2).sum()), "exact_pixels": int((diff == 0).all(1).sum()),
-                "pixels": diff.shape[0] * diff.shape[2] * diff.shape[3], "sub_pixels": diff.numel()}
+        return {
+            "sq_err_sum": float((diff.double() ** 2).sum()),
+            "exact_pixels": int((diff == 0).all(1).sum()),
+            "pixels": diff.shape[0] * diff.shape[2] * diff.shape[3],
+            "sub_pixels": diff.numel(),
+        }
 
     def _check_pixels(self, images, what: str) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dtype.is_floating_point or images.dtype == torch.bool:
-            raise ValueError(f"{what} must be an integer tensor of 8-bit values (uint8 or int64), got "
-                             f"{getattr(images, 'dtype', type(images).__name__)}")
+            raise ValueError(
+                f"{what} must be an integer tensor of 8-bit values (uint8 or int64), got "
+                f"{getattr(images, 'dtype', type(images).__name__)}"
+            )
         if images.dim() != 4 or images.shape[1] != self.channels:
-            raise ValueError(f"{what} must have shape (B, {self.channels}, H, W) for a {self.channels}-channel "
-                             f"palette, got {tuple(images.shape)}")
+            raise ValueError(
+                f"{what} must have shape (B, {self.channels}, H, W) for a {self.channels}-channel "
+                f"palette, got {tuple(images.shape)}"
+            )
         if images.dtype != torch.uint8 and images.numel() and (int(images.min()) < 0 or int(images.max()) > 255):
             raise ValueError(f"{what} must hold 8-bit values in [0, 255], got {int(images.min())}..{int(images.max())}")
         return images

@@ -1,4 +1,5 @@
 """Saving and loading a model directory: config.json (architecture) + model.safetensors (weights)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +23,14 @@ def model_from_config(cfg: dict, source: str = "config"):
     from .distaug import DistAugModel
     from .registry import build_model
 
-    if (not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT
-            or not all(k in cfg for k in ("model", "image", "hparams"))):
-        raise ValueError(f"{source} is not a pixelar model config (needs format={CONFIG_FORMAT!r}, model, image, hparams)")
+    if (
+        not isinstance(cfg, dict)
+        or cfg.get("format") != CONFIG_FORMAT
+        or not all(k in cfg for k in ("model", "image", "hparams"))
+    ):
+        raise ValueError(
+            f"{source} is not a pixelar model config (needs format={CONFIG_FORMAT!r}, model, image, hparams)"
+        )
     try:
         base = build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
         if "distaug" not in cfg:
@@ -33,8 +39,9 @@ def model_from_config(cfg: dict, source: str = "config"):
         da = cfg["distaug"]
         if not isinstance(da, dict) or "transforms" not in da:
             raise ValueError(f"'distaug' must be an object with 'transforms', got {da!r}")
-        return DistAugModel(base, da["transforms"], num_classes=da.get("num_classes", 0),
-                            cond_dim=da.get("cond_dim", 0))
+        return DistAugModel(
+            base, da["transforms"], num_classes=da.get("num_classes", 0), cond_dim=da.get("cond_dim", 0)
+        )
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
 
@@ -50,12 +57,16 @@ def load_model(path, map_location: str = "cpu"):
     # damaged bytes or a diverged run: refuse here, or every likelihood would silently come out NaN
     bad = next((k for k in sorted(state) if state[k].is_floating_point() and not bool(state[k].isfinite().all())), None)
     if bad is not None:
-        raise ValueError(f"model weights {path / WEIGHTS_NAME} contain non-finite values (NaN or inf), first in "
-                         f"tensor {bad!r}: the file is damaged or was saved from a diverged run")
+        raise ValueError(
+            f"model weights {path / WEIGHTS_NAME} contain non-finite values (NaN or inf), first in "
+            f"tensor {bad!r}: the file is damaged or was saved from a diverged run"
+        )
     missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
     if missing or unexpected:
-        raise ValueError(f"model weights {path / WEIGHTS_NAME} do not match config.json: "
-                         f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise ValueError(
+            f"model weights {path / WEIGHTS_NAME} do not match config.json: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -7,6 +7,7 @@ earlier pixels, G also the current R, and B also R and G; the output is a softma
 Differences from the paper: any output distribution may be chosen (the logistic mixture then reads only the
 R group, which sees earlier pixels only); optional class / vector conditioning adds a bias in every block.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,12 +53,19 @@ class ResidualBlock(nn.Module):
         return g.conv(y, self.conv3, pre=F.relu, post=residual, extras=[x], name=f"{name}.conv3")
 
 
-@register_model("pixelcnn", sizes={
-    "tiny": dict(hidden=6, num_blocks=2, out_hidden=12, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
-    "small": dict(hidden=48, num_blocks=6, out_hidden=96, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
-    # 15 layers: 7x7 mask A, 12 residual blocks, 2 output layers; h = 128 (2h = 256 maps) as in PixelRNN Tab.
-    "paper": dict(hidden=128, num_blocks=12, out_hidden=1024, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
-})
+@register_model(
+    "pixelcnn",
+    sizes={
+        "tiny": dict(hidden=6, num_blocks=2, out_hidden=12, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
+        "small": dict(
+            hidden=48, num_blocks=6, out_hidden=96, output={"kind": "categorical"}, num_classes=0, cond_dim=0
+        ),
+        # 15 layers: 7x7 mask A, 12 residual blocks, 2 output layers; h = 128 (2h = 256 maps) as in PixelRNN Tab.
+        "paper": dict(
+            hidden=128, num_blocks=12, out_hidden=1024, output={"kind": "categorical"}, num_classes=0, cond_dim=0
+        ),
+    },
+)
 class PixelCNN(ARImageModel):
     """Args: hidden (h; blocks carry 2h maps), num_blocks, out_hidden, output, num_classes, cond_dim."""
 
@@ -66,8 +74,11 @@ class PixelCNN(ARImageModel):
         C = image.channels
         self.input_conv = MaskedConv2d(C, 2 * hidden, 7, "A", groups=C)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, C) for _ in range(num_blocks))
-        self.cond_bias = nn.ModuleList(maybe_bias(2 * hidden, num_classes, cond_dim) for _ in range(num_blocks)) \
-            if (num_classes or cond_dim) else None
+        self.cond_bias = (
+            nn.ModuleList(maybe_bias(2 * hidden, num_classes, cond_dim) for _ in range(num_blocks))
+            if (num_classes or cond_dim)
+            else None
+        )
         self.out1 = MaskedConv2d(2 * hidden, out_hidden, 1, "B", C)
         P = self.distribution.num_params
         self.out2 = MaskedConv2d(out_hidden, P, 1, "B", C, out_groups=output_groups(self.distribution, C))

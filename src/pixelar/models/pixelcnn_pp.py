@@ -9,6 +9,7 @@ Differences from the released code: no weight normalization (plain convolutions;
 each resnet is initialised 10x smaller, like the code's init_scale=0.1); odd image sizes are allowed (the
 upsampled maps are cropped to the short-cut's size); any output distribution may be chosen.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,11 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import (
-    Dropout,
     DownRightShiftedConv2d,
     DownRightShiftedConvTranspose2d,
     DownShiftedConv2d,
     DownShiftedConvTranspose2d,
+    Dropout,
     concat_elu,
     down_shift,
     right_shift,
@@ -75,8 +76,9 @@ class GatedResnet(nn.Module):
             a, b = y.chunk(2, dim=1)
             return xin + a * torch.sigmoid(b)
 
-        return g.conv(c, self.conv2, pre=lambda t: self.dropout(concat_elu(t)), post=gated, extras=[x],
-                      name=f"{name}.conv2")
+        return g.conv(
+            c, self.conv2, pre=lambda t: self.dropout(concat_elu(t)), post=gated, extras=[x], name=f"{name}.conv2"
+        )
 
 
 def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
@@ -95,13 +97,37 @@ def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
     return u, g.map(torch.add, ul_up, ul_left, name="ul_init")
 
 
-@register_model("pixelcnn_pp", sizes={
-    "tiny": dict(nr_filters=8, nr_resnet=1, dropout=0.0, output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
-    # small: sized so that `pixelar train` (the default) learns well in about 5 minutes on 2 CPU cores
-    "small": dict(nr_filters=32, nr_resnet=1, dropout=0.0, output={"kind": "logistic_mixture", "nr_mix": 5}, num_classes=0, cond_dim=0),
-    # the released code's defaults (the 2.92 bpd CIFAR-10 model): 160 filters, 5 resnets, 10 mixtures
-    "paper": dict(nr_filters=160, nr_resnet=5, dropout=0.5, output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
-})
+@register_model(
+    "pixelcnn_pp",
+    sizes={
+        "tiny": dict(
+            nr_filters=8,
+            nr_resnet=1,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 2},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # small: sized so that `pixelar train` (the default) learns well in about 5 minutes on 2 CPU cores
+        "small": dict(
+            nr_filters=32,
+            nr_resnet=1,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 5},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # the released code's defaults (the 2.92 bpd CIFAR-10 model): 160 filters, 5 resnets, 10 mixtures
+        "paper": dict(
+            nr_filters=160,
+            nr_resnet=5,
+            dropout=0.5,
+            output={"kind": "logistic_mixture", "nr_mix": 10},
+            num_classes=0,
+            cond_dim=0,
+        ),
+    },
+)
 class PixelCNNPP(ARImageModel):
     """Args: nr_filters, nr_resnet (per stage), dropout, output, num_classes, cond_dim."""
 

@@ -24,6 +24,7 @@ before p, layer by layer: the 2x2 convolutions read two-row rings of their input
 blocks read a cache of keys and values. The keys and values of pixel p need its raw value, so they are
 added once p is final, at the next step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..inference import require_eval
-from ..nn import Dropout, DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+from ..nn import DownRightShiftedConv2d, DownShiftedConv2d, Dropout, down_shift, right_shift
 from ..nn.attention import AttentionPattern, attend, attend_step
 from .base import ARImageModel
 from .conditioning import maybe_bias
@@ -69,8 +70,16 @@ class GatedResnet(nn.Module):
 class AttentionBlock(nn.Module):
     """PixelSNAIL's causal attention block (see the module doc): (ul, x, background) -> new ul."""
 
-    def __init__(self, nr_filters: int, channels: int, key_size: int, value_size: int, dropout: float,
-                 num_classes: int, cond_dim: int):
+    def __init__(
+        self,
+        nr_filters: int,
+        channels: int,
+        key_size: int,
+        value_size: int,
+        dropout: float,
+        num_classes: int,
+        cond_dim: int,
+    ):
         super().__init__()
         kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
         kv_in, q_in = channels + nr_filters + 2, nr_filters + 2
@@ -93,22 +102,54 @@ class AttentionBlock(nn.Module):
         return self.out(ul, mixed, cond=cond)
 
 
-@register_model("pixelsnail", sizes={
-    "tiny": dict(nr_filters=8, nr_resnet=1, nr_block=2, key_size=4, value_size=4, dropout=0.0,
-                 output={"kind": "logistic_mixture", "nr_mix": 2}, num_classes=0, cond_dim=0),
-    "small": dict(nr_filters=32, nr_resnet=2, nr_block=4, key_size=16, value_size=16, dropout=0.0,
-                  output={"kind": "logistic_mixture", "nr_mix": 5}, num_classes=0, cond_dim=0),
-    # the released CIFAR-10 model h12_noup_smallkey (2.85 bpd): 12 blocks of 4 resnets, 256 filters, elu,
-    # keys 16, values 128, dropout 0.5, 10 mixtures
-    "paper": dict(nr_filters=256, nr_resnet=4, nr_block=12, key_size=16, value_size=128, dropout=0.5,
-                  output={"kind": "logistic_mixture", "nr_mix": 10}, num_classes=0, cond_dim=0),
-}, zero_ok=("value_size",))
+@register_model(
+    "pixelsnail",
+    sizes={
+        "tiny": dict(
+            nr_filters=8,
+            nr_resnet=1,
+            nr_block=2,
+            key_size=4,
+            value_size=4,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 2},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        "small": dict(
+            nr_filters=32,
+            nr_resnet=2,
+            nr_block=4,
+            key_size=16,
+            value_size=16,
+            dropout=0.0,
+            output={"kind": "logistic_mixture", "nr_mix": 5},
+            num_classes=0,
+            cond_dim=0,
+        ),
+        # the released CIFAR-10 model h12_noup_smallkey (2.85 bpd): 12 blocks of 4 resnets, 256 filters, elu,
+        # keys 16, values 128, dropout 0.5, 10 mixtures
+        "paper": dict(
+            nr_filters=256,
+            nr_resnet=4,
+            nr_block=12,
+            key_size=16,
+            value_size=128,
+            dropout=0.5,
+            output={"kind": "logistic_mixture", "nr_mix": 10},
+            num_classes=0,
+            cond_dim=0,
+        ),
+    },
+    zero_ok=("value_size",),
+)
 class PixelSNAIL(ARImageModel):
     """Args: nr_filters, nr_resnet (per block), nr_block, key_size, value_size (0 = nr_filters // 2),
     dropout, output, num_classes, cond_dim."""
 
-    def __init__(self, image, nr_filters, nr_resnet, nr_block, key_size, value_size, dropout, output,
-                 num_classes=0, cond_dim=0):
+    def __init__(
+        self, image, nr_filters, nr_resnet, nr_block, key_size, value_size, dropout, output, num_classes=0, cond_dim=0
+    ):
         super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         if min(nr_filters, nr_resnet, nr_block, key_size) < 1:
             raise ValueError("nr_filters, nr_resnet, nr_block and key_size must be >= 1")
@@ -120,7 +161,8 @@ class PixelSNAIL(ARImageModel):
         self.init_left = DownRightShiftedConv2d(C + 1, F_, (2, 1))
         self.resnets = nn.ModuleList(
             nn.ModuleList(GatedResnet(F_, DownRightShiftedConv2d, 0, **kw) for _ in range(nr_resnet))
-            for _ in range(nr_block))
+            for _ in range(nr_block)
+        )
         self.attention = nn.ModuleList(AttentionBlock(F_, C, key_size, value_size, **kw) for _ in range(nr_block))
         self.out = nn.Conv2d(F_, self.distribution.num_params, 1)
         H, W = image.height, image.width
@@ -128,8 +170,9 @@ class PixelSNAIL(ARImageModel):
         self.pattern = AttentionPattern("dense", H * W, strict=True)
         i = (torch.arange(H, dtype=torch.float32) - H / 2) / H
         j = (torch.arange(W, dtype=torch.float32) - W / 2) / W
-        self.register_buffer("background", torch.stack([i.view(H, 1).expand(H, W), j.view(1, W).expand(H, W)]),
-                             persistent=False)  # (2, H, W)
+        self.register_buffer(
+            "background", torch.stack([i.view(H, 1).expand(H, W), j.view(1, W).expand(H, W)]), persistent=False
+        )  # (2, H, W)
 
     def forward(self, x, cond=None):
         xs = self.scale_input(x)  # (B, C, H, W) in [-1, 1]
@@ -144,7 +187,7 @@ class PixelSNAIL(ARImageModel):
         return self.out(F.elu(ul))
 
     # ----- cached sampling ---------------------------------------------------------------------------------
-    def begin_cache(self, x, cond=None) -> "_PixelSNAILCache":
+    def begin_cache(self, x, cond=None) -> _PixelSNAILCache:
         """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j]."""
         require_eval(self)
         return _PixelSNAILCache(self, x, cond)
@@ -178,7 +221,7 @@ class _PixelSNAILCache:
 
     def __init__(self, model: PixelSNAIL, x: torch.Tensor, cond):
         self.m, self.x, self.cond = model, x, cond
-        B, (C, H, W) = x.shape[0], model.image.shape
+        B, (H, W) = x.shape[0], model.image.shape[1:]
         p0 = next(model.parameters())
         dtype, dev = p0.dtype, x.device
         self.H, self.W = H, W

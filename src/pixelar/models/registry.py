@@ -3,6 +3,7 @@
 Every model is built through `build_model`, which checks the hyperparameters against the presets first
 (`check_hparams`), so a bad option gives one clear ValueError instead of an error deep inside a layer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,6 +99,7 @@ def _is_number(v) -> bool:
 def _check_option(name: str, key: str, v, ref, zero_ok: bool):
     """The value of option `key`, checked against the preset's value `ref` (and normalised: numpy ints ->
     int, ints -> float where the option is a float, tuples -> lists, so the config stays plain JSON)."""
+
     def bad(expected: str):
         return ValueError(f"model {name!r}: option {key} must be {expected}, got {v!r}")
 
@@ -149,8 +151,10 @@ def check_hparams(name: str, hparams: dict) -> dict:
         raise ValueError(f"the options (hparams) of model {name!r} must be a dict, got {type(hparams).__name__}")
     unknown = sorted(set(hparams) - set(reference), key=str)
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid options: "
-                         f"{', '.join(sorted(reference))}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid options: "
+            f"{', '.join(sorted(reference))}"
+        )
     missing = sorted(set(reference) - set(hparams))
     if missing:
         raise ValueError(f"model {name!r} lacks option(s) {', '.join(missing)}")

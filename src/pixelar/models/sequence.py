@@ -17,6 +17,7 @@ Read-out to the (B, P, H, W) parameters every ARImageModel returns:
 KV-cached sampling (`begin_cache`) runs the same layers one position at a time with cached keys and
 values (nn.attention.attend_step); see `_KVState`.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,9 +46,20 @@ class TransformerBlock(nn.Module):
     norm_layer "layer" or "rms", bias False (no biases in the linear maps) and activation "quick_gelu" give
     Image GPT's block."""
 
-    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int,
-                 pattern: AttentionPattern | tuple[AttentionPattern, ...],
-                 dropout: float, norm: str, activation: str, norm_layer: str = "layer", bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        qk_dim: int,
+        v_dim: int,
+        ff_dim: int,
+        pattern: AttentionPattern | tuple[AttentionPattern, ...],
+        dropout: float,
+        norm: str,
+        activation: str,
+        norm_layer: str = "layer",
+        bias: bool = True,
+    ):
         super().__init__()
         self.norm = norm
         self.ln1, self.ln2 = _norm_layer(norm_layer, d_model), _norm_layer(norm_layer, d_model)
@@ -96,14 +108,38 @@ class SequenceTransformer(ARImageModel):
             start token, which every position attends to: Image GPT's SOS).
     """
 
-    def __init__(self, image, output, *, unit: str, unit_order: torch.Tensor,
-                 patterns: list[AttentionPattern | tuple[AttentionPattern, ...]],
-                 d_model: int, n_head: int, qk_dim: int, v_dim: int, ff_dim: int, dropout: float, norm: str,
-                 activation: str, checkpoint: bool, num_classes: int = 0, cond_dim: int = 0,
-                 norm_layer: str = "layer", bias: bool = True, positions: str = "grid", cond_at: str = "all"):
-        for name, value, valid in (("unit", unit, UNITS), ("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),
-                                   ("norm_layer", norm_layer, NORM_LAYERS), ("positions", positions, POSITIONS),
-                                   ("cond_at", cond_at, COND_AT)):
+    def __init__(
+        self,
+        image,
+        output,
+        *,
+        unit: str,
+        unit_order: torch.Tensor,
+        patterns: list[AttentionPattern | tuple[AttentionPattern, ...]],
+        d_model: int,
+        n_head: int,
+        qk_dim: int,
+        v_dim: int,
+        ff_dim: int,
+        dropout: float,
+        norm: str,
+        activation: str,
+        checkpoint: bool,
+        num_classes: int = 0,
+        cond_dim: int = 0,
+        norm_layer: str = "layer",
+        bias: bool = True,
+        positions: str = "grid",
+        cond_at: str = "all",
+    ):
+        for name, value, valid in (
+            ("unit", unit, UNITS),
+            ("norm", norm, NORMS),
+            ("activation", activation, ACTIVATIONS),
+            ("norm_layer", norm_layer, NORM_LAYERS),
+            ("positions", positions, POSITIONS),
+            ("cond_at", cond_at, COND_AT),
+        ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
         super().__init__(image, {}, output, grouped=(unit == "subpixel"), num_classes=num_classes, cond_dim=cond_dim)
@@ -115,8 +151,9 @@ class SequenceTransformer(ARImageModel):
         self.register_buffer("unit_order", unit_order.clone(), persistent=False)
         self.register_buffer("pos_of", torch.argsort(unit_order), persistent=False)
         pix = unit_order % HW
-        self.register_buffer("chan_at", unit_order // HW if unit == "subpixel" else torch.zeros_like(pix),
-                             persistent=False)
+        self.register_buffer(
+            "chan_at", unit_order // HW if unit == "subpixel" else torch.zeros_like(pix), persistent=False
+        )
         self.register_buffer("row_at", pix // W, persistent=False)
         self.register_buffer("col_at", pix % W, persistent=False)
         self.joint = self.distribution.joint
@@ -139,8 +176,10 @@ class SequenceTransformer(ARImageModel):
             self.cond_emb = nn.Linear(cond_dim, d_model, bias=False)
         else:
             self.cond_emb = None
-        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_head, qk_dim, v_dim, ff_dim, p, dropout, norm, activation,
-                                                     norm_layer, bias) for p in patterns)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, n_head, qk_dim, v_dim, ff_dim, p, dropout, norm, activation, norm_layer, bias)
+            for p in patterns
+        )
         self.ln_f = _norm_layer(norm_layer, d_model) if norm == "pre" else nn.Identity()
         self.head = nn.Linear(d_model, P if (self.joint or unit == "pixel") else P // C, bias=bias)
         self._init_weights(d_model, len(patterns))
@@ -230,7 +269,7 @@ class SequenceTransformer(ARImageModel):
         return (pix.view(-1, 1) + torch.arange(C).view(1, C) * HW).reshape(-1)
 
     # ----- KV-cached sampling ----------------------------------------------------------------------------------
-    def begin_cache(self, x: torch.Tensor, cond=None) -> "_KVState":
+    def begin_cache(self, x: torch.Tensor, cond=None) -> _KVState:
         """Incremental forward for cached sampling: params_at(i, j) equals forward(x)[:, :, i, j]."""
         require_eval(self)
         return _KVState(self, x, cond)

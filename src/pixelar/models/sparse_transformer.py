@@ -8,14 +8,16 @@ layer uses one entry of `attention`, cycled over the layers; the paper's three w
 factorised sets are all available: "strided" / "fixed" (each head attends to the union of the two sets,
 the "merged" head); one factor alone ("strided.local", "strided.stride", "fixed.local", "fixed.summary") to
 interleave factors layer by layer; or factors joined by "+" ("strided.local+strided.stride") to split the
-layer's heads into equal groups, one pattern each (the "multi-head" combination). "dense" for comparison. The stride defaults to one image row of sub-pixels (96 for CIFAR-10, as the
-released code's local_attn_ctx). `checkpoint=True` recomputes each block in the backward pass.
+layer's heads into equal groups, one pattern each (the "multi-head" combination). "dense" for comparison.
+The stride defaults to one image row of sub-pixels (96 for CIFAR-10, as the released code's local_attn_ctx).
+`checkpoint=True` recomputes each block in the backward pass.
 
 Differences from the paper: plain PyTorch block-sparse computation (gathered blocks) instead of the
 custom GPU kernels; fp32 by default (no fp16 loss scaling); the fixed pattern's summary positions are the
 same for every head (the paper suggests different ones per head); any output distribution may be chosen
 (the paper: a 256-way softmax per sub-pixel).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,32 +29,62 @@ from .sequence import SequenceTransformer
 
 
 def _preset(n_layer, d_model, n_head, dropout, attention=("strided",), checkpoint=False):
-    return dict(n_layer=n_layer, d_model=d_model, n_head=n_head, qk_dim=d_model // 2, ff_dim=2 * d_model,
-                attention=list(attention), stride=0, summary=0, dropout=dropout, checkpoint=checkpoint,
-                output={"kind": "categorical"}, num_classes=0, cond_dim=0)
+    return dict(
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        qk_dim=d_model // 2,
+        ff_dim=2 * d_model,
+        attention=list(attention),
+        stride=0,
+        summary=0,
+        dropout=dropout,
+        checkpoint=checkpoint,
+        output={"kind": "categorical"},
+        num_classes=0,
+        cond_dim=0,
+    )
 
 
-@register_model("sparse_transformer", sizes={
-    "tiny": _preset(2, 16, 2, 0.0),
-    "small": _preset(4, 64, 2, 0.0),
-    # CIFAR-10 (section 7.1): 128 layers, d = 256, 2 heads, half-size query/key and feed-forward, 59M
-    "paper": _preset(128, 256, 2, 0.25, checkpoint=True),
-})
+@register_model(
+    "sparse_transformer",
+    sizes={
+        "tiny": _preset(2, 16, 2, 0.0),
+        "small": _preset(4, 64, 2, 0.0),
+        # CIFAR-10 (section 7.1): 128 layers, d = 256, 2 heads, half-size query/key and feed-forward, 59M
+        "paper": _preset(128, 256, 2, 0.25, checkpoint=True),
+    },
+)
 class SparseTransformer(SequenceTransformer):
     """Args:
-        n_layer, d_model, n_head: depth, width, heads.
-        qk_dim: total query/key width (the paper: d_model / 2); values use d_model.
-        ff_dim: feed-forward width (the paper: half of the usual 4 * d_model).
-        attention: pattern names cycled over the layers; "a+b" splits a layer's heads between patterns a and b
-            (see the module doc).
-        stride: l of the strided / fixed patterns; 0 = one image row of sub-pixels (W * C).
-        summary: c, summary positions per block of the fixed pattern; 0 = min(8, l) (the paper: c = 8 to 32,
-            fixed, so that the summaries grow like N / l * c = O(sqrt(N)) per position).
-        dropout, checkpoint, output, num_classes, cond_dim.
+    n_layer, d_model, n_head: depth, width, heads.
+    qk_dim: total query/key width (the paper: d_model / 2); values use d_model.
+    ff_dim: feed-forward width (the paper: half of the usual 4 * d_model).
+    attention: pattern names cycled over the layers; "a+b" splits a layer's heads between patterns a and b
+        (see the module doc).
+    stride: l of the strided / fixed patterns; 0 = one image row of sub-pixels (W * C).
+    summary: c, summary positions per block of the fixed pattern; 0 = min(8, l) (the paper: c = 8 to 32,
+        fixed, so that the summaries grow like N / l * c = O(sqrt(N)) per position).
+    dropout, checkpoint, output, num_classes, cond_dim.
     """
 
-    def __init__(self, image, n_layer, d_model, n_head, qk_dim, ff_dim, attention, stride, summary, dropout,
-                 checkpoint, output, num_classes=0, cond_dim=0):
+    def __init__(
+        self,
+        image,
+        n_layer,
+        d_model,
+        n_head,
+        qk_dim,
+        ff_dim,
+        attention,
+        stride,
+        summary,
+        dropout,
+        checkpoint,
+        output,
+        num_classes=0,
+        cond_dim=0,
+    ):
         if isinstance(attention, str):
             attention = [attention]
         if not attention:
@@ -61,12 +93,16 @@ class SparseTransformer(SequenceTransformer):
             for name in str(entry).split("+"):
                 kind, _ = parse_pattern(name)
                 if kind.startswith("local"):
-                    raise ValueError(f"the Sparse Transformer uses dense, strided or fixed patterns, got {name!r}; "
-                                     "local patterns belong to the image_transformer models")
+                    raise ValueError(
+                        f"the Sparse Transformer uses dense, strided or fixed patterns, got {name!r}; "
+                        "local patterns belong to the image_transformer models"
+                    )
             groups = len(str(entry).split("+"))
             if n_head % groups:
-                raise ValueError(f"attention entry {entry!r} splits the heads into {groups} groups, which must divide "
-                                 f"n_head={n_head}")
+                raise ValueError(
+                    f"attention entry {entry!r} splits the heads into {groups} groups, which must divide "
+                    f"n_head={n_head}"
+                )
         C, H, W = image.shape
         N = C * H * W
         l = int(stride) or W * C
@@ -82,6 +118,21 @@ class SparseTransformer(SequenceTransformer):
             patterns.append(group[0] if len(group) == 1 else tuple(group))
         with torch.device("cpu"):  # index data, also under a meta default device
             order = raster_order(image, "subpixel")
-        super().__init__(image, output, unit="subpixel", unit_order=order, patterns=patterns,
-                         d_model=d_model, n_head=n_head, qk_dim=qk_dim, v_dim=d_model, ff_dim=ff_dim, dropout=dropout,
-                         norm="pre", activation="gelu", checkpoint=checkpoint, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(
+            image,
+            output,
+            unit="subpixel",
+            unit_order=order,
+            patterns=patterns,
+            d_model=d_model,
+            n_head=n_head,
+            qk_dim=qk_dim,
+            v_dim=d_model,
+            ff_dim=ff_dim,
+            dropout=dropout,
+            norm="pre",
+            activation="gelu",
+            checkpoint=checkpoint,
+            num_classes=num_classes,
+            cond_dim=cond_dim,
+        )

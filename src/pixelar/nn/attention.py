@@ -32,6 +32,7 @@ two parts (the union patterns) have disjoint key sets and are merged exactly thr
 log-sum-exps. `AttentionPattern.dense_mask()` and `keys_for(t)` (used by KV-cached sampling) are derived
 from the same tables, so training, the tests' dense reference and sampling share one definition.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,13 +43,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PATTERNS = ("dense", "strided", "fixed", "local_1d", "local_2d")
-PARTS = {"dense": ("both",), "strided": ("both", "local", "stride"), "fixed": ("both", "local", "summary"),
-         "local_1d": ("both",), "local_2d": ("both",)}
+PARTS = {
+    "dense": ("both",),
+    "strided": ("both", "local", "stride"),
+    "fixed": ("both", "local", "summary"),
+    "local_1d": ("both",),
+    "local_2d": ("both",),
+}
 _NEG = -1e30  # masked score: finite, so fully masked rows give no NaN in values or gradients
 
 
 def parse_pattern(name: str) -> tuple[str, str]:
-    """"strided" -> ("strided", "both"); "strided.stride" -> ("strided", "stride"). Raises ValueError."""
+    """ "strided" -> ("strided", "both"); "strided.stride" -> ("strided", "stride"). Raises ValueError."""
     kind, _, part = str(name).partition(".")
     part = part or "both"
     if kind not in PATTERNS or part not in PARTS[kind]:
@@ -90,9 +96,18 @@ class AttentionPattern:
         strict: a position never attends to itself (PixelSNAIL); positions with no key get zeros.
     """
 
-    def __init__(self, name: str, length: int, *, stride: int | None = None, summary: int = 1,
-                 coords: torch.Tensor | None = None, query_shape: tuple[int, int] | None = None,
-                 flange: tuple[int, int] | None = None, strict: bool = False):
+    def __init__(
+        self,
+        name: str,
+        length: int,
+        *,
+        stride: int | None = None,
+        summary: int = 1,
+        coords: torch.Tensor | None = None,
+        query_shape: tuple[int, int] | None = None,
+        flange: tuple[int, int] | None = None,
+        strict: bool = False,
+    ):
         self.kind, self.part = parse_pattern(name)
         self.name, self.length, self.strict = str(name), int(length), bool(strict)
         N = self.length
@@ -295,8 +310,9 @@ def _blocks_with_lse(q, k, v, part: BlockPart, scale: float):
     return _scatter_back(out, part.q_idx, N), _scatter_back(lse.unsqueeze(-1), part.q_idx, N).squeeze(-1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
-           method: str = "auto") -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern, method: str = "auto"
+) -> torch.Tensor:
     """Causal attention of q (B, h, N, dk) over k (B, h, N, dk), v (B, h, N, dv) -> (B, h, N, dv).
 
     Positions are in generation order; `pattern` decides which earlier positions each one reads.
@@ -327,8 +343,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attention
         mask[..., 0] |= ~mask.any(-1)
         # a 4-D mask (1, nb, L, M) broadcast over batch x heads: with a 3-D mask the CPU falls back from the
         # fused (flash) kernel to the unfused math one, 3x slower at 32x32x3
-        out = F.scaled_dot_product_attention(qg.reshape(B * h, nb, L, dk), kg.reshape(B * h, nb, M, dk),
-                                             vg.reshape(B * h, nb, M, -1), attn_mask=mask.to(q.device)[None])
+        out = F.scaled_dot_product_attention(
+            qg.reshape(B * h, nb, L, dk),
+            kg.reshape(B * h, nb, M, dk),
+            vg.reshape(B * h, nb, M, -1),
+            attn_mask=mask.to(q.device)[None],
+        )
         return _scatter_back(out.view(B, h, nb, L, -1), p.q_idx, N)  # out: (B*h, nb, L, dv)
     # union of parts with disjoint key sets: merge exactly through the log-sum-exps
     outs, lses = zip(*(_blocks_with_lse(q, k, v, p, scale) for p in parts))
@@ -337,8 +357,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attention
     return out * (~empty).to(out.dtype)[:, None]
 
 
-def attend_step(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pattern: AttentionPattern,
-                t: int) -> torch.Tensor:
+def attend_step(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pattern: AttentionPattern, t: int
+) -> torch.Tensor:
     """One KV-cached step: query q (B, h, 1, dk) at position t over cached keys/values (B, h, >t, d) ->
     (B, h, 1, dv). Only the positions `pattern.keys_for(t)` are read."""
     idx = pattern.keys_for(t).to(q.device)
@@ -365,8 +386,15 @@ class CausalSelfAttention(nn.Module):
         bias: biases in the input and output projections (Image GPT has none).
     """
 
-    def __init__(self, d_model: int, n_head: int, qk_dim: int, v_dim: int,
-                 pattern: "AttentionPattern | tuple[AttentionPattern, ...]", bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        qk_dim: int,
+        v_dim: int,
+        pattern: AttentionPattern | tuple[AttentionPattern, ...],
+        bias: bool = True,
+    ):
         super().__init__()
         if qk_dim % n_head or v_dim % n_head:
             raise ValueError(f"qk_dim ({qk_dim}) and v_dim ({v_dim}) must be divisible by n_head ({n_head})")
@@ -387,8 +415,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.v_dim], dim=-1)
         h = self.n_head
         # (B, h, N, d_head)
-        return (q.view(B, N, h, -1).transpose(1, 2), k.view(B, N, h, -1).transpose(1, 2),
-                v.view(B, N, h, -1).transpose(1, 2))
+        return (
+            q.view(B, N, h, -1).transpose(1, 2),
+            k.view(B, N, h, -1).transpose(1, 2),
+            v.view(B, N, h, -1).transpose(1, 2),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(x)
@@ -412,5 +443,4 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(x.shape[0], 1, self.v_dim))
 
 
-__all__ = ["PATTERNS", "AttentionPattern", "BlockPart", "CausalSelfAttention", "attend", "attend_step",
-           "parse_pattern"]
+__all__ = ["PATTERNS", "AttentionPattern", "BlockPart", "CausalSelfAttention", "attend", "attend_step", "parse_pattern"]

@@ -8,6 +8,7 @@ otherwise); kept values are scaled by 1 / (1 - p), as in torch. On other devices
 (whose own fused dropout is faster), it is `F.dropout`. Draws come from the global torch RNG, so a
 checkpointed RNG state still makes resumed training exact.
 """
+
 from __future__ import annotations
 
 import torch

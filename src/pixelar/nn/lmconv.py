@@ -25,6 +25,7 @@ same arithmetic, several times faster on a CPU. Memory: the autograd function ke
 recomputes the gathered taps in the backward pass (as the released layer recomputes its columns), so
 training memory per layer is that of an ordinary convolution. No gradient flows to the mask.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ import torch.nn.functional as F
 from .orders import check_order, ranks
 
 
-def kernel_masks(order: torch.Tensor, height: int, width: int, kernel_size: int = 3, dilation: int = 1,
-                 mask_type: str = "B") -> torch.Tensor:
+def kernel_masks(
+    order: torch.Tensor, height: int, width: int, kernel_size: int = 3, dilation: int = 1, mask_type: str = "B"
+) -> torch.Tensor:
     """Per-location kernel masks for a pixel order, float (k*k, H*W); see the module docstring.
 
     Args:
@@ -81,8 +83,10 @@ class MaskPlan:
     def __init__(self, mask: torch.Tensor, height: int, width: int, kernel_size: int, dilation: int = 1):
         k, L = kernel_size, height * width
         if mask.shape != (k * k, L):
-            raise ValueError(f"mask must be (k*k, H*W) = ({k * k}, {L}) for this input, got {tuple(mask.shape)}; "
-                             "build it with kernel_masks(order, H, W, k, dilation, mask_type)")
+            raise ValueError(
+                f"mask must be (k*k, H*W) = ({k * k}, {L}) for this input, got {tuple(mask.shape)}; "
+                "build it with kernel_masks(order, H, W, k, dilation, mask_type)"
+            )
         self.mask, self.k, self.dilation, self.height, self.width = mask, k, dilation, height, width
         pad = dilation * (k // 2)
         # inside[t, p]: tap t of location p reads a pixel of the image, not the padding
@@ -96,19 +100,28 @@ class MaskPlan:
         self.taps = varying.nonzero().view(-1).tolist()
         self.tap_mask = mask.detach()[self.taps]  # (V, L)
 
-    def to(self, device=None, dtype=None) -> "MaskPlan":
+    def to(self, device=None, dtype=None) -> MaskPlan:
         plan = object.__new__(MaskPlan)
         plan.__dict__.update(self.__dict__)
-        plan.mask, plan.kernel, plan.tap_mask = (t.to(device=device, dtype=dtype) for t in (self.mask, self.kernel, self.tap_mask))
+        plan.mask, plan.kernel, plan.tap_mask = (
+            t.to(device=device, dtype=dtype) for t in (self.mask, self.kernel, self.tap_mask)
+        )
         return plan
 
 
-def _tap_columns(x: torch.Tensor, taps: list[int], tap_mask: torch.Tensor, k: int, dilation: int, pad: int) -> torch.Tensor:
+def _tap_columns(
+    x: torch.Tensor, taps: list[int], tap_mask: torch.Tensor, k: int, dilation: int, pad: int
+) -> torch.Tensor:
     """The inputs under the varying taps, masked per location: x (B, C, H, W) -> (B, C*V, H*W)."""
     B, C, H, W = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    cols = torch.stack([xp[:, :, (t // k) * dilation:(t // k) * dilation + H, (t % k) * dilation:(t % k) * dilation + W]
-                        for t in taps], dim=2)  # (B, C, V, H, W)
+    cols = torch.stack(
+        [
+            xp[:, :, (t // k) * dilation : (t // k) * dilation + H, (t % k) * dilation : (t % k) * dilation + W]
+            for t in taps
+        ],
+        dim=2,
+    )  # (B, C, V, H, W)
     return (cols.view(B, C, len(taps), H * W) * tap_mask.to(x.dtype)).view(B, C * len(taps), H * W)
 
 
@@ -117,9 +130,10 @@ def _tap_scatter(gcols: torch.Tensor, taps: list[int], k: int, dilation: int, pa
     B, C = gcols.shape[:2]
     gp = gcols.new_zeros(B, C, H + 2 * pad, W + 2 * pad)
     for v, t in enumerate(taps):
-        gp[:, :, (t // k) * dilation:(t // k) * dilation + H, (t % k) * dilation:(t % k) * dilation + W] += \
-            gcols[:, :, v].view(B, C, H, W)
-    return gp[:, :, pad:pad + H, pad:pad + W]
+        gp[:, :, (t // k) * dilation : (t // k) * dilation + H, (t % k) * dilation : (t % k) * dilation + W] += gcols[
+            :, :, v
+        ].view(B, C, H, W)
+    return gp[:, :, pad : pad + H, pad : pad + W]
 
 
 class _LocallyMaskedConvFunction(torch.autograd.Function):
@@ -156,8 +170,18 @@ class _LocallyMaskedConvFunction(torch.autograd.Function):
         xc, wk = x.to(dt), (weight * kernel.to(weight.dtype)).to(dt)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx, gwk, gb = torch.ops.aten.convolution_backward(
-            g, xc, wk, [O] if has_bias else None, [1, 1], [pad, pad], [dilation, dilation], False, [0, 0], 1,
-            [need_x, need_w, need_b and has_bias])
+            g,
+            xc,
+            wk,
+            [O] if has_bias else None,
+            [1, 1],
+            [pad, pad],
+            [dilation, dilation],
+            False,
+            [0, 0],
+            1,
+            [need_x, need_w, need_b and has_bias],
+        )
         grad_w = gwk * kernel.to(dt) if need_w else None
         if taps:
             g2 = g.view(B, O, H * W)
@@ -169,12 +193,20 @@ class _LocallyMaskedConvFunction(torch.autograd.Function):
                 cols = _tap_columns(xc, taps, tap_mask, k, dilation, pad)  # recomputed instead of stored
                 gw_taps = torch.matmul(g2, cols.transpose(1, 2)).sum(0).view(O, C, len(taps))
                 grad_w = grad_w.view(O, C, k * k).index_add(2, torch.tensor(taps, device=x.device), gw_taps)
-        return (gx.to(x.dtype) if need_x else None, grad_w.view_as(weight).to(weight.dtype) if need_w else None,
-                gb.to(weight.dtype) if (need_b and has_bias) else None, None, None, None, None)
+        return (
+            gx.to(x.dtype) if need_x else None,
+            grad_w.view_as(weight).to(weight.dtype) if need_w else None,
+            gb.to(weight.dtype) if (need_b and has_bias) else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def locally_masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                          mask: "torch.Tensor | MaskPlan", dilation: int = 1) -> torch.Tensor:
+def locally_masked_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | MaskPlan, dilation: int = 1
+) -> torch.Tensor:
     """Functional form: x (B, C, H, W), weight (O, C, k, k), mask (k*k, H*W) or its MaskPlan -> (B, O, H, W).
 
     Pass a MaskPlan (built once per order) to skip re-planning the mask at every call."""
@@ -186,8 +218,10 @@ def locally_masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     H, W = x.shape[2:]
     plan = mask if isinstance(mask, MaskPlan) else MaskPlan(mask, H, W, k, dilation)
     if (plan.k, plan.dilation, plan.height, plan.width) != (k, dilation, H, W):
-        raise ValueError(f"the mask plan was made for k={plan.k}, dilation={plan.dilation}, {plan.height}x{plan.width} "
-                         f"images; this call has k={k}, dilation={dilation}, {H}x{W}")
+        raise ValueError(
+            f"the mask plan was made for k={plan.k}, dilation={plan.dilation}, {plan.height}x{plan.width} "
+            f"images; this call has k={k}, dilation={dilation}, {H}x{W}"
+        )
     dt = x.dtype if x.dtype.is_floating_point else plan.kernel.dtype
     kernel, tap_mask = plan.kernel.to(x.device, dt), plan.tap_mask.to(x.device, dt)
     return _LocallyMaskedConvFunction.apply(x, weight, bias, kernel, tap_mask, plan.taps, dilation)
@@ -207,8 +241,15 @@ class LocallyMaskedConv2d(nn.Module):
     Call: layer(x (B, in, H, W), mask (k*k, H*W) or its MaskPlan) -> (B, out, H, W).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
-                 bias: bool = True, mask_weight: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        bias: bool = True,
+        mask_weight: bool = False,
+    ):
         super().__init__()
         if kernel_size % 2 != 1 or kernel_size < 1:
             raise ValueError(f"locally masked convolutions need an odd kernel size, got {kernel_size}")
@@ -225,7 +266,7 @@ class LocallyMaskedConv2d(nn.Module):
             bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, mask: "torch.Tensor | MaskPlan") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | MaskPlan) -> torch.Tensor:
         out = locally_masked_conv2d(x, self.weight, self.bias, mask, self.dilation)
         if self.mask_weight is not None:
             B, O, H, W = out.shape
@@ -234,5 +275,7 @@ class LocallyMaskedConv2d(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
-                f"bias={self.bias is not None}, mask_weight={self.mask_weight is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
+            f"bias={self.bias is not None}, mask_weight={self.mask_weight is not None}"
+        )

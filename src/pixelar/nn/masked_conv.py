@@ -6,6 +6,7 @@ g_in < g_out (mask A, first layer) or g_in <= g_out (mask B, all later layers). 
 left of the centre in the centre row, are fully open; taps below or right of the centre are closed.
 With C = 1 this reduces to the familiar spatial masks A and B.
 """
+
 from __future__ import annotations
 
 import torch
@@ -76,7 +77,9 @@ class MaskedConv2d(nn.Conv2d):
         ci, cj = center if center is not None else (kh // 2, kw // 2)
         in_groups = channel_groups(in_channels, groups) if in_groups is None else in_groups
         out_groups = channel_groups(out_channels, groups) if out_groups is None else out_groups
-        self.register_buffer("mask", causal_mask((kh, kw), (ci, cj), in_groups, out_groups, mask_type), persistent=False)
+        self.register_buffer(
+            "mask", causal_mask((kh, kw), (ci, cj), in_groups, out_groups, mask_type), persistent=False
+        )
         # F.pad order: (left, right, top, bottom)
         self._pad = (cj, kw - 1 - cj, ci, kh - 1 - ci)
         with torch.no_grad():  # keep the initial scale of an unmasked conv despite the zeroed taps
@@ -90,5 +93,10 @@ class MaskedConv2d(nn.Conv2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        return ConvGeometry(self.weight * self.mask, self.bias, tuple(self.stride), pad=tuple(self._pad),
-                            taps=self.mask.flatten(0, 1).ne(0).any(0))
+        return ConvGeometry(
+            self.weight * self.mask,
+            self.bias,
+            tuple(self.stride),
+            pad=tuple(self._pad),
+            taps=self.mask.flatten(0, 1).ne(0).any(0),
+        )

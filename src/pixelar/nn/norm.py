@@ -3,6 +3,7 @@
 Despite its docstring there, the released function divides by sqrt(mean(x^2) + eps) and multiplies by a
 learned gain: no mean subtraction and no bias (the "RMSNorm" of Zhang and Sennrich 2019).
 """
+
 from __future__ import annotations
 
 import torch

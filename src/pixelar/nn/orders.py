@@ -21,14 +21,23 @@ column) coordinates swapped, so they exist for non-square images too.
 The sequence models' layouts live here too: sub-pixel raster order (R, G, B within a pixel), block-raster
 orders of the Image Transformer's local 2D attention, and grid coordinates of a sequence's positions.
 """
+
 from __future__ import annotations
 
 import torch
 
 ORDERS = ("raster", "s_curve", "hilbert", "gilbert")
 NUM_VARIANTS = 8
-VARIANT_NAMES = ("identity", "reflect_rows", "reflect_cols", "reflect_both",
-                 "transpose", "transpose_reflect_rows", "transpose_reflect_cols", "transpose_reflect_both")
+VARIANT_NAMES = (
+    "identity",
+    "reflect_rows",
+    "reflect_cols",
+    "reflect_both",
+    "transpose",
+    "transpose_reflect_rows",
+    "transpose_reflect_cols",
+    "transpose_reflect_both",
+)
 
 
 # ----- base orders, as (L, 2) int64 (row, col) coordinates ---------------------------------------------------
@@ -45,8 +54,10 @@ def _s_curve(H: int, W: int) -> torch.Tensor:
 
 def _hilbert(H: int, W: int) -> torch.Tensor:
     if H != W or H & (H - 1):
-        raise ValueError(f"the 'hilbert' order needs a square image with a power-of-two side, got {H}x{W}; "
-                         "use 'gilbert' (generalized Hilbert curve) for other sizes")
+        raise ValueError(
+            f"the 'hilbert' order needs a square image with a power-of-two side, got {H}x{W}; "
+            "use 'gilbert' (generalized Hilbert curve) for other sizes"
+        )
     n = H
     out = []
     for d in range(n * n):
@@ -104,8 +115,9 @@ def _gilbert_walk(x: int, y: int, ax: int, ay: int, bx: int, by: int, out: list)
             bx2, by2 = bx2 + dbx, by2 + dby
         _gilbert_walk(x, y, bx2, by2, ax2, ay2, out)
         _gilbert_walk(x + bx2, y + by2, ax, ay, bx - bx2, by - by2, out)
-        _gilbert_walk(x + (ax - dax) + (bx2 - dbx), y + (ay - day) + (by2 - dby),
-                      -bx2, -by2, -(ax - ax2), -(ay - ay2), out)
+        _gilbert_walk(
+            x + (ax - dax) + (bx2 - dbx), y + (ay - day) + (by2 - dby), -bx2, -by2, -(ax - ax2), -(ay - ay2), out
+        )
 
 
 def _gilbert(H: int, W: int) -> torch.Tensor:
@@ -165,8 +177,10 @@ def check_order(order, height: int, width: int) -> torch.Tensor:
     if not isinstance(order, torch.Tensor):
         order = torch.as_tensor(order, device="cpu")
     if order.dtype.is_floating_point or order.dtype == torch.bool or order.shape != (L,):
-        raise ValueError(f"a pixel order must be {L} integer flat pixel indices (H*W,) for a {height}x{width} "
-                         f"image, got {order.dtype} {tuple(order.shape)}")
+        raise ValueError(
+            f"a pixel order must be {L} integer flat pixel indices (H*W,) for a {height}x{width} "
+            f"image, got {order.dtype} {tuple(order.shape)}"
+        )
     order = order.long().cpu()
     if not torch.equal(torch.sort(order).values, torch.arange(L, device="cpu")):
         raise ValueError(f"a pixel order must list every pixel index 0..{L - 1} exactly once")

@@ -4,6 +4,7 @@ Instead of masking, the input is padded on the top (and left) only, so that outp
 <= i ("down" stream u) or rows <= i and, in row i, columns <= j ("down-right" stream ul). A final
 `down_shift` / `right_shift` moves the receptive field strictly above / strictly left of the pixel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,8 +73,14 @@ class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        return ConvGeometry(self.weight, self.bias, tuple(self.stride), transposed=True,
-                            crop=(0, (self.kernel_size[1] - 1) // 2), output_padding=tuple(self.output_padding))
+        return ConvGeometry(
+            self.weight,
+            self.bias,
+            tuple(self.stride),
+            transposed=True,
+            crop=(0, (self.kernel_size[1] - 1) // 2),
+            output_padding=tuple(self.output_padding),
+        )
 
 
 class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
@@ -88,8 +95,14 @@ class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
 
     def cache_geometry(self):
         """Describe this layer for cached (incremental) evaluation, see pixelar.nn.cache."""
-        return ConvGeometry(self.weight, self.bias, tuple(self.stride), transposed=True, crop=(0, 0),
-                            output_padding=tuple(self.output_padding))
+        return ConvGeometry(
+            self.weight,
+            self.bias,
+            tuple(self.stride),
+            transposed=True,
+            crop=(0, 0),
+            output_padding=tuple(self.output_padding),
+        )
 
 
 def concat_elu(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Sampling and completion for any ARImageModel. Knows no model family."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,16 @@ from .naive import sample_naive
 METHODS = ("cached", "naive")
 
 
-def sample(model, n: int, cond=None, temperature: float = 1.0, generator: torch.Generator | None = None,
-           method: str = "cached", x_known: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    model,
+    n: int,
+    cond=None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    method: str = "cached",
+    x_known: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Draw n images (n, C, H, W) int64; see ARImageModel.sample for the arguments."""
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; valid: {list(METHODS)}")
@@ -29,8 +38,10 @@ def sample(model, n: int, cond=None, temperature: float = 1.0, generator: torch.
         if x.shape[0] != n:
             raise ValueError(f"x_known has {x.shape[0]} images but n={n}")
         if known.shape != (n, spec.height, spec.width) or known.dtype != torch.bool:
-            raise ValueError(f"known must be a bool mask of shape ({n}, {spec.height}, {spec.width}), "
-                             f"got {known.dtype} {tuple(known.shape)}")
+            raise ValueError(
+                f"known must be a bool mask of shape ({n}, {spec.height}, {spec.width}), "
+                f"got {known.dtype} {tuple(known.shape)}"
+            )
         known = known.to(device)
     else:
         x = torch.zeros(n, *spec.shape, dtype=torch.long, device=device)

@@ -14,6 +14,7 @@ a KV cache (models/sequence.py), LMConv from per-pixel columns (models/lmconv.py
 exactly the naive sampler's (same `dist.sample` calls, order and shapes), so for one generator seed both
 samplers return the same images.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,19 +27,25 @@ def begin(model, x: torch.Tensor, cond):
     start = getattr(model, "begin_cache", None)
     if not callable(start):
         name = getattr(model, "name", "") or type(model).__name__
-        raise NotImplementedError(f"model {name!r} ({type(model).__name__}) has no incremental forward "
-                                  "(begin_cache) for cached sampling; use method='naive'")
+        raise NotImplementedError(
+            f"model {name!r} ({type(model).__name__}) has no incremental forward "
+            "(begin_cache) for cached sampling; use method='naive'"
+        )
     return start(x, cond)
 
 
 @torch.no_grad()
-def sample_cached(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
+def sample_cached(
+    model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None
+) -> torch.Tensor:
     """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
     state = begin(model, x, cond)
     if hasattr(model, "cache_graph"):  # pixelar.nn.cache's per-layer row rings run in raster order only
         steps = [(i, j) for i, j, _ in generation_steps(model)]
         H, W = model.image.height, model.image.width
         if steps != [(i, j) for i in range(H) for j in range(W)]:
-            raise NotImplementedError(f"the per-layer cache follows raster order, but {type(model).__name__}'s "
-                                      "generation order is another; use method='naive'")
+            raise NotImplementedError(
+                f"the per-layer cache follows raster order, but {type(model).__name__}'s "
+                "generation order is another; use method='naive'"
+            )
     return generate(model, x, state.params_at, temperature, generator, known)

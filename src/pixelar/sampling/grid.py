@@ -1,5 +1,6 @@
 """Images <-> PNG files: grids of samples, and reading an image file into a model's value range (strictly:
 exactly, or converted only when asked)."""
+
 from __future__ import annotations
 
 import re
@@ -80,8 +81,9 @@ def load_image(path, image: ImageSpec, convert: bool = False, deep_ok: bool = Tr
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as e:
-        raise ValueError(f"image {path} is too large to open ({e}); the model expects "
-                         f"{image.width}x{image.height}") from None
+        raise ValueError(
+            f"image {path} is too large to open ({e}); the model expects {image.width}x{image.height}"
+        ) from None
     except OSError as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     with img:
@@ -92,21 +94,29 @@ def load_image(path, image: ImageSpec, convert: bool = False, deep_ok: bool = Tr
 
 def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok: bool):
     if img.size != (image.width, image.height):
-        raise ValueError(f"image {path} is {img.size[0]}x{img.size[1]} (WxH) but the model expects "
-                         f"{image.width}x{image.height}; resize or crop it first")
+        raise ValueError(
+            f"image {path} is {img.size[0]}x{img.size[1]} (WxH) but the model expects "
+            f"{image.width}x{image.height}; resize or crop it first"
+        )
     if getattr(img, "n_frames", 1) > 1:
         raise ValueError(f"image {path} has {img.n_frames} frames; give one image per file")
     bits, notes = _stored_bits(img), []
     if img.mode == "F" or bits > 16:
-        raise ValueError(f"image {path} has {'floating-point' if img.mode == 'F' else f'{bits}-bit'} samples "
-                         f"(mode {img.mode}); pixelar reads 8-bit images: convert it to 8 bits first")
+        raise ValueError(
+            f"image {path} has {'floating-point' if img.mode == 'F' else f'{bits}-bit'} samples "
+            f"(mode {img.mode}); pixelar reads 8-bit images: convert it to 8 bits first"
+        )
     if bits > 8:
         if not deep_ok:
-            raise ValueError(f"image {path} has {bits}-bit samples; a lossless round trip of it needs a model of "
-                             "8-bit files: reduce it to 8 bits yourself first if losing the low bits is acceptable")
+            raise ValueError(
+                f"image {path} has {bits}-bit samples; a lossless round trip of it needs a model of "
+                "8-bit files: reduce it to 8 bits yourself first if losing the low bits is acceptable"
+            )
         if not convert:
-            raise ValueError(f"image {path} has {bits}-bit samples but the model reads 8-bit ones: pass --convert "
-                             "to keep each sample's high 8 bits")
+            raise ValueError(
+                f"image {path} has {bits}-bit samples but the model reads 8-bit ones: pass --convert "
+                "to keep each sample's high 8 bits"
+            )
         notes.append(f"{bits}-bit samples reduced to their high 8 bits")
     try:
         img.load()
@@ -122,9 +132,11 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
             mode = ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
         else:  # CMYK, YCbCr, LAB, HSV, premultiplied alpha: Pillow's RGB is not the same numbers
             if not convert:
-                raise ValueError(f"image {path} is in mode {img.mode}; the model codes "
-                                 f"{'grey' if image.channels == 1 else 'RGB'} values: pass --convert to convert it "
-                                 "with Pillow")
+                raise ValueError(
+                    f"image {path} is in mode {img.mode}; the model codes "
+                    f"{'grey' if image.channels == 1 else 'RGB'} values: pass --convert to convert it "
+                    "with Pillow"
+                )
             notes.append(f"mode {img.mode} converted to RGB")
             mode = "RGB"
         arr = np.asarray(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
@@ -133,24 +145,30 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
         opaque = arr[..., -1] == 255
         if not opaque.all():
             if not convert:
-                raise ValueError(f"image {path} has {int((~opaque).sum())} pixel(s) that are not fully opaque but the "
-                                 "model codes no alpha: pass --convert to drop the alpha channel (transparent "
-                                 "pixels keep their stored colour)")
+                raise ValueError(
+                    f"image {path} has {int((~opaque).sum())} pixel(s) that are not fully opaque but the "
+                    "model codes no alpha: pass --convert to drop the alpha channel (transparent "
+                    "pixels keep their stored colour)"
+                )
             notes.append("alpha channel dropped")
         arr = arr[..., :-1]
     if image.channels == 1 and arr.shape[2] == 3:
         if not (arr == arr[..., :1]).all():
             if not convert:
-                raise ValueError(f"image {path} has colour pixels but the model codes greyscale: pass --convert "
-                                 "to turn it grey (ITU-R 601 luma)")
+                raise ValueError(
+                    f"image {path} has colour pixels but the model codes greyscale: pass --convert "
+                    "to turn it grey (ITU-R 601 luma)"
+                )
             notes.append("colour converted to grey")
             arr = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
         else:  # every pixel grey: the grey levels are the image, exactly
             arr = arr[..., :1]
     elif image.channels == 3 and arr.shape[2] == 1:
         if not convert:
-            raise ValueError(f"image {path} is greyscale but the model codes colour: pass --convert to repeat "
-                             "the grey level in R, G and B")
+            raise ValueError(
+                f"image {path} is greyscale but the model codes colour: pass --convert to repeat "
+                "the grey level in R, G and B"
+            )
         notes.append("grey repeated in R, G and B")
         arr = np.repeat(arr, 3, axis=2)
     return torch.from_numpy(arr.copy()).long().permute(2, 0, 1), notes

@@ -6,6 +6,7 @@ the model's generation order (raster for the PixelCNN family; any order for LMCo
 known in every image (completion) are skipped; in other steps known pixels keep their value after the
 draw, so a faster sampler that makes the same draws in the same order returns identical images.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,13 +20,17 @@ def pixel_order(model) -> list[tuple[int, int]]:
     order = model.generation_order().view(-1, C)  # (HW, C): the C sub-pixels of each pixel, in turn
     pix = order[:, 0]
     if C > 1 and not torch.equal(order, pix.view(-1, 1) + torch.arange(C).view(1, C) * H * W):
-        raise ValueError(f"{type(model).__name__}.generation_order() must list the channels of each pixel "
-                         "together, in channel order, for the samplers")
+        raise ValueError(
+            f"{type(model).__name__}.generation_order() must list the channels of each pixel "
+            "together, in channel order, for the samplers"
+        )
     return [(int(p) // W, int(p) % W) for p in pix]
 
 
 @torch.no_grad()
-def generate(model, x: torch.Tensor, params_at, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
+def generate(
+    model, x: torch.Tensor, params_at, temperature: float, generator, known: torch.Tensor | None
+) -> torch.Tensor:
     """The generation loop every sampler shares, so their draws line up exactly.
 
     Fills x (n, C, H, W) int64 in generation order (generation_steps); `params_at(i, j)` returns the (n, P)
@@ -61,12 +66,16 @@ def generation_steps(model) -> list[tuple[int, int, list[int]]]:
         else:
             steps.append((p // W, p % W, [c]))
     if model.distribution.joint and len(steps) != H * W:
-        raise ValueError(f"{type(model).__name__}.generation_order() splits a pixel's channels, but its output "
-                         "distribution draws whole pixels; keep each pixel's channels adjacent in the order")
+        raise ValueError(
+            f"{type(model).__name__}.generation_order() splits a pixel's channels, but its output "
+            "distribution draws whole pixels; keep each pixel's channels adjacent in the order"
+        )
     return steps
 
 
 @torch.no_grad()
-def sample_naive(model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None) -> torch.Tensor:
+def sample_naive(
+    model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None
+) -> torch.Tensor:
     """Reference: a full forward pass for every step's parameters."""
     return generate(model, x, lambda i, j: model(x, cond)[:, :, i, j], temperature, generator, known)

@@ -26,6 +26,7 @@ training_state.prev.json; `load` picks the record whose fingerprint matches the 
 checkpoints. The first save of a run writes the tensors first (there is no older checkpoint to protect), so
 training_state.json existing means a complete checkpoint exists.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,9 +120,11 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                raise RunDirBusy(f"{self.path} is in use by another training process"
-                                 + (f" (pid {holder})" if holder.isdigit() else "")
-                                 + ": wait for it to end, or train into another run directory") from None
+                raise RunDirBusy(
+                    f"{self.path} is in use by another training process"
+                    + (f" (pid {holder})" if holder.isdigit() else "")
+                    + ": wait for it to end, or train into another run directory"
+                ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for the message above, in another process
             try:
@@ -151,8 +154,10 @@ class RunDir:
         cfg = read_json(self.config_path, "run config")
         train = cfg.pop("train", None)
         if not isinstance(train, dict):
-            raise ValueError(f"run config {self.config_path} has no 'train' section: "
-                             "it is a saved model, not a training run directory")
+            raise ValueError(
+                f"run config {self.config_path} has no 'train' section: "
+                "it is a saved model, not a training run directory"
+            )
         return cfg, train
 
     # ----- checkpoints -------------------------------------------------------------------------------------
@@ -171,10 +176,17 @@ class RunDir:
                     scalars.setdefault(str(index), {})[key] = _scalar_to_json(value)
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         window = ckpt.progress.get("window") or {"steps": 0, "bpd_sum": 0.0, "norm_sum": 0.0}
-        record = {"format": STATE_FORMAT, "version": STATE_VERSION,
-                  **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS}, "optimizer_scalars": scalars,
-                  "metrics_window": {"steps": int(window["steps"]), "bpd_sum": float(window["bpd_sum"]),
-                                     "norm_sum": float(window["norm_sum"])}}
+        record = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            **{k: int(ckpt.progress[k]) for k in PROGRESS_KEYS},
+            "optimizer_scalars": scalars,
+            "metrics_window": {
+                "steps": int(window["steps"]),
+                "bpd_sum": float(window["bpd_sum"]),
+                "norm_sum": float(window["norm_sum"]),
+            },
+        }
         fingerprint = f"{step}-{_content_hash(tensors, record)}"
         record.update(fingerprint=fingerprint, elapsed_s=float(ckpt.progress.get("elapsed_s", 0.0)))
         metadata = {STATE_FORMAT: fingerprint}  # one key: safetensors orders several differently in each process
@@ -197,8 +209,10 @@ class RunDir:
     def load(self) -> Checkpoint:
         """Read the checkpoint; errors name the file and what is wrong with it."""
         if not self.has_checkpoint():
-            raise FileNotFoundError(f"no checkpoint in {self.path}: {STATE_JSON_NAME} not found "
-                                    "(the run stopped before its first checkpoint; start it again without resume)")
+            raise FileNotFoundError(
+                f"no checkpoint in {self.path}: {STATE_JSON_NAME} not found "
+                "(the run stopped before its first checkpoint; start it again without resume)"
+            )
         fingerprint = self._tensors_fingerprint()
         record = self._matching_record(fingerprint)
         tensors = read_tensors(self.tensors_path, "training state")
@@ -236,7 +250,9 @@ class RunDir:
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"training state {path} is corrupt or not a safetensors file ({e})") from None
         # older versions wrote {"format": STATE_FORMAT, "step", "fingerprint"}
-        fingerprint = meta.get(STATE_FORMAT) or (meta.get("fingerprint") if meta.get("format") == STATE_FORMAT else None)
+        fingerprint = meta.get(STATE_FORMAT) or (
+            meta.get("fingerprint") if meta.get("format") == STATE_FORMAT else None
+        )
         if not fingerprint:
             raise ValueError(f"training state {path} is corrupt: its metadata has no {STATE_FORMAT} fingerprint")
         return fingerprint
@@ -252,9 +268,11 @@ class RunDir:
                 return prev
         if record is None:
             raise FileNotFoundError(f"training state record not found: {self.record_path}")
-        raise ValueError(f"{self.record_path} (checkpoint {record['fingerprint']}) and {self.tensors_path} "
-                         f"(checkpoint {fingerprint}) come from different checkpoints; the run directory was "
-                         "modified outside pixelar and cannot be resumed")
+        raise ValueError(
+            f"{self.record_path} (checkpoint {record['fingerprint']}) and {self.tensors_path} "
+            f"(checkpoint {fingerprint}) come from different checkpoints; the run directory was "
+            "modified outside pixelar and cannot be resumed"
+        )
 
 
 def _read_record(path: Path) -> dict:
@@ -269,9 +287,13 @@ def _read_record(path: Path) -> dict:
         raise ValueError(f"training state record {path} is corrupt: missing 'elapsed_s' or 'optimizer_scalars'")
     window = rec.get("metrics_window")
     if window is not None and not (
-            isinstance(window, dict) and set(window) == set(WINDOW_KEYS)
-            and isinstance(window["steps"], int) and not isinstance(window["steps"], bool) and window["steps"] >= 0
-            and all(isinstance(window[k], (int, float)) and math.isfinite(window[k]) for k in ("bpd_sum", "norm_sum"))):
+        isinstance(window, dict)
+        and set(window) == set(WINDOW_KEYS)
+        and isinstance(window["steps"], int)
+        and not isinstance(window["steps"], bool)
+        and window["steps"] >= 0
+        and all(isinstance(window[k], (int, float)) and math.isfinite(window[k]) for k in ("bpd_sum", "norm_sum"))
+    ):
         raise ValueError(f"training state record {path} is corrupt: bad 'metrics_window' {window!r}")
     return rec
 

@@ -6,6 +6,7 @@ EMA is made. decay 0 makes the average equal the raw weights. Given the step num
 min(decay, (1 + step) / (10 + step)), so that a short run's average is not dominated by the random initial
 weights (with a plain 0.999 decay, 37% of the average would still be the initialisation after 1000 steps).
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,10 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self._state.keys() - state.keys(), state.keys() - self._state.keys()
         if missing or unexpected:
-            raise ValueError(f"EMA state does not match the model: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+            raise ValueError(
+                f"EMA state does not match the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
         for k, v in state.items():
             if v.shape != self._state[k].shape:
                 raise ValueError(f"EMA state {k!r} has shape {tuple(v.shape)}, the model {tuple(self._state[k].shape)}")

@@ -12,6 +12,7 @@ ends with bitwise the same weights as an uninterrupted one (on CPU; CUDA kernels
 The loop knows no model family: it uses create_model / create_distaug_model / model_from_config, log_prob,
 config, sample and state dicts only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,15 @@ class TrainingDiverged(RuntimeError):
     """max_bad_steps consecutive steps had a non-finite loss or gradient; the last good checkpoint is kept."""
 
 
-def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True, log=print, on_step=None,
-          max_steps: int | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    run_dir,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+    on_step=None,
+    max_steps: int | None = None,
+) -> dict:
     """Train a model as `cfg` says, checkpointing into `run_dir`; returns {"test_bpd", "steps", "run_dir"}.
 
     Args:
@@ -83,14 +91,20 @@ def train(cfg: TrainConfig, run_dir, resume: bool = False, progress: bool = True
             if e.errno not in DISK_FULL_ERRNOS:
                 raise
             err = e if isinstance(e, DiskFullError) else disk_full(e.filename or run.path, e)
-            raise DiskFullError(e.errno, f"{err}; {_kept(run)}: free space, then resume the run "
-                                         f"(pixelar train --resume {run.path})", err.filename) from None
+            raise DiskFullError(
+                e.errno,
+                f"{err}; {_kept(run)}: free space, then resume the run (pixelar train --resume {run.path})",
+                err.filename,
+            ) from None
 
 
 def _kept(run: RunDir) -> str:
     last = run.checkpoint_step
-    return (f"the last good checkpoint in {run.path} (step {last}) is kept" if last is not None
-            else f"no checkpoint had been written to {run.path} yet")
+    return (
+        f"the last good checkpoint in {run.path} (step {last}) is kept"
+        if last is not None
+        else f"no checkpoint had been written to {run.path} yet"
+    )
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emit, on_step, max_steps) -> dict:
@@ -110,8 +124,10 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
         if max_steps is not None:
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
         if run.has_checkpoint():
-            raise ValueError(f"{run.path} already holds a training checkpoint; resume it (resume=True, "
-                             f"CLI: --resume {run.path}) or choose a new run directory")
+            raise ValueError(
+                f"{run.path} already holds a training checkpoint; resume it (resume=True, "
+                f"CLI: --resume {run.path}) or choose a new run directory"
+            )
         ckpt = model_config = None
     cfg.validate()
 
@@ -120,9 +136,14 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     test_ds = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir)
     # the final evaluation's data are checked now, not after the last step
     if test_ds.spec != train_ds.spec:
-        shape = lambda s: f"{s.channels}x{s.height}x{s.width} with {s.num_values} values"
-        raise ValueError(f"dataset {cfg.dataset!r}: its test images are {shape(test_ds.spec)} but its training images "
-                         f"{shape(train_ds.spec)}; both splits must have images of one size and kind")
+
+        def shape(s):
+            return f"{s.channels}x{s.height}x{s.width} with {s.num_values} values"
+
+        raise ValueError(
+            f"dataset {cfg.dataset!r}: its test images are {shape(test_ds.spec)} but its training images "
+            f"{shape(train_ds.spec)}; both splits must have images of one size and kind"
+        )
     torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
     if model_config is not None:
         model = model_from_config(model_config, str(run.config_path))
@@ -145,8 +166,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
         emit(f"tokenizer: {model.tokenizer} fitted on the {len(train_ds)} training images")
     if model.num_classes and (train_ds.labels is None or test_ds.labels is None):
         split = "training" if train_ds.labels is None else "test"
-        raise ValueError(f"the model is class-conditional but the {split} images of dataset {cfg.dataset!r} "
-                         "have no labels")
+        raise ValueError(
+            f"the model is class-conditional but the {split} images of dataset {cfg.dataset!r} have no labels"
+        )
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -154,8 +176,13 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     ema = EMA(model, cfg.ema_decay)
     # augmentation: indices drawn per image from their own generator (checkpointed as rng.augment);
     # plain augmentation transforms the batch, DistAug passes the indices to the model, which transforms
-    augmenter = (Augmenter(parse_transforms(train_ds.spec, cfg.augment)) if cfg.augment
-                 else getattr(model, "augmenter", None) if cfg.distaug else None)
+    augmenter = (
+        Augmenter(parse_transforms(train_ds.spec, cfg.augment))
+        if cfg.augment
+        else getattr(model, "augmenter", None)
+        if cfg.distaug
+        else None
+    )
     aug_gen = torch.Generator().manual_seed(_augment_seed(cfg.seed)) if augmenter is not None else None
 
     if ckpt is None:
@@ -172,15 +199,21 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
     window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
 
-    emit(f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
-         f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
-         f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
-         f"{cfg.max_steps} steps -> {run.path}"
-         + (f"; augmentation {','.join(augmenter.names)} ({'DistAug, conditioned' if cfg.distaug else 'plain'})"
-            if augmenter is not None else ""))
+    emit(
+        f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
+        f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
+        f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
+        f"{cfg.max_steps} steps -> {run.path}"
+        + (
+            f"; augmentation {','.join(augmenter.names)} ({'DistAug, conditioned' if cfg.distaug else 'plain'})"
+            if augmenter is not None
+            else ""
+        )
+    )
     dims_ln2 = model.image.dims * math.log(2)  # per token for tokenized models
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
     log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
     if cfg.compile and log_prob.compiled:
         emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
@@ -236,21 +269,29 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
                     raise TrainingDiverged(
                         f"training diverged: {bad} consecutive steps (up to step {step}, lr {lr:.3g}) had a non-finite "
                         f"loss or gradient ({reason}); {_kept(run)}. Try a lower lr, warmup_steps, or grad_clip, or "
-                        "bf16 -> fp32 precision")
+                        "bf16 -> fp32 precision"
+                    )
             bar.update(1)
             if window.steps:
                 key = "bits_per_token" if model.tokenizer is not None else "bpd"
                 bar.set_postfix({key: f"{window.last_bpd:.3f}", "img_s": f"{window.rate():.0f}"}, refresh=False)
             if step % cfg.log_every == 0 and window.steps:
-                line = {"step": step, "train_bpd": window.bpd_sum / window.steps, "lr": lr,
-                        "grad_norm": window.norm_sum / window.steps, "images_per_s": window.rate(),
-                        "data_fraction": window.data_fraction(),
-                        "elapsed_s": elapsed()}
+                line = {
+                    "step": step,
+                    "train_bpd": window.bpd_sum / window.steps,
+                    "lr": lr,
+                    "grad_norm": window.norm_sum / window.steps,
+                    "images_per_s": window.rate(),
+                    "data_fraction": window.data_fraction(),
+                    "elapsed_s": elapsed(),
+                }
                 metrics.write(line)
                 if not progress:
                     unit = "bits per token" if model.tokenizer is not None else "bits/dim"  # a palette is no bpd
-                    emit(f"step {step}/{cfg.max_steps}: train {line['train_bpd']:.4f} {unit}, "
-                         f"{line['images_per_s']:.0f} images/s")
+                    emit(
+                        f"step {step}/{cfg.max_steps}: train {line['train_bpd']:.4f} {unit}, "
+                        f"{line['images_per_s']:.0f} images/s"
+                    )
                 window = _Window()
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 _save(run, model, optimizer, ema, batches, step, bad, elapsed(), window, aug_gen)
@@ -262,11 +303,21 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     ema.copy_to(model)  # evaluation and samples use the averaged weights
     # fp32 whatever the training precision: the reported number is the exact likelihood
     res = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
-    metrics.write({"step": step, "final": True, "test_bpd": res["bpd"], "test_nats_per_image": res["nats_per_image"],
-                   "num_test_images": res["num_images"], "elapsed_s": elapsed()})
+    metrics.write(
+        {
+            "step": step,
+            "final": True,
+            "test_bpd": res["bpd"],
+            "test_nats_per_image": res["nats_per_image"],
+            "num_test_images": res["num_images"],
+            "elapsed_s": elapsed(),
+        }
+    )
     if res.get("tokenized"):
-        log(f"test after {step} steps: {res['nats_per_token']:.4f} nats per token ({res['num_images']} images, EMA "
-            f"weights); palette reconstruction RMSE {res['palette_rmse']:.2f}; {TOKEN_NOTE}")
+        log(
+            f"test after {step} steps: {res['nats_per_token']:.4f} nats per token ({res['num_images']} images, EMA "
+            f"weights); palette reconstruction RMSE {res['palette_rmse']:.2f}; {TOKEN_NOTE}"
+        )
     else:
         log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
     if cfg.sample_n:
@@ -288,14 +339,18 @@ class _Batches:
 
     def __init__(self, ds: ImageDataset, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
         if len(ds) < batch_size:
-            raise ValueError(f"the training split of {ds.name!r} has {len(ds)} images, fewer than batch_size="
-                             f"{batch_size}: use a smaller batch size or more training images")
+            raise ValueError(
+                f"the training split of {ds.name!r} has {len(ds)} images, fewer than batch_size="
+                f"{batch_size}: use a smaller batch size or more training images"
+            )
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self._start(epoch)
         for _ in range(batch):
             if next(self._it, None) is None:
-                raise ValueError(f"checkpoint position (epoch {epoch}, batch {batch}) is past the end of an epoch "
-                                 f"of {len(ds) // batch_size} batches: the training data changed")
+                raise ValueError(
+                    f"checkpoint position (epoch {epoch}, batch {batch}) is past the end of an epoch "
+                    f"of {len(ds) // batch_size} batches: the training data changed"
+                )
         self.batch = batch
 
     def _start(self, epoch: int) -> None:
@@ -381,24 +436,54 @@ def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str,
     return rng
 
 
-def _save(run: RunDir, model, optimizer, ema: EMA, batches: _Batches, step: int, bad: int, elapsed_s: float,
-          window: _Window, aug_gen: torch.Generator | None = None) -> None:
+def _save(
+    run: RunDir,
+    model,
+    optimizer,
+    ema: EMA,
+    batches: _Batches,
+    step: int,
+    bad: int,
+    elapsed_s: float,
+    window: _Window,
+    aug_gen: torch.Generator | None = None,
+) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
-    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-               **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+    tensors = {
+        **{f"model.{k}": v for k, v in model.state_dict().items()},
+        **{f"ema.{k}": v for k, v in ema.state_dict().items()},
+    }
     opt_state = optimizer.state_dict()["state"]
-    tensors.update({f"optim.{i}.{k}": v for i, s in opt_state.items() for k, v in s.items() if isinstance(v, torch.Tensor)})
+    tensors.update(
+        {f"optim.{i}.{k}": v for i, s in opt_state.items() for k, v in s.items() if isinstance(v, torch.Tensor)}
+    )
     bad_names = [k for k, v in tensors.items() if v.dtype.is_floating_point and not bool(torch.isfinite(v).all())]
     if bad_names:
-        raise TrainingDiverged(f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
-                               f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept")
-    progress = {"step": step, "epoch": batches.epoch, "batch": batches.batch, "bad_steps": bad, "elapsed_s": elapsed_s,
-                "window": window.state()}
+        raise TrainingDiverged(
+            f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
+            f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept"
+        )
+    progress = {
+        "step": step,
+        "epoch": batches.epoch,
+        "batch": batches.batch,
+        "bad_steps": bad,
+        "elapsed_s": elapsed_s,
+        "window": window.state(),
+    }
     run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, aug_gen)))
 
 
-def _restore(run: RunDir, ckpt: Checkpoint, model, optimizer, ema: EMA, train_ds: ImageDataset, cfg: TrainConfig,
-             aug_gen: torch.Generator | None = None):
+def _restore(
+    run: RunDir,
+    ckpt: Checkpoint,
+    model,
+    optimizer,
+    ema: EMA,
+    train_ds: ImageDataset,
+    cfg: TrainConfig,
+    aug_gen: torch.Generator | None = None,
+):
     """Load the checkpoint's state into the fresh objects; return the data stream at the saved position."""
     where = run.tensors_path
     try:
@@ -410,14 +495,18 @@ def _restore(run: RunDir, ckpt: Checkpoint, model, optimizer, ema: EMA, train_ds
         raise ValueError(f"training state {where} does not match the model in {run.config_path}: {e}") from None
     batches = _Batches(train_ds, cfg.batch_size, cfg.seed, ckpt.progress["epoch"], ckpt.progress["batch"])
     if not torch.equal(batches.generator.get_state(), ckpt.rng["data"]):
-        raise ValueError(f"the training data differ from those of the checkpoint {where}: replaying epoch "
-                         f"{batches.epoch} to batch {batches.batch} does not reproduce the saved data generator "
-                         f"state (was dataset {cfg.dataset!r} or its files changed?)")
+        raise ValueError(
+            f"the training data differ from those of the checkpoint {where}: replaying epoch "
+            f"{batches.epoch} to batch {batches.batch} does not reproduce the saved data generator "
+            f"state (was dataset {cfg.dataset!r} or its files changed?)"
+        )
     torch.set_rng_state(ckpt.rng["torch"])
     if aug_gen is not None:
         if "augment" not in ckpt.rng:
-            raise ValueError(f"training state {where} has no augmentation generator state ('rng.augment'), but the "
-                             "run augments its images: it was not written by this run's configuration")
+            raise ValueError(
+                f"training state {where} has no augmentation generator state ('rng.augment'), but the "
+                "run augments its images: it was not written by this run's configuration"
+            )
         aug_gen.set_state(ckpt.rng["augment"])
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

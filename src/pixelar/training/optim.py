@@ -1,4 +1,5 @@
 """The optimizer (Adam) and the learning-rate schedule of a training run, as plain functions."""
+
 from __future__ import annotations
 
 import torch

@@ -44,8 +44,16 @@ Limitations: raster generation order only (one input map, outputs at the input's
 layer must be causal in raster order (each map at row r depends only on input rows <= r, which the
 readiness tables check); attention or other non-local layers need their own node type.
 """
+
 from .graph import CausalGraph, ConvGeometry, Node, conv_geometry, pointwise_conv
 from .runtime import IncrementalForward, begin_incremental
 
-__all__ = ["ConvGeometry", "conv_geometry", "CausalGraph", "Node", "IncrementalForward", "begin_incremental",
-           "pointwise_conv"]
+__all__ = [
+    "ConvGeometry",
+    "conv_geometry",
+    "CausalGraph",
+    "Node",
+    "IncrementalForward",
+    "begin_incremental",
+    "pointwise_conv",
+]

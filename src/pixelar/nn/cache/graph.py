@@ -1,5 +1,6 @@
 """The description layer of cached evaluation: a model states its forward pass as a graph of causal map
 operations (see pixelar.nn.cache), and each convolution states its geometry."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -53,21 +54,39 @@ def conv_geometry(module: nn.Module, pad: tuple[int, int, int, int] | None = Non
             raise ValueError(f"{type(module).__name__} pads its input itself; pass no pad")
         return module.cache_geometry()
     if type(module) in (nn.Conv2d, nn.ConvTranspose2d):
-        if _pair(module.dilation) != (1, 1) or module.groups != 1 or module.padding_mode != "zeros" \
-                or isinstance(module.padding, str):
-            raise ValueError(f"cached evaluation supports {type(module).__name__} with dilation 1, groups 1 "
-                             "and integer zero padding only")
+        if (
+            _pair(module.dilation) != (1, 1)
+            or module.groups != 1
+            or module.padding_mode != "zeros"
+            or isinstance(module.padding, str)
+        ):
+            raise ValueError(
+                f"cached evaluation supports {type(module).__name__} with dilation 1, groups 1 "
+                "and integer zero padding only"
+            )
         ph, pw = _pair(module.padding)
         if type(module) is nn.ConvTranspose2d:
             if pad is not None:
                 raise ValueError("pad applies to regular convolutions only")
-            return ConvGeometry(module.weight, module.bias, _pair(module.stride), transposed=True, crop=(ph, pw),
-                                output_padding=_pair(module.output_padding))
+            return ConvGeometry(
+                module.weight,
+                module.bias,
+                _pair(module.stride),
+                transposed=True,
+                crop=(ph, pw),
+                output_padding=_pair(module.output_padding),
+            )
         extra = pad if pad is not None else (0, 0, 0, 0)
-        return ConvGeometry(module.weight, module.bias, _pair(module.stride),
-                            pad=(pw + extra[0], pw + extra[1], ph + extra[2], ph + extra[3]))
-    raise TypeError(f"{type(module).__name__} does not describe itself for cached evaluation; "
-                    "give it a cache_geometry() method returning a pixelar.nn.cache.ConvGeometry")
+        return ConvGeometry(
+            module.weight,
+            module.bias,
+            _pair(module.stride),
+            pad=(pw + extra[0], pw + extra[1], ph + extra[2], ph + extra[3]),
+        )
+    raise TypeError(
+        f"{type(module).__name__} does not describe itself for cached evaluation; "
+        "give it a cache_geometry() method returning a pixelar.nn.cache.ConvGeometry"
+    )
 
 
 def conv_box(geo: ConvGeometry):
@@ -82,11 +101,10 @@ def conv_box(geo: ConvGeometry):
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
-
 class Node:
     """One map (B, channels, H, W) of a CausalGraph. Created by the CausalGraph methods, not directly."""
 
-    def __init__(self, graph: "CausalGraph", kind: str, H: int, W: int, name: str | None):
+    def __init__(self, graph: CausalGraph, kind: str, H: int, W: int, name: str | None):
         self.graph, self.kind, self.H, self.W = graph, kind, int(H), int(W)
         self.name = name or f"{kind}{len(graph.nodes)}"
         self.srcs: list[Node] = []  # read through windows (concatenated over channels for convolutions)
@@ -156,8 +174,17 @@ class CausalGraph:
         node.x = value
         return self._add(node)
 
-    def conv(self, src, module: nn.Module, *, pad=None, pre: Callable | None = None, post: Callable | None = None,
-             extras: Sequence[Node] = (), name: str | None = None) -> Node:
+    def conv(
+        self,
+        src,
+        module: nn.Module,
+        *,
+        pad=None,
+        pre: Callable | None = None,
+        post: Callable | None = None,
+        extras: Sequence[Node] = (),
+        name: str | None = None,
+    ) -> Node:
         """post(conv(pre(cat(src))), *extras): a (masked / shifted / strided) convolution.
 
         src: a node or a list of nodes at one resolution (concatenated over channels).
@@ -180,8 +207,17 @@ class CausalGraph:
         node.extras = self._extras(extras, H, W, post)
         return self._add(node)
 
-    def conv_transpose(self, src, module: nn.Module, out_size: tuple[int, int], *, pre: Callable | None = None,
-                       post: Callable | None = None, extras: Sequence[Node] = (), name: str | None = None) -> Node:
+    def conv_transpose(
+        self,
+        src,
+        module: nn.Module,
+        out_size: tuple[int, int],
+        *,
+        pre: Callable | None = None,
+        post: Callable | None = None,
+        extras: Sequence[Node] = (),
+        name: str | None = None,
+    ) -> Node:
         """post(crop(conv_transpose(pre(cat(src)))), *extras), cropped to out_size (H, W) after geo.crop."""
         srcs = _as_list(src)
         geo = conv_geometry(module)
@@ -268,8 +304,12 @@ class CausalGraph:
 def pointwise_conv(module: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
     """A 1x1 nn.Conv2d as a function for post / map closures: a matrix product over channels, much faster
     than conv2d on the few positions a cached step computes. (B, Cin, h, w) -> (B, Cout, h, w)."""
-    if tuple(module.kernel_size) != (1, 1) or _pair(module.stride) != (1, 1) or _pair(module.padding) != (0, 0) \
-            or module.groups != 1:
+    if (
+        tuple(module.kernel_size) != (1, 1)
+        or _pair(module.stride) != (1, 1)
+        or _pair(module.padding) != (0, 0)
+        or module.groups != 1
+    ):
         raise ValueError("pointwise_conv needs a 1x1 convolution with stride 1, no padding and groups 1")
     wmat = module.weight.detach()[:, :, 0, 0].t().contiguous()
     bias = None if module.bias is None else module.bias.detach()

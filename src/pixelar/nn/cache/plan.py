@@ -1,6 +1,7 @@
 """The planning layer of cached evaluation: from a CausalGraph, for every map, how far it can be computed
 for each input frontier (readiness), what a provisional sub-pixel step must compute, its channels, and how
 many rows its ring keeps (see pixelar.nn.cache). Everything here runs once, before the first step."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,8 +90,6 @@ def window_reads(node: Node) -> list[tuple[Node, torch.Tensor, torch.Tensor, int
     return reads
 
 
-
-
 @dataclass
 class Plan:
     """What the runtime needs before the first step; every dict is keyed by node name.
@@ -132,9 +131,16 @@ def make_plan(graph: CausalGraph, output: Node, require_causal: bool = True) -> 
     target = output if same_size else None
     dtype, channels = _channels(graph)
     rows, margins = _rings(graph, tables, target, W)
-    return Plan(ready={k: v.tolist() for k, v in tables.items()},
-                provisional=_provisional(graph, tables, edges, target, HW), late=late.tolist(),
-                ready_before=ready_before, channels=channels, dtype=dtype, rows=rows, margins=margins)
+    return Plan(
+        ready={k: v.tolist() for k, v in tables.items()},
+        provisional=_provisional(graph, tables, edges, target, HW),
+        late=late.tolist(),
+        ready_before=ready_before,
+        channels=channels,
+        dtype=dtype,
+        rows=rows,
+        margins=margins,
+    )
 
 
 def _readiness(graph: CausalGraph, HW: int):
@@ -170,8 +176,10 @@ def _provisional(graph: CausalGraph, tables, edges, output: Node | None, HW: int
             d = need[n.name]
             from_n = torch.where(d > 0, req[(d - 1).clamp(min=0)] + 1, torch.zeros_like(d))
             need[src.name] = torch.maximum(need[src.name], from_n)
-    return {n.name: torch.maximum(tables[n.name][:-1], torch.minimum(tables[n.name][1:], need[n.name])).tolist()
-            for n in graph.nodes}
+    return {
+        n.name: torch.maximum(tables[n.name][:-1], torch.minimum(tables[n.name][1:], need[n.name])).tolist()
+        for n in graph.nodes
+    }
 
 
 def _channels(graph: CausalGraph) -> tuple[torch.dtype, dict[str, int]]:
@@ -240,7 +248,7 @@ def _rings(graph: CausalGraph, tables, output: Node | None, W: int):
             continue
         ready = tables[n.name]
         rows = 1
-        for consumer, lo, hi in reads[n.name]:
+        for consumer, lo, _hi in reads[n.name]:
             Hk, Wk = consumer.H, consumer.W
             row_end = torch.clamp((torch.arange(Hk) + 1) * Wk, max=Hk * Wk)
             f_done = torch.searchsorted(tables[consumer.name], row_end)  # input frontier completing each row

@@ -1,5 +1,6 @@
 """The runtime layer of cached evaluation: each map's ring of rows and the step loop that computes, per
 input frontier, the positions that became computable (see pixelar.nn.cache)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,8 +29,9 @@ class _Map:
     def allocate(self, batch, channels, rows, pad_left, pad_right, dtype, device):
         self.R, self.padL = rows, pad_left
         # channels-last storage seen as (B, C, rows, cols): small windows of it stay fast to compute with
-        self.buf = torch.zeros(batch, rows + 1, pad_left + self.W + pad_right, channels, dtype=dtype,
-                               device=device).permute(0, 3, 1, 2)
+        self.buf = torch.zeros(
+            batch, rows + 1, pad_left + self.W + pad_right, channels, dtype=dtype, device=device
+        ).permute(0, 3, 1, 2)
         self.tags = [-1] * rows
         self._index = {}  # (r0, r1) -> ring slots of a window that wraps around or leaves the map
 
@@ -194,7 +196,14 @@ class _PointwiseMap(_Map):
         return self.node.fn(*(s.window(r, r + 1, c0, c1) for s in self.srcs))
 
 
-_RUNTIME = {"input": _Input, "constant": _Constant, "shift": _Shift, "conv": _Conv, "conv_transpose": _ConvTranspose, "map": _PointwiseMap}
+_RUNTIME = {
+    "input": _Input,
+    "constant": _Constant,
+    "shift": _Shift,
+    "conv": _Conv,
+    "conv_transpose": _ConvTranspose,
+    "map": _PointwiseMap,
+}
 
 
 class IncrementalForward:
@@ -239,8 +248,9 @@ class IncrementalForward:
             if n.kind == "constant":
                 maps[n.name].setup(self.dtype, self.device)
             elif n.stored:
-                maps[n.name].allocate(self.batch, plan.channels[n.name], plan.rows[n.name], *plan.margins[n.name],
-                                      self.dtype, self.device)
+                maps[n.name].allocate(
+                    self.batch, plan.channels[n.name], plan.rows[n.name], *plan.margins[n.name], self.dtype, self.device
+                )
                 maps[n.name].setup(self.dtype, self.device)
         self.maps, self.out = maps, maps[output.name]
         self._late, self._ready_before = plan.late, plan.ready_before
@@ -312,5 +322,3 @@ def begin_incremental(model: nn.Module, x: torch.Tensor, cond=None) -> Increment
     with torch.no_grad():
         output = model.cache_graph(graph, x, cond)
     return IncrementalForward(graph, output)
-
-
