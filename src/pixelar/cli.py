@@ -17,7 +17,7 @@ import torch
 
 from .config import MAX_SEED
 from .inference import inference
-from .types import ImageSpec
+from .types import ImageSpec, bits_per_dim
 
 
 def _parse_value(text: str):
@@ -404,7 +404,7 @@ def cmd_complete(args) -> int:
         dims = int((~keep).sum()) * spec.channels
         print(
             f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
-            f"{nats / (dims * math.log(2)):.4f} bits/dim"
+            f"{bits_per_dim(nats, dims):.4f} bits/dim"
         )
     g = torch.Generator().manual_seed(args.seed)
     method = _method(model, args.method)
@@ -436,7 +436,7 @@ def cmd_score(args) -> int:
     x = _load_images(args, model.data_image)
     nats = -image_log_prob(model, model.encode(x), _cond(model, len(args.images), args.cls))
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
-    bpd = (nats / (model.image.dims * math.log(2))).tolist()
+    bpd = bits_per_dim(nats, model.image).tolist()
     if args.json:
         print(json.dumps([{"image": str(p), "nats": n, "bpd": b} for p, n, b in zip(args.images, nats.tolist(), bpd)]))
         return 0
@@ -470,7 +470,7 @@ def cmd_compress(args) -> int:
     source = sum(Path(p).stat().st_size for p in args.images)
     print(
         f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "
-        f"bits/dim (the model's -log2 p(x): {nats / (dims * math.log(2)):.4f}; the input files: {source:,} bytes) "
+        f"bits/dim (the model's -log2 p(x): {bits_per_dim(nats, dims):.4f}; the input files: {source:,} bytes) "
         f"in {seconds:.1f} s"
     )
     if spec.num_values != 256:

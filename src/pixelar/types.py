@@ -54,6 +54,8 @@ class ImageSpec:
         return cls(**{k: d[k] for k in keys})
 
 
-def bits_per_dim(nats, image: ImageSpec):
-    """Convert nats per image (negative log-likelihood, scalar or tensor) to bits per sub-pixel."""
-    return nats / (image.dims * math.log(2))
+def bits_per_dim(nats, image: ImageSpec | int):
+    """Convert nats (negative log-likelihood, scalar or tensor) of an image, or of `image` sub-pixels when it is
+    a count (e.g. a hidden region), to bits per sub-pixel."""
+    dims = image if isinstance(image, int) else image.dims
+    return nats / (dims * math.log(2))
