@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import pixelar
 from pixelar import ImageSpec, create_model
-from pixelar.models.base import ARImageModel
+from pixelar.models.base import ARImageModel, ImageModel
 from pixelar.nn import (
     DownRightShiftedConv2d,
     DownRightShiftedConvTranspose2d,
@@ -27,11 +27,11 @@ from pixelar.nn import (
 from pixelar.nn.cache import CausalGraph, IncrementalForward, pointwise_conv
 
 # models with an incremental forward (begin_cache): every registered model but grayscale_pixelcnn (tested in
-# test_aux_pixelcnn.py: its sample() caches both stages itself)
+# test_aux_pixelcnn.py: its sampler caches both stages itself)
 MODELS = [
     name
     for name in pixelar.list_models()
-    if callable(getattr(pixelar.models.registry._lookup(name)[0], "begin_cache", None))
+    if pixelar.models.registry._lookup(name)[0].begin_cache is not ImageModel.begin_cache
 ]
 # models whose cached sampler is the convolutional per-layer cache (pixelar.nn.cache): its internals are tested
 GRAPH_MODELS = [m for m in MODELS if hasattr(pixelar.models.registry._lookup(m)[0], "cache_graph")]
@@ -361,7 +361,7 @@ class NoCache(ARImageModel):
     name = "no_cache_model"
 
     def __init__(self):
-        super().__init__(ImageSpec(1, 3, 3, 2), {}, {"kind": "bernoulli"}, grouped=True)
+        super().__init__(ImageSpec(1, 3, 3, 2), {"kind": "bernoulli"}, grouped=True)
         self.logit = nn.Parameter(torch.zeros(1))
 
     def forward(self, x, cond=None):

@@ -10,6 +10,7 @@ from likelihood_checks import causality_violations, conditional_sums, total_prob
 import pixelar
 from pixelar import ImageSpec, create_model
 from pixelar.augment import TRANSFORM_TYPES, Augmenter, make_transform, parse_transforms
+from pixelar.models.base import ImageModel
 from pixelar.models.distaug import DistAugModel, create_distaug_model
 
 MODELS = pixelar.list_models()
@@ -343,20 +344,19 @@ def test_evaluation_keeps_order_mixtures_and_parts(name):
     assert rows[1]["bpd"] == pytest.approx(evaluate(_Fixed(model.base, vec.flip(1)), t)["bpd"], rel=1e-6)
 
 
-class _Fixed(torch.nn.Module):
+class _Fixed(ImageModel):
     """A base model with a fixed cond vector, seen by evaluate() as an unconditional model."""
 
     def __init__(self, base, vec):
-        super().__init__()
-        self.base, self.vec, self.image, self.num_classes = base, vec, base.image, 0
-        for attr in ("log_prob_per_order", "log_prob_parts"):
-            if hasattr(base, attr):
-                setattr(self, attr, self._with_vec(getattr(base, attr)))
-        if hasattr(base, "num_orders"):
-            self.num_orders = base.num_orders
-
-    def _with_vec(self, f):
-        return lambda x, cond=None: f(x, self.vec[: len(x)])
+        super().__init__(base.image)
+        self.base, self.vec, self.data_image, self.tokenizer = base, vec, base.data_image, base.tokenizer
+        self.num_orders, self.has_parts = base.num_orders, base.has_parts
 
     def log_prob(self, x, cond=None):
         return self.base.log_prob(x, self.vec[: len(x)])
+
+    def log_prob_per_order(self, x, cond=None):
+        return self.base.log_prob_per_order(x, self.vec[: len(x)])
+
+    def log_prob_parts(self, x, cond=None):
+        return self.base.log_prob_parts(x, self.vec[: len(x)])

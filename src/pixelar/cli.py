@@ -269,7 +269,7 @@ def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> in
     from .evaluation import evaluate_per_augmentation
 
     types = _types(args.per_augmentation) or None
-    if types is None and getattr(model, "augmenter", None) is None:
+    if types is None and model.augmenter is None:
         types = train_cfg.get("augment") or None
         if types is None:
             raise ValueError(
@@ -287,7 +287,7 @@ def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> in
             )
         )
         return 0
-    how = "conditioned on the transformation" if getattr(model, "augmenter", None) is not None else "transformed images"
+    how = "conditioned on the transformation" if model.augmenter is not None else "transformed images"
     unit = "bits/dim"
     if model.tokenizer is not None:  # Image GPT's palette: bits per token of the quantised images
         from .evaluation import TOKEN_NOTE
@@ -314,13 +314,6 @@ def _cond(model, n: int, cls: int | None):
     if model.cond_dim:
         raise ValueError("this model is conditioned on a vector; sample it from Python (model.sample(n, cond=...))")
     return None
-
-
-def _method(model, requested: str) -> str:
-    """--method auto: the cached sampler where the model has one, else the naive reference."""
-    if requested != "auto":
-        return requested
-    return "cached" if model.has_cached_sampler else "naive"
 
 
 def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
@@ -369,7 +362,7 @@ def cmd_sample(args) -> int:
     model = load_model(args.run_dir)
     g = torch.Generator().manual_seed(args.seed)
     t = time.time()
-    method = _method(model, args.method)
+    method = model.sampling_method(args.method)
     x = model.sample(
         args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature, generator=g, method=method
     )
@@ -393,21 +386,15 @@ def cmd_complete(args) -> int:
         raise ValueError("the mask keeps every pixel: nothing to complete (white = keep, black = hidden)")
     cond = _cond(model, args.n, args.cls)
     if args.score:
-        score = getattr(model, "conditional_log_prob", None)
-        if not callable(score):
-            raise NotImplementedError(
-                f"model {model.name!r} cannot score a hidden region given the rest "
-                "(it generates in one fixed order); lmconv can"
-            )
-        with inference(model):
-            nats = -score(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
+        with inference(model):  # NotImplementedError where the model generates in one fixed order
+            nats = -model.conditional_log_prob(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
         dims = int((~keep).sum()) * spec.channels
         print(
             f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
             f"{bits_per_dim(nats, dims):.4f} bits/dim"
         )
     g = torch.Generator().manual_seed(args.seed)
-    method = _method(model, args.method)
+    method = model.sampling_method(args.method)
     out = complete(
         model,
         model.encode(x[None])[0],
@@ -518,8 +505,8 @@ def cmd_probe(args) -> int:
     from .models import load_model
 
     model = load_model(args.run_dir)
-    n = getattr(model, "num_feature_layers", None)
-    if n is None:
+    n = model.num_feature_layers
+    if n == 0:
         raise NotImplementedError(f"model {model.name!r} has no features() for a linear probe; image_gpt has")
     layers = list(range(n)) if args.layer == "all" else args.layer
     if max(layers) >= n:

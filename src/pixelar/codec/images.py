@@ -68,27 +68,17 @@ def _crc(images: torch.Tensor) -> int:
 
 
 def _check_codable(model) -> None:
-    if not getattr(model, "factorizes", True):
+    if not model.factorizes:
         raise NotImplementedError(
             f"{model.name} does not factor into one conditional per sub-pixel, so it cannot "
             "drive the arithmetic coder; use a model with a generation order"
         )
 
 
-def _probability_model(model, cond, n: int):
-    """The model whose conditionals code x, and its checked cond: wrappers that offer `identity_base` (DistAug)
-    code through their base under the identity transformation."""
-    to_base = getattr(model, "identity_base", None)
-    if callable(to_base):
-        return to_base(cond, n)
-    return model, model.check_cond(cond, n)
-
-
 def _step_params(model, x: torch.Tensor, cond):
     """params_at(i, j) for the image x being filled: the incremental forward, else full forward passes."""
-    start = getattr(model, "begin_cache", None)
-    if callable(start):
-        return start(x, cond).params_at
+    if model.has_incremental_forward:
+        return model.begin_cache(x, cond).params_at
     return lambda i, j: model(x, cond)[:, :, i, j]
 
 
@@ -145,7 +135,7 @@ def _compress(model, x: torch.Tensor, cond) -> bytes:
     if n == 0:
         raise ValueError("no images to compress: give at least one")
     crc = _crc(x)
-    coder, cond = _probability_model(model, cond, n)
+    coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
     segments = []
     for k in range(0, n, SEGMENT_IMAGES):  # one segment at a time: memory of SEGMENT_IMAGES images, not n
         part = slice(k, k + SEGMENT_IMAGES)
@@ -252,7 +242,7 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
             "the stream was made with another model or other weights (fingerprint mismatch): "
             "decompress with the model that compressed it"
         )
-    coder, cond = _probability_model(model, cond, n)
+    coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
     device = next(model.parameters()).device
     S, parts, start = info["segment_images"], [], _HEADER.size + _LENGTH * len(info["segments"])
     for k, length in enumerate(info["segments"]):  # one segment at a time: memory of S images, not n

@@ -31,9 +31,8 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
     Returns:
         [{"type": "identity" or a type name, "index": k, "bpd", "nats_per_image", "num_images"}, ...]
     """
-    own = getattr(model, "augmenter", None)
-    conditioned = own is not None and callable(getattr(model, "augmentation", None))
-    if conditioned:
+    own = model.augmenter  # the transformations a DistAug model is conditioned on, else None
+    if own is not None:
         if augmenter is not None and augmenter.to_list() != own.to_list():
             raise ValueError(f"the model is conditioned on {own.names}; it cannot be scored under {augmenter.names}")
         augmenter = own
@@ -45,7 +44,7 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
     rows = []
     for t, k in augmenter.settings():
         vec = augmenter.vector(t, k)
-        if conditioned:
+        if own is not None:
             with model.augmentation(vec):
                 res = evaluate(model, dataset, **kwargs)
         else:

@@ -55,9 +55,8 @@ def image_log_prob(model, x: torch.Tensor, cond=None) -> torch.Tensor:
     """log p(x) of each image in nats, (B,), as `evaluate` scores it (eval mode, no autograd): x are the
     model's inputs (encode data images of tokenized models first); models with several generation orders give
     the mixture over them."""
-    K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
     with inference(model):
-        if K > 1:
+        if model.num_orders > 1:
             return order_mixture(model.log_prob_per_order(x, cond).double())
         return model.log_prob(x, cond).double()
 
@@ -72,14 +71,14 @@ def evaluate(
     Labels are passed as cond when the model is class-conditional. precision "bf16" runs the model under
     bfloat16 autocast (the likelihood itself is still computed in fp32 by the output distribution).
 
-    Order ensembles: a model with several generation orders (`num_orders` > 1 and `log_prob_per_order`,
+    Order ensembles: a model with several generation orders (`num_orders` > 1, `log_prob_per_order`,
     e.g. LMConv) is scored as the uniform mixture over its orders, log(1/K sum_k p_k(x)) per image (a valid
     likelihood; averaging log-likelihoods or picking the best order per image would not be), and the result
     also has "bpd_single_order" (order 0, the one `log_prob` uses in eval mode), "bpd_per_order" and
     "num_orders".
 
-    Models with auxiliary variables (`log_prob_parts`, e.g. grayscale_pixelcnn: log p(y) and log p(x | y))
-    also get "bpd_parts": {part: bits per sub-pixel of the image}, which add up to "bpd".
+    Models with auxiliary variables (`has_parts`, `log_prob_parts`, e.g. grayscale_pixelcnn: log p(y) and
+    log p(x | y)) also get "bpd_parts": {part: bits per sub-pixel of the image}, which add up to "bpd".
 
     Models over tokens (a `tokenizer`, e.g. image_gpt's colour palette) score the *encoded* images: "bpd" is
     then bits per token, and the result also has "tokenized": True, "nats_per_token", and the palette's
@@ -91,10 +90,8 @@ def evaluate(
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    # models over tokens (Image GPT's palette) are built for data images other than their inputs; duck-typed
-    # models without the attributes are their own data images
-    data_image = getattr(model, "data_image", model.image)
-    tokenizer = getattr(model, "tokenizer", None)
+    # models over tokens (Image GPT's palette) are built for data images other than their inputs
+    data_image, tokenizer = model.data_image, model.tokenizer
     if dataset.spec != data_image:
         raise ValueError(f"dataset {dataset.name!r} has images {dataset.spec} but the model expects {data_image}")
     if model.num_classes and dataset.labels is None:
@@ -105,11 +102,11 @@ def evaluate(
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
-    K = int(getattr(model, "num_orders", 1)) if callable(getattr(model, "log_prob_per_order", None)) else 1
+    K = model.num_orders
     total = torch.zeros((), dtype=torch.float64)
     non_finite = 0  # images whose log-likelihood is NaN or inf (broken weights or an overflow)
     per_order = torch.zeros(K, dtype=torch.float64)
-    parts_fn = getattr(model, "log_prob_parts", None) if K == 1 else None
+    with_parts = model.has_parts and K == 1
     parts: dict[str, float] = {}
     recon = {"sq_err_sum": 0.0, "exact_pixels": 0, "pixels": 0, "sub_pixels": 0}
     with inference(model):  # eval mode, no autograd (else every batch's graph stays alive through `total`)
@@ -124,8 +121,8 @@ def evaluate(
                     per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats
                     lp = order_mixture(per)  # (B,) the mixture over orders
                     per_order += -per.sum(0).cpu()
-                elif callable(parts_fn):
-                    named = parts_fn(x.to(device), cond)  # {part: (B,) nats}, summing to log p(x)
+                elif with_parts:
+                    named = model.log_prob_parts(x.to(device), cond)  # {part: (B,) nats}, summing to log p(x)
                     for name, v in named.items():
                         parts[name] = parts.get(name, 0.0) - v.double().sum().item()
                     lp = sum(named.values())

@@ -22,9 +22,8 @@ from .bpd import first_images
 
 
 def _check_model(model) -> None:
-    if not callable(getattr(model, "features", None)) or not hasattr(model, "num_feature_layers"):
-        name = getattr(model, "name", "") or type(model).__name__
-        raise NotImplementedError(f"model {name!r} has no features() for a linear probe; image_gpt has")
+    if model.num_feature_layers == 0:
+        raise NotImplementedError(f"model {model.name!r} has no features() for a linear probe; image_gpt has")
 
 
 def extract_features(

@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from ..distributions.base import check_temperature, gumbel_argmax
 from ..inference import inference, require_eval
 from ..nn import DownRightShiftedConv2d, DownShiftedConv2d, concat_elu, down_shift, right_shift
+from ..nn.cache import CausalGraph, IncrementalForward
 from ..types import ImageSpec
-from .base import ARImageModel
+from .base import ARImageModel, SampleRequest
 from .pixelcnn_pp import GatedResnet, PixelCNNPP, init_streams_graph
 from .registry import register_model
 
@@ -133,8 +134,6 @@ class ConditionalPixelCNN(nn.Module):
     def begin_cache(self, x: torch.Tensor, scale, aux: torch.Tensor | None, cond=None):
         """Incremental forward (pixelar.nn.cache) of this network on x given aux: params_at(i, j) equals
         forward(scale(x), aux, cond)[:, :, i, j] while x is filled in raster order."""
-        from ..nn.cache import CausalGraph, IncrementalForward
-
         require_eval(self)
         graph = CausalGraph()
         with torch.no_grad():
@@ -246,7 +245,8 @@ class GrayscalePixelCNN(ARImageModel):
     """
 
     factorizes = False  # p(y) p(x | y) is no product of per-sub-pixel conditionals of x
-    has_cached_sampler = True  # sample() caches both stages itself (no begin_cache: there is no single order)
+    has_cached_sampler = True  # _draw caches both stages itself (no begin_cache: there is no single order)
+    has_parts = True  # log p(y) and log p(x | y)
 
     def __init__(
         self,
@@ -263,7 +263,7 @@ class GrayscalePixelCNN(ARImageModel):
         num_classes=0,
         cond_dim=0,
     ):
-        super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         C, H, W, K = image.channels, image.height, image.width, image.num_values
         if not isinstance(gray_levels, int) or not 2 <= gray_levels <= K:
             raise ValueError(
@@ -344,16 +344,7 @@ class GrayscalePixelCNN(ARImageModel):
         )
 
     # ----- sampling --------------------------------------------------------------------------------------------
-    def sample(
-        self,
-        n: int,
-        cond=None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        method: str = "cached",
-        x_known: torch.Tensor | None = None,
-        known: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _draw(self, req: SampleRequest) -> torch.Tensor:
         """Draw y with the grey PixelCNN++, then x | y pixel by pixel in raster order. `method` applies to both
         stages: "cached" keeps a few rows per layer (the colour stage reads y's embedding, computed once),
         "naive" runs a full forward pass per step; both make the same draws.
@@ -363,18 +354,22 @@ class GrayscalePixelCNN(ARImageModel):
         x_known and known (completion), the known pixels' grey levels are kept while y is drawn and the known
         pixels themselves while x is drawn.
         """
-        y_known = None
-        if x_known is not None:
-            x_known = self.check_input(x_known)
+        x_known = y_known = None
+        if req.x_known is not None:
+            x_known = self.check_input(req.x_known)
             y_known = self.to_gray(x_known)
-        y = self.gray_net.sample(
-            n, cond=cond, temperature=temperature, generator=generator, method=method, x_known=y_known, known=known
-        )  # validates n, temperature, method, cond, known
+        y = self.gray_net.sample(**{**req.kwargs(), "x_known": y_known})  # checks n, temperature, method, cond
         if self.image_net is None:
             return y
         with inference(self):
             return self._sample_given_gray(
-                y, self.check_cond(cond, n), check_temperature(temperature), generator, x_known, known, method
+                y,
+                self.check_cond(req.cond, req.n),
+                check_temperature(req.temperature),
+                req.generator,
+                x_known,
+                req.known,
+                req.method,
             )
 
     def _sample_given_gray(self, y, cond, temperature, generator, x_known, known, method) -> torch.Tensor:
@@ -473,6 +468,8 @@ class PyramidPixelCNN(ARImageModel):
         dropout, output, num_classes, cond_dim: as PixelCNN++ (every level gets the class / vector).
     """
 
+    has_parts = True  # one part per level
+
     def __init__(
         self,
         image,
@@ -486,7 +483,7 @@ class PyramidPixelCNN(ARImageModel):
         num_classes=0,
         cond_dim=0,
     ):
-        super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         if not isinstance(coarsest_size, int) or coarsest_size < 1:
             raise ValueError(f"coarsest_size must be an int >= 1, got {coarsest_size!r}")
         C = image.channels

@@ -1,67 +1,81 @@
-"""ARImageModel: a backbone that maps an image to distribution parameters, plus an output distribution.
+"""The model contract (ImageModel) and the base class of the autoregressive models (ARImageModel).
 
-Subclasses implement `forward(x, cond) -> params (B, P, H, W)` (with the causality their docstring states)
-and call `super().__init__(image, hparams, output)`. Everything else - input checks, log_prob, the
-generation order, sampling, saving - lives here and in sampling/, so every model gets it the same way.
+`ImageModel` is what every pixelar model offers and all that the rest of the library (training, evaluation,
+sampling, the codec, the CLI) may ask of one: the likelihood and its kind, the generation order and the
+order for completing given pixels, per-order and per-part likelihoods, an incremental sampling state,
+features, a tokenizer, conditioning, sampling, saving. Optional abilities have a default here (a neutral
+value, or NotImplementedError that says which models have them), so callers ask the contract instead of
+probing for attributes. docs/design.md lists it in full.
+
+`ARImageModel` is a backbone that maps an image to distribution parameters, plus an output distribution:
+subclasses implement `forward(x, cond) -> params (B, P, H, W)` (with the causality their docstring states) and
+call `super().__init__(image, output, grouped, num_classes, cond_dim)`; input checks, log_prob, the raster
+generation order, sampling and saving come from here and sampling/. Their constructor arguments are captured
+as `hparams` by the registry and saved with the weights, so no model repeats them.
 """
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
 from ..distributions import OutputDistribution, make_distribution
+from ..nn.orders import raster_order
+from ..sampling import sample as sample_images
 from ..tracing import is_tracing
 from ..types import ImageSpec
-
-CONFIG_FORMAT = "pixelar-model"
-CONFIG_VERSION = 1
+from .persistence import CONFIG_FORMAT, CONFIG_VERSION, save_model_dir
 
 
-class ARImageModel(nn.Module):
-    """Base class of every autoregressive image model.
+@dataclass
+class SampleRequest:
+    """The arguments of `ImageModel.sample` (see there), handed to the model's `_draw` hook."""
 
-    Args:
-        image: the images the model handles.
-        hparams: the full, JSON-serializable constructor arguments (saved with the checkpoint).
-        output: {"kind": ..., **options} of the output distribution.
-        grouped: True when the backbone gives per-channel parameter groups that may see earlier channels of
-            the same pixel (PixelCNN-style R/G/B masks); False when its parameters see only earlier pixels.
-        num_classes: number of class labels accepted as `cond` (0: none).
-        cond_dim: size of a global float conditioning vector accepted as `cond` (0: none).
+    n: int
+    cond: torch.Tensor | None = None
+    temperature: float = 1.0
+    generator: torch.Generator | None = None
+    method: str = "cached"
+    x_known: torch.Tensor | None = None
+    known: torch.Tensor | None = None
+
+    def kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class ImageModel(nn.Module):
+    """What every pixelar model offers (see the module docstring); defaults for the optional abilities.
+
+    Every model has `image` (its inputs' ImageSpec), `data_image` and `tokenizer` (the images it is built for
+    and the module mapping them to its inputs; `image` and None unless it models tokens), `num_classes` /
+    `cond_dim` (its conditioning) and `hparams` (its constructor arguments, saved in config.json).
     """
 
-    name: str = ""  # registry name, set by the registry
+    name: str = ""  # the registry name, set by the registry
+    # "exact": log_prob is log p(x); "bound": a lower bound of it (latent-variable models)
+    likelihood: str = "exact"
     # False for models whose likelihood is no product of per-sub-pixel conditionals of x (e.g. p(y) p(x | y) with
-    # y = f(x)): their log_prob(reduce=False) and generation_order() raise NotImplementedError
+    # y = f(x)): their log_prob(reduce=False) and generation_order() raise NotImplementedError, and they cannot
+    # drive the arithmetic coder
     factorizes: bool = True
+    num_orders: int = 1  # generation orders the model mixes over in evaluation (log_prob_per_order)
+    has_parts: bool = False  # whether log_prob_parts splits the likelihood into named parts
+    num_feature_layers: int = 0  # layers whose features() a linear probe can read
+    augmenter = None  # the transformations a Distribution Augmentation model is conditioned on
 
-    def __init__(
-        self, image: ImageSpec, hparams: dict, output: dict, grouped: bool, num_classes: int = 0, cond_dim: int = 0
-    ):
+    def __init__(self, image: ImageSpec, num_classes: int = 0, cond_dim: int = 0):
         super().__init__()
         if not isinstance(image, ImageSpec):
             raise ValueError(f"image must be a pixelar.ImageSpec, got {type(image).__name__}")
         if num_classes and cond_dim:
             raise ValueError("a model takes either class labels (num_classes) or a vector (cond_dim) as cond, not both")
         self.image = image
-        self.hparams = dict(hparams)
         self.num_classes = int(num_classes)
         self.cond_dim = int(cond_dim)
-        output = dict(output)
-        kind = output.pop("kind", None)
-        self.distribution: OutputDistribution = make_distribution(image, kind, joint=not grouped, **output)
-        self.grouped = grouped
-        # Models over *tokens* of the data images (Image GPT's colour palette) set a tokenizer, a module with
-        # fit(images, seed), encode(images) -> x, decode(x) -> images and fitted, and data_image, the images
-        # they are built for (saved in config.json). Without a tokenizer both sides are `image`.
-        self.tokenizer: nn.Module | None = None
-        self.data_image = image
-
-    # ----- what subclasses provide -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x int64 (B, C, H, W) -> distribution parameters (B, P, H, W)."""
-        raise NotImplementedError
+        self.hparams: dict = {}  # the registry replaces it with the constructor's arguments
 
     # ----- data images <-> model inputs (identity unless the model has a tokenizer) ------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -73,11 +87,6 @@ class ARImageModel(nn.Module):
         return x if self.tokenizer is None else self.tokenizer.decode(x)
 
     # ----- input handling ----------------------------------------------------------------------------------
-    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Values in [0, K) -> floats in [-1, 1], the input every backbone sees."""
-        dtype = next(self.parameters()).dtype
-        return x.to(dtype) * (2.0 / (self.image.num_values - 1)) - 1.0
-
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.image
         if not isinstance(x, torch.Tensor):
@@ -132,26 +141,76 @@ class ARImageModel(nn.Module):
     # ----- likelihood --------------------------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
         """log p(x | cond) in nats: (B,) when reduce, else (B, C, H, W) per-sub-pixel conditionals."""
-        x = self.check_input(x)
-        cond = self.check_cond(cond, x.shape[0])
-        params = self(x, cond)
-        lp = self.distribution.log_prob(params, x)
-        return lp.flatten(1).sum(1) if reduce else lp
+        raise NotImplementedError
 
+    def log_prob_per_order(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """log p_k(x) under each of the model's `num_orders` generation orders, (B, num_orders) nats."""
+        return self.log_prob(x, cond)[:, None]
+
+    def log_prob_parts(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{part: (B,) nats}, summing to log_prob(x), where `has_parts`."""
+        raise NotImplementedError(
+            f"model {self.name!r} has no likelihood parts; the auxiliary-variable models (grayscale_pixelcnn, "
+            "pyramid_pixelcnn) have"
+        )
+
+    def conditional_log_prob(
+        self, x: torch.Tensor, known: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(x_hidden | x_known) in nats, (B,), for a bool mask known (H, W) of given pixels."""
+        raise NotImplementedError(
+            f"model {self.name!r} cannot score a hidden region given the rest (it generates in one fixed order); "
+            "lmconv can"
+        )
+
+    # ----- generation order --------------------------------------------------------------------------------
     def generation_order(self) -> torch.Tensor:
-        """Flat indices into (C, H, W): pixels in raster order, R, G, B within a pixel. (C*H*W,) int64."""
-        C, H, W = self.image.shape
-        c = torch.arange(C).view(1, C)
-        pix = torch.arange(H * W).view(H * W, 1)
-        return (c * (H * W) + pix).reshape(-1)
+        """Flat indices into (C, H, W) in the order the sub-pixels are generated, (C*H*W,) int64."""
+        raise NotImplementedError
 
-    # ----- sampling ----------------------------------------------------------------------------------------
+    def completing(self, known: torch.Tensor | None):
+        """A context in which the model generates in an order suited to completing the pixels `known` (n, H, W)
+        (bool, True where given): generation_order(), the forward pass and begin_cache follow it. The default
+        keeps the model's order (the samplers then keep the known pixels and draw the rest)."""
+        return contextlib.nullcontext()
+
+    # ----- incremental evaluation (cached sampling, the codec) --------------------------------------------------
+    def begin_cache(self, x: torch.Tensor, cond=None):
+        """A state whose params_at(i, j) equals forward(x, cond)[:, :, i, j] for the image x being filled in
+        place in generation order (see pixelar.sampling.cached)."""
+        raise NotImplementedError(
+            f"model {self.name!r} ({type(self).__name__}) has no incremental forward (begin_cache) for cached "
+            "sampling; use method='naive'"
+        )
+
+    @property
+    def has_incremental_forward(self) -> bool:
+        """Whether begin_cache is implemented."""
+        return type(self).begin_cache is not ImageModel.begin_cache
+
     @property
     def has_cached_sampler(self) -> bool:
-        """Whether sample(method="cached") works: the model has an incremental forward (`begin_cache`), or
-        overrides this where its own sample() caches (e.g. the grayscale PixelCNN's two stages)."""
-        return callable(getattr(self, "begin_cache", None))
+        """Whether sample(method="cached") works: an incremental forward, or a sample() that caches itself (e.g.
+        the grayscale PixelCNN's two stages)."""
+        return self.has_incremental_forward
 
+    def sampling_method(self, method: str = "auto") -> str:
+        """ "auto": "cached" where the model has a cached sampler, else "naive" (the reference); others as given."""
+        if method != "auto":
+            return method
+        return "cached" if self.has_cached_sampler else "naive"
+
+    def stepwise(self, cond, n: int) -> tuple[ImageModel, torch.Tensor | None]:
+        """(model, its checked cond) whose generation steps give this model's conditionals for n images in their
+        own layout (a wrapper answers with its base, e.g. DistAug under the identity): what the codec drives."""
+        return self, self.check_cond(cond, n)
+
+    # ----- features -----------------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor, cond=None, layers=None) -> dict[int, torch.Tensor]:
+        """Average-pooled features {layer: (B, d)} of model inputs x, for layers in [0, num_feature_layers)."""
+        raise NotImplementedError(f"model {self.name!r} has no features() for a linear probe; image_gpt has")
+
+    # ----- sampling ----------------------------------------------------------------------------------------
     def sample(
         self,
         n: int,
@@ -161,6 +220,7 @@ class ARImageModel(nn.Module):
         method: str = "cached",
         x_known: torch.Tensor | None = None,
         known: torch.Tensor | None = None,
+        **options,
     ) -> torch.Tensor:
         """Draw n images, int64 (n, C, H, W).
 
@@ -170,19 +230,15 @@ class ARImageModel(nn.Module):
             generator: a torch.Generator for reproducible samples.
             method: "cached" (fast, per-layer caches) or "naive" (full forward pass per step; the reference).
             x_known, known: for completion, values (n, C, H, W) and a bool mask (n, H, W) of pixels to keep.
+            options: what a model adds (DistAug: `aug`, the transformation to sample under).
         """
-        from ..sampling import sample as _sample  # sampling/ depends on models' interface, not vice versa
+        return self._draw(SampleRequest(n, cond, temperature, generator, method, x_known, known), **options)
 
-        return _sample(
-            self,
-            n,
-            cond=cond,
-            temperature=temperature,
-            generator=generator,
-            method=method,
-            x_known=x_known,
-            known=known,
-        )
+    def _draw(self, req: SampleRequest) -> torch.Tensor:
+        """The hook that models override where sampling differs: by default the samplers of pixelar.sampling
+        in the model's order, or the order `completing(known)` chooses."""
+        with self.completing(req.known):
+            return sample_images(self, **req.kwargs())
 
     # ----- persistence -------------------------------------------------------------------------------------
     def config(self) -> dict:
@@ -196,9 +252,53 @@ class ARImageModel(nn.Module):
 
     def save(self, path) -> None:
         """Write `path/config.json` and `path/model.safetensors` (each to a temp file, then renamed)."""
-        from .persistence import save_model_dir
-
         save_model_dir(self, path)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class ARImageModel(ImageModel):
+    """Base class of the autoregressive models: a backbone `forward(x, cond) -> params` and a distribution.
+
+    Args:
+        image: the images the model handles.
+        output: {"kind": ..., **options} of the output distribution.
+        grouped: True when the backbone gives per-channel parameter groups that may see earlier channels of
+            the same pixel (PixelCNN-style R/G/B masks); False when its parameters see only earlier pixels.
+        num_classes: number of class labels accepted as `cond` (0: none).
+        cond_dim: size of a global float conditioning vector accepted as `cond` (0: none).
+    """
+
+    def __init__(self, image: ImageSpec, output: dict, grouped: bool, num_classes: int = 0, cond_dim: int = 0):
+        super().__init__(image, num_classes, cond_dim)
+        output = dict(output)
+        kind = output.pop("kind", None)
+        self.distribution: OutputDistribution = make_distribution(image, kind, joint=not grouped, **output)
+        self.grouped = grouped
+        # Models over *tokens* of the data images (Image GPT's colour palette) set a tokenizer, a module with
+        # fit(images, seed), encode(images) -> x, decode(x) -> images and fitted, and data_image, the images
+        # they are built for (saved in config.json). Without a tokenizer both sides are `image`.
+        self.tokenizer: nn.Module | None = None
+        self.data_image = image
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x int64 (B, C, H, W) -> distribution parameters (B, P, H, W)."""
+        raise NotImplementedError
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Values in [0, K) -> floats in [-1, 1], the input every backbone sees."""
+        dtype = next(self.parameters()).dtype
+        return x.to(dtype) * (2.0 / (self.image.num_values - 1)) - 1.0
+
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
+        """log p(x | cond) in nats: (B,) when reduce, else (B, C, H, W) per-sub-pixel conditionals."""
+        x = self.check_input(x)
+        cond = self.check_cond(cond, x.shape[0])
+        params = self(x, cond)
+        lp = self.distribution.log_prob(params, x)
+        return lp.flatten(1).sum(1) if reduce else lp
+
+    def generation_order(self) -> torch.Tensor:
+        """Flat indices into (C, H, W): pixels in raster order, R, G, B within a pixel. (C*H*W,) int64."""
+        return raster_order(self.image, "subpixel")

@@ -26,19 +26,23 @@ types are not included.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 import torch.nn as nn
 
 from ..augment import Augmenter, parse_transforms
 from ..types import ImageSpec
-from .base import CONFIG_FORMAT, CONFIG_VERSION, ARImageModel
+from .base import ARImageModel, ImageModel, SampleRequest
+from .registry import check_hparams, create_model, merge_hparams, preset, register_wrapper
 
 
-class DistAugModel(ARImageModel):
+@register_wrapper("distaug")
+class DistAugModel(ImageModel):
     """A base model conditioned on transformation indices (see the module docstring).
 
-    Build it with `create_distaug_model`; `pixelar.load_model` rebuilds it from its config.
+    Build it with `create_distaug_model`; `pixelar.load_model` rebuilds it from its config (the base's, plus a
+    "distaug" section).
 
     Args:
         base: the wrapped model; its cond_dim must be the user conditioning's size (num_classes or cond_dim)
@@ -49,18 +53,14 @@ class DistAugModel(ARImageModel):
     """
 
     def __init__(self, base: ARImageModel, transforms, num_classes: int = 0, cond_dim: int = 0):
-        nn.Module.__init__(self)  # the base owns the distribution and the weights; no second copy here
-        if not isinstance(base, ARImageModel) or isinstance(base, DistAugModel):
+        if not isinstance(base, ARImageModel):
             raise ValueError(f"base must be a registered pixelar model, got {type(base).__name__}")
         for key, v in (("num_classes", num_classes), ("cond_dim", cond_dim)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
-        if num_classes and cond_dim:
-            raise ValueError("a model takes either class labels (num_classes) or a vector (cond_dim) as cond, not both")
-        self.base = base
-        self.image = base.image
+        super().__init__(base.image, num_classes, cond_dim)
+        self.base = base  # it owns the distribution and the weights; no second copy here
         self.augmenter = Augmenter(parse_transforms(base.image, transforms))
-        self.num_classes, self.cond_dim = int(num_classes), int(cond_dim)
         self.user_dim = self.num_classes or self.cond_dim  # width of the user block of the base's cond vector
         need = self.user_dim + sum(self.augmenter.choices)
         if base.num_classes or base.cond_dim != need:
@@ -71,15 +71,21 @@ class DistAugModel(ARImageModel):
                 "create_distaug_model)"
             )
         self.hparams = base.hparams
-        self.factorizes = base.factorizes
         self._aug = torch.zeros(self.augmenter.num_types, dtype=torch.long)  # the default: identity
-        # the evaluation and sampling helpers look for these by name; offer them where the base has them
-        if callable(getattr(base, "log_prob_per_order", None)):
-            self.log_prob_per_order = self._log_prob_per_order
-        if callable(getattr(base, "log_prob_parts", None)):
-            self.log_prob_parts = self._log_prob_parts
-        if callable(getattr(base, "begin_cache", None)):
-            self.begin_cache = self._no_direct_cache
+
+    # ----- persistence: the base's config plus a "distaug" section ---------------------------------------------
+    def config_section(self) -> dict:
+        return {"transforms": self.augmenter.to_list(), "num_classes": self.num_classes, "cond_dim": self.cond_dim}
+
+    @classmethod
+    def from_config(cls, base: ARImageModel, section) -> DistAugModel:
+        """The wrapper of `base` that config_section() describes (the base's hparams hold its cond_dim)."""
+        if not isinstance(section, dict) or "transforms" not in section:
+            raise ValueError(f"'distaug' must be an object with 'transforms', got {section!r}")
+        return cls(base, section["transforms"], section.get("num_classes", 0), section.get("cond_dim", 0))
+
+    def config(self) -> dict:
+        return {**self.base.config(), self.wrapper_key: self.config_section()}
 
     # ----- what the base provides ----------------------------------------------------------------------------
     @property
@@ -107,8 +113,16 @@ class DistAugModel(ARImageModel):
         return self.base.data_image
 
     @property
+    def factorizes(self) -> bool:
+        return self.base.factorizes
+
+    @property
     def num_orders(self) -> int:
-        return int(getattr(self.base, "num_orders", 1))
+        return self.base.num_orders
+
+    @property
+    def has_parts(self) -> bool:
+        return self.base.has_parts
 
     @property
     def transforms(self):
@@ -170,12 +184,12 @@ class DistAugModel(ARImageModel):
         lp = self.base.log_prob(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]), reduce=reduce)
         return lp if reduce else self.augmenter.inverse(lp, aug)  # conditional of T(x)_k belongs to x_{table[k]}
 
-    def _log_prob_per_order(self, x: torch.Tensor, cond=None, aug=None, **kw) -> torch.Tensor:
+    def log_prob_per_order(self, x: torch.Tensor, cond=None, aug=None, **kw) -> torch.Tensor:
         x = self.check_input(x)
         aug = self._batch_aug(aug, x.shape[0]).to(x.device)
         return self.base.log_prob_per_order(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]), **kw)
 
-    def _log_prob_parts(self, x: torch.Tensor, cond=None, aug=None) -> dict[str, torch.Tensor]:
+    def log_prob_parts(self, x: torch.Tensor, cond=None, aug=None) -> dict[str, torch.Tensor]:
         x = self.check_input(x)
         aug = self._batch_aug(aug, x.shape[0]).to(x.device)
         return self.base.log_prob_parts(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]))
@@ -187,7 +201,7 @@ class DistAugModel(ARImageModel):
         table = self.augmenter.table(vec, self.image)  # T(x).flat[k] = x.flat[table[k]]
         return table[self.base.generation_order()]
 
-    def identity_base(self, cond, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    def stepwise(self, cond, batch: int) -> tuple[ARImageModel, torch.Tensor]:
         """(base, its cond vector) whose conditionals are p(x | cond, identity), in x's own layout: what code
         that steps through a model's conditionals drives (e.g. pixelar.codec, which codes under the identity,
         the protocol of the reported likelihood)."""
@@ -195,23 +209,11 @@ class DistAugModel(ARImageModel):
         return self.base, self.base_cond(cond, aug, batch)
 
     # ----- sampling ------------------------------------------------------------------------------------------
-    def _no_direct_cache(self, x, cond=None):
-        raise NotImplementedError("DistAugModel samples through its base: call model.sample(..., method='cached')")
-
-    def sample(
-        self,
-        n: int,
-        cond=None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        method: str = "cached",
-        x_known: torch.Tensor | None = None,
-        known: torch.Tensor | None = None,
-        aug=None,
-    ) -> torch.Tensor:
-        """Draw n images of p(x | cond, aug) (default aug: the identity): the base samples T_aug(x), which is
-        mapped back. Arguments as ARImageModel.sample; known (n, H, W) pixels are moved with the transform."""
-        if not isinstance(n, int) or n < 1:
+    def _draw(self, req: SampleRequest, aug=None) -> torch.Tensor:
+        """n images of p(x | cond, aug) (default aug: the identity, or the `augmentation` block's): the base
+        samples T_aug(x), which is mapped back; known (n, H, W) pixels are moved with the transform."""
+        n, known, x_known = req.n, req.known, req.x_known
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         aug = self._batch_aug(aug, n)
         if x_known is not None:
@@ -221,31 +223,9 @@ class DistAugModel(ARImageModel):
             C = self.image.channels
             k = known.long().unsqueeze(1).expand(n, C, *known.shape[1:])
             known = self.augmenter.apply(k, aug.to(known.device))[:, 0].bool()
-        y = self.base.sample(
-            n,
-            cond=self.base_cond(cond, aug, n),
-            temperature=temperature,
-            generator=generator,
-            method=method,
-            x_known=x_known,
-            known=known,
-        )
+        base_req = dataclasses.replace(req, cond=self.base_cond(req.cond, aug, n), x_known=x_known, known=known)
+        y = self.base._draw(base_req)
         return self.augmenter.inverse(y, aug.to(y.device))
-
-    # ----- persistence ---------------------------------------------------------------------------------------
-    def config(self) -> dict:
-        return {
-            "format": CONFIG_FORMAT,
-            "version": CONFIG_VERSION,
-            "model": self.base.name,
-            "image": self.data_image.to_dict(),
-            "hparams": self.base.hparams,
-            "distaug": {
-                "transforms": self.augmenter.to_list(),
-                "num_classes": self.num_classes,
-                "cond_dim": self.cond_dim,
-            },
-        }
 
     def num_parameters(self) -> int:
         return self.base.num_parameters()
@@ -265,8 +245,6 @@ def create_distaug_model(
     builds PixelCNN++ with cond_dim = 10 + 4 + 2 (class one-hot + one block per type) and wraps it. Overrides
     are the model's options; num_classes / cond_dim are the user's conditioning (moved into the vector).
     """
-    from .registry import check_hparams, create_model, merge_hparams, preset
-
     checked = check_hparams(name, merge_hparams(preset(name, size), overrides, name))  # before they are moved
     num_classes, cond_dim = checked["num_classes"], checked["cond_dim"]
     overrides = {k: v for k, v in overrides.items() if k not in ("num_classes", "cond_dim")}

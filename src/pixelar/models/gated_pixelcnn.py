@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import MaskedConv2d, channel_groups, down_shift
+from ..nn.cache import begin_incremental
 from .base import ARImageModel
 from .conditioning import maybe_bias
 from .pixelcnn import output_groups
@@ -122,7 +123,7 @@ class GatedPixelCNN(ARImageModel):
     """Args: channels (p), num_layers, kernel_size (odd k), out_hidden, output, num_classes, cond_dim."""
 
     def __init__(self, image, channels, num_layers, kernel_size, out_hidden, output, num_classes=0, cond_dim=0):
-        super().__init__(image, {}, output, grouped=True, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=True, num_classes=num_classes, cond_dim=cond_dim)
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         C = image.channels
@@ -154,6 +155,4 @@ class GatedPixelCNN(ARImageModel):
 
     def begin_cache(self, x, cond=None):
         """Incremental forward for cached sampling: an object whose params_at(i, j) is forward(x)[:, :, i, j]."""
-        from ..nn.cache import begin_incremental
-
         return begin_incremental(self, x, cond)

@@ -142,7 +142,7 @@ class LMConv(ARImageModel):
         num_classes=0,
         cond_dim=0,
     ):
-        super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         F_, R, C, k = nr_filters, nr_resnet, image.channels, kernel_size
         self.kernel_size, self.dilation = k, dilation
         # (K, H*W) pixel orders; plain tensors (derived from the hparams, not saved with the weights)
@@ -338,29 +338,17 @@ class LMConv(ARImageModel):
             lp = super().log_prob(x, cond, reduce=False)  # (B, C, H, W)
         return (lp * hidden.to(lp.device, lp.dtype)).flatten(1).sum(1)
 
-    def sample(
-        self,
-        n: int,
-        cond=None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        method: str = "cached",
-        x_known: torch.Tensor | None = None,
-        known: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """As ARImageModel.sample (method must be "naive"); with `known`, in completion_order(known)."""
-        order = self.current_order()
+    def completing(self, known: torch.Tensor | None):
+        """Sampling with `known` pixels generates in completion_order(known) (every hidden pixel after all
+        known ones); without, in the order in use."""
         if (
             isinstance(known, torch.Tensor)
             and known.dtype == torch.bool
             and known.dim() == 3
             and known.shape[1:] == (self.image.height, self.image.width)
         ):
-            order = self.completion_order(known)
-        with self.using_order(order):
-            return super().sample(
-                n, cond=cond, temperature=temperature, generator=generator, method=method, x_known=x_known, known=known
-            )
+            return self.using_order(self.completion_order(known))
+        return self.using_order(self.current_order())
 
 
 class _LMConvCache:

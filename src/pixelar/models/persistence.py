@@ -6,9 +6,12 @@ from pathlib import Path
 
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..types import ImageSpec
+from .registry import build_model, wrappers
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CONFIG_FORMAT = "pixelar-model"
+CONFIG_VERSION = 1
 
 
 def save_model_dir(model, path) -> None:
@@ -18,11 +21,10 @@ def save_model_dir(model, path) -> None:
 
 
 def model_from_config(cfg: dict, source: str = "config"):
-    """Build the (untrained) model a config describes; ValueError naming `source` for anything malformed."""
-    from .base import CONFIG_FORMAT
-    from .distaug import DistAugModel
-    from .registry import build_model
+    """Build the (untrained) model a config describes; ValueError naming `source` for anything malformed.
 
+    {"format", "version", "model", "image", "hparams"} build a registered model; a key of a registered wrapper
+    (e.g. "distaug") then wraps it, built from its own section (see registry.register_wrapper)."""
     if (
         not isinstance(cfg, dict)
         or cfg.get("format") != CONFIG_FORMAT
@@ -32,16 +34,11 @@ def model_from_config(cfg: dict, source: str = "config"):
             f"{source} is not a pixelar model config (needs format={CONFIG_FORMAT!r}, model, image, hparams)"
         )
     try:
-        base = build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
-        if "distaug" not in cfg:
-            return base
-        # a Distribution Augmentation wrapper (models/distaug.py): the base's hparams already hold its cond_dim
-        da = cfg["distaug"]
-        if not isinstance(da, dict) or "transforms" not in da:
-            raise ValueError(f"'distaug' must be an object with 'transforms', got {da!r}")
-        return DistAugModel(
-            base, da["transforms"], num_classes=da.get("num_classes", 0), cond_dim=da.get("cond_dim", 0)
-        )
+        model = build_model(cfg["model"], ImageSpec.from_dict(cfg["image"]), cfg["hparams"])
+        for key, wrapper in wrappers().items():
+            if key in cfg:
+                model = wrapper.from_config(model, cfg[key])
+        return model
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
 

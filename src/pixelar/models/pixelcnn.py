@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import MaskedConv2d
+from ..nn.cache import begin_incremental
 from .base import ARImageModel
 from .conditioning import maybe_bias
 from .registry import register_model
@@ -70,7 +71,7 @@ class PixelCNN(ARImageModel):
     """Args: hidden (h; blocks carry 2h maps), num_blocks, out_hidden, output, num_classes, cond_dim."""
 
     def __init__(self, image, hidden, num_blocks, out_hidden, output, num_classes=0, cond_dim=0):
-        super().__init__(image, {}, output, grouped=True, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=True, num_classes=num_classes, cond_dim=cond_dim)
         C = image.channels
         self.input_conv = MaskedConv2d(C, 2 * hidden, 7, "A", groups=C)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, C) for _ in range(num_blocks))
@@ -103,6 +104,4 @@ class PixelCNN(ARImageModel):
 
     def begin_cache(self, x, cond=None):
         """Incremental forward for cached sampling: an object whose params_at(i, j) is forward(x)[:, :, i, j]."""
-        from ..nn.cache import begin_incremental
-
         return begin_incremental(self, x, cond)

@@ -26,6 +26,7 @@ from ..nn import (
     down_shift,
     right_shift,
 )
+from ..nn.cache import begin_incremental, pointwise_conv
 from .base import ARImageModel
 from .conditioning import maybe_bias
 from .registry import register_model
@@ -56,8 +57,6 @@ class GatedResnet(nn.Module):
 
     def cache_graph(self, g, x, skip=(), cond=None, name="resnet"):
         """This resnet as nodes of a pixelar.nn.cache.CausalGraph; skip: nodes concatenated as the short-cut."""
-        from ..nn.cache import pointwise_conv
-
         skip = list(skip)
         if self.skip is None:
             c = g.conv(x, self.conv1, pre=concat_elu, name=f"{name}.conv1")
@@ -132,7 +131,7 @@ class PixelCNNPP(ARImageModel):
     """Args: nr_filters, nr_resnet (per stage), dropout, output, num_classes, cond_dim."""
 
     def __init__(self, image, nr_filters, nr_resnet, dropout, output, num_classes=0, cond_dim=0):
-        super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         F_, R, C = nr_filters, nr_resnet, image.channels
         kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
         # first layer: +1 input channel of ones so the zero padding is told apart from the image
@@ -208,6 +207,4 @@ class PixelCNNPP(ARImageModel):
 
     def begin_cache(self, x, cond=None):
         """Incremental forward for cached sampling: an object whose params_at(i, j) is forward(x)[:, :, i, j]."""
-        from ..nn.cache import begin_incremental
-
         return begin_incremental(self, x, cond)

@@ -150,7 +150,7 @@ class PixelSNAIL(ARImageModel):
     def __init__(
         self, image, nr_filters, nr_resnet, nr_block, key_size, value_size, dropout, output, num_classes=0, cond_dim=0
     ):
-        super().__init__(image, {}, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         if min(nr_filters, nr_resnet, nr_block, key_size) < 1:
             raise ValueError("nr_filters, nr_resnet, nr_block and key_size must be >= 1")
         F_, C = nr_filters, image.channels

@@ -1,12 +1,15 @@
-"""Model registry: name -> class and its size presets (tiny / small / paper).
+"""Model registry: name -> class and its size presets (tiny / small / paper), and the wrappers (DistAug).
 
 Every model is built through `build_model`, which checks the hyperparameters against the presets first
-(`check_hparams`), so a bad option gives one clear ValueError instead of an error deep inside a layer.
+(`check_hparams`), so a bad option gives one clear ValueError instead of an error deep inside a layer. A
+registered class's constructor arguments become the model's `hparams` (saved in config.json) by themselves.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 import numbers
 
@@ -18,6 +21,7 @@ SIZES = ("tiny", "small", "paper")
 # options that are a probability in every model that has them
 PROBABILITIES = ("dropout",)
 _REGISTRY: dict[str, tuple[type, dict[str, dict], frozenset]] = {}
+_WRAPPERS: dict[str, type] = {}
 
 
 def register_model(name: str, sizes: dict[str, dict], zero_ok=()):
@@ -40,10 +44,48 @@ def register_model(name: str, sizes: dict[str, dict], zero_ok=()):
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} registered twice")
         cls.name = name
+        _capture_hparams(cls)
         _REGISTRY[name] = (cls, sizes, zero)
         return cls
 
     return deco
+
+
+def _capture_hparams(cls) -> None:
+    """Make cls's constructor record its arguments (all but the image, defaults filled in) as `hparams`, the
+    JSON-able description config.json saves; only the outermost constructor of an instance records."""
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, image, *args, **kwargs):
+        init(self, image, *args, **kwargs)
+        if type(self) is cls:
+            bound = signature.bind(self, image, *args, **kwargs)
+            bound.apply_defaults()
+            names = list(bound.arguments)[2:]  # after self and image
+            self.hparams = copy.deepcopy({k: bound.arguments[k] for k in names})
+
+    cls.__init__ = __init__
+
+
+def register_wrapper(key: str):
+    """Class decorator: a model wrapping a registered model, saved as the base's config plus a section `key`.
+    The class provides `config_section() -> dict` and `from_config(base, section) -> model`."""
+
+    def deco(cls):
+        if key in _WRAPPERS:
+            raise ValueError(f"wrapper {key!r} registered twice")
+        cls.wrapper_key = key
+        _WRAPPERS[key] = cls
+        return cls
+
+    return deco
+
+
+def wrappers() -> dict[str, type]:
+    """{config key: wrapper class} of the registered wrappers."""
+    return dict(_WRAPPERS)
 
 
 def list_models() -> list[str]:
@@ -172,7 +214,6 @@ def build_model(name: str, image: ImageSpec, hparams: dict):
         raise
     except (TypeError, ValueError, RuntimeError) as e:  # what the model's own checks (or its layers) refuse
         raise ValueError(f"model {name!r} cannot be built with these options: {e}") from None
-    model.hparams = copy.deepcopy(hparams)
     return model
 
 

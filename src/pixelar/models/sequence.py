@@ -142,7 +142,7 @@ class SequenceTransformer(ARImageModel):
         ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
-        super().__init__(image, {}, output, grouped=(unit == "subpixel"), num_classes=num_classes, cond_dim=cond_dim)
+        super().__init__(image, output, grouped=(unit == "subpixel"), num_classes=num_classes, cond_dim=cond_dim)
         C, H, W = image.shape
         K, HW = image.num_values, H * W
         self.unit, self.use_checkpoint = unit, bool(checkpoint)

@@ -19,19 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .naive import generate, generation_steps
-
-
-def begin(model, x: torch.Tensor, cond):
-    """The model's incremental state, or NotImplementedError naming the model."""
-    start = getattr(model, "begin_cache", None)
-    if not callable(start):
-        name = getattr(model, "name", "") or type(model).__name__
-        raise NotImplementedError(
-            f"model {name!r} ({type(model).__name__}) has no incremental forward "
-            "(begin_cache) for cached sampling; use method='naive'"
-        )
-    return start(x, cond)
+from .naive import generate
 
 
 @torch.no_grad()
@@ -39,13 +27,5 @@ def sample_cached(
     model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None
 ) -> torch.Tensor:
     """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
-    state = begin(model, x, cond)
-    if hasattr(model, "cache_graph"):  # pixelar.nn.cache's per-layer row rings run in raster order only
-        steps = [(i, j) for i, j, _ in generation_steps(model)]
-        H, W = model.image.height, model.image.width
-        if steps != [(i, j) for i in range(H) for j in range(W)]:
-            raise NotImplementedError(
-                f"the per-layer cache follows raster order, but {type(model).__name__}'s "
-                "generation order is another; use method='naive'"
-            )
+    state = model.begin_cache(x, cond)  # NotImplementedError naming the model where it has none
     return generate(model, x, state.params_at, temperature, generator, known)

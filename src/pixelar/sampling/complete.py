@@ -32,19 +32,9 @@ def keep_mask(keep: str, height: int, width: int, convert: bool = False, notes: 
     return m[0] >= 128
 
 
-def complete(
-    model,
-    x: torch.Tensor,
-    keep: torch.Tensor,
-    n: int = 1,
-    cond=None,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    method: str = "cached",
-) -> torch.Tensor:
-    """Complete one image x (C, H, W) n times, keeping the pixels where keep (H, W) is True. -> (n, C, H, W)."""
+def complete(model, x: torch.Tensor, keep: torch.Tensor, n: int = 1, **options) -> torch.Tensor:
+    """Complete one image x (C, H, W) n times, keeping the pixels where keep (H, W) is True. -> (n, C, H, W).
+    options: model.sample's (cond, temperature, generator, method, ...)."""
     x_known = x.unsqueeze(0).expand(n, *x.shape).clone()
     known = keep.unsqueeze(0).expand(n, *keep.shape).clone()
-    return model.sample(
-        n, cond=cond, temperature=temperature, generator=generator, method=method, x_known=x_known, known=known
-    )
+    return model.sample(n, x_known=x_known, known=known, **options)

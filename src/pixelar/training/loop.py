@@ -179,7 +179,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     augmenter = (
         Augmenter(parse_transforms(train_ds.spec, cfg.augment))
         if cfg.augment
-        else getattr(model, "augmenter", None)
+        else model.augmenter
         if cfg.distaug
         else None
     )
@@ -522,6 +522,6 @@ def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) ->
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    method = "cached" if model.has_cached_sampler else "naive"  # models without one: the naive reference
+    method = model.sampling_method()  # the cached sampler where the model has one, else the naive reference
     images = model.decode(model.sample(n, cond=cond, generator=generator, method=method))  # tokens -> colours
     save_grid(images, model.data_image, path, nrow=8)

@@ -316,8 +316,18 @@ class IncrementalForward:
 
 
 def begin_incremental(model: nn.Module, x: torch.Tensor, cond=None) -> IncrementalForward:
-    """The generic `begin_cache` of a model with `cache_graph(graph, x, cond) -> output node`."""
+    """The generic `begin_cache` of a model with `cache_graph(graph, x, cond) -> output node`, which must
+    generate in raster order (the rings hold the last rows of every map)."""
     require_eval(model)
+    H, W = x.shape[-2:]
+    pixels = model.generation_order() % (H * W)  # sub-pixel order -> the order pixels are first reached in
+    first = torch.ones_like(pixels, dtype=torch.bool)
+    first[1:] = pixels[1:] != pixels[:-1]
+    if not torch.equal(pixels[first], torch.arange(H * W)):
+        raise NotImplementedError(
+            f"the per-layer cache follows raster order, but {type(model).__name__}'s generation order is "
+            "another; use method='naive'"
+        )
     graph = CausalGraph()
     with torch.no_grad():
         output = model.cache_graph(graph, x, cond)
