@@ -62,6 +62,19 @@ def test_save_load_round_trip(name, tmp_path):
     assert torch.equal(loaded.log_prob(x, c), model.log_prob(x, c))
 
 
+@pytest.mark.parametrize("name", pixelar.list_models())
+def test_hparams_are_the_constructor_arguments(name):
+    """The registry records what a model was built with; rebuilding from it gives the same model."""
+    from pixelar.models import preset
+    from pixelar.models.registry import check_hparams
+
+    model = create_model(name, SPEC, num_classes=3)
+    expected = check_hparams(name, {**preset(name, "tiny"), "num_classes": 3})
+    assert model.hparams == expected and model.config()["hparams"] == expected
+    again = type(model)(SPEC, **model.hparams)
+    assert again.hparams == model.hparams and again.num_parameters() == model.num_parameters()
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model directory"):
         load_model(tmp_path / "missing")
