@@ -37,9 +37,9 @@ import pixelar
 from pixelar.config import TrainConfig
 from pixelar.data import iterate_batches, load_dataset
 from pixelar.evaluation import evaluate
+from pixelar.image_files import save_grid
 from pixelar.models import load_model
 from pixelar.sampling.complete import complete
-from pixelar.sampling.grid import save_grid
 from pixelar.training import train
 
 from .tables import write_table

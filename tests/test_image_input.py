@@ -1,4 +1,4 @@
-"""Reading image files (pixelar.sampling.grid.load_image): exact or refused by default, converted only when asked,
+"""Reading image files (pixelar.image_files.load_image): exact or refused by default, converted only when asked,
 deep files never reduced silently, the size checked from the header before any pixel is decoded."""
 
 import struct
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from pixelar import ImageSpec
+from pixelar.image_files import load_image
 from pixelar.sampling.complete import keep_mask
-from pixelar.sampling.grid import load_image
 
 GREY, COLOUR = ImageSpec(1, 3, 4, 256), ImageSpec(3, 3, 4, 256)  # 4 wide, 3 high
 rng = np.random.default_rng(0)

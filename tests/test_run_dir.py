@@ -23,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import pixelar
+import pixelar.image_files
 import pixelar.io
-import pixelar.sampling.grid
 from pixelar.cli import main
 from pixelar.config import TrainConfig
 from pixelar.io import DiskFullError, read_json, write_json
@@ -219,7 +219,7 @@ def test_a_full_disk_stops_with_a_clear_message_and_keeps_the_checkpoint(cfg, tm
     elif fails == "record":
         monkeypatch.setattr(pixelar.io.os, "replace", replace)
     else:
-        monkeypatch.setattr(pixelar.sampling.grid, "save_grid", save_grid)
+        monkeypatch.setattr(pixelar.image_files, "save_grid", save_grid)
     capsys.readouterr()
     assert main([*args, "--run-dir", str(run)]) == 1
     err = capsys.readouterr().err

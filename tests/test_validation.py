@@ -13,9 +13,9 @@ from pixelar import ImageSpec, create_model, load_model
 from pixelar.cli import build_parser, main
 from pixelar.data import ImageDataset
 from pixelar.evaluation import evaluate, first_images
+from pixelar.image_files import save_grid
 from pixelar.models import SIZES, create_distaug_model, preset
 from pixelar.models.registry import check_hparams
-from pixelar.sampling.grid import save_grid
 
 SPEC = ImageSpec(1, 4, 4, 256)
 FMNIST = ImageSpec(1, 28, 28, 256)  # what the CLI's default dataset has

@@ -319,7 +319,7 @@ def _cond(model, n: int, cls: int | None):
 def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
     """The command's image files as one batch (n, C, H, W), read strictly (--convert allows the conversions
     load_image lists); each conversion made is reported on stderr."""
-    from .sampling.grid import load_image
+    from .image_files import load_image
 
     paths = [args.image] if args.command == "complete" else args.images
     images = []
@@ -356,8 +356,8 @@ def _check_out_file(path: Path, force: bool) -> None:
 
 
 def cmd_sample(args) -> int:
+    from .image_files import save_grid
     from .models import load_model
-    from .sampling.grid import save_grid
 
     model = load_model(args.run_dir)
     g = torch.Generator().manual_seed(args.seed)
@@ -372,9 +372,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_complete(args) -> int:
+    from .image_files import save_grid
     from .models import load_model
     from .sampling.complete import complete, keep_mask
-    from .sampling.grid import save_grid
 
     model = load_model(args.run_dir)
     spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
@@ -470,8 +470,8 @@ def cmd_compress(args) -> int:
 
 def cmd_decompress(args) -> int:
     from .codec import decompress, stream_info
+    from .image_files import save_image
     from .models import load_model
-    from .sampling.grid import save_image
 
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():

@@ -6,16 +6,15 @@ from pathlib import Path
 
 import torch
 
-from ..types import ImageSpec
-from .grid import load_image
+from ..image_files import load_mask
 
 KEEP_PRESETS = ("top-half", "left-half")
 
 
 def keep_mask(keep: str, height: int, width: int, convert: bool = False, notes: list | None = None) -> torch.Tensor:
     """Which pixels to keep, bool (H, W): "top-half", "left-half", or a mask image (white = keep: grey level
-    >= 128). A mask image is read as strictly as the images (load_image: convert, and the conversions made are
-    appended to notes)."""
+    >= 128). A mask image is read as strictly as the images (pixelar.image_files.load_mask: convert, and the
+    conversions made are appended to notes)."""
     mask = torch.zeros(height, width, dtype=torch.bool)
     if keep == "top-half":
         mask[: height // 2] = True
@@ -26,10 +25,10 @@ def keep_mask(keep: str, height: int, width: int, convert: bool = False, notes: 
     path = Path(keep)
     if not path.is_file():
         raise ValueError(f"--keep must be one of {list(KEEP_PRESETS)} or a mask image file; {keep!r} is neither")
-    m, made = load_image(path, ImageSpec(1, height, width, 256), convert=convert)
+    m, made = load_mask(path, height, width, convert=convert)
     if notes is not None:
         notes.extend(made)
-    return m[0] >= 128
+    return m
 
 
 def complete(model, x: torch.Tensor, keep: torch.Tensor, n: int = 1, **options) -> torch.Tensor:

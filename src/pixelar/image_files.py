@@ -1,0 +1,182 @@
+"""Image files: writing images and grids of them as PNG files, and reading an image or a mask image file into a
+model's value range (strictly: exactly, or converted only when asked). Every image file pixelar reads or writes
+goes through here."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .types import ImageSpec
+
+
+def to_uint8(images: torch.Tensor, image: ImageSpec) -> np.ndarray:
+    """int64 (N, C, H, W) in [0, K) -> uint8 (N, H, W, C) in [0, 255]."""
+    x = images.detach().cpu().long() * 255 // (image.num_values - 1)
+    return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(images: torch.Tensor, image: ImageSpec, path, nrow: int = 8, pad: int = 2) -> None:
+    """Write images (N, C, H, W) as one PNG grid, nrow images per row, `pad` grey pixels between them."""
+    if not isinstance(nrow, int) or isinstance(nrow, bool) or nrow < 1:
+        raise ValueError(f"nrow (images per row of the grid) must be an integer >= 1, got {nrow!r}")
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise ValueError(f"pad (pixels between the images) must be an integer >= 0, got {pad!r}")
+    arr = to_uint8(images, image)
+    N, H, W, C = arr.shape
+    rows = (N + nrow - 1) // nrow
+    cols = min(N, nrow)
+    canvas = np.full((pad + rows * (H + pad), pad + cols * (W + pad), C), 128, dtype=np.uint8)
+    for k in range(N):
+        r, c = divmod(k, nrow)
+        y, x = pad + r * (H + pad), pad + c * (W + pad)
+        canvas[y : y + H, x : x + W] = arr[k]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas[..., 0] if C == 1 else canvas).save(path)
+
+
+def save_image(x: torch.Tensor, image: ImageSpec, path) -> None:
+    """Write one image int64 (C, H, W) as a PNG (8-bit; exact for 256 values)."""
+    arr = to_uint8(x[None], image)[0]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if image.channels == 1 else arr).save(path)
+
+
+def _stored_bits(img: Image.Image) -> int:
+    """Bits per sample the file stores (read from the header, before decoding). Pillow decodes 16-bit colour PNGs
+    and TIFFs straight into its 8-bit modes ("RGB", "RGBA"), so the mode alone does not tell: the decoder's raw
+    mode does ("RGB;16B"; the 5-6-5 "BGR;16" of BMP has no byte order and is not a deep format)."""
+    raws = [t.args if isinstance(t.args, str) else t.args[0] for t in img.tile if t.args]
+    raws = [r for r in raws if isinstance(r, str)]
+    if img.mode == "F":
+        return 32
+    if img.mode.startswith("I"):
+        return 16 if img.mode.startswith("I;16") or any(r.startswith("I;16") for r in raws) else 32
+    return 16 if any(re.search(r";16[BLN]$", r) for r in raws) else 8
+
+
+def load_image(path, image: ImageSpec, convert: bool = False, deep_ok: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """Read an image file as int64 (C, H, W) in the model's value range [0, K), and the conversions made.
+
+    Strict by default: a file whose pixels the model cannot take exactly is refused with a ValueError that names
+    `--convert`, never converted silently. Exact, so always done: palette and 1-bit images (their colours are
+    8-bit values), alpha that is fully opaque (dropped), colour files whose every pixel is grey, into a
+    greyscale model. With convert=True, and each listed in the returned notes: colour -> grey (ITU-R 601 luma,
+    Pillow's "L"), grey -> colour (the grey level in R, G and B), alpha that is not opaque (dropped: transparent
+    pixels keep their stored colour), other colour spaces (CMYK, YCbCr, ...: Pillow's RGB), and, where deep_ok,
+    16-bit samples (their high byte, as Pillow reads 16-bit colour PNGs). Never read: float or 32-bit samples,
+    files of several frames. The size is checked from the header before any pixel is decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    if image.channels not in (1, 3):
+        raise ValueError(f"the model codes {image.channels} channels; image files give 1 (grey) or 3 (colour)")
+    try:
+        with warnings.catch_warnings():  # the size is checked against the model below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"image {path} is too large to open ({e}); the model expects {image.width}x{image.height}"
+        ) from None
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    with img:
+        x, notes = _read(img, path, image, convert, deep_ok)
+    # 8-bit -> K values (identity for K = 256)
+    return torch.div(x * (image.num_values - 1) + 127, 255, rounding_mode="floor"), notes
+
+
+def load_mask(path, height: int, width: int, convert: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Read a mask image file as bool (H, W), True where white (grey level >= 128), and the conversions made. Read
+    as strictly as the images (load_image: a colour mask needs convert=True)."""
+    m, notes = load_image(path, ImageSpec(1, height, width, 256), convert=convert)
+    return m[0] >= 128, notes
+
+
+def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok: bool):
+    if img.size != (image.width, image.height):
+        raise ValueError(
+            f"image {path} is {img.size[0]}x{img.size[1]} (WxH) but the model expects "
+            f"{image.width}x{image.height}; resize or crop it first"
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        raise ValueError(f"image {path} has {img.n_frames} frames; give one image per file")
+    bits, notes = _stored_bits(img), []
+    if img.mode == "F" or bits > 16:
+        raise ValueError(
+            f"image {path} has {'floating-point' if img.mode == 'F' else f'{bits}-bit'} samples "
+            f"(mode {img.mode}); pixelar reads 8-bit images: convert it to 8 bits first"
+        )
+    if bits > 8:
+        if not deep_ok:
+            raise ValueError(
+                f"image {path} has {bits}-bit samples; a lossless round trip of it needs a model of "
+                "8-bit files: reduce it to 8 bits yourself first if losing the low bits is acceptable"
+            )
+        if not convert:
+            raise ValueError(
+                f"image {path} has {bits}-bit samples but the model reads 8-bit ones: pass --convert "
+                "to keep each sample's high 8 bits"
+            )
+        notes.append(f"{bits}-bit samples reduced to their high 8 bits")
+    try:
+        img.load()
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    if img.mode.startswith("I"):  # 16-bit grey (32-bit was refused above)
+        arr = (np.asarray(img).astype(np.int64) >> 8).astype(np.uint8)[..., None]
+    else:
+        if img.mode in ("1", "L", "LA", "RGB", "RGBA", "RGBX", "P", "PA") or "transparency" in img.info:
+            # exact: 1-bit -> 0/255, palette -> its colours, a transparent colour key -> alpha
+            grey = img.mode in ("1", "L", "LA")
+            alpha = "A" in img.mode or "transparency" in img.info
+            mode = ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
+        else:  # CMYK, YCbCr, LAB, HSV, premultiplied alpha: Pillow's RGB is not the same numbers
+            if not convert:
+                raise ValueError(
+                    f"image {path} is in mode {img.mode}; the model codes "
+                    f"{'grey' if image.channels == 1 else 'RGB'} values: pass --convert to convert it "
+                    "with Pillow"
+                )
+            notes.append(f"mode {img.mode} converted to RGB")
+            mode = "RGB"
+        arr = np.asarray(img.convert(mode) if img.mode != mode else img, dtype=np.uint8)
+        arr = arr.reshape(*arr.shape[:2], -1)
+    if arr.shape[2] in (2, 4):  # alpha
+        opaque = arr[..., -1] == 255
+        if not opaque.all():
+            if not convert:
+                raise ValueError(
+                    f"image {path} has {int((~opaque).sum())} pixel(s) that are not fully opaque but the "
+                    "model codes no alpha: pass --convert to drop the alpha channel (transparent "
+                    "pixels keep their stored colour)"
+                )
+            notes.append("alpha channel dropped")
+        arr = arr[..., :-1]
+    if image.channels == 1 and arr.shape[2] == 3:
+        if not (arr == arr[..., :1]).all():
+            if not convert:
+                raise ValueError(
+                    f"image {path} has colour pixels but the model codes greyscale: pass --convert "
+                    "to turn it grey (ITU-R 601 luma)"
+                )
+            notes.append("colour converted to grey")
+            arr = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
+        else:  # every pixel grey: the grey levels are the image, exactly
+            arr = arr[..., :1]
+    elif image.channels == 3 and arr.shape[2] == 1:
+        if not convert:
+            raise ValueError(
+                f"image {path} is greyscale but the model codes colour: pass --convert to repeat "
+                "the grey level in R, G and B"
+            )
+        notes.append("grey repeated in R, G and B")
+        arr = np.repeat(arr, 3, axis=2)
+    return torch.from_numpy(arr.copy()).long().permute(2, 0, 1), notes
