@@ -234,6 +234,64 @@ def test_images_the_model_cannot_code_exactly_are_refused_unless_converted(tmp_p
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d" / "image_000.png")), grey)  # what the note said
 
 
+def test_errors_name_the_flag_where_the_library_names_its_argument(tmp_path, capsys, monkeypatch):
+    """The library's messages name its arguments (convert=True, keep, data_dir=DIR); the CLI's name the flags."""
+    import pixelar.data.download
+
+    m = _grey_model_and_images(tmp_path)
+    grey, colour, out = str(tmp_path / "grey.png"), str(tmp_path / "colour.png"), str(tmp_path / "o.png")
+    capsys.readouterr()
+    assert main(["score", str(m), colour]) == 2
+    err = capsys.readouterr().err
+    assert "not fully opaque but the model codes no alpha: pass --convert to drop the alpha channel" in err
+    assert "convert=True" not in err
+    assert main(["complete", str(m), "--image", grey, "--keep", colour, "--out", out]) == 2  # a colour mask
+    err = capsys.readouterr().err
+    assert f"image {colour} has" in err and "pass --convert" in err and "convert=True" not in err
+    assert main(["complete", str(m), "--image", grey, "--keep", "bottom-half", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "error: --keep must be one of ['top-half', 'left-half'] or a mask image file; 'bottom-half'" in err
+
+    def offline(remote, target, *a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(pixelar.data.download, "download_file", offline)
+    assert main(["eval", str(m), "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10 files not found" in err and "or pass --data-dir DIR / set $PIXELAR_DATA=DIR" in err
+    assert "data_dir=DIR" not in err
+
+
+def test_library_messages_name_no_command_line_flag():
+    """Only cli.py speaks in flags: no string in the library (docstrings aside) names one."""
+    import ast
+    import re
+
+    import pixelar
+
+    root = Path(pixelar.__file__).parent
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+    # training/ is being reorganised elsewhere; its two "--resume" hints are to move to the CLI after that
+    skip = {root / "cli.py", root / "training" / "loop.py"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path in skip:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                found += [f"{path.relative_to(root)}:{node.lineno}: {m}" for m in flag.findall(node.value)]
+    assert found == []
+
+
 def test_destinations_are_checked_before_coding_and_never_overwritten_silently(tmp_path, capsys, monkeypatch):
     import pixelar.codec
 

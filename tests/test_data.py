@@ -520,7 +520,7 @@ def test_missing_files_message(tmp_path):
     message = str(e.value)
     assert isinstance(e.value, FileNotFoundError)
     assert "apt-get install dataset-fashion-mnist" in message
-    assert "train-images-idx3-ubyte.gz" in message and "--data-dir" in message and "PIXELAR_DATA" in message
+    assert "train-images-idx3-ubyte.gz" in message and "pass data_dir=DIR" in message and "PIXELAR_DATA" in message
     assert str(tmp_path / "nothing" / "fashion-mnist") in message
     with pytest.raises(DatasetNotFoundError) as e:
         load_dataset("mnist", download=False)

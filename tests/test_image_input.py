@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from pixelar import ImageSpec
+from pixelar.errors import ArgumentValueError
 from pixelar.image_files import load_image
 from pixelar.sampling.complete import keep_mask
 
@@ -56,7 +57,7 @@ def test_16_bit_files_are_refused_unless_reduced_on_request(tmp_path, channels):
         write_png16(path, arr)
         assert Image.open(path).mode in ("RGB", "RGBA")  # 8-bit modes: the depth is only in the header
     spec = COLOUR if channels in (3, 4) else GREY  # grey with alpha: opened as RGBA with R = G = B
-    with pytest.raises(ValueError, match="16-bit samples but the model reads 8-bit ones: pass --convert"):
+    with pytest.raises(ValueError, match="16-bit samples but the model reads 8-bit ones: pass convert=True"):
         load_image(path, spec)
     with pytest.raises(ValueError, match="16-bit samples; a lossless round trip"):  # compress: never reduced
         load_image(path, spec, convert=True, deep_ok=False)
@@ -98,28 +99,40 @@ def test_transparency_colour_and_grey_need_convert(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "rgb.png", transparency=tuple(int(v) for v in rgb[0, 0]))  # colour key
     Image.fromarray(rgb).quantize(colors=4).save(tmp_path / "p.png", transparency=0)
     for name in ("rgba.png", "rgb.png", "p.png"):
-        with pytest.raises(ValueError, match="not fully opaque .* pass --convert to drop the alpha"):
+        with pytest.raises(ValueError, match="not fully opaque .* pass convert=True to drop the alpha"):
             load_image(tmp_path / name, COLOUR)
     x, notes = load_image(tmp_path / "rgba.png", COLOUR, convert=True)
     assert torch.equal(x, chw(rgb)) and notes == ["alpha channel dropped"]
 
     Image.fromarray(rgb).save(tmp_path / "plain.png")
-    with pytest.raises(ValueError, match="colour pixels but the model codes greyscale: pass --convert"):
+    with pytest.raises(ValueError, match="colour pixels but the model codes greyscale: pass convert=True"):
         load_image(tmp_path / "plain.png", GREY)
     x, notes = load_image(tmp_path / "plain.png", GREY, convert=True)
     assert torch.equal(x, chw(np.asarray(Image.fromarray(rgb).convert("L")))) and notes == ["colour converted to grey"]
 
     grey = rng.integers(0, 256, (3, 4), dtype=np.uint8)
     Image.fromarray(grey).save(tmp_path / "grey.png")
-    with pytest.raises(ValueError, match="greyscale but the model codes colour: pass --convert"):
+    with pytest.raises(ValueError, match="greyscale but the model codes colour: pass convert=True"):
         load_image(tmp_path / "grey.png", COLOUR)
     x, notes = load_image(tmp_path / "grey.png", COLOUR, convert=True)
     assert torch.equal(x, chw(grey).expand(3, -1, -1)) and notes == ["grey repeated in R, G and B"]
 
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
-    with pytest.raises(ValueError, match="mode CMYK.*pass --convert"):
+    with pytest.raises(ValueError, match="mode CMYK.*pass convert=True"):
         load_image(tmp_path / "cmyk.jpg", COLOUR)
     assert load_image(tmp_path / "cmyk.jpg", COLOUR, convert=True)[1] == ["mode CMYK converted to RGB"]
+
+
+def test_refusals_name_the_argument_that_allows_the_conversion(tmp_path):
+    """The message names convert=True; the error carries the argument's name, so that the CLI can say --convert."""
+    Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ArgumentValueError) as e:
+        load_image(tmp_path / "rgb.png", GREY)
+    assert e.value.argument == "convert" and "--" not in str(e.value)
+    assert e.value.naming("--convert") == str(e.value).replace("convert=True", "--convert")
+    with pytest.raises(ArgumentValueError, match="^keep must be one of") as e:
+        keep_mask(str(tmp_path / "no such mask.png"), 3, 4)
+    assert e.value.argument == "keep"
 
 
 def test_float_32_bit_and_animated_files_are_refused(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import MAX_SEED
+from .errors import NamesArgument
 from .inference import inference
 from .types import ImageSpec, bits_per_dim
 
@@ -737,6 +738,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the library arguments that its errors name (pixelar.errors.NamesArgument), as the command line spells them
+FLAGS = {"convert": "--convert", "keep": "--keep", "data_dir": "--data-dir DIR"}
+
+
+def _message(e: BaseException) -> str:
+    """str(e), a library argument it names spelled as its flag ("pass convert=True" -> "pass --convert")."""
+    if isinstance(e, NamesArgument) and e.argument in FLAGS:
+        return e.naming(FLAGS[e.argument])
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .io import DiskFullError
 
@@ -744,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
+        print(f"pixelar {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
         # what happened and what was kept

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import ArgumentValueError
 from .types import ImageSpec
 
 
@@ -64,13 +65,13 @@ def load_image(path, image: ImageSpec, convert: bool = False, deep_ok: bool = Tr
     """Read an image file as int64 (C, H, W) in the model's value range [0, K), and the conversions made.
 
     Strict by default: a file whose pixels the model cannot take exactly is refused with a ValueError that names
-    `--convert`, never converted silently. Exact, so always done: palette and 1-bit images (their colours are
-    8-bit values), alpha that is fully opaque (dropped), colour files whose every pixel is grey, into a
-    greyscale model. With convert=True, and each listed in the returned notes: colour -> grey (ITU-R 601 luma,
-    Pillow's "L"), grey -> colour (the grey level in R, G and B), alpha that is not opaque (dropped: transparent
-    pixels keep their stored colour), other colour spaces (CMYK, YCbCr, ...: Pillow's RGB), and, where deep_ok,
-    16-bit samples (their high byte, as Pillow reads 16-bit colour PNGs). Never read: float or 32-bit samples,
-    files of several frames. The size is checked from the header before any pixel is decoded.
+    `convert=True` (an ArgumentValueError), never converted silently. Exact, so always done: palette and 1-bit
+    images (their colours are 8-bit values), alpha that is fully opaque (dropped), colour files whose every pixel is
+    grey, into a greyscale model. With convert=True, and each listed in the returned notes: colour -> grey (ITU-R
+    601 luma, Pillow's "L"), grey -> colour (the grey level in R, G and B), alpha that is not opaque (dropped:
+    transparent pixels keep their stored colour), other colour spaces (CMYK, YCbCr, ...: Pillow's RGB), and, where
+    deep_ok, 16-bit samples (their high byte, as Pillow reads 16-bit colour PNGs). Never read: float or 32-bit
+    samples, files of several frames. The size is checked from the header before any pixel is decoded.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,6 +101,11 @@ def load_mask(path, height: int, width: int, convert: bool = False) -> tuple[tor
     return m[0] >= 128, notes
 
 
+def _needs_convert(problem: str, remedy: str) -> ArgumentValueError:
+    """'PROBLEM: pass convert=True REMEDY', naming the argument `convert`."""
+    return ArgumentValueError("convert", "convert=True", f"{problem}: pass ", f" {remedy}")
+
+
 def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok: bool):
     if img.size != (image.width, image.height):
         raise ValueError(
@@ -121,9 +127,9 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
                 "8-bit files: reduce it to 8 bits yourself first if losing the low bits is acceptable"
             )
         if not convert:
-            raise ValueError(
-                f"image {path} has {bits}-bit samples but the model reads 8-bit ones: pass --convert "
-                "to keep each sample's high 8 bits"
+            raise _needs_convert(
+                f"image {path} has {bits}-bit samples but the model reads 8-bit ones",
+                "to keep each sample's high 8 bits",
             )
         notes.append(f"{bits}-bit samples reduced to their high 8 bits")
     try:
@@ -140,10 +146,10 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
             mode = ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
         else:  # CMYK, YCbCr, LAB, HSV, premultiplied alpha: Pillow's RGB is not the same numbers
             if not convert:
-                raise ValueError(
+                raise _needs_convert(
                     f"image {path} is in mode {img.mode}; the model codes "
-                    f"{'grey' if image.channels == 1 else 'RGB'} values: pass --convert to convert it "
-                    "with Pillow"
+                    f"{'grey' if image.channels == 1 else 'RGB'} values",
+                    "to convert it with Pillow",
                 )
             notes.append(f"mode {img.mode} converted to RGB")
             mode = "RGB"
@@ -153,19 +159,18 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
         opaque = arr[..., -1] == 255
         if not opaque.all():
             if not convert:
-                raise ValueError(
+                raise _needs_convert(
                     f"image {path} has {int((~opaque).sum())} pixel(s) that are not fully opaque but the "
-                    "model codes no alpha: pass --convert to drop the alpha channel (transparent "
-                    "pixels keep their stored colour)"
+                    "model codes no alpha",
+                    "to drop the alpha channel (transparent pixels keep their stored colour)",
                 )
             notes.append("alpha channel dropped")
         arr = arr[..., :-1]
     if image.channels == 1 and arr.shape[2] == 3:
         if not (arr == arr[..., :1]).all():
             if not convert:
-                raise ValueError(
-                    f"image {path} has colour pixels but the model codes greyscale: pass --convert "
-                    "to turn it grey (ITU-R 601 luma)"
+                raise _needs_convert(
+                    f"image {path} has colour pixels but the model codes greyscale", "to turn it grey (ITU-R 601 luma)"
                 )
             notes.append("colour converted to grey")
             arr = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
@@ -173,9 +178,8 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
             arr = arr[..., :1]
     elif image.channels == 3 and arr.shape[2] == 1:
         if not convert:
-            raise ValueError(
-                f"image {path} is greyscale but the model codes colour: pass --convert to repeat "
-                "the grey level in R, G and B"
+            raise _needs_convert(
+                f"image {path} is greyscale but the model codes colour", "to repeat the grey level in R, G and B"
             )
         notes.append("grey repeated in R, G and B")
         arr = np.repeat(arr, 3, axis=2)

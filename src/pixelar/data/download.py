@@ -150,7 +150,7 @@ def ensure_files(
         return found
 
     def not_found(reason: str) -> DatasetNotFoundError:
-        return DatasetNotFoundError(_not_found_message(folder, required, data_dir, title, hint, reason))
+        return DatasetNotFoundError(*_not_found_message(folder, required, data_dir, title, hint, reason))
 
     if not download:
         raise not_found("download=False")
@@ -190,15 +190,10 @@ def _not_found_message(
     title: str,
     hint: str,
     reason: str,
-) -> str:
+) -> tuple[str, str, str, str]:
+    """The message as DatasetNotFoundError's (before, argument, spelled, after): it names the argument data_dir."""
     needed = ", ".join(" or ".join(alts) for alts in required)
     where = "\n".join(f"  {d}" for d in paths.search_dirs(folder, data_dir))
-    lines = [
-        f"{title} files not found ({reason}).",
-        f"Needed: {needed}.",
-        f"Put them in one of:\n{where}",
-        f"or pass --data-dir DIR / set ${paths.DATA_ENV}=DIR (DIR itself or DIR/{folder}/).",
-    ]
-    if hint:
-        lines.append(hint)
-    return "\n".join(lines)
+    before = f"{title} files not found ({reason}).\nNeeded: {needed}.\nPut them in one of:\n{where}\nor pass "
+    after = f" / set ${paths.DATA_ENV}=DIR (DIR itself or DIR/{folder}/)." + (f"\n{hint}" if hint else "")
+    return before, "data_dir", "data_dir=DIR", after

@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import pickle
 
+from pixelar.errors import NamesArgument
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(NamesArgument, FileNotFoundError):
     """The files of a dataset are not on disk and could not be downloaded.
 
-    The message says which files are needed and where they may be put.
+    The message says which files are needed and where they may be put; where it names the `data_dir` argument,
+    `argument` is "data_dir" and `naming(...)` gives it with another spelling (see pixelar.errors.NamesArgument).
     """
+
+    def __init__(self, message: str, argument: str | None = None, spelled: str = "", after: str = ""):
+        """DatasetNotFoundError(message), or DatasetNotFoundError(before, argument, spelled, after): the message
+        `before + spelled + after`, which names `argument`."""
+        if argument is not None:
+            message = self._name_argument(argument, spelled, message, after)
+        super().__init__(message)
+
+    def __reduce__(self):
+        if self.argument is None:
+            return type(self), (str(self),)
+        return type(self), (self.before, self.argument, self.spelled, self.after)
 
     def __str__(self) -> str:
         # FileNotFoundError formats multi-argument instances as "[Errno ...]";

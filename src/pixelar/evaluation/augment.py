@@ -38,8 +38,9 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
         augmenter = own
     elif augmenter is None:
         raise ValueError(
-            "this model is not conditioned on transformations: pass the transformation types to score "
-            "it under (e.g. the ones it was trained with, --per-augmentation rot90,transpose)"
+            "this model is not conditioned on transformations: pass augmenter, the transformation types to "
+            "score it under (e.g. the ones it was trained with: Augmenter(parse_transforms(model.data_image, "
+            '["rot90", "transpose"])))'
         )
     rows = []
     for t, k in augmenter.settings():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ArgumentValueError
 from ..image_files import load_mask
 
 KEEP_PRESETS = ("top-half", "left-half")
@@ -24,7 +25,9 @@ def keep_mask(keep: str, height: int, width: int, convert: bool = False, notes: 
         return mask
     path = Path(keep)
     if not path.is_file():
-        raise ValueError(f"--keep must be one of {list(KEEP_PRESETS)} or a mask image file; {keep!r} is neither")
+        raise ArgumentValueError(
+            "keep", "keep", "", f" must be one of {list(KEEP_PRESETS)} or a mask image file; {keep!r} is neither"
+        )
     m, made = load_mask(path, height, width, convert=convert)
     if notes is not None:
         notes.extend(made)
