@@ -1,6 +1,6 @@
-"""Image files: writing images and grids of them as PNG files, and reading an image or a mask image file into a
-model's value range (strictly: exactly, or converted only when asked). Every image file pixelar reads or writes
-goes through here."""
+"""Image files: images and grids of them written as PNG files (atomically), and an image or a mask image file
+read into a model's value range (strictly: exactly, or converted only when asked). Every image file a user gives
+or gets back goes through here (dataset files are read by pixelar.data)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .errors import ArgumentValueError
+from .io import write_atomic
 from .types import ImageSpec
 
 
@@ -37,15 +38,31 @@ def save_grid(images: torch.Tensor, image: ImageSpec, path, nrow: int = 8, pad: 
         r, c = divmod(k, nrow)
         y, x = pad + r * (H + pad), pad + c * (W + pad)
         canvas[y : y + H, x : x + W] = arr[k]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas[..., 0] if C == 1 else canvas).save(path)
+    _write(canvas, path)
 
 
 def save_image(x: torch.Tensor, image: ImageSpec, path) -> None:
     """Write one image int64 (C, H, W) as a PNG (8-bit; exact for 256 values)."""
-    arr = to_uint8(x[None], image)[0]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[..., 0] if image.channels == 1 else arr).save(path)
+    _write(to_uint8(x[None], image)[0], path)
+
+
+def image_format(path) -> str:
+    """The format Pillow writes for the file name `path` ("PNG" for a .png name); a ValueError for a name whose
+    extension Pillow writes no format for."""
+    ext = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"cannot write image {path}: no image format has the extension {ext!r} (name it .png)")
+    return fmt
+
+
+def _write(arr: np.ndarray, path) -> None:
+    """Write uint8 (H, W, C) as an image file in the format of its name, atomically: into a temp file beside
+    it, renamed once whole (pixelar.io.write_atomic), so that a failed or interrupted write leaves no partial
+    file and a full disk is reported as DiskFullError."""
+    fmt = image_format(path)
+    img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    write_atomic(path, lambda tmp: img.save(tmp, format=fmt))
 
 
 def _stored_bits(img: Image.Image) -> int:

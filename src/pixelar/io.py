@@ -1,4 +1,4 @@
-"""Atomic file writes and safe reads shared by model and training checkpoints (no pickle anywhere)."""
+"""Atomic file writes and safe reads shared by model and training checkpoints and image files (no pickle anywhere)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def _atomic(path: Path, write) -> None:
         if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
             raise disk_full(path, e) from None
         raise
+
+
+def write_atomic(path, write) -> None:
+    """Write the file `path` through `write(tmp_path)`, a function that writes a file by name: into a temp file
+    beside it, renamed over it once whole (see _atomic: the umask's mode, a full disk as DiskFullError, `path`
+    untouched and no temp file left by a failure)."""
+    _atomic(Path(path), write)
 
 
 def _new_temp_file(path: Path) -> Path:
