@@ -69,7 +69,8 @@ def test_eval_sample_complete(run_dir, tmp_path, capsys):
     Image.fromarray(m).save(mask)
     for keep in ("top-half", str(mask)):
         out = tmp_path / "completed.png"
-        assert main(["complete", str(run_dir), "--image", str(img), "--keep", keep, "--n", "1", "--out", str(out)]) == 0
+        argv = ["complete", str(run_dir), "--image", str(img), "--keep", keep, "--n", "1", "--out", str(out), "--force"]
+        assert main(argv) == 0
         grid = np.asarray(Image.open(out))
         # third tile is the completion: its kept rows equal the input
         pad = 2
@@ -188,7 +189,10 @@ def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, c
         tile = grid[pad : pad + 8, pad + t * (8 + pad) : pad + t * (8 + pad) + 8]
         assert np.array_equal(tile[keep], np.asarray(Image.open(img))[keep])
     assert (
-        main(["complete", str(tmp_path / "p"), "--image", str(img), "--keep", str(mask), "--score", "--out", str(out)])
+        main(
+            ["complete", str(tmp_path / "p"), "--image", str(img), "--keep", str(mask), "--score", "--out", str(out)]
+            + ["--force"]
+        )
         == 2
     )
     assert "lmconv" in capsys.readouterr().err
@@ -328,6 +332,54 @@ def test_destinations_are_checked_before_coding_and_never_overwritten_silently(t
     concatenated.write_bytes(packed.read_bytes() * 2)
     assert main(["decompress", str(m), str(concatenated), "--out-dir", str(tmp_path / "cat")]) == 2
     assert "bytes follow the end of the stream" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sample", "complete"])
+def test_sample_and_complete_check_out_before_sampling_and_overwrite_only_with_force(
+    command, tmp_path, capsys, monkeypatch
+):
+    import errno
+    import os
+
+    import pixelar.models
+
+    m = _grey_model_and_images(tmp_path)
+    argv = [command, str(m), "--n", "2"]
+    if command == "complete":
+        argv += ["--image", str(tmp_path / "grey.png"), "--keep", "top-half"]
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    real_load = pixelar.models.load_model
+
+    def no_work(*a, **k):
+        raise AssertionError("--out should have been refused before the model was loaded")
+
+    monkeypatch.setattr(pixelar.models, "load_model", no_work)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 2  # used to overwrite it silently
+    assert f"--out {out} exists: pass --force to overwrite it" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main([*argv, "--out", str(tmp_path)]) == 2  # used to sample, then fail with a traceback
+    assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "grey.png" / "x.png")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "grid.xyz")]) == 2
+    assert "no image format has the extension '.xyz'" in capsys.readouterr().err
+
+    monkeypatch.setattr(pixelar.models, "load_model", real_load)
+    assert main([*argv, "--out", str(out), "--force"]) == 0
+    assert Image.open(out).format == "PNG"
+    assert main([*argv, "--out", str(tmp_path / "new" / "grid.png")]) == 0  # a new directory is made
+
+    def full_disk(self, fp, format=None, **params):
+        Path(fp).write_bytes(b"\x89PNG\r\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    before = out.read_bytes()
+    assert main([*argv, "--out", str(out), "--force"]) == 1
+    assert f"error: disk full (no space left on device) while writing {out}" in capsys.readouterr().err
+    assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_resume_refuses_flags_that_contradict_the_run(tmp_path, capsys):

@@ -356,10 +356,19 @@ def _check_out_file(path: Path, force: bool) -> None:
     _writable(path, "--out")
 
 
+def _check_out_image(path: Path, force: bool) -> None:
+    """As _check_out_file, and the file name must say an image format (.png)."""
+    from .image_files import image_format
+
+    _check_out_file(path, force)
+    image_format(path)
+
+
 def cmd_sample(args) -> int:
     from .image_files import save_grid
     from .models import load_model
 
+    _check_out_image(Path(args.out), args.force)  # before the slow sampling
     model = load_model(args.run_dir)
     g = torch.Generator().manual_seed(args.seed)
     t = time.time()
@@ -377,6 +386,7 @@ def cmd_complete(args) -> int:
     from .models import load_model
     from .sampling.complete import complete, keep_mask
 
+    _check_out_image(Path(args.out), args.force)  # before the slow sampling
     model = load_model(args.run_dir)
     spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
     x = _load_images(args, spec)[0]
@@ -668,7 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--n", type=positive_int, default=64)
             s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
-        s.add_argument("--out", required=True)
+        s.add_argument("--out", required=True, help="the PNG file to write")
+        s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
         s.add_argument(
             "--temperature",
             type=nonnegative_float,
