@@ -11,6 +11,10 @@ the bad-step counter), and the learning rate depends only on the step. An interr
 ends with bitwise the same weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic).
 The loop knows no model family: it uses create_model / create_distaug_model / model_from_config, log_prob,
 config, sample and state dicts only.
+
+Code layout: train() holds the run directory's lock and calls _setup (everything before the first step, into
+a _Run), then per step _step (the step above), _report (progress bar, metrics line) and _checkpoint, and
+finally _finish (EMA weights, test evaluation, samples).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,43 +84,172 @@ def train(
         ValueError: run_dir holds a checkpoint and resume is False; bad settings or data; a corrupt run file.
         FileNotFoundError: a missing run file (the message names it).
     """
-    run = RunDir(run_dir)
+    rundir = RunDir(run_dir)
     emit = tqdm.write if progress and log is print else log  # keep the bar intact while it is shown
-    with run.lock():
-        removed = run.remove_temp_files()
+    with rundir.lock():
+        removed = rundir.remove_temp_files()
         if removed:
-            emit(f"removed {removed} temporary file(s) left in {run.path} by an interrupted run")
-        try:
-            return _train(cfg, run, resume, progress, log, emit, on_step, max_steps)
-        except OSError as e:
-            if e.errno not in DISK_FULL_ERRNOS:
-                raise
-            err = e if isinstance(e, DiskFullError) else disk_full(e.filename or run.path, e)
-            raise DiskFullError(
-                e.errno,
-                f"{err}; {_kept(run)}: free space, then resume the run (pixelar train --resume {run.path})",
-                err.filename,
-            ) from None
+            emit(f"removed {removed} temporary file(s) left in {rundir.path} by an interrupted run")
+        with _disk_full_hint(rundir):
+            run = _setup(cfg, rundir, resume, max_steps, emit)
+            with tqdm(
+                total=run.cfg.max_steps, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True
+            ) as bar:
+                while run.step < run.cfg.max_steps:
+                    lr = _step(run)
+                    _report(run, lr, bar, progress)
+                    _checkpoint(run, progress)
+                    if on_step is not None:
+                        on_step(run.step)
+            return _finish(run, log)
 
 
-def _kept(run: RunDir) -> str:
-    last = run.checkpoint_step
+@contextlib.contextmanager
+def _disk_full_hint(rundir: RunDir):
+    """Turn a write that failed for lack of space or quota into a DiskFullError saying what was kept and how
+    to go on."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        err = e if isinstance(e, DiskFullError) else disk_full(e.filename or rundir.path, e)
+        raise DiskFullError(
+            e.errno,
+            f"{err}; {_kept(rundir)}: free space, then resume the run (pixelar train --resume {rundir.path})",
+            err.filename,
+        ) from None
+
+
+def _kept(rundir: RunDir) -> str:
+    last = rundir.checkpoint_step
     return (
-        f"the last good checkpoint in {run.path} (step {last}) is kept"
+        f"the last good checkpoint in {rundir.path} (step {last}) is kept"
         if last is not None
-        else f"no checkpoint had been written to {run.path} yet"
+        else f"no checkpoint had been written to {rundir.path} yet"
     )
 
 
-def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emit, on_step, max_steps) -> dict:
-    """train() holding the lock."""
+@dataclasses.dataclass
+class _Run:
+    """One training session, as _setup builds it: what the steps use, and the state they move on (step, bad,
+    window; the rest of the state lives in the model, optimizer, EMA and generators)."""
+
+    cfg: TrainConfig  # the run's own settings when resuming
+    dir: RunDir
+    emit: Callable[[str], None]
+    device: torch.device
+    model: torch.nn.Module  # an ImageModel
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    augmenter: Augmenter | None
+    aug_gen: torch.Generator | None  # the augmentation indices' generator (checkpointed as rng.augment)
+    batches: _Batches
+    test_ds: ImageDataset
+    metrics: _MetricsLog
+    window: _Window
+    log_prob: Callable  # model.log_prob, or its compiled version
+    autocast: contextlib.AbstractContextManager
+    dims_ln2: float  # sub-pixels (tokens for tokenized models) per image * ln 2: nats per image -> bits/dim
+    max_norm: float  # gradient clipping (inf: norm measured, gradients unchanged)
+    step: int  # steps done
+    bad: int  # non-finite steps in a row
+    elapsed_before: float  # training seconds of the sessions before this one (resumed runs)
+    session_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+
+def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None, emit) -> _Run:
+    """Everything before the first step (train() holding the lock): the settings, data, model, optimizer, EMA,
+    augmentation, the checkpoint's state when resuming, the metrics log; emits the start line."""
+    cfg, ckpt, model_config = _settings(cfg, rundir, resume, max_steps)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    train_ds, test_ds = _datasets(cfg)
+    torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
+    model = _model(cfg, rundir, model_config, train_ds, test_ds, emit)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)
+    ema = EMA(model, cfg.ema_decay)
+    # augmentation: indices drawn per image from their own generator (checkpointed as rng.augment);
+    # plain augmentation transforms the batch, DistAug passes the indices to the model, which transforms
+    augmenter = (
+        Augmenter(parse_transforms(train_ds.spec, cfg.augment))
+        if cfg.augment
+        else model.augmenter
+        if cfg.distaug
+        else None
+    )
+    aug_gen = torch.Generator().manual_seed(_augment_seed(cfg.seed)) if augmenter is not None else None
+
+    if ckpt is None:
+        batches = _Batches(train_ds, cfg.batch_size, cfg.seed)
+        step, bad, elapsed_before = 0, 0, 0.0
+        rundir.write_config(model.config(), cfg.to_dict())
+    else:
+        batches = _restore(rundir, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen)
+        step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
+        rundir.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
+        if max_steps is not None:
+            rundir.write_config(model.config(), cfg.to_dict())
+    metrics = _MetricsLog(rundir.path / METRICS_NAME, keep_through=step if ckpt is not None else None)
+    # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
+    window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
+
+    emit(
+        f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
+        f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
+        f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
+        f"{cfg.max_steps} steps -> {rundir.path}"
+        + (
+            f"; augmentation {','.join(augmenter.names)} ({'DistAug, conditioned' if cfg.distaug else 'plain'})"
+            if augmenter is not None
+            else ""
+        )
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
+    log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
+    if cfg.compile and log_prob.compiled:
+        emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
+    model.train()
+    return _Run(
+        cfg=cfg,
+        dir=rundir,
+        emit=emit,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        ema=ema,
+        augmenter=augmenter,
+        aug_gen=aug_gen,
+        batches=batches,
+        test_ds=test_ds,
+        metrics=metrics,
+        window=window,
+        log_prob=log_prob,
+        autocast=autocast,
+        dims_ln2=model.image.dims * math.log(2),  # per token for tokenized models
+        max_norm=cfg.grad_clip if cfg.grad_clip is not None else math.inf,
+        step=step,
+        bad=bad,
+        elapsed_before=elapsed_before,
+    )
+
+
+def _settings(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None):
+    """The run's validated settings, its checkpoint and model config when resuming (else None, None)."""
     if resume:
-        model_config, train_section = run.read_config()
+        model_config, train_section = rundir.read_config()
         try:
             cfg = TrainConfig.from_dict(train_section)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"run config {run.config_path}: bad 'train' section ({e})") from None
-        ckpt = run.load()  # fail on a corrupt checkpoint before the (slow) data loading
+            raise ValueError(f"run config {rundir.config_path}: bad 'train' section ({e})") from None
+        ckpt = rundir.load()  # fail on a corrupt checkpoint before the (slow) data loading
         if max_steps is not None:
             if max_steps < ckpt.progress["step"]:
                 raise ValueError(f"max_steps={max_steps} is below the checkpoint's step {ckpt.progress['step']}")
@@ -123,15 +257,18 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     else:
         if max_steps is not None:
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
-        if run.has_checkpoint():
+        if rundir.has_checkpoint():
             raise ValueError(
-                f"{run.path} already holds a training checkpoint; resume it (resume=True, "
-                f"CLI: --resume {run.path}) or choose a new run directory"
+                f"{rundir.path} already holds a training checkpoint; resume it (resume=True, "
+                f"CLI: --resume {rundir.path}) or choose a new run directory"
             )
         ckpt = model_config = None
     cfg.validate()
+    return cfg, ckpt, model_config
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+
+def _datasets(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The training images (the first cfg.train_subset) and the test images, checked to be of one kind."""
     train_ds = first_images(load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir), cfg.train_subset)
     test_ds = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir)
     # the final evaluation's data are checked now, not after the last step
@@ -144,9 +281,14 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
             f"dataset {cfg.dataset!r}: its test images are {shape(test_ds.spec)} but its training images "
             f"{shape(train_ds.spec)}; both splits must have images of one size and kind"
         )
-    torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
+    return train_ds, test_ds
+
+
+def _model(cfg: TrainConfig, rundir: RunDir, model_config, train_ds: ImageDataset, test_ds: ImageDataset, emit):
+    """The model: rebuilt from the run's config when resuming (model_config), else created as cfg says (and
+    its tokenizer fitted); checked against the data."""
     if model_config is not None:
-        model = model_from_config(model_config, str(run.config_path))
+        model = model_from_config(model_config, str(rundir.config_path))
     else:
         overrides = dict(cfg.model_overrides)
         if cfg.class_conditional:
@@ -169,148 +311,120 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
         raise ValueError(
             f"the model is class-conditional but the {split} images of dataset {cfg.dataset!r} have no labels"
         )
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)
-    ema = EMA(model, cfg.ema_decay)
-    # augmentation: indices drawn per image from their own generator (checkpointed as rng.augment);
-    # plain augmentation transforms the batch, DistAug passes the indices to the model, which transforms
-    augmenter = (
-        Augmenter(parse_transforms(train_ds.spec, cfg.augment))
-        if cfg.augment
-        else model.augmenter
-        if cfg.distaug
-        else None
-    )
-    aug_gen = torch.Generator().manual_seed(_augment_seed(cfg.seed)) if augmenter is not None else None
+    return model
 
-    if ckpt is None:
-        batches = _Batches(train_ds, cfg.batch_size, cfg.seed)
-        step, bad, elapsed_before = 0, 0, 0.0
-        run.write_config(model.config(), cfg.to_dict())
+
+def _step(run: _Run) -> float:
+    """One training step (see the module docstring); returns its learning rate. Raises TrainingDiverged after
+    max_bad_steps non-finite steps in a row."""
+    cfg, model = run.cfg, run.model
+    x, cond, kw = _inputs(run)
+    lr = learning_rate(run.step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
+    set_lr(run.optimizer, lr)
+    run.optimizer.zero_grad(set_to_none=True)
+    with run.autocast:
+        lp = run.log_prob(x, cond, **kw)  # (B,) nats
+    loss = -lp.float().mean() / run.dims_ln2  # bits/dim
+    reason, grad_norm = None, None
+    if not torch.isfinite(loss):
+        reason = "non-finite loss"
     else:
-        batches = _restore(run, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen)
-        step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
-        run.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
-        if max_steps is not None:
-            run.write_config(model.config(), cfg.to_dict())
-    metrics = _MetricsLog(run.path / METRICS_NAME, keep_through=step if ckpt is not None else None)
-    # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
-    window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.max_norm)
+        if not torch.isfinite(grad_norm):
+            reason = "non-finite gradient norm"
+    run.step += 1
+    step = run.step
+    if reason is None:
+        run.optimizer.step()
+        run.ema.update(model, step)
+        run.bad = 0
+        run.window.add(loss.item(), grad_norm.item(), x.shape[0])
+    else:
+        run.bad += 1
+        run.window.images += x.shape[0]
+        run.emit(f"step {step}: {reason} (loss {loss.item()}); step skipped, {run.bad} bad step(s) in a row")
+        run.metrics.write({"step": step, "skipped": True, "reason": reason, "bad_steps": run.bad, "lr": lr})
+        if run.bad >= cfg.max_bad_steps:
+            raise TrainingDiverged(
+                f"training diverged: {run.bad} consecutive steps (up to step {step}, lr {lr:.3g}) had a non-finite "
+                f"loss or gradient ({reason}); {_kept(run.dir)}. Try a lower lr, warmup_steps, or grad_clip, or "
+                "bf16 -> fp32 precision"
+            )
+    return lr
 
-    emit(
-        f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
-        f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
-        f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
-        f"{cfg.max_steps} steps -> {run.path}"
-        + (
-            f"; augmentation {','.join(augmenter.names)} ({'DistAug, conditioned' if cfg.distaug else 'plain'})"
-            if augmenter is not None
-            else ""
-        )
-    )
-    dims_ln2 = model.image.dims * math.log(2)  # per token for tokenized models
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
-    log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
-    if cfg.compile and log_prob.compiled:
-        emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
-    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf  # inf: norm measured, grads unchanged
-    session_start = time.perf_counter()
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - session_start
+def _inputs(run: _Run):
+    """The next batch as model inputs: (x, cond, extra log_prob keyword arguments)."""
+    cfg, model = run.cfg, run.model
+    t_data = time.perf_counter()
+    x, y = run.batches.next()
+    run.window.data_s += time.perf_counter() - t_data
+    x = x.to(run.device)
+    aug = run.augmenter.draw(x.shape[0], run.aug_gen).to(run.device) if run.augmenter is not None else None
+    if cfg.augment:
+        x = run.augmenter.apply(x, aug)  # plain augmentation: the model sees T(x), unconditioned
+    # data images -> model inputs after plain augmentation (which acts on the data images), before
+    # DistAug (whose model transforms its own inputs); identity unless the model reads tokens (Image GPT)
+    x = model.encode(x)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    cond = y.to(run.device) if model.num_classes else None
+    kw = {"aug": aug} if cfg.distaug else {}
+    return x, cond, kw
 
-    model.train()
-    with tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True) as bar:
-        while step < cfg.max_steps:
-            t_data = time.perf_counter()
-            x, y = batches.next()
-            window.data_s += time.perf_counter() - t_data
-            x = x.to(device)
-            aug = augmenter.draw(x.shape[0], aug_gen).to(device) if augmenter is not None else None
-            if cfg.augment:
-                x = augmenter.apply(x, aug)  # plain augmentation: the model sees T(x), unconditioned
-            # data images -> model inputs after plain augmentation (which acts on the data images), before
-            # DistAug (whose model transforms its own inputs); identity unless the model reads tokens (Image GPT)
-            x = model.encode(x)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            cond = y.to(device) if model.num_classes else None
-            kw = {"aug": aug} if cfg.distaug else {}
-            lr = learning_rate(step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                lp = log_prob(x, cond, **kw)  # (B,) nats
-            loss = -lp.float().mean() / dims_ln2  # bits/dim
-            reason, grad_norm = None, None
-            if not torch.isfinite(loss):
-                reason = "non-finite loss"
-            else:
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-                if not torch.isfinite(grad_norm):
-                    reason = "non-finite gradient norm"
-            step += 1
-            if reason is None:
-                optimizer.step()
-                ema.update(model, step)
-                bad = 0
-                window.add(loss.item(), grad_norm.item(), x.shape[0])
-            else:
-                bad += 1
-                window.images += x.shape[0]
-                emit(f"step {step}: {reason} (loss {loss.item()}); step skipped, {bad} bad step(s) in a row")
-                metrics.write({"step": step, "skipped": True, "reason": reason, "bad_steps": bad, "lr": lr})
-                if bad >= cfg.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"training diverged: {bad} consecutive steps (up to step {step}, lr {lr:.3g}) had a non-finite "
-                        f"loss or gradient ({reason}); {_kept(run)}. Try a lower lr, warmup_steps, or grad_clip, or "
-                        "bf16 -> fp32 precision"
-                    )
-            bar.update(1)
-            if window.steps:
-                key = "bits_per_token" if model.tokenizer is not None else "bpd"
-                bar.set_postfix({key: f"{window.last_bpd:.3f}", "img_s": f"{window.rate():.0f}"}, refresh=False)
-            if step % cfg.log_every == 0 and window.steps:
-                line = {
-                    "step": step,
-                    "train_bpd": window.bpd_sum / window.steps,
-                    "lr": lr,
-                    "grad_norm": window.norm_sum / window.steps,
-                    "images_per_s": window.rate(),
-                    "data_fraction": window.data_fraction(),
-                    "elapsed_s": elapsed(),
-                }
-                metrics.write(line)
-                if not progress:
-                    unit = "bits per token" if model.tokenizer is not None else "bits/dim"  # a palette is no bpd
-                    emit(
-                        f"step {step}/{cfg.max_steps}: train {line['train_bpd']:.4f} {unit}, "
-                        f"{line['images_per_s']:.0f} images/s"
-                    )
-                window = _Window()
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                _save(run, model, optimizer, ema, batches, step, bad, elapsed(), window, aug_gen)
-                if not progress:
-                    emit(f"checkpoint at step {step}")
-            if on_step is not None:
-                on_step(step)
 
-    ema.copy_to(model)  # evaluation and samples use the averaged weights
+def _report(run: _Run, lr: float, bar, progress: bool) -> None:
+    """After a step: the progress bar, and every log_every steps a metrics line (and, without a bar, a log
+    line); the window then starts afresh."""
+    cfg, window, tokenized = run.cfg, run.window, run.model.tokenizer is not None
+    bar.update(1)
+    if window.steps:
+        key = "bits_per_token" if tokenized else "bpd"
+        bar.set_postfix({key: f"{window.last_bpd:.3f}", "img_s": f"{window.rate():.0f}"}, refresh=False)
+    if run.step % cfg.log_every == 0 and window.steps:
+        line = {
+            "step": run.step,
+            "train_bpd": window.bpd_sum / window.steps,
+            "lr": lr,
+            "grad_norm": window.norm_sum / window.steps,
+            "images_per_s": window.rate(),
+            "data_fraction": window.data_fraction(),
+            "elapsed_s": run.elapsed(),
+        }
+        run.metrics.write(line)
+        if not progress:
+            unit = "bits per token" if tokenized else "bits/dim"  # a palette is no bpd
+            run.emit(
+                f"step {run.step}/{cfg.max_steps}: train {line['train_bpd']:.4f} {unit}, "
+                f"{line['images_per_s']:.0f} images/s"
+            )
+        run.window = _Window()
+
+
+def _checkpoint(run: _Run, progress: bool) -> None:
+    """A checkpoint every checkpoint_every steps and after the last."""
+    if run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.max_steps:
+        _save(run)
+        if not progress:
+            run.emit(f"checkpoint at step {run.step}")
+
+
+def _finish(run: _Run, log) -> dict:
+    """After the last step: the EMA weights into the model, the test evaluation (its metrics line and log
+    message), samples; returns train()'s result."""
+    cfg, model, step = run.cfg, run.model, run.step
+    run.ema.copy_to(model)  # evaluation and samples use the averaged weights
     # fp32 whatever the training precision: the reported number is the exact likelihood
-    res = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
-    metrics.write(
+    res = evaluate(model, run.test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
+    run.metrics.write(
         {
             "step": step,
             "final": True,
             "test_bpd": res["bpd"],
             "test_nats_per_image": res["nats_per_image"],
             "num_test_images": res["num_images"],
-            "elapsed_s": elapsed(),
+            "elapsed_s": run.elapsed(),
         }
     )
     if res.get("tokenized"):
@@ -321,8 +435,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, log, emi
     else:
         log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
     if cfg.sample_n:
-        _write_samples(model, cfg, device, run.path / SAMPLES_NAME)
-    out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.path)}
+        _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
+    out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
     if res.get("tokenized"):  # test_bpd is then bits per token
         out.update(tokenized=True, test_nats_per_token=res["nats_per_token"], palette_rmse=res["palette_rmse"])
     return out
@@ -436,24 +550,14 @@ def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str,
     return rng
 
 
-def _save(
-    run: RunDir,
-    model,
-    optimizer,
-    ema: EMA,
-    batches: _Batches,
-    step: int,
-    bad: int,
-    elapsed_s: float,
-    window: _Window,
-    aug_gen: torch.Generator | None = None,
-) -> None:
+def _save(run: _Run) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
+    model, ema, batches, step = run.model, run.ema, run.batches, run.step
     tensors = {
         **{f"model.{k}": v for k, v in model.state_dict().items()},
         **{f"ema.{k}": v for k, v in ema.state_dict().items()},
     }
-    opt_state = optimizer.state_dict()["state"]
+    opt_state = run.optimizer.state_dict()["state"]
     tensors.update(
         {f"optim.{i}.{k}": v for i, s in opt_state.items() for k, v in s.items() if isinstance(v, torch.Tensor)}
     )
@@ -461,17 +565,20 @@ def _save(
     if bad_names:
         raise TrainingDiverged(
             f"non-finite values in {', '.join(bad_names[:5])} at step {step}; not writing a "
-            f"checkpoint, the last good one in {run.path} (step {run.checkpoint_step}) is kept"
+            f"checkpoint, the last good one in {run.dir.path} (step {run.dir.checkpoint_step}) is kept"
         )
     progress = {
         "step": step,
         "epoch": batches.epoch,
         "batch": batches.batch,
-        "bad_steps": bad,
-        "elapsed_s": elapsed_s,
-        "window": window.state(),
+        "bad_steps": run.bad,
+        "elapsed_s": run.elapsed(),
+        "window": run.window.state(),
     }
-    run.save(Checkpoint(progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, aug_gen)))
+    checkpoint = Checkpoint(
+        progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, run.aug_gen)
+    )
+    run.dir.save(checkpoint)
 
 
 def _restore(
