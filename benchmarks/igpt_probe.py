@@ -25,8 +25,7 @@ import torch
 
 import pixelar
 from pixelar.config import TrainConfig
-from pixelar.data import load_dataset
-from pixelar.evaluation import first_images
+from pixelar.data import first_images, load_dataset
 from pixelar.evaluation.probe import linear_probe, probe_layer
 from pixelar.training import train
 

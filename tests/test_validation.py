@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 import pixelar
 from pixelar import ImageSpec, create_model, load_model
 from pixelar.cli import build_parser, main
-from pixelar.data import ImageDataset
-from pixelar.evaluation import evaluate, first_images
+from pixelar.data import ImageDataset, first_images
+from pixelar.evaluation import evaluate
 from pixelar.image_files import save_grid
 from pixelar.models import SIZES, create_distaug_model, preset
 from pixelar.models.registry import check_hparams

@@ -1,7 +1,8 @@
-"""ImageDataset: an in-memory image dataset, the one thing every loader returns."""
+"""ImageDataset: an in-memory image dataset, the one thing every loader returns; first_images(ds, n)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -69,6 +70,16 @@ class ImageDataset:
             f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, spec={self.spec}, "
             f"num_classes={self.num_classes}, stochastic_binarize={self.stochastic_binarize})"
         )
+
+
+def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
+    """The first n images of `ds` (all of them when n is None or >= len(ds))."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        # a negative n would slice from the end ([:-5] keeps all but 5 images) and silently score those
+        raise ValueError(f"the number of images to keep (subset) must be None (all) or an integer >= 0, got {n!r}")
+    if n is None or n >= len(ds):
+        return ds
+    return dataclasses.replace(ds, images=ds.images[:n], labels=None if ds.labels is None else ds.labels[:n])
 
 
 def _describe(x: object) -> str:

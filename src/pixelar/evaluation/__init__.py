@@ -2,14 +2,13 @@
 linear probes (probe.py)."""
 
 from .augment import evaluate_per_augmentation
-from .bpd import TOKEN_NOTE, describe, evaluate, first_images, image_log_prob, order_mixture
+from .bpd import TOKEN_NOTE, describe, evaluate, image_log_prob, order_mixture
 
 __all__ = [
     "TOKEN_NOTE",
     "describe",
     "evaluate",
     "evaluate_per_augmentation",
-    "first_images",
     "image_log_prob",
     "order_mixture",
 ]

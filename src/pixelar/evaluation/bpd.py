@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 
 import torch
 
-from ..data import ImageDataset, iterate_batches
+from ..data import ImageDataset, first_images, iterate_batches
 from ..inference import inference
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
@@ -34,16 +33,6 @@ def describe(res: dict) -> str:
 # Dynamically binarized sets are binarized afresh per batch; a fixed generator makes their evaluation a
 # fixed binarization of the split, the same on every call.
 EVAL_BINARIZATION_SEED = 0
-
-
-def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
-    """The first n images of `ds` (all of them when n is None or >= len(ds))."""
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-        # a negative n would slice from the end ([:-5] keeps all but 5 images) and silently score those
-        raise ValueError(f"the number of images to keep (subset) must be None (all) or an integer >= 0, got {n!r}")
-    if n is None or n >= len(ds):
-        return ds
-    return dataclasses.replace(ds, images=ds.images[:n], labels=None if ds.labels is None else ds.labels[:n])
 
 
 def order_mixture(per_order: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageDataset, iterate_batches
+from ..data import ImageDataset, first_images, iterate_batches
 from ..inference import inference
-from .bpd import first_images
 
 
 def _check_model(model) -> None:

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
-from ..data import ImageDataset, iterate_batches, load_dataset
-from ..evaluation import TOKEN_NOTE, evaluate, first_images
+from ..data import ImageDataset, first_images, iterate_batches, load_dataset
+from ..evaluation import TOKEN_NOTE, evaluate
 from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_text
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
