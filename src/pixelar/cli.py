@@ -15,9 +15,20 @@ from pathlib import Path
 
 import torch
 
-from .config import MAX_SEED
+# codec.compress(...), models.load_model(...): looked up at each call, so they can be replaced (tests do)
+from . import codec, models
+from .augment import Augmenter, parse_transforms
+from .config import MAX_SEED, TrainConfig
+from .data import load_dataset
 from .errors import NamesArgument
+from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
+from .evaluation.probe import linear_probe
+from .image_files import image_format, load_image, save_grid, save_image
 from .inference import inference
+from .io import DiskFullError, read_json
+from .models import SIZES, create_model, list_models
+from .sampling.complete import complete, keep_mask
+from .training import train
 from .types import ImageSpec, bits_per_dim
 
 
@@ -180,9 +191,6 @@ def _check_resume_flags(args, given: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import TrainConfig
-    from .training import train
-
     given = _train_flags(args)
     if args.resume:
         _check_resume_flags(args, given)
@@ -198,8 +206,6 @@ def cmd_train(args) -> int:
         print(f"run directory: {run_dir}")
         result = train(cfg, run_dir, resume=False, progress=not args.no_progress)
     if result.get("tokenized"):
-        from .evaluation import TOKEN_NOTE
-
         print(
             f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
             f"reconstruction RMSE {result['palette_rmse']:.2f}; {TOKEN_NOTE}"
@@ -212,9 +218,6 @@ def cmd_train(args) -> int:
 # ----- eval -------------------------------------------------------------------------------------------------
 def _train_section(run_dir) -> dict:
     """The checked settings a run was trained with (config.json's "train"); {} for a model saved without."""
-    from .config import TrainConfig
-    from .io import read_json
-
     path = Path(run_dir) / "config.json"
     section = read_json(path, "run config").get("train")
     if section is None:
@@ -226,11 +229,7 @@ def _train_section(run_dir) -> dict:
 
 
 def cmd_eval(args) -> int:
-    from .data import load_dataset
-    from .evaluation import describe, evaluate
-    from .models import load_model
-
-    model = load_model(args.run_dir)
+    model = models.load_model(args.run_dir)
     train_cfg = _train_section(args.run_dir)
     dataset = args.dataset or train_cfg.get("dataset")
     if dataset is None:
@@ -244,8 +243,6 @@ def cmd_eval(args) -> int:
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
         if res.get("tokenized"):
-            from .evaluation import TOKEN_NOTE
-
             res["note"] = TOKEN_NOTE
         print(json.dumps(res))
     else:
@@ -266,9 +263,6 @@ def cmd_eval(args) -> int:
 
 def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> int:
     """Bits/dim per transformation type and index (identity first); see pixelar.evaluation.augment."""
-    from .augment import Augmenter, parse_transforms
-    from .evaluation import evaluate_per_augmentation
-
     types = _types(args.per_augmentation) or None
     if types is None and model.augmenter is None:
         types = train_cfg.get("augment") or None
@@ -291,8 +285,6 @@ def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> in
     how = "conditioned on the transformation" if model.augmenter is not None else "transformed images"
     unit = "bits/dim"
     if model.tokenizer is not None:  # Image GPT's palette: bits per token of the quantised images
-        from .evaluation import TOKEN_NOTE
-
         unit = "bits/tok"
         print(f"bits per palette token: {TOKEN_NOTE}")
     print(f"{dataset} {args.split}: {unit} per transformation ({how}, {rows[0]['num_images']} images)")
@@ -320,8 +312,6 @@ def _cond(model, n: int, cls: int | None):
 def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
     """The command's image files as one batch (n, C, H, W), read strictly (--convert allows the conversions
     load_image lists); each conversion made is reported on stderr."""
-    from .image_files import load_image
-
     paths = [args.image] if args.command == "complete" else args.images
     images = []
     for path in paths:
@@ -358,18 +348,13 @@ def _check_out_file(path: Path, force: bool) -> None:
 
 def _check_out_image(path: Path, force: bool) -> None:
     """As _check_out_file, and the file name must say an image format (.png)."""
-    from .image_files import image_format
-
     _check_out_file(path, force)
     image_format(path)
 
 
 def cmd_sample(args) -> int:
-    from .image_files import save_grid
-    from .models import load_model
-
     _check_out_image(Path(args.out), args.force)  # before the slow sampling
-    model = load_model(args.run_dir)
+    model = models.load_model(args.run_dir)
     g = torch.Generator().manual_seed(args.seed)
     t = time.time()
     method = model.sampling_method(args.method)
@@ -382,12 +367,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_complete(args) -> int:
-    from .image_files import save_grid
-    from .models import load_model
-    from .sampling.complete import complete, keep_mask
-
     _check_out_image(Path(args.out), args.force)  # before the slow sampling
-    model = load_model(args.run_dir)
+    model = models.load_model(args.run_dir)
     spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
     x = _load_images(args, spec)[0]
     mask_notes = []
@@ -427,10 +408,7 @@ def cmd_complete(args) -> int:
 
 # ----- score ------------------------------------------------------------------------------------------------
 def cmd_score(args) -> int:
-    from .evaluation import TOKEN_NOTE, image_log_prob
-    from .models import load_model
-
-    model = load_model(args.run_dir)
+    model = models.load_model(args.run_dir)
     x = _load_images(args, model.data_image)
     nats = -image_log_prob(model, model.encode(x), _cond(model, len(args.images), args.cls))
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
@@ -449,16 +427,13 @@ def cmd_score(args) -> int:
 
 # ----- compress / decompress ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
-    from .codec import compress
-    from .models import load_model
-
     _check_out_file(Path(args.out), args.force)  # before the slow coding
-    model = load_model(args.run_dir)
+    model = models.load_model(args.run_dir)
     spec = model.data_image
     x = _load_images(args, spec, deep_ok=False)  # lossless: never reduce a deeper file
     cond = _cond(model, len(args.images), args.cls)
     t = time.perf_counter()
-    data = compress(model, x, cond)
+    data = codec.compress(model, x, cond)
     seconds = time.perf_counter() - t
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(data)
@@ -480,10 +455,6 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from .codec import decompress, stream_info
-    from .image_files import save_image
-    from .models import load_model
-
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: give a directory for the images")
@@ -492,7 +463,7 @@ def cmd_decompress(args) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"no compressed file at {path}")
     data = path.read_bytes()
-    n = stream_info(data)["n"]  # checks the stream's structure before any decoding
+    n = codec.stream_info(data)["n"]  # checks the stream's structure before any decoding
     names = [out / f"image_{k:03d}.png" for k in range(n)]
     existing = [p for p in names if p.exists()]
     if existing and not args.force:
@@ -500,8 +471,8 @@ def cmd_decompress(args) -> int:
             f"{existing[0]} exists ({len(existing)} of the {n} output files do): pass --force to "
             "overwrite them, or choose another --out-dir"
         )
-    model = load_model(args.run_dir)
-    x = decompress(model, data, _cond(model, n, args.cls))
+    model = models.load_model(args.run_dir)
+    x = codec.decompress(model, data, _cond(model, n, args.cls))
     out.mkdir(parents=True, exist_ok=True)
     for name, img in zip(names, x):
         save_image(img, model.data_image, name)
@@ -511,11 +482,7 @@ def cmd_decompress(args) -> int:
 
 # ----- probe ------------------------------------------------------------------------------------------------
 def cmd_probe(args) -> int:
-    from .data import load_dataset
-    from .evaluation.probe import linear_probe
-    from .models import load_model
-
-    model = load_model(args.run_dir)
+    model = models.load_model(args.run_dir)
     n = model.num_feature_layers
     if n == 0:
         raise NotImplementedError(f"model {model.name!r} has no features() for a linear probe; image_gpt has")
@@ -527,12 +494,12 @@ def cmd_probe(args) -> int:
     if dataset is None:
         raise ValueError(f"{args.run_dir} has no training config: pass --dataset NAME")
     data_dir = args.data_dir or train_cfg.get("data_dir")
-    train = load_dataset(dataset, "train", data_dir=data_dir)
-    test = load_dataset(dataset, "test", data_dir=data_dir)
+    train_ds = load_dataset(dataset, "train", data_dir=data_dir)
+    test_ds = load_dataset(dataset, "test", data_dir=data_dir)
     rows = linear_probe(
         model,
-        train,
-        test,
+        train_ds,
+        test_ds,
         layers,
         batch_size=args.batch_size,
         train_subset=args.train_subset,
@@ -557,8 +524,6 @@ def cmd_probe(args) -> int:
 
 # ----- models -----------------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
-    from .models import SIZES, create_model, list_models
-
     spec = args.image
     print(f"parameter counts for images {spec.channels}x{spec.height}x{spec.width}, {spec.num_values} values")
     print(f"{'model':<18}" + "".join(f"{s:>14}" for s in SIZES))
@@ -761,8 +726,6 @@ def _message(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .io import DiskFullError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
