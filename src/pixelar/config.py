@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
+from .augment import TRANSFORM_TYPES
+from .models import SIZES, list_models  # the registry only; no model family is named here
+from .models.registry import check_hparams, merge_hparams, preset
+
 PRECISIONS = ("fp32", "bf16")
 MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers
 
@@ -79,10 +85,6 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first bad setting; return self so calls can chain."""
-        from .augment import TRANSFORM_TYPES
-        from .models import SIZES, list_models  # the registry only; no model family is named here
-        from .models.registry import check_hparams, merge_hparams, preset
-
         if self.model not in list_models():
             raise ValueError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
         if self.size not in SIZES:
@@ -135,8 +137,6 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_str(self, "device")
         if self.device != "auto":
-            import torch
-
             try:
                 torch.device(self.device)
             except RuntimeError:
