@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import image_files  # image_files.save_grid(...): looked up at each call, so it can be replaced (tests do)
 from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, first_images, iterate_batches, load_dataset
@@ -624,11 +625,9 @@ def _restore(
 
 def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) -> None:
     """cfg.sample_n samples (class-conditional: labels 0, 1, ..., K-1, 0, 1, ...) as an 8-wide PNG grid."""
-    from ..sampling.grid import save_grid
-
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     method = model.sampling_method()  # the cached sampler where the model has one, else the naive reference
     images = model.decode(model.sample(n, cond=cond, generator=generator, method=method))  # tokens -> colours
-    save_grid(images, model.data_image, path, nrow=8)
+    image_files.save_grid(images, model.data_image, path, nrow=8)
