@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pixelar import ImageSpec, create_model
 from pixelar.config import TrainConfig
 from pixelar.training import train
 
@@ -74,8 +75,6 @@ def main():
             t = time.perf_counter()
             res = train(cfg, f"{d}/run-{name}", progress=False, log=lambda *a: None)
             wall = time.perf_counter() - t
-            from pixelar import ImageSpec, create_model
-
             params = create_model(name, ImageSpec(3, 32, 32), "small").num_parameters()
             rows.append(
                 f"| `{name}` small | {params:,} | {args.steps} x {args.batch_size} | {wall / 60:.1f} min | "

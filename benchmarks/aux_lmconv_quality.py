@@ -42,6 +42,7 @@ from pixelar.models import load_model
 from pixelar.sampling.complete import complete
 from pixelar.training import train
 
+from .attention_quality import SHARED, prepare
 from .tables import write_table
 
 
@@ -70,8 +71,6 @@ def main():
     tmp = tempfile.TemporaryDirectory()
     dataset = args.dataset
     if dataset == "cifar10-jpeg":
-        from attention_quality import SHARED, prepare
-
         dataset = f"npz:{prepare(SHARED, Path(tmp.name))}"
     base = TrainConfig(
         dataset=dataset,
