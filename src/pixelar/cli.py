@@ -25,7 +25,7 @@ from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentatio
 from .evaluation.probe import linear_probe
 from .image_files import image_format, load_image, save_grid, save_image
 from .inference import inference
-from .io import DiskFullError, read_json
+from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
 from .sampling.complete import complete, keep_mask
 from .training import train
@@ -435,8 +435,7 @@ def cmd_compress(args) -> int:
     t = time.perf_counter()
     data = codec.compress(model, x, cond)
     seconds = time.perf_counter() - t
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_bytes(data)
+    write_atomic(args.out, lambda tmp: Path(tmp).write_bytes(data))  # whole or not at all
     dims = x.numel()
     with inference(model):
         nats = -model.log_prob(model.encode(x), cond).sum().item()
@@ -715,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the library arguments that its errors name (pixelar.errors.NamesArgument), as the command line spells them
-FLAGS = {"convert": "--convert", "keep": "--keep", "data_dir": "--data-dir DIR"}
+FLAGS = {"convert": "--convert", "keep": "--keep", "data_dir": "--data-dir DIR", "resume": "--resume RUN_DIR"}
 
 
 def _message(e: BaseException) -> str:
@@ -734,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
         # what happened and what was kept
-        print(f"pixelar {args.command}: error: {e}", file=sys.stderr)
+        hint = f" (pixelar train --resume {e.run_dir})" if isinstance(e, DiskFullError) and e.run_dir else ""
+        print(f"pixelar {args.command}: error: {e}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = " (continue with: pixelar train --resume RUN_DIR)" if args.command == "train" else ""

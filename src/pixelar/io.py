@@ -21,6 +21,8 @@ class DiskFullError(OSError):
     """A write failed because the disk (or the user's quota) is full. An OSError with the errno of the
     failure and the file's name; str() is a sentence that names the file and its directory."""
 
+    run_dir = None  # the training run directory the write belonged to, where one did (a front end's resume hint)
+
     def __str__(self) -> str:
         return self.strerror or super().__str__()
 

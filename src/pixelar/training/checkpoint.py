@@ -52,7 +52,15 @@ METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.png"
 LOCK_NAME = ".lock"
 # the files written through pixelar.io's temporary files (.NAME.<random>.tmp)
-ATOMIC_NAMES = (CONFIG_NAME, WEIGHTS_NAME, STATE_TENSORS_NAME, STATE_JSON_NAME, PREV_STATE_JSON_NAME, METRICS_NAME)
+ATOMIC_NAMES = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    STATE_TENSORS_NAME,
+    STATE_JSON_NAME,
+    PREV_STATE_JSON_NAME,
+    METRICS_NAME,
+    SAMPLES_NAME,
+)
 STATE_FORMAT = "pixelar-training-state"
 STATE_VERSION = 1
 PROGRESS_KEYS = ("step", "epoch", "batch", "bad_steps")

@@ -35,6 +35,7 @@ from .. import image_files  # image_files.save_grid(...): looked up at each call
 from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, first_images, iterate_batches, load_dataset
+from ..errors import ArgumentValueError
 from ..evaluation import TOKEN_NOTE, evaluate
 from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_text
 from ..models import compiled_log_prob, create_model
@@ -115,11 +116,9 @@ def _disk_full_hint(rundir: RunDir):
         if e.errno not in DISK_FULL_ERRNOS:
             raise
         err = e if isinstance(e, DiskFullError) else disk_full(e.filename or rundir.path, e)
-        raise DiskFullError(
-            e.errno,
-            f"{err}; {_kept(rundir)}: free space, then resume the run (pixelar train --resume {rundir.path})",
-            err.filename,
-        ) from None
+        full = DiskFullError(e.errno, f"{err}; {_kept(rundir)}: free space, then resume the run", err.filename)
+        full.run_dir = rundir.path
+        raise full from None
 
 
 def _kept(rundir: RunDir) -> str:
@@ -259,9 +258,11 @@ def _settings(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | N
         if max_steps is not None:
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
         if rundir.has_checkpoint():
-            raise ValueError(
-                f"{rundir.path} already holds a training checkpoint; resume it (resume=True, "
-                f"CLI: --resume {rundir.path}) or choose a new run directory"
+            raise ArgumentValueError(
+                "resume",
+                "resume=True",
+                f"{rundir.path} already holds a training checkpoint; resume it (",
+                ") or choose a new run directory",
             )
         ckpt = model_config = None
     cfg.validate()
