@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from run_helpers import quiet, stop_after
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -33,47 +33,6 @@ from pixelar.training.checkpoint import RunDir, RunDirBusy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the child processes import: this one
-
-
-@pytest.fixture(scope="module")
-def npz_data(tmp_path_factory) -> str:
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(
-        path,
-        x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
-        y_train=np.arange(20) % 4,
-        x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
-        y_test=np.arange(12) % 4,
-    )
-    return f"npz:{path}"
-
-
-@pytest.fixture
-def cfg(npz_data) -> TrainConfig:
-    return TrainConfig(
-        size="tiny",
-        dataset=npz_data,
-        batch_size=8,
-        max_steps=6,
-        checkpoint_every=3,
-        log_every=1,
-        eval_batch_size=16,
-        sample_n=0,
-        lr=5e-3,
-    )
-
-
-def quiet(cfg, run_dir, **kw):
-    return train(cfg, run_dir, progress=False, log=lambda msg: None, **kw)
-
-
-def stop_after(n):
-    def hook(step):
-        if step == n:
-            raise KeyboardInterrupt
-
-    return hook
 
 
 def same_bytes(a: Path, b: Path, names=("model.safetensors", "training_state.safetensors")) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_helpers import quiet, stop_after
 
 import pixelar
 from pixelar.config import TrainConfig
@@ -33,49 +34,6 @@ STATE_FILES = ("config.json", "model.safetensors", "training_state.safetensors",
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def npz_data(tmp_path_factory) -> str:
-    """Dataset name of an 8x8 grayscale npz file with train/test splits and 4 classes."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(
-        path,
-        x_train=rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
-        y_train=np.arange(20) % 4,
-        x_test=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8),
-        y_test=np.arange(12) % 4,
-    )
-    return f"npz:{path}"
-
-
-@pytest.fixture
-def cfg(npz_data) -> TrainConfig:
-    # "train" carves max(1, 20 // 10) = 2 images off as val: 18 images, 2 full batches of 8 per epoch
-    return TrainConfig(
-        size="tiny",
-        dataset=npz_data,
-        batch_size=8,
-        max_steps=6,
-        checkpoint_every=3,
-        log_every=1,
-        eval_batch_size=16,
-        sample_n=0,
-        lr=5e-3,
-    )
-
-
-def quiet(cfg, run_dir, **kw):
-    return train(cfg, run_dir, progress=False, log=lambda msg: None, **kw)
-
-
-def stop_after(n):
-    def hook(step):
-        if step == n:
-            raise KeyboardInterrupt
-
-    return hook
 
 
 def tensors_equal(a: dict, b: dict) -> bool:

@@ -17,33 +17,17 @@ as `hparams` by the registry and saved with the weights, so no model repeats the
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
 from ..distributions import OutputDistribution, make_distribution
 from ..nn.orders import raster_order
+from ..sampling import SampleRequest
 from ..sampling import sample as sample_images
 from ..tracing import is_tracing
 from ..types import ImageSpec
 from .persistence import CONFIG_FORMAT, CONFIG_VERSION, save_model_dir
-
-
-@dataclass
-class SampleRequest:
-    """The arguments of `ImageModel.sample` (see there), handed to the model's `_draw` hook."""
-
-    n: int
-    cond: torch.Tensor | None = None
-    temperature: float = 1.0
-    generator: torch.Generator | None = None
-    method: str = "cached"
-    x_known: torch.Tensor | None = None
-    known: torch.Tensor | None = None
-
-    def kwargs(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class ImageModel(nn.Module):
@@ -238,7 +222,7 @@ class ImageModel(nn.Module):
         """The hook that models override where sampling differs: by default the samplers of pixelar.sampling
         in the model's order, or the order `completing(known)` chooses."""
         with self.completing(req.known):
-            return sample_images(self, **req.kwargs())
+            return sample_images(self, req)
 
     # ----- persistence -------------------------------------------------------------------------------------
     def config(self) -> dict:

@@ -1,6 +1,9 @@
-"""Sampling and completion for any ARImageModel. Knows no model family."""
+"""Sampling and completion for any model of the contract (pixelar.models.base.ImageModel). Knows no model
+family and imports no model: models call `sample(model, request)` to implement their `sample`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -12,17 +15,25 @@ from .naive import sample_naive
 METHODS = ("cached", "naive")
 
 
-def sample(
-    model,
-    n: int,
-    cond=None,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    method: str = "cached",
-    x_known: torch.Tensor | None = None,
-    known: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Draw n images (n, C, H, W) int64; see ARImageModel.sample for the arguments."""
+@dataclass
+class SampleRequest:
+    """The arguments of a model's `sample` (see ImageModel.sample), handed to its `_draw` hook and here."""
+
+    n: int
+    cond: torch.Tensor | None = None
+    temperature: float = 1.0
+    generator: torch.Generator | None = None
+    method: str = "cached"
+    x_known: torch.Tensor | None = None
+    known: torch.Tensor | None = None
+
+    def kwargs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def sample(model, req: SampleRequest) -> torch.Tensor:
+    """Draw req.n images (n, C, H, W) int64 from `model` with the naive or the cached sampler."""
+    n, cond, temperature, generator, method, x_known, known = (getattr(req, f.name) for f in fields(req))
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; valid: {list(METHODS)}")
     if not isinstance(n, int) or n < 1:
@@ -51,4 +62,4 @@ def sample(
         return sample_naive(model, x, cond, temperature, generator, known)
 
 
-__all__ = ["sample", "sample_naive", "sample_cached", "METHODS"]
+__all__ = ["SampleRequest", "sample", "sample_naive", "sample_cached", "METHODS"]
