@@ -6,6 +6,8 @@ The only place that turns command-line input into objects; all work happens in t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 # codec.compress(...), models.load_model(...): looked up at each call, so they can be replaced (tests do)
-from . import codec, models
+from . import codec, distributed, models
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import load_dataset
@@ -29,6 +31,7 @@ from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
 from .sampling.complete import complete, keep_mask
 from .training import train
+from .training.checkpoint import RunDir
 from .types import ImageSpec, bits_per_dim
 
 
@@ -144,6 +147,7 @@ def _train_flags(args) -> dict[str, tuple[str, object]]:
         ("dataset", "--dataset", args.dataset),
         ("data_dir", "--data-dir", args.data_dir),
         ("batch_size", "--batch-size", args.batch_size),
+        ("grad_accum", "--grad-accum", args.grad_accum),
         ("lr", "--lr", args.lr),
         ("lr_decay", "--lr-decay", args.lr_decay),
         ("warmup_steps", "--warmup-steps", args.warmup_steps),
@@ -192,6 +196,10 @@ def _check_resume_flags(args, given: dict) -> None:
 
 def cmd_train(args) -> int:
     given = _train_flags(args)
+    if not args.resume and args.run_dir and distributed.restarted() and RunDir(args.run_dir).has_checkpoint():
+        # torchrun --max-restarts started the job again after a process failed: continue from the checkpoint
+        print(f"restarted: resuming {args.run_dir} from its last checkpoint")
+        args.resume, args.run_dir = args.run_dir, None
     if args.resume:
         _check_resume_flags(args, given)
         result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress, max_steps=args.steps)
@@ -202,7 +210,10 @@ def cmd_train(args) -> int:
         if args.steps is not None:
             cfg.max_steps = args.steps
         cfg.validate()
-        run_dir = args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # chosen once, by rank 0, for every process of a torchrun job (their clocks may not agree on the second)
+        run_dir = distributed.broadcast_object(
+            args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         print(f"run directory: {run_dir}")
         result = train(cfg, run_dir, resume=False, progress=not args.no_progress)
     if result.get("tokenized"):
@@ -555,7 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
     )
     t.add_argument("--steps", type=positive_int, help="number of training steps")
-    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--batch-size", type=positive_int, help="images per step, all processes together (the global batch)")
+    t.add_argument(
+        "--grad-accum",
+        type=positive_int,
+        metavar="K",
+        help="split each step's batch into K micro-batches per process (the same step in less memory)",
+    )
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--lr-decay", type=decay_factor, help="per-step learning-rate decay factor")
     t.add_argument("--warmup-steps", type=nonnegative_int, help="linear learning-rate warm-up steps")
@@ -726,19 +743,43 @@ def _message(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
+        distributed.init()
+        return _as_one_of_several(args)
+    return _run(args)
+
+
+def _as_one_of_several(args) -> int:
+    """Run the command as one process of a torchrun job: the others' output is silenced (their errors still
+    show, marked with their rank), and the group is left at the end."""
+    rank, code = distributed.rank(), 1
+    try:
+        if rank == 0:
+            code = _run(args)
+        elif args.command not in ("train", "eval"):  # the others run on rank 0 alone for now
+            code = 0
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = _run(args, prefix=f"[rank {rank}] ")
+        return code
+    finally:
+        distributed.finish(wait=code == 0)
+
+
+def _run(args, prefix: str = "") -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"pixelar {args.command}: error: {_message(e)}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
         # what happened and what was kept
         hint = f" (pixelar train --resume {e.run_dir})" if isinstance(e, DiskFullError) and e.run_dir else ""
-        print(f"pixelar {args.command}: error: {e}{hint}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: error: {e}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = " (continue with: pixelar train --resume RUN_DIR)" if args.command == "train" else ""
-        print(f"pixelar {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -40,6 +40,9 @@ class TrainConfig:
     # (6,400), smaller batches gave clearly better test bits/dim (batch 32: 3.48, 16: 3.37, 8: 3.19, 4: 3.09 on
     # 2,000 test images) at about the same wall time. Larger models and GPUs want --batch-size 16 or more.
     batch_size: int = 4
+    # the batch of one step is split into grad_accum micro-batches (per process, under torchrun), whose
+    # gradients add up to the whole batch's: the same step for batches that do not fit in memory at once
+    grad_accum: int = 1
     max_steps: int = 1600
     lr: float = 2e-3
     betas: tuple[float, float] = (0.95, 0.9995)
@@ -109,7 +112,15 @@ class TrainConfig:
             )
         if not isinstance(self.class_conditional, bool):
             raise ValueError(f"class_conditional must be true or false, got {self.class_conditional!r}")
-        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "eval_batch_size", "max_bad_steps"):
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "checkpoint_every",
+            "log_every",
+            "eval_batch_size",
+            "max_bad_steps",
+        ):
             _check_int(self, name, low=1)
         for name in ("warmup_steps", "sample_n"):
             _check_int(self, name, low=0)

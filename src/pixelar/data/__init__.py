@@ -6,14 +6,15 @@ Public entry points::
     load_dataset(name, split="train", data_dir=None, download=True, val_size=None) -> ImageDataset
     iterate_batches(ds, batch_size, shuffle, generator=None, drop_last=False, epoch=0)
         -> Iterator[(x int64 (B, C, H, W), y int64 (B,) or None)]
-    first_images(ds, n) -> ImageDataset (the first n images)
+    first_images(ds, n) -> ImageDataset (the first n images); select(ds, slice) -> ImageDataset
+    fixed_binarization(ds, generator) -> ImageDataset (a dynamically binarized set drawn once)
 
 Files of built-in datasets are looked up as described in :mod:`pixelar.data.paths`
 and downloaded (MD5-checked) by :mod:`pixelar.data.download` when missing.
 """
 
-from pixelar.data.batches import iterate_batches
-from pixelar.data.dataset import ImageDataset, first_images
+from pixelar.data.batches import fixed_binarization, iterate_batches
+from pixelar.data.dataset import ImageDataset, first_images, select
 from pixelar.data.errors import ChecksumError, DatasetNotFoundError, UnsafePickleError
 from pixelar.data.registry import list_datasets, load_dataset
 
@@ -23,6 +24,8 @@ __all__ = [
     "ImageDataset",
     "UnsafePickleError",
     "first_images",
+    "fixed_binarization",
+    "select",
     "iterate_batches",
     "list_datasets",
     "load_dataset",

@@ -6,6 +6,7 @@ operation, which is far faster than collating single items.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import torch
@@ -66,6 +67,17 @@ def iterate_batches(
         if ds.stochastic_binarize:
             x = binarize_stochastic(x, generator)
         yield x.long(), (y.clone() if y is not None else None)
+
+
+def fixed_binarization(ds: ImageDataset, generator: torch.Generator, batch_size: int = 1000) -> ImageDataset:
+    """A dynamically binarized dataset drawn once: every image binarized with Bernoulli(pixel / 255) in stored
+    order from `generator`, as a dataset that yields those 0/1 images every time (e.g. for evaluation, so
+    that any split of it into batches or processes scores the same images)."""
+    if not ds.stochastic_binarize:
+        return ds
+    parts = [binarize_stochastic(ds.images[k : k + batch_size], generator) for k in range(0, len(ds), batch_size)]
+    images = torch.cat(parts) if parts else ds.images
+    return dataclasses.replace(ds, images=images, stochastic_binarize=False)
 
 
 def binarize_stochastic(x: Tensor, generator: torch.Generator) -> Tensor:

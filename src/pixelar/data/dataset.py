@@ -72,6 +72,11 @@ class ImageDataset:
         )
 
 
+def select(ds: ImageDataset, part: slice) -> ImageDataset:
+    """The images ds.images[part] (and their labels) as a dataset of their own."""
+    return dataclasses.replace(ds, images=ds.images[part], labels=None if ds.labels is None else ds.labels[part])
+
+
 def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
     """The first n images of `ds` (all of them when n is None or >= len(ds))."""
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
@@ -79,7 +84,7 @@ def first_images(ds: ImageDataset, n: int | None) -> ImageDataset:
         raise ValueError(f"the number of images to keep (subset) must be None (all) or an integer >= 0, got {n!r}")
     if n is None or n >= len(ds):
         return ds
-    return dataclasses.replace(ds, images=ds.images[:n], labels=None if ds.labels is None else ds.labels[:n])
+    return select(ds, slice(0, n))
 
 
 def _describe(x: object) -> str:

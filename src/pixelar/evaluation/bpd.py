@@ -1,4 +1,8 @@
-"""Exact bits/dim of a model on a dataset: every image counted, the sum kept in float64."""
+"""Exact bits/dim of a model on a dataset: every image counted once, the sum kept in float64.
+
+Under torchrun every process scores its own contiguous share of the images (pixelar.distributed.share) and
+the float64 sums are added over the processes, so N processes report the bits/dim of one (up to the float
+rounding of batches of other shapes) and the image count is checked against the dataset."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import math
 
 import torch
 
-from ..data import ImageDataset, first_images, iterate_batches
+from .. import distributed
+from ..data import ImageDataset, first_images, fixed_binarization, iterate_batches, select
 from ..inference import inference
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
@@ -88,18 +93,23 @@ def evaluate(
     ds = first_images(dataset, subset)
     if len(ds) == 0:
         raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) has no images to evaluate")
+    if len(ds) < distributed.world_size():
+        raise ValueError(f"{len(ds)} images cannot be shared by {distributed.world_size()} processes: use fewer")
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+    # one fixed binarization of a dynamically binarized split, drawn before it is shared out
+    ds = fixed_binarization(ds, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED))
+    mine = select(ds, distributed.share(len(ds)))  # this process's images: every image in exactly one share
     K = model.num_orders
-    total = torch.zeros((), dtype=torch.float64)
-    non_finite = 0  # images whose log-likelihood is NaN or inf (broken weights or an overflow)
-    per_order = torch.zeros(K, dtype=torch.float64)
     with_parts = model.has_parts and K == 1
+    # float64 sums of this share, added over the processes at the end: nats, images, non-finite images,
+    # nats per order, the palette's reconstruction error and the parts (in the model's order of parts)
+    sums = {"nats": 0.0, "images": 0.0, "non_finite": 0.0}
+    per_order = torch.zeros(K, dtype=torch.float64)
+    recon = {"sq_err_sum": 0.0, "exact_pixels": 0.0, "pixels": 0.0, "sub_pixels": 0.0}
     parts: dict[str, float] = {}
-    recon = {"sq_err_sum": 0.0, "exact_pixels": 0, "pixels": 0, "sub_pixels": 0}
-    with inference(model):  # eval mode, no autograd (else every batch's graph stays alive through `total`)
-        for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=generator):
+    with inference(model):  # eval mode, no autograd (else every batch's graph stays alive through the sums)
+        for x, y in iterate_batches(mine, batch_size, shuffle=False):
             cond = y.to(device) if model.num_classes else None
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
                 for k, v in tokenizer.reconstruction_error(x.to(device)).items():
@@ -117,9 +127,19 @@ def evaluate(
                     lp = sum(named.values())
                 else:
                     lp = model.log_prob(x.to(device), cond)  # (B,) nats
-            total += -lp.double().sum().cpu()
-            non_finite += int((~torch.isfinite(lp)).sum())
-    n, nats = len(ds), total.item()
+            sums["nats"] += -lp.double().sum().item()
+            sums["images"] += len(x)
+            sums["non_finite"] += int((~torch.isfinite(lp)).sum())
+    packed = torch.tensor([*sums.values(), *recon.values(), *parts.values()], dtype=torch.float64)
+    packed = distributed.all_sum(torch.cat([packed, per_order]))
+    values = iter(packed.tolist())
+    sums = {k: next(values) for k in sums}
+    recon = {k: next(values) for k in recon}
+    parts = {k: next(values) for k in parts}
+    per_order = list(values)
+    n, nats, non_finite = len(ds), sums["nats"], int(sums["non_finite"])
+    if int(sums["images"]) != n:  # every image scored exactly once, whatever the number of processes
+        raise RuntimeError(f"evaluation scored {int(sums['images'])} images of {n}: the processes' shares are wrong")
     if non_finite or not math.isfinite(nats):
         raise ValueError(
             f"the model gave a non-finite log-likelihood (NaN or inf) for {non_finite} of {n} images of "
@@ -140,7 +160,7 @@ def evaluate(
     if K > 1:
         res.update(
             num_orders=K,
-            bpd_single_order=per_order[0].item() / scale,
-            bpd_per_order=[v / scale for v in per_order.tolist()],
+            bpd_single_order=per_order[0] / scale,
+            bpd_per_order=[v / scale for v in per_order],
         )
     return res

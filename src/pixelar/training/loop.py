@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import time
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import image_files  # image_files.save_grid(...): looked up at each call, so it can be replaced (tests do)
+from .. import distributed, image_files  # image_files.save_grid: looked up at each call (tests replace it)
 from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, first_images, iterate_batches, load_dataset
@@ -78,6 +79,11 @@ def train(
     While it runs it holds run_dir's lock (see RunDir.lock), and first deletes the temporary files that
     killed runs left there.
 
+    Under torchrun (`torchrun --nproc_per_node=N -m pixelar train ...`, or this function in every process)
+    the processes share each step: cfg.batch_size is the global batch, each process takes its contiguous
+    share of it, gradients are averaged (DistributedDataParallel), and rank 0 alone writes the run's files
+    and reports. See docs/training.md for what is equal across numbers of processes and what is not.
+
     Raises:
         TrainingDiverged: max_bad_steps consecutive non-finite steps (nothing is written after the last good
             checkpoint).
@@ -86,14 +92,22 @@ def train(
         ValueError: run_dir holds a checkpoint and resume is False; bad settings or data; a corrupt run file.
         FileNotFoundError: a missing run file (the message names it).
     """
+    distributed.init()  # under torchrun: join its processes (nothing happens in one process)
     rundir = RunDir(run_dir)
+    main = distributed.is_main()  # rank 0 writes the run's files and reports; the others compute
+    if not main:
+        progress, log = False, _quiet
     emit = tqdm.write if progress and log is print else log  # keep the bar intact while it is shown
-    with rundir.lock():
-        removed = rundir.remove_temp_files()
-        if removed:
-            emit(f"removed {removed} temporary file(s) left in {rundir.path} by an interrupted run")
+    with contextlib.ExitStack() as held:
+        with distributed.together("locking the run directory"):
+            if main:
+                held.enter_context(rundir.lock())
+                removed = rundir.remove_temp_files()
+                if removed:
+                    emit(f"removed {removed} temporary file(s) left in {rundir.path} by an interrupted run")
         with _disk_full_hint(rundir):
-            run = _setup(cfg, rundir, resume, max_steps, emit)
+            with distributed.together("setting up the run"):
+                run = _setup(cfg, rundir, resume, max_steps, emit)
             with tqdm(
                 total=run.cfg.max_steps, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True
             ) as bar:
@@ -104,6 +118,30 @@ def train(
                     if on_step is not None:
                         on_step(run.step)
             return _finish(run, log)
+
+
+def _quiet(message: str) -> None:
+    """The log of the processes other than rank 0."""
+
+
+# DDP's switch for not broadcasting buffers at every forward: its name changed in torch 2.13
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
+class _LogProb(torch.nn.Module):
+    """model.log_prob as the forward of a module, so that DistributedDataParallel sees each call it must
+    synchronise (the model's own forward gives parameters, not the likelihood)."""
+
+    def __init__(self, model: torch.nn.Module, log_prob: Callable):
+        super().__init__()
+        self.model, self.log_prob = model, log_prob
+
+    def forward(self, x, cond=None, **kw):
+        return self.log_prob(x, cond, **kw)
 
 
 @contextlib.contextmanager
@@ -148,7 +186,10 @@ class _Run:
     test_ds: ImageDataset
     metrics: _MetricsLog
     window: _Window
-    log_prob: Callable  # model.log_prob, or its compiled version
+    log_prob: Callable  # model.log_prob, or its compiled version; under torchrun through DistributedDataParallel
+    ddp: torch.nn.parallel.DistributedDataParallel | None  # None in one process
+    share: slice  # this process's images of each global batch
+    loss_scale: float  # 1 / grad_accum: the micro-batches' mean losses add up to the share's mean
     autocast: contextlib.AbstractContextManager
     dims_ln2: float  # sub-pixels (tokens for tokenized models) per image * ln 2: nats per image -> bits/dim
     max_norm: float  # gradient clipping (inf: norm measured, gradients unchanged)
@@ -165,7 +206,21 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
     """Everything before the first step (train() holding the lock): the settings, data, model, optimizer, EMA,
     augmentation, the checkpoint's state when resuming, the metrics log; emits the start line."""
     cfg, ckpt, model_config = _settings(cfg, rundir, resume, max_steps)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    world, main = distributed.world_size(), distributed.is_main()
+    parts = world * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} cannot be shared by {world} process(es) x grad_accum={cfg.grad_accum} "
+            f"micro-batch(es) of equal size: choose a multiple of {parts}"
+        )
+    if cfg.device != "auto":
+        device = torch.device(cfg.device)
+    else:
+        device = (
+            distributed.device()
+            if distributed.active()
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
     train_ds, test_ds = _datasets(cfg)
     torch.manual_seed(cfg.seed)  # weight init (a resumed run overwrites weights and RNG states below)
     model = _model(cfg, rundir, model_config, train_ds, test_ds, emit)
@@ -188,14 +243,18 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
     if ckpt is None:
         batches = _Batches(train_ds, cfg.batch_size, cfg.seed)
         step, bad, elapsed_before = 0, 0, 0.0
-        rundir.write_config(model.config(), cfg.to_dict())
+        if main:
+            rundir.write_config(model.config(), cfg.to_dict())
+        if distributed.rank():  # the other processes' dropout and order draws: streams of their own
+            torch.manual_seed(_rank_seed(cfg.seed, distributed.rank(), 0))
     else:
         batches = _restore(rundir, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen)
         step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
-        rundir.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
-        if max_steps is not None:
-            rundir.write_config(model.config(), cfg.to_dict())
-    metrics = _MetricsLog(rundir.path / METRICS_NAME, keep_through=step if ckpt is not None else None)
+        if main:
+            rundir.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
+            if max_steps is not None:
+                rundir.write_config(model.config(), cfg.to_dict())
+    metrics = _MetricsLog(rundir.path / METRICS_NAME, keep_through=step if ckpt is not None else None, enabled=main)
     # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
     window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
 
@@ -216,6 +275,15 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
     log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
     if cfg.compile and log_prob.compiled:
         emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
+    ddp = None
+    if world > 1:  # gradients averaged over the processes during backward; parameters start equal (rank 0's)
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            _LogProb(model, log_prob),
+            device_ids=[device.index] if device.type == "cuda" else None,
+            **_NO_BUFFER_SYNC,  # buffers are derived from the settings: the same in every process
+        )
+        log_prob = ddp
+        emit(f"{world} processes: {cfg.batch_size // world} images of each step's {cfg.batch_size} per process")
     model.train()
     return _Run(
         cfg=cfg,
@@ -232,6 +300,9 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         metrics=metrics,
         window=window,
         log_prob=log_prob,
+        ddp=ddp,
+        share=distributed.share(cfg.batch_size),
+        loss_scale=1.0 / cfg.grad_accum,
         autocast=autocast,
         dims_ln2=model.image.dims * math.log(2),  # per token for tokenized models
         max_norm=cfg.grad_clip if cfg.grad_clip is not None else math.inf,
@@ -318,20 +389,34 @@ def _model(cfg: TrainConfig, rundir: RunDir, model_config, train_ds: ImageDatase
 
 def _step(run: _Run) -> float:
     """One training step (see the module docstring); returns its learning rate. Raises TrainingDiverged after
-    max_bad_steps non-finite steps in a row."""
+    max_bad_steps non-finite steps in a row.
+
+    This process's share of the batch goes through grad_accum micro-batches (gradients added up, averaged over
+    the processes by DDP in the last one's backward). Whether the step counts is decided on numbers every
+    process has: the batch's loss summed over the processes, and the norm of the averaged gradients; so all
+    processes skip the same steps. A non-finite loss still runs its backward (its gradients are then
+    discarded): the processes must all take part in the averaging."""
     cfg, model = run.cfg, run.model
     x, cond, kw = _inputs(run)
     lr = learning_rate(run.step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
     set_lr(run.optimizer, lr)
     run.optimizer.zero_grad(set_to_none=True)
-    with run.autocast:
-        lp = run.log_prob(x, cond, **kw)  # (B,) nats
-    loss = -lp.float().mean() / run.dims_ln2  # bits/dim
+    m = x.shape[0] // cfg.grad_accum
+    nats = torch.zeros((), dtype=torch.float64)  # -log p of this process's images
+    for k in range(cfg.grad_accum):
+        part = slice(k * m, (k + 1) * m)
+        last = k == cfg.grad_accum - 1
+        with contextlib.nullcontext() if last or run.ddp is None else run.ddp.no_sync():
+            with run.autocast:
+                lp = run.log_prob(x[part], None if cond is None else cond[part], **{a: v[part] for a, v in kw.items()})
+            loss = -lp.float().mean() / run.dims_ln2 * run.loss_scale  # bits/dim
+            loss.backward()
+        nats += -lp.detach().double().sum().cpu()
+    bpd = (distributed.all_sum(nats) / (cfg.batch_size * run.dims_ln2)).item()  # the whole batch's
     reason, grad_norm = None, None
-    if not torch.isfinite(loss):
+    if not math.isfinite(bpd):
         reason = "non-finite loss"
     else:
-        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.max_norm)
         if not torch.isfinite(grad_norm):
             reason = "non-finite gradient norm"
@@ -341,11 +426,11 @@ def _step(run: _Run) -> float:
         run.optimizer.step()
         run.ema.update(model, step)
         run.bad = 0
-        run.window.add(loss.item(), grad_norm.item(), x.shape[0])
+        run.window.add(bpd, grad_norm.item(), cfg.batch_size)
     else:
         run.bad += 1
-        run.window.images += x.shape[0]
-        run.emit(f"step {step}: {reason} (loss {loss.item()}); step skipped, {run.bad} bad step(s) in a row")
+        run.window.images += cfg.batch_size
+        run.emit(f"step {step}: {reason} (loss {bpd}); step skipped, {run.bad} bad step(s) in a row")
         run.metrics.write({"step": step, "skipped": True, "reason": reason, "bad_steps": run.bad, "lr": lr})
         if run.bad >= cfg.max_bad_steps:
             raise TrainingDiverged(
@@ -357,13 +442,17 @@ def _step(run: _Run) -> float:
 
 
 def _inputs(run: _Run):
-    """The next batch as model inputs: (x, cond, extra log_prob keyword arguments)."""
+    """This process's share of the next batch as model inputs: (x, cond, extra log_prob keyword arguments).
+    The batch and its augmentation indices are drawn whole in every process, so that the images of a step
+    and their transformations do not depend on the number of processes."""
     cfg, model = run.cfg, run.model
     t_data = time.perf_counter()
     x, y = run.batches.next()
     run.window.data_s += time.perf_counter() - t_data
-    x = x.to(run.device)
-    aug = run.augmenter.draw(x.shape[0], run.aug_gen).to(run.device) if run.augmenter is not None else None
+    aug = run.augmenter.draw(x.shape[0], run.aug_gen) if run.augmenter is not None else None
+    x = x[run.share].to(run.device)
+    y = None if y is None else y[run.share]
+    aug = None if aug is None else aug[run.share].to(run.device)
     if cfg.augment:
         x = run.augmenter.apply(x, aug)  # plain augmentation: the model sees T(x), unconditioned
     # data images -> model inputs after plain augmentation (which acts on the data images), before
@@ -407,7 +496,8 @@ def _report(run: _Run, lr: float, bar, progress: bool) -> None:
 def _checkpoint(run: _Run, progress: bool) -> None:
     """A checkpoint every checkpoint_every steps and after the last."""
     if run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.max_steps:
-        _save(run)
+        with distributed.together("writing a checkpoint"):
+            _save(run)
         if not progress:
             run.emit(f"checkpoint at step {run.step}")
 
@@ -437,7 +527,9 @@ def _finish(run: _Run, log) -> dict:
     else:
         log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
     if cfg.sample_n:
-        _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
+        with distributed.together("drawing the samples"):
+            if distributed.is_main():
+                _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
     out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
     if res.get("tokenized"):  # test_bpd is then bits per token
         out.update(tokenized=True, test_nats_per_token=res["nats_per_token"], palette_rmse=res["palette_rmse"])
@@ -521,8 +613,10 @@ class _MetricsLog:
     about to be recomputed) and a final line of an earlier end, so each step appears once.
     """
 
-    def __init__(self, path: Path, keep_through: int | None):
-        self.path = path
+    def __init__(self, path: Path, keep_through: int | None, enabled: bool = True):
+        self.path, self.enabled = path, enabled  # disabled: a process other than rank 0, which writes nothing
+        if not enabled:
+            return
         kept = []
         if keep_through is not None and path.exists():
             for line in path.read_text().splitlines():
@@ -535,7 +629,8 @@ class _MetricsLog:
         write_text(path, "".join(kept))
 
     def write(self, record: dict) -> None:
-        append_text(self.path, json.dumps(record) + "\n")
+        if self.enabled:
+            append_text(self.path, json.dumps(record) + "\n")
 
 
 def _augment_seed(seed: int) -> int:
@@ -543,12 +638,28 @@ def _augment_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 0xA06]).generate_state(1, np.uint64)[0])
 
 
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of process `rank`'s own random stream (dropout, order draws) from `step` on: rank 0 keeps the
+    stream of a single process, the others start their own (at step 0, or when a resume finds none saved)."""
+    return int(np.random.SeedSequence([seed, 0xD1, rank, step]).generate_state(1, np.uint64)[0])
+
+
 def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """The generator states to checkpoint: the data's and augmentation's (the same in every process), the torch
+    (and CUDA) streams of rank 0 as "torch" ("cuda.<i>"), those of rank r > 0 as "rank<r>.torch" ("rank<r>.cuda").
+    Every process must call it (the states are gathered)."""
     rng = {"torch": torch.get_rng_state(), "data": batches.generator.get_state()}
     if aug_gen is not None:
         rng["augment"] = aug_gen.get_state()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not distributed.active():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if distributed.active():
+        streams = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            streams["cuda"] = torch.cuda.get_rng_state()
+        for name, state in streams.items():
+            for r, s in enumerate(distributed.gather_tensors(state)):
+                rng[name if r == 0 and name == "torch" else f"rank{r}.{name}"] = s
     return rng
 
 
@@ -580,7 +691,8 @@ def _save(run: _Run) -> None:
     checkpoint = Checkpoint(
         progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, run.aug_gen)
     )
-    run.dir.save(checkpoint)
+    if distributed.is_main():
+        run.dir.save(checkpoint)
 
 
 def _restore(
@@ -609,7 +721,13 @@ def _restore(
             f"{batches.epoch} to batch {batches.batch} does not reproduce the saved data generator "
             f"state (was dataset {cfg.dataset!r} or its files changed?)"
         )
-    torch.set_rng_state(ckpt.rng["torch"])
+    rank = distributed.rank()
+    if rank == 0:
+        torch.set_rng_state(ckpt.rng["torch"])
+    elif f"rank{rank}.torch" in ckpt.rng:  # this process's own stream, saved by a run with as many processes
+        torch.set_rng_state(ckpt.rng[f"rank{rank}.torch"])
+    else:  # more processes than the checkpoint's run had: a new stream (docs/training.md)
+        torch.manual_seed(_rank_seed(cfg.seed, rank, ckpt.progress["step"]))
     if aug_gen is not None:
         if "augment" not in ckpt.rng:
             raise ValueError(
@@ -618,9 +736,18 @@ def _restore(
             )
         aug_gen.set_state(ckpt.rng["augment"])
     if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            if f"cuda.{i}" in ckpt.rng:
-                torch.cuda.set_rng_state(ckpt.rng[f"cuda.{i}"], i)
+        if distributed.active():
+            key = "rank0.cuda" if rank == 0 else f"rank{rank}.cuda"
+            if key in ckpt.rng:
+                torch.cuda.set_rng_state(ckpt.rng[key])
+            elif rank == 0 and "cuda.0" in ckpt.rng:  # a single-process run's checkpoint
+                torch.cuda.set_rng_state(ckpt.rng["cuda.0"])
+            else:
+                torch.cuda.manual_seed(_rank_seed(cfg.seed, rank, ckpt.progress["step"]))
+        else:
+            for i in range(torch.cuda.device_count()):
+                if f"cuda.{i}" in ckpt.rng:
+                    torch.cuda.set_rng_state(ckpt.rng[f"cuda.{i}"], i)
     return batches
 
 
