@@ -154,6 +154,7 @@ def _train_flags(args) -> dict[str, tuple[str, object]]:
         ("precision", "--precision", args.precision),
         ("seed", "--seed", args.seed),
         ("checkpoint_every", "--checkpoint-every", args.checkpoint_every),
+        ("log_every", "--log-every", args.log_every),
         ("sample_n", "--sample-n", args.sample_n),
         ("train_subset", "--train-subset", args.train_subset),
         ("test_subset", "--test-subset", args.test_subset),
@@ -586,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
     t.add_argument("--seed", type=seed)
     t.add_argument("--checkpoint-every", type=positive_int)
+    t.add_argument("--log-every", type=positive_int, help="steps per line of metrics.jsonl (default 10)")
     t.add_argument("--sample-n", type=nonnegative_int, help="samples drawn into samples.png at the end")
     t.add_argument("--train-subset", type=positive_int, help="use only the first N training images (quick experiments)")
     t.add_argument(
