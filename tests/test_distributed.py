@@ -31,13 +31,16 @@ SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the launched process
 STEPS = 6
 
 
-def launch(n: int, *args: str, script: Path | None = None, restarts: int = 0, cwd: Path) -> str:
-    """torchrun with n processes of `pixelar ...` (or of a script taking the same arguments); its output."""
+def launch(n: int, *args: str, script: Path | None = None, restarts: int = 0, cwd: Path, ok: bool = True):
+    """torchrun with n processes of `pixelar ...` (or of a script taking the same arguments); its output
+    (stdout + stderr), the process itself where ok is False (then it may fail)."""
     target = [str(script)] if script else ["-m", "pixelar"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
     cmd += [f"--max-restarts={restarts}", *target, *args]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if not ok:
+        return proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -68,6 +71,16 @@ def config(data: str, steps: int = STEPS) -> TrainConfig:
     )  # fmt: skip
 
 
+def train_here(cfg: TrainConfig, run: Path) -> None:
+    """The run in this process, on one thread like each launched process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        quiet(cfg, run)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model.safetensors"))
 
@@ -91,12 +104,7 @@ def two(data, tmp_path_factory) -> Path:
 def one(data, tmp_path_factory) -> Path:
     """The same run in this process (one thread, as the launched processes)."""
     run = tmp_path_factory.mktemp("one") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        quiet(config(data), run)
-    finally:
-        torch.set_num_threads(threads)
+    train_here(config(data), run)
     return run
 
 
@@ -119,10 +127,7 @@ def test_two_processes_take_the_steps_of_one(two, one):
 
 
 def test_a_batch_that_cannot_be_shared_is_refused_before_anything_starts(data, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pixelar"]
-    cmd += ["train", *flags(data), "--batch-size", "7", "--run-dir", "run"]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch(2, "train", *flags(data), "--batch-size", "7", "--run-dir", "run", cwd=tmp_path, ok=False)
     assert proc.returncode != 0 and "batch_size=7 cannot be shared by 2 process(es)" in proc.stderr
     assert not (tmp_path / "run" / "config.json").exists()
 
@@ -210,12 +215,7 @@ def test_a_killed_process_is_restarted_by_torchrun_and_the_run_resumes(two, data
 
 
 def test_grad_accum_takes_the_same_step_in_micro_batches(one, data, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        quiet(dataclasses.replace(config(data), grad_accum=4), tmp_path / "run")
-    finally:
-        torch.set_num_threads(threads)
+    train_here(dataclasses.replace(config(data), grad_accum=4), tmp_path / "run")
     assert_close_weights(tmp_path / "run", one, atol=1e-5)
     # Adam would hide a gradient off by a constant factor; the gradient norm does not
     for a, b in zip(metrics(tmp_path / "run"), metrics(one)):
@@ -226,11 +226,6 @@ def test_distaug_and_class_conditioning_train_on_two_processes_as_on_one(data, t
     extra = ["--distaug", "rot90", "--class-conditional"]
     launch(2, "train", *flags(data), *extra, "--run-dir", "two", cwd=tmp_path)
     cfg = dataclasses.replace(config(data), distaug=["rot90"], class_conditional=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        quiet(cfg, tmp_path / "one")
-    finally:
-        torch.set_num_threads(threads)
+    train_here(cfg, tmp_path / "one")
     # the augmentation indices are drawn for the whole batch in every process: the same transformations
     assert_close_weights(tmp_path / "two", tmp_path / "one", atol=1e-5)
