@@ -95,20 +95,6 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
-def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Rank src's tensor on every process (in place where possible)."""
-    if active():
-        on = t.to(device()) if dist.get_backend() == "nccl" else t.cpu()
-        dist.broadcast(on, src)
-        return on.to(t.device)
-    return t
-
-
 def gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """Every process's tensor t (all the same shape and dtype), in rank order, on every process."""
     if not active():
