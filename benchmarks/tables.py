@@ -8,12 +8,12 @@ from pathlib import Path
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def write_table(name: str, text: str) -> None:
+def write_table(name: str, text: str, path: Path = PAGE) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    page = PAGE.read_text()
+    page = path.read_text()
     if start not in page or end not in page:
-        raise SystemExit(f"{PAGE} has no {start} ... {end} block; add one where the table belongs")
+        raise SystemExit(f"{path} has no {start} ... {end} block; add one where the table belongs")
     head, rest = page.split(start, 1)
     _, tail = rest.split(end, 1)
-    PAGE.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
-    print(f"updated the {name} table in {PAGE}")
+    path.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
+    print(f"updated the {name} table in {path}")

@@ -1,4 +1,4 @@
-"""Command-line interface: `pixelar train | eval | sample | complete | probe | models`.
+"""Command-line interface: `pixelar train | eval | sample | complete | probe | models | recipes`.
 
 The only place that turns command-line input into objects; all work happens in the library.
 """
@@ -29,6 +29,7 @@ from .image_files import image_format, load_image, save_grid, save_image
 from .inference import inference
 from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
+from .recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
 from .sampling.complete import complete, keep_mask
 from .training import train
 from .training.checkpoint import RunDir
@@ -202,14 +203,22 @@ def cmd_train(args) -> int:
         print(f"restarted: resuming {args.run_dir} from its last checkpoint")
         args.resume, args.run_dir = args.run_dir, None
     if args.resume:
+        if args.recipe:
+            raise ValueError(
+                f"--recipe {args.recipe} with --resume {args.resume}: a resumed run keeps its own settings; "
+                "drop --recipe"
+            )
         _check_resume_flags(args, given)
         result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress, max_steps=args.steps)
     else:
-        cfg = TrainConfig()
-        for field, (_, value) in given.items():
-            setattr(cfg, field, value)
-        if args.steps is not None:
-            cfg.max_steps = args.steps
+        if args.recipe:
+            cfg = _recipe_config(args, given)
+        else:
+            cfg = TrainConfig()
+            for field, (_, value) in given.items():
+                setattr(cfg, field, value)
+            if args.steps is not None:
+                cfg.max_steps = args.steps
         cfg.validate()
         # chosen once, by rank 0, for every process of a torchrun job (their clocks may not agree on the second)
         run_dir = distributed.broadcast_object(
@@ -224,6 +233,89 @@ def cmd_train(args) -> int:
         )
     else:
         print(f"test bits/dim: {result['test_bpd']:.4f}  ({result['run_dir']})")
+    return 0
+
+
+# ----- recipes ----------------------------------------------------------------------------------------------
+# the flags that give a setting a recipe leaves unstated (Recipe.required)
+RECIPE_FLAGS = {"batch_size": "--batch-size", "max_steps": "--steps", "lr": "--lr", "lr_decay": "--lr-decay"}
+
+
+def _recipe_config(args, given: dict) -> TrainConfig:
+    """The recipe's TrainConfig, with the flags given on the command line on top (they win; --set adds to or
+    replaces the recipe's model options)."""
+    recipe = get_recipe(args.recipe)
+    settings = {field: value for field, (_, value) in given.items()}
+    if args.steps is not None:
+        settings["max_steps"] = args.steps
+    missing = [f for f in recipe.required() if f not in settings]
+    if missing:
+        raise ValueError(
+            f"--recipe {recipe.name}: the paper does not state "
+            + "; ".join(f"{f} ({recipe.unstated[f]})" for f in missing)
+            + ". Give them: "
+            + " ".join(f"{RECIPE_FLAGS[f]} N" for f in missing)
+        )
+    return recipe_config(recipe.name, settings)
+
+
+def recipe_command(recipe) -> str:
+    """The torchrun command line that runs `recipe` on its paper's GPU count (8 where unstated); placeholders
+    for the settings the paper leaves open."""
+    extra = "".join(f" {RECIPE_FLAGS[f]} {f.upper()}" for f in recipe.required())
+    return (
+        f"torchrun --standalone --nproc_per_node={recipe.gpus or 8} -m pixelar train --recipe {recipe.name}"
+        f"{extra} --run-dir runs/{recipe.name}"
+    )
+
+
+def _shown(v) -> str:
+    return "none" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def cmd_recipes(args) -> int:
+    if args.name is None:
+        rows = [("recipe", "model", "bits/dim", "batch", "steps", "compute (as stated)")]
+        for name in list_recipes():
+            r = get_recipe(name)
+            model = r.model + (" + distaug" if r.train.get("distaug") else "")
+            batch, steps = (_shown(r.train[f]) if f in r.train else "unstated" for f in ("batch_size", "max_steps"))
+            rows.append((name, model, r.bits_per_dim_text, batch, steps, r.compute))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5])
+        print("\npixelar recipes NAME: one recipe in full, with its command line; docs/recipes.md lists them all")
+        return 0
+    r = get_recipe(args.name)
+    defaults = TrainConfig()
+    print(f"{r.name}: {r.paper}")
+    print(f"  CIFAR-10 test bits/dim in the paper: {r.bits_per_dim_text} ({r.bits_per_dim_note})")
+    settings = {f: 1 for f in r.required()}  # placeholders: the model does not depend on them
+    ours = num_parameters(recipe_config(r.name, settings))
+    paper = f"{r.parameters:,} ({r.parameters_note})" if r.parameters else r.parameters_note
+    print(f"  parameters: paper {paper}; this recipe's model {ours:,}")
+    print(f"  compute: {r.compute}")
+    cost = f"{r.gpu_hours:,} GPU-hours" if r.gpu_hours is not None else "unknown"
+    print(f"  cost: {cost} ({r.gpu_hours_how})")
+    print("  settings:")
+    for field in ("model", "size", "model_overrides", "dataset", "distaug", "augment", *TRAINING_FIELDS):
+        if field in r.train:
+            source = r.sources.get(field)
+            print(f"    {field:<16} {_shown(r.train[field])}" + (f"  ({source})" if source else ""))
+        elif field in r.unstated:
+            todo = (
+                f"give {RECIPE_FLAGS[field]}"
+                if field in r.required()
+                else f"pixelar's default {_shown(getattr(defaults, field))} applies"
+            )
+            print(f"    {field:<16} unstated: {r.unstated[field]}; {todo}")
+    if r.deviations:
+        print("  differences from the paper's setup:")
+        for d in r.deviations:
+            print(f"    - {d}")
+    gpus = f"the paper's {r.gpus} GPUs" if r.gpus else "8 GPUs (the paper's GPU count is unstated)"
+    print(f"  run on {gpus}; the batch is global, so any --nproc_per_node takes the same steps:")
+    print(f"    {recipe_command(r)}")
     return 0
 
 
@@ -613,6 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="model option, e.g. --set dropout=0.5 --set output.nr_mix=10",
     )
+    t.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="a paper's CIFAR-10 setup (see `pixelar recipes`); flags given with it override its settings",
+    )
     t.add_argument("--run-dir", help="output directory (default runs/MODEL-DATASET-TIME)")
     t.add_argument(
         "--resume",
@@ -725,6 +822,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
     u.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
     u.set_defaults(func=cmd_decompress)
+
+    rc = sub.add_parser("recipes", help="list the papers' CIFAR-10 training recipes, or show one in full")
+    rc.add_argument("name", nargs="?", help="a recipe to show with its settings, cost and torchrun command line")
+    rc.set_defaults(func=cmd_recipes)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")
     m.add_argument("--image", type=_image_spec, default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
