@@ -98,8 +98,18 @@ class RawSplit(NamedTuple):
 
     images: uint8 (N, C, H, W) 8-bit values; labels: int64 (N,) or None;
     num_classes: None when unlabelled.
+
+    How "train" and "val" are cut from the training part (see splits.py):
+    by default the images are in file order and each part is gathered by index (a copy). A reader whose
+    images are memory-mapped (cache.py) stores them so that both parts are slices, i.e. views of the mapping:
+    permuted: the images are in the order of ``splits.val_permutation(N)``, so for any val_size "val" is the
+        last val_size images and "train" the others (the same images as the gathered parts, in another order);
+    own_val: the last own_val images are the dataset's own validation images (CelebA's official partition),
+        which are "val" whatever val_size says (another val_size is refused).
     """
 
     images: Tensor
     labels: Tensor | None
     num_classes: int | None
+    permuted: bool = False
+    own_val: int | None = None

@@ -150,7 +150,7 @@ def ensure_files(
         return found
 
     def not_found(reason: str) -> DatasetNotFoundError:
-        return DatasetNotFoundError(*_not_found_message(folder, required, data_dir, title, hint, reason))
+        return not_found_error(folder, required, data_dir, title, hint, reason)
 
     if not download:
         raise not_found("download=False")
@@ -167,6 +167,19 @@ def ensure_files(
         except (OSError, http.client.HTTPException) as e:
             raise not_found(f"download from {remote.url} failed: {e}") from e
     return [paths.find_in(target, alternatives) for alternatives in required]  # type: ignore[misc]
+
+
+def not_found_error(
+    folder: str,
+    required: Sequence[Sequence[str]],
+    data_dir: str | os.PathLike | None,
+    title: str,
+    hint: str,
+    reason: str,
+) -> DatasetNotFoundError:
+    """The error for missing files: which are needed (`required`: the names each may have), where they may be
+    put, `reason` and `hint`; it names the argument data_dir."""
+    return DatasetNotFoundError(*_not_found_message(folder, required, data_dir, title, hint, reason))
 
 
 def _download_dir(folder: str, data_dir: str | os.PathLike | None) -> Path | None:

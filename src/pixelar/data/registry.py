@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from pixelar.data import celeba, imagenet
 from pixelar.data.cifar import load_cifar10
 from pixelar.data.dataset import ImageDataset, RawSplit
 from pixelar.data.folder import load_folder
 from pixelar.data.mnist import MNIST_SOURCES, load_mnist_like
 from pixelar.data.npz import load_npz
-from pixelar.data.splits import check_split, default_val_size, train_val_indices
+from pixelar.data.splits import check_split, check_val_size, default_val_size, train_val_indices
 from pixelar.types import ImageSpec
 
 # Pixel >= this is 1 in the fixed binarization of "*_binary" sets.
@@ -22,6 +23,11 @@ for _family in MNIST_SOURCES:
     _BUILTINS[f"{_family}_binary"] = (_family, "fixed")
     _BUILTINS[f"{_family}_dynamic"] = (_family, "dynamic")
 _BUILTINS["cifar10"] = ("cifar10", None)
+# Memory-mapped sets (cache.py): the name gives the resolution (celeba128, celeba_hq512, ...).
+for _r in imagenet.RESOLUTIONS:
+    _BUILTINS[imagenet.folder(_r)] = ("imagenet", None)
+_BUILTINS[celeba.CELEBA] = ("celeba", None)
+_BUILTINS[celeba.CELEBA_HQ] = ("celeba", None)
 
 _PATH_PREFIXES = ("npz:", "folder:")
 
@@ -29,7 +35,8 @@ _PATH_PREFIXES = ("npz:", "folder:")
 def list_datasets() -> list[str]:
     """Names of the built-in datasets.
 
-    ``load_dataset`` also accepts ``npz:/path/to/file.npz`` and ``folder:/path/to/dir``.
+    ``load_dataset`` also accepts ``npz:/path/to/file.npz``, ``folder:/path/to/dir`` and CelebA at another
+    resolution R, ``celebaR`` (default 64) or ``celeba_hqR`` (default 256).
     """
     return sorted(_BUILTINS)
 
@@ -61,11 +68,16 @@ def load_dataset(
     check_split(split)
     part = "test" if split == "test" else "train"
     binarize: str | None = None
-    if name in _BUILTINS:
-        family, binarize = _BUILTINS[name]
+    celeba_kind = celeba.parse_name(name)
+    if name in _BUILTINS or celeba_kind is not None:
+        family, binarize = _BUILTINS.get(name, ("celeba", None))
         builtin = True
         if family == "cifar10":
             raw = load_cifar10(part, data_dir, download)
+        elif family == "imagenet":
+            raw = imagenet.load_imagenet(int(name.removeprefix("imagenet")), part, data_dir)
+        elif family == "celeba":
+            raw = celeba.load_celeba(*celeba_kind, part, data_dir)  # type: ignore[misc]
         else:
             raw = load_mnist_like(family, part, data_dir, download)
     elif name.startswith(_PATH_PREFIXES):
@@ -76,8 +88,8 @@ def load_dataset(
         raw = load_npz(path, part) if kind == "npz" else load_folder(path, part)
     else:
         raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}, "
-            "or npz:/path/to/file.npz, folder:/path/to/dir"
+            f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}, celebaR or celeba_hqR "
+            "(CelebA at resolution R), npz:/path/to/file.npz, folder:/path/to/dir"
         )
 
     n = len(raw.images)
@@ -92,9 +104,24 @@ def load_dataset(
                 f"dataset {name!r} has only 1 training image: the {split!r} split needs at least 2 "
                 "(some are held out as 'val'); add training images"
             )
-        size = default_val_size(n, builtin) if val_size is None else val_size
-        train_idx, val_idx = train_val_indices(n, size)
-        raw = _select(raw, train_idx if split == "train" else val_idx)
+        if raw.own_val is not None:  # the dataset's own validation images (CelebA's official partition)
+            if val_size is not None and val_size != raw.own_val:
+                raise ValueError(
+                    f"dataset {name!r} has its own {raw.own_val} validation images, which are its 'val' split; "
+                    f"val_size={val_size} cannot change them (leave val_size=None)"
+                )
+            size = raw.own_val
+        else:
+            size = default_val_size(n, builtin) if val_size is None else val_size
+        if raw.permuted or raw.own_val is not None:
+            # stored with "val" last (memory-mapped): both parts are slices, i.e. views of the mapping
+            check_val_size(n, size)
+            part_slice = slice(0, n - size) if split == "train" else slice(n - size, n)
+            labels = raw.labels[part_slice] if raw.labels is not None else None
+            raw = RawSplit(raw.images[part_slice], labels, raw.num_classes)
+        else:
+            train_idx, val_idx = train_val_indices(n, size)
+            raw = _select(raw, train_idx if split == "train" else val_idx)
 
     images = raw.images
     channels, height, width = images.shape[1:]

@@ -83,12 +83,13 @@ class Palette(nn.Module):
         images = self._check_pixels(images, "images").cpu()  # fitting runs on the CPU, once
         C = self.channels
         code = torch.zeros(256**C, dtype=torch.long)
-        flat = images.permute(0, 2, 3, 1).reshape(-1, C)  # (N*H*W, C)
-        if flat.shape[0] == 0:
+        if images.numel() == 0:
             raise ValueError("cannot fit a palette on zero images")
-        step = 1 << 22
-        for i in range(0, flat.shape[0], step):  # bincount of colour codes, chunked (bounded memory)
-            p = flat[i : i + step].long()
+        # bincount of colour codes over chunks of whole images of about 4M pixels: bounded memory, and no copy
+        # of all the images (they may be a memory-mapped data set larger than memory)
+        step = max(1, (1 << 22) // (images.shape[2] * images.shape[3]))
+        for i in range(0, images.shape[0], step):
+            p = images[i : i + step].permute(0, 2, 3, 1).reshape(-1, C).long()  # (pixels, C)
             codes = p[:, 0] if C == 1 else (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]
             code += torch.bincount(codes, minlength=256**C)
         ids = code.nonzero().flatten()  # (D,) present colour codes, ascending
