@@ -654,7 +654,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--model", help="registered model name (see `pixelar models`)")
     t.add_argument("--size", choices=["tiny", "small", "paper"])
-    t.add_argument("--dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH")
+    t.add_argument(
+        "--dataset",
+        help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, imagenet32, imagenet64, celeba[R], celeba_hq[R], "
+        "npz:PATH, folder:PATH",
+    )
     t.add_argument(
         "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
     )

@@ -10,7 +10,9 @@ Public entry points::
     fixed_binarization(ds, generator) -> ImageDataset (a dynamically binarized set drawn once)
 
 Files of built-in datasets are looked up as described in :mod:`pixelar.data.paths`
-and downloaded (MD5-checked) by :mod:`pixelar.data.download` when missing.
+and downloaded (MD5-checked) by :mod:`pixelar.data.download` when missing. Downsampled
+ImageNet and CelebA (which are not downloaded) are converted once into a cache file that
+every process memory-maps (:mod:`pixelar.data.cache`).
 """
 
 from pixelar.data.batches import fixed_binarization, iterate_batches

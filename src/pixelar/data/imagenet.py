@@ -109,12 +109,13 @@ def _locate(resolution: int, part: str, data_dir) -> tuple[Path, list[Path]]:
         reason = f"{partial[0]} lacks {', '.join(partial[1])}"
     else:
         reason = "they need an image-net.org login, so pixelar does not download them"
+    shown = [(f"{names[0]} ... {names[-1]} (all {len(names)})",)] if len(names) > 1 else [names]
     hint = (
-        f"Get Imagenet{resolution}_train_npz.zip and Imagenet{resolution}_val_npz.zip (Downsampled ImageNet, "
-        f"Chrabaszcz et al. 2017) from image-net.org and unpack them; the files may lie in {sub}/ below the "
-        "directory."
+        f"Download the npz release of Downsampled ImageNet {resolution}x{resolution} (Chrabaszcz et al. 2017) "
+        f"from image-net.org and unpack it; the files may also lie in {_subfolder(resolution, 'train')}/ and "
+        f"{_subfolder(resolution, 'test')}/ below the directory."
     )
-    raise not_found_error(folder(resolution), required, data_dir, _title(resolution), hint, reason)
+    raise not_found_error(folder(resolution), shown, data_dir, _title(resolution), hint, reason)
 
 
 def _count(path: Path) -> int:

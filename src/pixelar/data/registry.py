@@ -48,7 +48,8 @@ def load_dataset(
     download: bool = True,
     val_size: int | None = None,
 ) -> ImageDataset:
-    """Load one split of a dataset into memory.
+    """Load one split of a dataset: into memory, or memory-mapped from a cache file for the large sets
+    (imagenet32/64, celeba, celeba_hq: see pixelar.data.cache), where every split is a view of the mapping.
 
     Args:
         name: a name from :func:`list_datasets`, ``npz:PATH`` or ``folder:PATH``.
@@ -58,8 +59,9 @@ def load_dataset(
             its ``<dataset>/`` subfolder) and used for downloads.
         download: fetch missing built-in files from their canonical address
             (MD5-checked). If False, missing files raise DatasetNotFoundError at once.
-        val_size: images in "val" (default: 5000 for built-in sets, otherwise
-            max(1, N // 10)); only used by the "train" and "val" splits.
+        val_size: images in "val" (default: 5000 for built-in sets, at most N // 10, otherwise
+            max(1, N // 10)); only used by the "train" and "val" splits. CelebA with its official
+            partition file has its own "val" images, which val_size may not change.
 
     Raises:
         ValueError: unknown name or split, or corrupt data files.
