@@ -214,7 +214,7 @@ def test_resumed_metrics_equal_uninterrupted_ones(cfg, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         quiet(cfg, cut, on_step=stop_after(5))  # the checkpoint at step 3 is mid-window (lines at 4 and 8)
     quiet(cfg, cut, resume=True)
-    wall_clock = {"elapsed_s", "images_per_s", "data_fraction"}
+    wall_clock = {"elapsed_s", "train_s", "images_per_s", "data_fraction"}
     lines = {d: [{k: v for k, v in m.items() if k not in wall_clock} for m in metrics(d)] for d in (full, cut)}
     assert [m["step"] for m in lines[full]] == [4, 8, 8] and lines[full][-1]["final"]
     assert lines[cut] == lines[full]

@@ -157,6 +157,7 @@ def _train_flags(args) -> dict[str, tuple[str, object]]:
         ("checkpoint_every", "--checkpoint-every", args.checkpoint_every),
         ("log_every", "--log-every", args.log_every),
         ("sample_n", "--sample-n", args.sample_n),
+        ("minutes", "--minutes", args.minutes),
         ("train_subset", "--train-subset", args.train_subset),
         ("test_subset", "--test-subset", args.test_subset),
     ):
@@ -211,6 +212,11 @@ def cmd_train(args) -> int:
         _check_resume_flags(args, given)
         result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress, max_steps=args.steps)
     else:
+        if args.minutes is not None and args.steps is not None:
+            raise ValueError(
+                "--minutes and --steps both given: a time budget chooses the number of steps from the speed of "
+                "the first steps; give one of them"
+            )
         if args.recipe:
             cfg = _recipe_config(args, given)
         else:
@@ -248,7 +254,8 @@ def _recipe_config(args, given: dict) -> TrainConfig:
     settings = {field: value for field, (_, value) in given.items()}
     if args.steps is not None:
         settings["max_steps"] = args.steps
-    missing = [f for f in recipe.required() if f not in settings]
+    # a time budget (--minutes) chooses the number of steps
+    missing = [f for f in recipe.required() if f not in settings and not (f == "max_steps" and "minutes" in settings)]
     if missing:
         raise ValueError(
             f"--recipe {recipe.name}: the paper does not state "
@@ -663,6 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
     )
     t.add_argument("--steps", type=positive_int, help="number of training steps")
+    t.add_argument(
+        "--minutes",
+        type=positive_float,
+        help="train for this wall-clock budget instead of --steps: the number of steps is chosen from the speed "
+        "of the first steps and written to config.json (evaluation and samples come after the budget)",
+    )
     t.add_argument("--batch-size", type=positive_int, help="images per step, all processes together (the global batch)")
     t.add_argument(
         "--grad-accum",

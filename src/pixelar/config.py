@@ -22,7 +22,9 @@ class TrainConfig:
     lr(step) = lr * min(1, (step + 1) / warmup_steps) * lr_decay ** step (no warm-up factor when
     warmup_steps is 0). grad_clip None turns clipping off; ema_decay 0 turns the weight average off
     (evaluation then uses the raw weights). train_subset / test_subset keep only the first N images
-    of the split (quick experiments and tests). sample_n 0 skips samples.png.
+    of the split (quick experiments and tests). sample_n 0 skips samples.png. minutes: train for a wall-clock
+    budget; the number of steps is chosen from the speed of the first steps and then fixed (max_steps is
+    replaced; see pixelar.training.budget).
     """
 
     model: str = "pixelcnn_pp"
@@ -44,6 +46,10 @@ class TrainConfig:
     # gradients add up to the whole batch's: the same step for batches that do not fit in memory at once
     grad_accum: int = 1
     max_steps: int = 1600
+    # a wall-clock budget for the training steps instead of max_steps: the loop measures the speed of the first
+    # steps, then fixes max_steps and records how in `budget` (training/budget.py); None: max_steps as given
+    minutes: float | None = None
+    budget: dict | None = None  # written by the loop once it has chosen max_steps (None while it measures)
     lr: float = 2e-3
     betas: tuple[float, float] = (0.95, 0.9995)
     eps: float = 1e-8
@@ -132,6 +138,10 @@ class TrainConfig:
         _check_float(self, "eps", lambda v: v > 0, "> 0")
         _check_float(self, "lr_decay", lambda v: 0 < v <= 1, "in (0, 1]")
         _check_float(self, "ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.minutes is not None:
+            _check_float(self, "minutes", lambda v: v > 0, "> 0 (or None for a number of steps)")
+        if self.budget is not None and (not isinstance(self.budget, dict) or self.minutes is None):
+            raise ValueError(f"budget is the record of a time budget (a dict, with minutes set), got {self.budget!r}")
         if self.grad_clip is not None:
             _check_float(self, "grad_clip", lambda v: v > 0, "> 0 (or None for no clipping)")
         betas = self.betas

@@ -164,7 +164,8 @@ def recipe_config(name: str, settings: dict | None = None) -> TrainConfig:
     run needs (Recipe.required) is not in `settings`."""
     recipe = get_recipe(name)
     settings = dict(settings or {})
-    missing = [f for f in recipe.required() if settings.get(f) is None]
+    budget = settings.get("minutes") is not None  # a time budget chooses max_steps itself
+    missing = [f for f in recipe.required() if settings.get(f) is None and not (f == "max_steps" and budget)]
     if missing:
         why = "; ".join(f"{f}: {recipe.unstated[f]}" for f in missing)
         raise ValueError(f"recipe {name!r} does not state {', '.join(missing)} ({why}); pass them as settings")

@@ -13,8 +13,9 @@ The loop knows no model family: it uses create_model / create_distaug_model / mo
 config, sample and state dicts only.
 
 Code layout: train() holds the run directory's lock and calls _setup (everything before the first step, into
-a _Run), then per step _step (the step above), _report (progress bar, metrics line) and _checkpoint, and
-finally _finish (EMA weights, test evaluation, samples).
+a _Run), then per step _step (the step above), _choose_steps (while a time budget measures the speed: see
+budget.py), _report (progress bar, metrics line) and _checkpoint, and finally _finish (EMA weights, test
+evaluation, samples).
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
+from .budget import StepBudget
 from .checkpoint import METRICS_NAME, SAMPLES_NAME, Checkpoint, RunDir
 from .ema import EMA
 from .optim import learning_rate, make_optimizer, set_lr
+
+# the clock of the training time (elapsed_s, the time budget); a module attribute so that tests can replace it
+clock = time.perf_counter
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,7 +79,7 @@ def train(
         max_steps: when given, replaces the number of steps: of cfg for a new run, of the saved run when
             resuming (any value >= the checkpoint's step; a larger one extends the run, and because nothing
             depends on max_steps the result is bitwise that of a run started with the larger value). The new
-            value is written to config.json.
+            value is written to config.json. Not with cfg.minutes for a new run (the budget chooses it).
 
     While it runs it holds run_dir's lock (see RunDir.lock), and first deletes the temporary files that
     killed runs left there.
@@ -109,14 +114,21 @@ def train(
             with distributed.together("setting up the run"):
                 run = _setup(cfg, rundir, resume, max_steps, emit)
             with tqdm(
-                total=run.cfg.max_steps, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True
+                total=None if run.budget is not None else run.cfg.max_steps,
+                initial=run.step,
+                disable=not progress,
+                unit="step",
+                dynamic_ncols=True,
             ) as bar:
-                while run.step < run.cfg.max_steps:
+                while run.budget is not None or run.step < run.cfg.max_steps:
                     lr = _step(run)
+                    if run.budget is not None:
+                        _choose_steps(run, bar)
                     _report(run, lr, bar, progress)
                     _checkpoint(run, progress)
                     if on_step is not None:
                         on_step(run.step)
+            run.train_s = run.elapsed()
             return _finish(run, log)
 
 
@@ -196,10 +208,12 @@ class _Run:
     step: int  # steps done
     bad: int  # non-finite steps in a row
     elapsed_before: float  # training seconds of the sessions before this one (resumed runs)
-    session_start: float = dataclasses.field(default_factory=time.perf_counter)
+    budget: StepBudget | None  # a time budget still measuring the speed of the steps (None: max_steps is fixed)
+    session_start: float = dataclasses.field(default_factory=lambda: clock())
+    train_s: float | None = None  # the training time at the end of the last step
 
     def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.session_start
+        return self.elapsed_before + clock() - self.session_start
 
 
 def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None, emit) -> _Run:
@@ -254,6 +268,8 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
             rundir.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
             if max_steps is not None:
                 rundir.write_config(model.config(), cfg.to_dict())
+    # a time budget whose number of steps is not chosen yet (a new run, or one interrupted while measuring)
+    budget = StepBudget(cfg.minutes) if cfg.minutes is not None and cfg.budget is None else None
     metrics = _MetricsLog(rundir.path / METRICS_NAME, keep_through=step if ckpt is not None else None, enabled=main)
     # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
     window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
@@ -262,7 +278,12 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
         f"{model.num_parameters():,} parameters) on {cfg.dataset} ({len(train_ds)} training images, "
         f"{train_ds.spec.channels}x{train_ds.spec.height}x{train_ds.spec.width}), {device}, {cfg.precision}, "
-        f"{cfg.max_steps} steps -> {rundir.path}"
+        + (
+            f"a budget of {cfg.minutes:g} min (the number of steps is chosen from the speed of the first steps)"
+            if budget is not None
+            else f"{cfg.max_steps} steps"
+        )
+        + f" -> {rundir.path}"
         + (
             f"; augmentation {','.join(augmenter.names)} ({'DistAug, conditioned' if cfg.distaug else 'plain'})"
             if augmenter is not None
@@ -309,6 +330,7 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         step=step,
         bad=bad,
         elapsed_before=elapsed_before,
+        budget=budget,
     )
 
 
@@ -325,9 +347,18 @@ def _settings(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | N
             if max_steps < ckpt.progress["step"]:
                 raise ValueError(f"max_steps={max_steps} is below the checkpoint's step {ckpt.progress['step']}")
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
+            if cfg.minutes is not None and cfg.budget is None:  # still measuring: the count given wins
+                cfg = dataclasses.replace(cfg, budget={"minutes": cfg.minutes, "max_steps": max_steps, "given": True})
     else:
         if max_steps is not None:
+            if cfg.minutes is not None:
+                raise ValueError(
+                    f"max_steps={max_steps} and minutes={cfg.minutes} both given: a time budget chooses the "
+                    "number of steps itself; give one of them"
+                )
             cfg = dataclasses.replace(cfg, max_steps=max_steps)
+        if cfg.minutes is not None:
+            cfg = dataclasses.replace(cfg, budget=None)  # chosen by this run
         if rundir.has_checkpoint():
             raise ArgumentValueError(
                 "resume",
@@ -465,6 +496,42 @@ def _inputs(run: _Run):
     return x, cond, kw
 
 
+def _choose_steps(run: _Run, bar) -> None:
+    """While a time budget measures the speed of the steps: once it can, fix max_steps (rank 0's choice, for
+    every process), write it to config.json and say so."""
+    choice = run.budget.observe(run.step, run.elapsed()) if distributed.is_main() else None
+    choice, record = distributed.broadcast_object((choice, run.budget.record))
+    if choice is None:
+        return
+    run.budget = None
+    run.cfg = dataclasses.replace(run.cfg, max_steps=choice, budget=record)
+    if distributed.is_main():
+        run.dir.write_config(run.model.config(), run.cfg.to_dict())
+    bar.total = choice
+    bar.refresh()
+    cfg = run.cfg
+    speed = (
+        f"{record['seconds_per_step']:.3g} s per step measured up to step {run.step}"
+        if record["seconds_per_step"] is not None
+        else f"the budget was spent by step {run.step}"
+    )
+    end = learning_rate(choice - 1, 1.0, cfg.warmup_steps, cfg.lr_decay)  # the last step's lr / cfg.lr
+    run.emit(
+        f"time budget {cfg.minutes:g} min: {speed} -> {choice} steps (written to config.json); the learning rate "
+        f"ends at {end:.1%} of lr"
+        + (
+            f" (lr_decay {cfg.lr_decay:g} per step: one closer to 1, e.g. {LONG_RUN_DECAY ** (1 / choice):.6f}, "
+            f"keeps it learning)"
+            if end < 0.05
+            else ""
+        )
+    )
+
+
+# what the default run's lr falls to by its last step (0.9995 ** 1600): the hint for budgets of many more steps
+LONG_RUN_DECAY = 0.45
+
+
 def _report(run: _Run, lr: float, bar, progress: bool) -> None:
     """After a step: the progress bar, and every log_every steps a metrics line (and, without a bar, a log
     line); the window then starts afresh."""
@@ -487,15 +554,16 @@ def _report(run: _Run, lr: float, bar, progress: bool) -> None:
         if not progress:
             unit = "bits per token" if tokenized else "bits/dim"  # a palette is no bpd
             run.emit(
-                f"step {run.step}/{cfg.max_steps}: train {line['train_bpd']:.4f} {unit}, "
-                f"{line['images_per_s']:.0f} images/s"
+                f"step {run.step}/{cfg.max_steps if run.budget is None else '?'}: train "
+                f"{line['train_bpd']:.4f} {unit}, {line['images_per_s']:.0f} images/s"
             )
         run.window = _Window()
 
 
 def _checkpoint(run: _Run, progress: bool) -> None:
     """A checkpoint every checkpoint_every steps and after the last."""
-    if run.step % run.cfg.checkpoint_every == 0 or run.step == run.cfg.max_steps:
+    last = run.budget is None and run.step == run.cfg.max_steps
+    if run.step % run.cfg.checkpoint_every == 0 or last:
         with distributed.together("writing a checkpoint"):
             _save(run)
         if not progress:
@@ -517,6 +585,8 @@ def _finish(run: _Run, log) -> dict:
             "test_nats_per_image": res["nats_per_image"],
             "num_test_images": res["num_images"],
             "elapsed_s": run.elapsed(),
+            "train_s": run.train_s,  # the time of the steps alone (a time budget counts it)
+            **({"budget_minutes": cfg.minutes} if cfg.minutes is not None else {}),
         }
     )
     if res.get("tokenized"):
@@ -526,6 +596,11 @@ def _finish(run: _Run, log) -> dict:
         )
     else:
         log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
+    if cfg.minutes is not None:
+        log(
+            f"training took {run.train_s / 60:.2f} min of the {cfg.minutes:g} min budget (evaluation and samples "
+            "are not part of it)"
+        )
     if cfg.sample_n:
         with distributed.together("drawing the samples"):
             if distributed.is_main():
