@@ -33,6 +33,7 @@ from .recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, 
 from .sampling.complete import complete, keep_mask
 from .training import train
 from .training.checkpoint import RunDir
+from .training.curves import plot_runs
 from .types import ImageSpec, bits_per_dim
 
 
@@ -167,6 +168,7 @@ def _train_flags(args) -> dict[str, tuple[str, object]]:
         ("class_conditional", "--class-conditional"),
         ("compile", "--compile"),
         ("channels_last", "--channels-last"),
+        ("tensorboard", "--tensorboard"),
     ):
         if getattr(args, field):  # store_true: absent means "not given", not False
             given[field] = (flag, True)
@@ -632,6 +634,18 @@ def cmd_probe(args) -> int:
     return 0
 
 
+# ----- plot -------------------------------------------------------------------------------------------------
+def cmd_plot(args) -> int:
+    out = Path(args.out)
+    _check_out_file(out, args.force)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: plot writes a PNG; name it .png")
+    runs = plot_runs(args.run_dirs, out, x=args.x)
+    tests = [f"{r.name} {r.test_bpd:.4f}" for r in runs if r.test_bpd is not None]
+    print(f"wrote {out}: {len(runs)} run(s)" + (f"; test: {', '.join(tests)}" if tests else ""))
+    return 0
+
+
 # ----- models -----------------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
     spec = args.image
@@ -733,6 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue an interrupted run exactly where it stopped, with its own settings (only --steps "
         "may change; other flags must agree with the run's)",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the metrics as TensorBoard events to RUN_DIR/tensorboard (pip install 'pixelar[tensorboard]')",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -844,6 +863,13 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("name", nargs="?", help="a recipe to show with its settings, cost and torchrun command line")
     rc.set_defaults(func=cmd_recipes)
 
+    pl = sub.add_parser("plot", help="train and test bits/dim of runs against steps or time, as a PNG")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run directories (one line each)")
+    pl.add_argument("--out", default="curves.png", help="the PNG file to write (default curves.png)")
+    pl.add_argument("--x", default="step", choices=["step", "time"], help="step (default) or training time")
+    pl.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    pl.set_defaults(func=cmd_plot)
+
     m = sub.add_parser("models", help="list every model and size with its parameter count")
     m.add_argument("--image", type=_image_spec, default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
     m.set_defaults(func=cmd_models)
@@ -851,7 +877,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the library arguments that its errors name (pixelar.errors.NamesArgument), as the command line spells them
-FLAGS = {"convert": "--convert", "keep": "--keep", "data_dir": "--data-dir DIR", "resume": "--resume RUN_DIR"}
+FLAGS = {
+    "convert": "--convert",
+    "keep": "--keep",
+    "data_dir": "--data-dir DIR",
+    "resume": "--resume RUN_DIR",
+    "tensorboard": "--tensorboard",
+}
 
 
 def _message(e: BaseException) -> str:

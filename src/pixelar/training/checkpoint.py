@@ -13,6 +13,8 @@ Files of a run directory:
                                  last metrics line, and the fingerprint of its tensors file
     training_state.prev.json     exists only while a save is in progress: the record being replaced
     metrics.jsonl, samples.png   written by the training loop
+    curves.png                   the learning curves, drawn at the end of training (training/curves.py)
+    tensorboard/                 TensorBoard event files (runs with tensorboard=True)
     .lock                        the advisory lock held by the process training in the directory (see lock())
 
 Every file is written to a temporary file and renamed (pixelar.io), so each one is always whole. A checkpoint
@@ -50,6 +52,8 @@ STATE_JSON_NAME = "training_state.json"
 PREV_STATE_JSON_NAME = "training_state.prev.json"
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.png"
+CURVES_NAME = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_NAME = ".lock"
 # the files written through pixelar.io's temporary files (.NAME.<random>.tmp)
 ATOMIC_NAMES = (
@@ -60,6 +64,7 @@ ATOMIC_NAMES = (
     PREV_STATE_JSON_NAME,
     METRICS_NAME,
     SAMPLES_NAME,
+    CURVES_NAME,
 )
 STATE_FORMAT = "pixelar-training-state"
 STATE_VERSION = 1

@@ -44,7 +44,8 @@ from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
 from .budget import StepBudget
-from .checkpoint import METRICS_NAME, SAMPLES_NAME, Checkpoint, RunDir
+from .checkpoint import CURVES_NAME, METRICS_NAME, SAMPLES_NAME, TENSORBOARD_DIR, Checkpoint, RunDir
+from .curves import plot_runs
 from .ema import EMA
 from .optim import learning_rate, make_optimizer, set_lr
 
@@ -113,6 +114,7 @@ def train(
         with _disk_full_hint(rundir):
             with distributed.together("setting up the run"):
                 run = _setup(cfg, rundir, resume, max_steps, emit)
+            held.callback(run.metrics.close)
             with tqdm(
                 total=None if run.budget is not None else run.cfg.max_steps,
                 initial=run.step,
@@ -270,7 +272,12 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
                 rundir.write_config(model.config(), cfg.to_dict())
     # a time budget whose number of steps is not chosen yet (a new run, or one interrupted while measuring)
     budget = StepBudget(cfg.minutes) if cfg.minutes is not None and cfg.budget is None else None
-    metrics = _MetricsLog(rundir.path / METRICS_NAME, keep_through=step if ckpt is not None else None, enabled=main)
+    metrics = _MetricsLog(
+        rundir.path / METRICS_NAME,
+        keep_through=step if ckpt is not None else None,
+        enabled=main,
+        tensorboard=rundir.path / TENSORBOARD_DIR if cfg.tensorboard and main else None,
+    )
     # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
     window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
 
@@ -368,7 +375,23 @@ def _settings(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | N
             )
         ckpt = model_config = None
     cfg.validate()
+    if cfg.tensorboard:
+        _tensorboard_writer()  # refused now, not after the data are loaded
     return cfg, ckpt, model_config
+
+
+def _tensorboard_writer():
+    """torch's SummaryWriter class, or an error saying how to install the tensorboard package it needs."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ArgumentValueError(
+            "tensorboard",
+            "tensorboard=True",
+            "",
+            f" needs the tensorboard package ({e}): pip install 'pixelar[tensorboard]'",
+        ) from None
+    return SummaryWriter
 
 
 def _datasets(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -586,6 +609,7 @@ def _finish(run: _Run, log) -> dict:
             "num_test_images": res["num_images"],
             "elapsed_s": run.elapsed(),
             "train_s": run.train_s,  # the time of the steps alone (a time budget counts it)
+            **({"tokenized": True} if res.get("tokenized") else {}),  # test_bpd is then bits per token
             **({"budget_minutes": cfg.minutes} if cfg.minutes is not None else {}),
         }
     )
@@ -605,10 +629,20 @@ def _finish(run: _Run, log) -> dict:
         with distributed.together("drawing the samples"):
             if distributed.is_main():
                 _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
+    if distributed.is_main():
+        _write_curves(run.dir.path, log)
     out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
     if res.get("tokenized"):  # test_bpd is then bits per token
         out.update(tokenized=True, test_nats_per_token=res["nats_per_token"], palette_rmse=res["palette_rmse"])
     return out
+
+
+def _write_curves(run_dir: Path, log) -> None:
+    """curves.png of the run; a failure (matplotlib missing, a full disk, ...) is a warning, never the run's end."""
+    try:
+        plot_runs([run_dir], run_dir / CURVES_NAME)
+    except Exception as e:  # the results are written: a plot must not fail the run
+        log(f"warning: {CURVES_NAME} not written ({type(e).__name__}: {e})")
 
 
 class _Batches:
@@ -686,12 +720,20 @@ class _MetricsLog:
 
     A new run starts it empty; a resumed run first drops the lines written after its checkpoint (they are
     about to be recomputed) and a final line of an earlier end, so each step appears once.
+
+    With `tensorboard` (a directory) every number of a line is also a TensorBoard scalar, tagged train/KEY,
+    test/KEY (the final line) or skipped/KEY; a resumed run purges the events after its checkpoint, as it
+    drops those lines.
     """
 
-    def __init__(self, path: Path, keep_through: int | None, enabled: bool = True):
+    def __init__(self, path: Path, keep_through: int | None, enabled: bool = True, tensorboard: Path | None = None):
         self.path, self.enabled = path, enabled  # disabled: a process other than rank 0, which writes nothing
+        self.writer = None
         if not enabled:
             return
+        if tensorboard is not None:
+            purge = {} if keep_through is None else {"purge_step": keep_through + 1}
+            self.writer = _tensorboard_writer()(str(tensorboard), **purge)
         kept = []
         if keep_through is not None and path.exists():
             for line in path.read_text().splitlines():
@@ -706,6 +748,16 @@ class _MetricsLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             append_text(self.path, json.dumps(record) + "\n")
+        if self.writer is not None:
+            group = "test" if record.get("final") else "skipped" if record.get("skipped") else "train"
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{group}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def _augment_seed(seed: int) -> int:
