@@ -21,7 +21,7 @@ import torch
 from . import codec, distributed, models
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
-from .data import load_dataset
+from .data import export_images, load_dataset
 from .errors import NamesArgument
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.probe import linear_probe
@@ -646,6 +646,20 @@ def cmd_plot(args) -> int:
     return 0
 
 
+# ----- export -----------------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file: give a directory for the images")
+    _writable(out / "image.png", "--out-dir")
+    ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
+    paths = export_images(ds, out, start=args.start, n=args.n, overwrite=args.force)
+    shown = paths[0].name if len(paths) == 1 else f"{paths[0].name} .. {paths[-1].name}"
+    labels = f"; labels in {out / 'labels.csv'}" if ds.labels is not None else ""
+    print(f"wrote {len(paths)} {args.split} image(s) of {args.dataset} to {out}: {shown}{labels}")
+    return 0
+
+
 # ----- models -----------------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
     spec = args.image
@@ -870,6 +884,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     pl.set_defaults(func=cmd_plot)
 
+    x = sub.add_parser("export", help="write a dataset's images as PNG files (to try score, complete, compress)")
+    x.add_argument("dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH")
+    x.add_argument("--split", default="test", choices=["test", "train", "val"], help="default test")
+    x.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
+    x.add_argument("--start", type=nonnegative_int, default=0, help="index of the first image in the split")
+    x.add_argument("--out-dir", required=True, help="where DATASET-SPLIT-INDEX.png and labels.csv go")
+    x.add_argument("--data-dir", help="where dataset files are (as for train)")
+    x.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
+    x.set_defaults(func=cmd_export)
+
     m = sub.add_parser("models", help="list every model and size with its parameter count")
     m.add_argument("--image", type=_image_spec, default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
     m.set_defaults(func=cmd_models)
@@ -883,6 +907,7 @@ FLAGS = {
     "data_dir": "--data-dir DIR",
     "resume": "--resume RUN_DIR",
     "tensorboard": "--tensorboard",
+    "overwrite": "--force",
 }
 
 

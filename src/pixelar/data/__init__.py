@@ -8,6 +8,7 @@ Public entry points::
         -> Iterator[(x int64 (B, C, H, W), y int64 (B,) or None)]
     first_images(ds, n) -> ImageDataset (the first n images); select(ds, slice) -> ImageDataset
     fixed_binarization(ds, generator) -> ImageDataset (a dynamically binarized set drawn once)
+    export_images(ds, out_dir, start=0, n=8, overwrite=False) -> list[Path] (images as PNG files, labels.csv)
 
 Files of built-in datasets are looked up as described in :mod:`pixelar.data.paths`
 and downloaded (MD5-checked) by :mod:`pixelar.data.download` when missing. Downsampled
@@ -18,12 +19,14 @@ every process memory-maps (:mod:`pixelar.data.cache`).
 from pixelar.data.batches import fixed_binarization, iterate_batches
 from pixelar.data.dataset import ImageDataset, first_images, select
 from pixelar.data.errors import ChecksumError, DatasetNotFoundError, UnsafePickleError
+from pixelar.data.export import export_images
 from pixelar.data.registry import list_datasets, load_dataset
 
 __all__ = [
     "ChecksumError",
     "DatasetNotFoundError",
     "ImageDataset",
+    "export_images",
     "UnsafePickleError",
     "first_images",
     "fixed_binarization",
