@@ -156,3 +156,21 @@ def test_cli_minutes(npz_data, tmp_path, capsys):
     assert f"-> {section['max_steps']} steps" in out and "min budget" in out
     assert main(["train", "--resume", str(run), "--minutes", "1", "--no-progress"]) == 2
     assert "--minutes 1.0 conflicts with the run's minutes 0.005" in capsys.readouterr().err
+
+
+def test_a_recipe_takes_a_time_budget_for_its_unstated_steps(tmp_path, monkeypatch, capsys):
+    import pixelar.cli as cli
+
+    seen = {}
+
+    def fake_train(cfg, run_dir, resume, progress, **kw):  # the TrainConfig `pixelar train` would train with
+        seen["cfg"] = cfg
+        return {"test_bpd": 0.0, "run_dir": str(run_dir)}
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    args = ["train", "--recipe", "pixelcnn_pp-cifar10", "--run-dir", str(tmp_path / "r")]
+    assert main([*args, "--minutes", "30"]) == 0  # the paper states no number of steps: the budget chooses it
+    assert seen["cfg"].minutes == 30 and seen["cfg"].size == "paper"
+    seen.clear()
+    assert main([*args, "--minutes", "30", "--steps", "5"]) == 2 and not seen
+    assert "--minutes and --steps both given" in capsys.readouterr().err
