@@ -130,6 +130,7 @@ def test_run_files_follow_the_umask(cfg, tmp_path, umask):
         "training_state.safetensors",
         "metrics.jsonl",
         "samples.png",
+        "curves.png",
         ".lock",
     } == modes.keys()
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
