@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pixelar
 from pixelar.training import train
+
+SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar that launched processes import: this one
+
+
+def launch(n: int, *args: str, script: Path | None = None, restarts: int = 0, cwd: Path, ok: bool = True):
+    """torchrun with n processes of `pixelar ...` (or of a script taking the same arguments); its output
+    (stdout + stderr), the process itself where ok is False (then it may fail)."""
+    target = [str(script)] if script else ["-m", "pixelar"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    cmd += [f"--max-restarts={restarts}", *target, *args]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if not ok:
+        return proc
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 def quiet(cfg, run_dir, **kw):

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from run_helpers import quiet
+from run_helpers import launch, quiet
 from safetensors.torch import load_file
 
 import pixelar
@@ -27,22 +24,7 @@ from pixelar.config import TrainConfig
 from pixelar.data import load_dataset
 from pixelar.evaluation import evaluate
 
-SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the launched processes import: this one
 STEPS = 6
-
-
-def launch(n: int, *args: str, script: Path | None = None, restarts: int = 0, cwd: Path, ok: bool = True):
-    """torchrun with n processes of `pixelar ...` (or of a script taking the same arguments); its output
-    (stdout + stderr), the process itself where ok is False (then it may fail)."""
-    target = [str(script)] if script else ["-m", "pixelar"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
-    cmd += [f"--max-restarts={restarts}", *target, *args]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    if not ok:
-        return proc
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -223,9 +205,11 @@ def test_grad_accum_takes_the_same_step_in_micro_batches(one, data, tmp_path):
 
 
 def test_distaug_and_class_conditioning_train_on_two_processes_as_on_one(data, tmp_path):
-    extra = ["--distaug", "rot90", "--class-conditional"]
+    extra = ["--distaug", "rot90", "--class-conditional", "--sample-n", "20"]
     launch(2, "train", *flags(data), *extra, "--run-dir", "two", cwd=tmp_path)
-    cfg = dataclasses.replace(config(data), distaug=["rot90"], class_conditional=True)
+    cfg = dataclasses.replace(config(data), distaug=["rot90"], class_conditional=True, sample_n=20)
     train_here(cfg, tmp_path / "one")
     # the augmentation indices are drawn for the whole batch in every process: the same transformations
     assert_close_weights(tmp_path / "two", tmp_path / "one", atol=1e-5)
+    # the samples' chunks (16 + 4 images) were drawn by the two processes and written by rank 0
+    assert (tmp_path / "two" / "samples.png").stat().st_size > 0

@@ -30,6 +30,7 @@ from .inference import inference
 from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
 from .recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
+from .sampling import sample_seeded
 from .sampling.complete import complete, keep_mask
 from .training import train
 from .training.checkpoint import RunDir
@@ -435,7 +436,7 @@ def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
 
 
 def _notes(args, path, notes: list[str]) -> None:
-    if notes:  # stderr: stdout stays the result (score --json)
+    if notes and distributed.is_main():  # stderr: stdout stays the result (score --json); once under torchrun
         print(f"pixelar {args.command}: note: {path}: {', '.join(notes)}", file=sys.stderr)
 
 
@@ -468,13 +469,14 @@ def _check_out_image(path: Path, force: bool) -> None:
 def cmd_sample(args) -> int:
     _check_out_image(Path(args.out), args.force)  # before the slow sampling
     model = models.load_model(args.run_dir)
-    g = torch.Generator().manual_seed(args.seed)
     t = time.time()
     method = model.sampling_method(args.method)
-    x = model.sample(
-        args.n, cond=_cond(model, args.n, args.cls), temperature=args.temperature, generator=g, method=method
+    # chunks of images with generators of their own: the same images on any number of processes
+    x = sample_seeded(
+        model, args.n, args.seed, cond=_cond(model, args.n, args.cls), temperature=args.temperature, method=method
     )
-    save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
+    if distributed.is_main():
+        save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
     print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
 
@@ -498,23 +500,23 @@ def cmd_complete(args) -> int:
             f"hidden region: {dims} sub-pixels, -log p(hidden | kept) = {nats:.2f} nats = "
             f"{bits_per_dim(nats, dims):.4f} bits/dim"
         )
-    g = torch.Generator().manual_seed(args.seed)
     method = model.sampling_method(args.method)
     out = complete(
         model,
         model.encode(x[None])[0],
         keep,
         n=args.n,
+        seed=args.seed,  # the same completions on any number of processes
         cond=cond,
         temperature=args.temperature,
-        generator=g,
         method=method,
     )
     out = model.decode(out)
     if model.tokenizer is not None:  # kept pixels are shown as the palette has them (lossy)
         x = model.decode(model.encode(x[None]))[0]
     shown = x * keep  # the kept part, hidden pixels black
-    save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.n + 2)
+    if distributed.is_main():
+        save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.n + 2)
     print(f"wrote original, kept pixels and {args.n} completion(s) to {args.out} (method {method})")
     return 0
 
@@ -523,7 +525,7 @@ def cmd_complete(args) -> int:
 def cmd_score(args) -> int:
     model = models.load_model(args.run_dir)
     x = _load_images(args, model.data_image)
-    nats = -image_log_prob(model, model.encode(x), _cond(model, len(args.images), args.cls))
+    nats = _shared_nats(model, model.encode(x), _cond(model, len(args.images), args.cls))
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = bits_per_dim(nats, model.image).tolist()
     if args.json:
@@ -538,6 +540,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _shared_nats(model, x: torch.Tensor, cond) -> torch.Tensor:
+    """-log p of each image (n,) float64, as image_log_prob scores it; under torchrun each process scores its
+    contiguous share and every process gets all n, in order."""
+    mine = distributed.share(len(x))
+    with distributed.together("scoring"):
+        nats = torch.zeros(0, dtype=torch.float64)
+        if mine.stop > mine.start:  # more processes than images: some score none
+            nats = -image_log_prob(model, x[mine], None if cond is None else cond[mine]).cpu()
+    return torch.cat(distributed.gather_objects(nats))
+
+
 # ----- compress / decompress ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     _check_out_file(Path(args.out), args.force)  # before the slow coding
@@ -546,12 +559,12 @@ def cmd_compress(args) -> int:
     x = _load_images(args, spec, deep_ok=False)  # lossless: never reduce a deeper file
     cond = _cond(model, len(args.images), args.cls)
     t = time.perf_counter()
-    data = codec.compress(model, x, cond)
+    data = codec.compress(model, x, cond)  # under torchrun: each process codes its share of the segments
     seconds = time.perf_counter() - t
-    write_atomic(args.out, lambda tmp: Path(tmp).write_bytes(data))  # whole or not at all
+    if distributed.is_main():
+        write_atomic(args.out, lambda tmp: Path(tmp).write_bytes(data))  # whole or not at all
     dims = x.numel()
-    with inference(model):
-        nats = -model.log_prob(model.encode(x), cond).sum().item()
+    nats = _shared_nats(model, model.encode(x), cond).sum().item()
     source = sum(Path(p).stat().st_size for p in args.images)
     print(
         f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "
@@ -584,10 +597,11 @@ def cmd_decompress(args) -> int:
             "overwrite them, or choose another --out-dir"
         )
     model = models.load_model(args.run_dir)
-    x = codec.decompress(model, data, _cond(model, n, args.cls))
-    out.mkdir(parents=True, exist_ok=True)
-    for name, img in zip(names, x):
-        save_image(img, model.data_image, name)
+    x = codec.decompress(model, data, _cond(model, n, args.cls))  # under torchrun: shares of the segments
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for name, img in zip(names, x):
+            save_image(img, model.data_image, name)
     print(f"wrote {len(x)} image(s) to {out}/image_000.png ...")
     return 0
 
@@ -926,6 +940,10 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
+# the commands whose work torchrun's processes share (the others run on rank 0 alone)
+SHARED_COMMANDS = ("train", "eval", "sample", "complete", "score", "compress", "decompress")
+
+
 def _as_one_of_several(args) -> int:
     """Run the command as one process of a torchrun job: the others' output is silenced (their errors still
     show, marked with their rank), and the group is left at the end."""
@@ -933,7 +951,7 @@ def _as_one_of_several(args) -> int:
     try:
         if rank == 0:
             code = _run(args)
-        elif args.command not in ("train", "eval"):  # the others run on rank 0 alone for now
+        elif args.command not in SHARED_COMMANDS:  # the others run on rank 0 alone
             code = 0
         else:
             with contextlib.redirect_stdout(io.StringIO()):

@@ -105,6 +105,17 @@ def gather_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     return [o.to(t.device) for o in out]
 
 
+def gather_objects(obj) -> list:
+    """Every process's picklable object (e.g. its share of images or coded bytes), in rank order, on every
+    process: the way to collect shares of unequal size. Objects travel between the job's own processes only;
+    nothing read from a file is unpickled."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank src's picklable object on every process (e.g. a run directory chosen once)."""
     if not active():

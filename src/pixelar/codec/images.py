@@ -17,7 +17,9 @@ The stream (version 2): a 33-byte header (magic, version, image count n and shap
 model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
 then the segments: images 0..S-1 arithmetic-coded together (per step the segment's images in turn), then the
 next S, and so on (S = 16 when compressing). The model runs on one segment's images at a time, so compression
-and decompression memory stay those of a batch of S images however many images a stream holds.
+and decompression memory stay those of a batch of S images however many images a stream holds. Under
+torchrun every process codes (decodes) its contiguous share of the segments and every process gets the
+whole stream (all images): the bytes are those of one process, since a segment depends only on its images.
 
 The lengths make the stream's end exact: trailing bytes (two files concatenated) or a truncated file are
 errors, and a decoder that ends inside its segment or short of its end is one too. They also bound the image
@@ -41,6 +43,7 @@ import zlib
 
 import torch
 
+from .. import distributed
 from ..inference import inference
 from ..sampling.naive import generation_steps
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
@@ -136,10 +139,16 @@ def _compress(model, x: torch.Tensor, cond) -> bytes:
         raise ValueError("no images to compress: give at least one")
     crc = _crc(x)
     coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
-    segments = []
-    for k in range(0, n, SEGMENT_IMAGES):  # one segment at a time: memory of SEGMENT_IMAGES images, not n
-        part = slice(k, k + SEGMENT_IMAGES)
-        segments.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part]))
+    count = -(-n // SEGMENT_IMAGES)
+    mine = []
+    with distributed.together("compressing"):  # an error in one process stops all (none waits for it)
+        for k in range(count)[distributed.share(count)]:  # one segment at a time: memory of S images, not n
+            part = slice(k * SEGMENT_IMAGES, (k + 1) * SEGMENT_IMAGES)
+            mine.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part]))
+    # under torchrun each process coded its contiguous share of the segments: in rank order, segment order
+    segments = [seg for share in distributed.gather_objects(mine) for seg in share]
+    if len(segments) != count:
+        raise RuntimeError(f"compress gathered {len(segments)} segments of {count}: the processes' shares are wrong")
     d = model.data_image
     header = _HEADER.pack(
         MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc, SEGMENT_IMAGES
@@ -244,13 +253,18 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
         )
     coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
     device = next(model.parameters()).device
-    S, parts, start = info["segment_images"], [], _HEADER.size + _LENGTH * len(info["segments"])
-    for k, length in enumerate(info["segments"]):  # one segment at a time: memory of S images, not n
-        m = min(S, n - k * S)
-        seg_cond = None if cond is None else cond[k * S : k * S + m]
-        parts.append(_decode_segment(coder, data[start : start + length], m, seg_cond, device, k))
-        start += length
-    x = torch.cat(parts)
+    S, lengths = info["segment_images"], info["segments"]
+    starts = [_HEADER.size + _LENGTH * len(lengths) + sum(lengths[:k]) for k in range(len(lengths))]
+    mine = []
+    with distributed.together("decompressing"):  # a damaged segment in one process's share stops all
+        for k in range(len(lengths))[distributed.share(len(lengths))]:  # one segment at a time: S images' memory
+            m = min(S, n - k * S)
+            seg = data[starts[k] : starts[k] + lengths[k]]
+            mine.append(
+                _decode_segment(coder, seg, m, None if cond is None else cond[k * S : k * S + m], device, k).cpu()
+            )
+    # under torchrun each process decoded its contiguous share of the segments: in rank order, segment order
+    x = torch.cat([part for share in distributed.gather_objects(mine) for part in share]).to(device)
     images = model.decode(x)
     if _crc(images) != info["crc32"]:
         raise ValueError(

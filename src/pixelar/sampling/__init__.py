@@ -11,6 +11,7 @@ from ..distributions.base import check_temperature
 from ..inference import inference
 from .cached import sample_cached
 from .naive import sample_naive
+from .seeded import CHUNK_IMAGES, sample_seeded
 
 METHODS = ("cached", "naive")
 
@@ -62,4 +63,4 @@ def sample(model, req: SampleRequest) -> torch.Tensor:
         return sample_naive(model, x, cond, temperature, generator, known)
 
 
-__all__ = ["SampleRequest", "sample", "sample_naive", "sample_cached", "METHODS"]
+__all__ = ["SampleRequest", "sample", "sample_naive", "sample_cached", "sample_seeded", "CHUNK_IMAGES", "METHODS"]

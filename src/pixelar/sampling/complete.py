@@ -8,6 +8,7 @@ import torch
 
 from ..errors import ArgumentValueError
 from ..image_files import load_mask
+from .seeded import sample_seeded
 
 KEEP_PRESETS = ("top-half", "left-half")
 
@@ -34,9 +35,17 @@ def keep_mask(keep: str, height: int, width: int, convert: bool = False, notes: 
     return m
 
 
-def complete(model, x: torch.Tensor, keep: torch.Tensor, n: int = 1, **options) -> torch.Tensor:
+def complete(
+    model, x: torch.Tensor, keep: torch.Tensor, n: int = 1, seed: int | None = None, **options
+) -> torch.Tensor:
     """Complete one image x (C, H, W) n times, keeping the pixels where keep (H, W) is True. -> (n, C, H, W).
-    options: model.sample's (cond, temperature, generator, method, ...)."""
+    options: model.sample's (cond, temperature, generator, method, ...). With a seed (and no generator) the
+    completions are drawn by sample_seeded: the same on any number of processes, which must all call this."""
     x_known = x.unsqueeze(0).expand(n, *x.shape).clone()
     known = keep.unsqueeze(0).expand(n, *keep.shape).clone()
+    if seed is not None:
+        if options.get("generator") is not None:
+            raise ValueError("pass a seed or a generator, not both")
+        options.pop("generator", None)
+        return sample_seeded(model, n, seed, x_known=x_known, known=known, **options)
     return model.sample(n, x_known=x_known, known=known, **options)

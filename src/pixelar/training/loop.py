@@ -43,6 +43,7 @@ from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_
 from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
+from ..sampling import sample_seeded
 from .budget import StepBudget
 from .checkpoint import CURVES_NAME, METRICS_NAME, SAMPLES_NAME, TENSORBOARD_DIR, Checkpoint, RunDir
 from .curves import plot_runs
@@ -627,8 +628,7 @@ def _finish(run: _Run, log) -> dict:
         )
     if cfg.sample_n:
         with distributed.together("drawing the samples"):
-            if distributed.is_main():
-                _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
+            _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
     if distributed.is_main():
         _write_curves(run.dir.path, log)
     out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
@@ -879,10 +879,12 @@ def _restore(
 
 
 def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) -> None:
-    """cfg.sample_n samples (class-conditional: labels 0, 1, ..., K-1, 0, 1, ...) as an 8-wide PNG grid."""
+    """cfg.sample_n samples (class-conditional: labels 0, 1, ..., K-1, 0, 1, ...) as an 8-wide PNG grid, drawn
+    from cfg.seed in chunks (pixelar.sampling.sample_seeded): shared by the processes under torchrun, the same
+    images on any number of them; rank 0 writes the file."""
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     method = model.sampling_method()  # the cached sampler where the model has one, else the naive reference
-    images = model.decode(model.sample(n, cond=cond, generator=generator, method=method))  # tokens -> colours
-    image_files.save_grid(images, model.data_image, path, nrow=8)
+    images = model.decode(sample_seeded(model, n, cfg.seed, cond=cond, method=method))  # tokens -> colours
+    if distributed.is_main():
+        image_files.save_grid(images, model.data_image, path, nrow=8)

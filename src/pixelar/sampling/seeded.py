@@ -1,0 +1,69 @@
+"""Samples from a seed, the same images whatever the number of processes that draw them.
+
+`model.sample(n, generator=g)` draws every step for all n images from one generator, so image i depends on n
+and on the images drawn beside it. `sample_seeded(model, n, seed)` instead splits the n images into chunks of
+CHUNK_IMAGES (the last one shorter) and draws chunk k with its own generator, seeded from (seed, k)
+(`chunk_seed`): a chunk's images depend only on the seed, k, n and the arguments, never on which process draws
+it or which other chunks it draws. Under torchrun each process draws its contiguous share of the chunks
+(pixelar.distributed.share) and every process gets all n images, in order; so 1, 2 or 7 processes return the
+same images (on the same device type: CPU and CUDA generators give different streams).
+
+The price is batching: one process draws its chunks one after another, batches of CHUNK_IMAGES instead of
+all n at once (on 2 CPU cores, 64 small PixelCNN++ samples at 28x28 took about 2.4 times as long as one
+batch of 64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import distributed
+
+CHUNK_IMAGES = 16  # images drawn together from one generator: the unit shared out between processes
+
+
+def chunk_seed(seed: int, k: int) -> int:
+    """The seed of chunk k's generator: derived from (seed, k), apart from the other chunks' streams."""
+    return int(np.random.SeedSequence([int(seed), 0x5A3, int(k)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def num_chunks(n: int) -> int:
+    return -(-n // CHUNK_IMAGES)
+
+
+def sample_seeded(
+    model, n: int, seed: int, cond=None, x_known: torch.Tensor | None = None, known=None, **options
+) -> torch.Tensor:
+    """n images (n, C, H, W) int64 drawn as the module docstring says; on every process under torchrun, which
+    must all call it with the same arguments.
+
+    Args:
+        seed: an int; with n it fixes the images.
+        cond, x_known, known: as model.sample's, one row per image (each chunk gets its rows).
+        options: passed to each chunk's model.sample as they are (temperature, method, a model's own
+            options); per-image tensors belong in cond, x_known and known.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    for name, t in (("cond", cond), ("x_known", x_known), ("known", known)):
+        if isinstance(t, torch.Tensor) and (t.dim() == 0 or t.shape[0] != n):
+            raise ValueError(f"{name} must have one row per image, n={n}; got shape {tuple(t.shape)}")
+    device = next(model.parameters()).device
+    mine = []
+    with distributed.together("sampling"):  # an error in one process stops all (none waits for it)
+        for k in range(num_chunks(n))[distributed.share(num_chunks(n))]:
+            rows = slice(k * CHUNK_IMAGES, min(n, (k + 1) * CHUNK_IMAGES))
+            g = torch.Generator(device=device).manual_seed(chunk_seed(seed, k))
+            part = [t[rows] if isinstance(t, torch.Tensor) else t for t in (cond, x_known, known)]
+            x = model.sample(
+                rows.stop - rows.start, cond=part[0], generator=g, x_known=part[1], known=part[2], **options
+            )
+            mine.append(x.cpu())
+    shares = distributed.gather_objects(mine)  # each process's chunks, in rank order: chunk order
+    out = torch.cat([x for share in shares for x in share])
+    if out.shape[0] != n:  # the shares cover every chunk once; anything else is a bug, not a user error
+        raise RuntimeError(f"sample_seeded gathered {out.shape[0]} images of {n}: the processes' shares are wrong")
+    return out.to(device)

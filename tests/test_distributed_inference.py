@@ -1,0 +1,128 @@
+"""Sampling, completion, scoring and compression under torchrun: 2 processes on the CPU (gloo), tiny models.
+
+Each process does its share (chunks of samples, images to score, segments of the stream) and rank 0 writes;
+the files and printed lines must equal one process's, byte for byte. One launch runs every command through
+`pixelar.cli.main` in one process group (its `finish` kept from leaving the group between commands), so the
+whole command-line path runs as under `torchrun -m pixelar`, for the price of one start of the processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from run_helpers import launch
+
+import pixelar
+from pixelar import distributed
+from pixelar.cli import main
+from pixelar.sampling import CHUNK_IMAGES, sample_seeded
+
+N_SAMPLES = 2 * CHUNK_IMAGES + 3  # 3 chunks: rank 0 draws 1 of them, rank 1 the other 2 (16 + 3 images)
+N_FILES = 35  # 3 segments of the stream: 1 coded by rank 0, 2 by rank 1; 17 + 18 files scored
+
+
+def commands(run: str, files: list[str], out: str) -> list[list[str]]:
+    """The command lines to compare, each writing into directory `out` (score: its printed lines)."""
+    return [
+        ["sample", run, "--n", str(N_SAMPLES), "--seed", "3", "--out", f"{out}/samples.png"],
+        ["complete", run, "--image", files[0], "--keep", "top-half", "--n", "3", "--out", f"{out}/complete.png"],
+        ["score", run, *files[:5]],
+        ["score", run, *files, "--json"],
+        ["compress", run, *files, "--out", f"{out}/imgs.pxar"],
+        ["decompress", run, f"{out}/imgs.pxar", "--out-dir", f"{out}/decoded"],
+    ]
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    import torch.distributed as dist
+    from pixelar import distributed
+    from pixelar.cli import main
+
+    distributed.finish = lambda wait=True: dist.barrier()  # stay in the group between the commands
+    for k, argv in enumerate(json.loads(sys.argv[1])):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(argv)
+        assert code == 0, (argv, code)
+        if distributed.rank() == 0:
+            open(f"{sys.argv[2]}/stdout{k}.txt", "w").write(printed.getvalue())
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A tiny PixelCNN++ for 8x8 greyscale images, saved as a model directory, and N_FILES PNG files."""
+    d = tmp_path_factory.mktemp("inference")
+    torch.manual_seed(0)
+    pixelar.create_model("pixelcnn_pp", pixelar.ImageSpec(1, 8, 8, 256), "tiny").save(d / "model")
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(N_FILES):
+        files.append(str(d / f"img{k:02d}.png"))
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(files[-1])
+    return d, files
+
+
+def run_here(cmds: list[list[str]], out: Path) -> None:
+    """The commands in this process, one thread (as each launched process), printed lines kept as the script
+    keeps them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for k, argv in enumerate(cmds):
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main(argv) == 0, argv
+            (out / f"stdout{k}.txt").write_text(printed.getvalue())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def printed(out: Path, k: int) -> str:
+    """What command k printed, with its output directory and the seconds it took (they differ) left out."""
+    return re.sub(r"[0-9.]+ s\b", "T s", (out / f"stdout{k}.txt").read_text().replace(str(out), "OUT"))
+
+
+def test_two_processes_write_the_files_and_lines_of_one(setup, tmp_path):
+    d, files = setup
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    run_here(commands(str(d / "model"), files, str(one)), one)
+    script = tmp_path / "commands.py"
+    script.write_text(SCRIPT)
+    launch(2, json.dumps(commands(str(d / "model"), files, str(two))), str(two), script=script, cwd=tmp_path)
+    for name in ("samples.png", "complete.png", "imgs.pxar"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    decoded = sorted(p.name for p in (two / "decoded").iterdir())
+    assert decoded == [f"image_{k:03d}.png" for k in range(N_FILES)]
+    for k, path in enumerate(files):  # lossless, in the files' order
+        assert np.array_equal(np.asarray(Image.open(two / "decoded" / decoded[k])), np.asarray(Image.open(path)))
+    for k in range(len(commands("", files, ""))):
+        assert printed(two, k) == printed(one, k), k
+    lines = (two / "stdout2.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines[:5]] == files[:5]  # the files' order, once each
+
+
+def test_sample_seeded_images_do_not_depend_on_the_chunks_drawn_beside_them(setup, one_thread):
+    model = pixelar.load_model(setup[0] / "model")
+    x = sample_seeded(model, CHUNK_IMAGES + 2, 7, temperature=0.9)
+    assert x.shape == (CHUNK_IMAGES + 2, 1, 8, 8) and not distributed.active()
+    # the first chunk of 18 images is that of 16 images: a chunk depends on its seed and index only
+    assert torch.equal(sample_seeded(model, CHUNK_IMAGES, 7, temperature=0.9), x[:CHUNK_IMAGES])
+    assert not torch.equal(x[:2], x[CHUNK_IMAGES:])  # the chunks draw their own streams
+    assert not torch.equal(sample_seeded(model, 2, 8, temperature=0.9), x[:2])
+    with pytest.raises(ValueError, match="cond must have one row per image"):
+        sample_seeded(model, 3, 0, cond=torch.zeros(2, dtype=torch.long))
