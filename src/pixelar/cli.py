@@ -213,7 +213,14 @@ def cmd_train(args) -> int:
                 "drop --recipe"
             )
         _check_resume_flags(args, given)
-        result = train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress, max_steps=args.steps)
+        result = train(
+            TrainConfig(),
+            args.resume,
+            resume=True,
+            progress=not args.no_progress,
+            max_steps=args.steps,
+            shard=args.shard,
+        )
     else:
         if args.minutes is not None and args.steps is not None:
             raise ValueError(
@@ -234,7 +241,7 @@ def cmd_train(args) -> int:
             args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         print(f"run directory: {run_dir}")
-        result = train(cfg, run_dir, resume=False, progress=not args.no_progress)
+        result = train(cfg, run_dir, resume=False, progress=not args.no_progress, shard=args.shard)
     if result.get("tokenized"):
         print(
             f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
@@ -736,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pays off for long runs; falls back to eager mode where unavailable)",
     )
     t.add_argument("--channels-last", action="store_true", help="channels_last memory layout")
+    t.add_argument(
+        "--shard",
+        action="store_true",
+        help="under torchrun: shard the model, gradients, Adam state and EMA over the processes (FSDP) for "
+        "models that do not fit one device; a run may be resumed with or without it",
+    )
     t.add_argument("--seed", type=seed)
     t.add_argument("--checkpoint-every", type=positive_int)
     t.add_argument("--log-every", type=positive_int, help="steps per line of metrics.jsonl (default 10)")
@@ -922,6 +935,8 @@ FLAGS = {
     "resume": "--resume RUN_DIR",
     "tensorboard": "--tensorboard",
     "overwrite": "--force",
+    "shard": "--shard",
+    "compile": "--compile",
 }
 
 

@@ -189,6 +189,22 @@ class ImageModel(nn.Module):
         own layout (a wrapper answers with its base, e.g. DistAug under the identity): what the codec drives."""
         return self, self.check_cond(cond, n)
 
+    # ----- sharded training ---------------------------------------------------------------------------------
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules that sharded training (FSDP, `train(..., shard=True)`) gathers and frees one at a
+        time: each must use its parameters only inside its own forward. Default: the top-level children with
+        parameters, module lists and dicts (which have no forward) replaced by their elements, nested ones
+        too; parameters left out (the model's own, an output distribution's) are gathered for the whole
+        step."""
+        units, todo = [], list(self.children())
+        while todo:
+            m = todo.pop(0)
+            if isinstance(m, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward: their elements
+                todo[:0] = list(m.children())
+            elif m is not getattr(self, "distribution", None) and any(True for _ in m.parameters()):
+                units.append(m)
+        return units
+
     # ----- features -----------------------------------------------------------------------------------------
     def features(self, x: torch.Tensor, cond=None, layers=None) -> dict[int, torch.Tensor]:
         """Average-pooled features {layer: (B, d)} of model inputs x, for layers in [0, num_feature_layers)."""

@@ -230,6 +230,9 @@ class DistAugModel(ImageModel):
     def num_parameters(self) -> int:
         return self.base.num_parameters()
 
+    def shard_units(self) -> list[nn.Module]:
+        return self.base.shard_units()  # the base's blocks (the wrapper's own forward is the base's)
+
 
 def distaug_cond_dim(image: ImageSpec, transforms, num_classes: int = 0, cond_dim: int = 0) -> int:
     """The base's cond_dim for these transforms and user conditioning."""

@@ -44,6 +44,7 @@ from ..models import compiled_log_prob, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
 from ..sampling import sample_seeded
+from . import sharding
 from .budget import StepBudget
 from .checkpoint import CURVES_NAME, METRICS_NAME, SAMPLES_NAME, TENSORBOARD_DIR, Checkpoint, RunDir
 from .curves import plot_runs
@@ -66,6 +67,7 @@ def train(
     log=print,
     on_step=None,
     max_steps: int | None = None,
+    shard: bool = False,
 ) -> dict:
     """Train a model as `cfg` says, checkpointing into `run_dir`; returns {"test_bpd", "steps", "run_dir"}.
 
@@ -82,6 +84,9 @@ def train(
             resuming (any value >= the checkpoint's step; a larger one extends the run, and because nothing
             depends on max_steps the result is bitwise that of a run started with the larger value). The new
             value is written to config.json. Not with cfg.minutes for a new run (the budget chooses it).
+        shard: under torchrun, shard the model, its gradients, Adam state and EMA over the processes (FSDP2,
+            see pixelar.training.sharding) instead of keeping a copy in each; how the run is computed, not
+            part of its settings: a run may be resumed with or without it.
 
     While it runs it holds run_dir's lock (see RunDir.lock), and first deletes the temporary files that
     killed runs left there.
@@ -114,7 +119,7 @@ def train(
                     emit(f"removed {removed} temporary file(s) left in {rundir.path} by an interrupted run")
         with _disk_full_hint(rundir):
             with distributed.together("setting up the run"):
-                run = _setup(cfg, rundir, resume, max_steps, emit)
+                run = _setup(cfg, rundir, resume, max_steps, emit, shard)
             held.callback(run.metrics.close)
             with tqdm(
                 total=None if run.budget is not None else run.cfg.max_steps,
@@ -214,12 +219,13 @@ class _Run:
     budget: StepBudget | None  # a time budget still measuring the speed of the steps (None: max_steps is fixed)
     session_start: float = dataclasses.field(default_factory=lambda: clock())
     train_s: float | None = None  # the training time at the end of the last step
+    sharded: torch.nn.Module | None = None  # with shard=True: the FSDP root (a _LogProb over the model)
 
     def elapsed(self) -> float:
         return self.elapsed_before + clock() - self.session_start
 
 
-def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None, emit) -> _Run:
+def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None, emit, shard: bool = False) -> _Run:
     """Everything before the first step (train() holding the lock): the settings, data, model, optimizer, EMA,
     augmentation, the checkpoint's state when resuming, the metrics log; emits the start line."""
     cfg, ckpt, model_config = _settings(cfg, rundir, resume, max_steps)
@@ -244,7 +250,8 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)
+    root = sharding.setup(model, device, cfg, _LogProb(model, model.log_prob)) if shard else None
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)  # the shards, where sharded
     ema = EMA(model, cfg.ema_decay)
     # augmentation: indices drawn per image from their own generator (checkpointed as rng.augment);
     # plain augmentation transforms the batch, DistAug passes the indices to the model, which transforms
@@ -265,10 +272,10 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         if distributed.rank():  # the other processes' dropout and order draws: streams of their own
             torch.manual_seed(_rank_seed(cfg.seed, distributed.rank(), 0))
     else:
-        batches = _restore(rundir, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen)
+        batches = _restore(rundir, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen, root)
         step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
         if main:
-            rundir.write_weights(ema.state_dict())  # heals a crash between a checkpoint and its model.safetensors
+            rundir.write_weights(ckpt.ema)  # heals a crash between a checkpoint and its model.safetensors
             if max_steps is not None:
                 rundir.write_config(model.config(), cfg.to_dict())
     # a time budget whose number of steps is not chosen yet (a new run, or one interrupted while measuring)
@@ -305,7 +312,10 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
     if cfg.compile and log_prob.compiled:
         emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
     ddp = None
-    if world > 1:  # gradients averaged over the processes during backward; parameters start equal (rank 0's)
+    if root is not None:
+        log_prob = root
+        emit(f"{world} processes, model sharded over them (FSDP): {cfg.batch_size // world} images per process")
+    elif world > 1:  # gradients averaged over the processes during backward; parameters start equal (rank 0's)
         ddp = torch.nn.parallel.DistributedDataParallel(
             _LogProb(model, log_prob),
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -330,6 +340,7 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         window=window,
         log_prob=log_prob,
         ddp=ddp,
+        sharded=root,
         share=distributed.share(cfg.batch_size),
         loss_scale=1.0 / cfg.grad_accum,
         autocast=autocast,
@@ -473,6 +484,8 @@ def _step(run: _Run) -> float:
         reason = "non-finite loss"
     else:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.max_norm)
+        if run.sharded is not None:
+            grad_norm = sharding.full(grad_norm)  # the norm over every shard
         if not torch.isfinite(grad_norm):
             reason = "non-finite gradient norm"
     run.step += 1
@@ -598,7 +611,10 @@ def _finish(run: _Run, log) -> dict:
     """After the last step: the EMA weights into the model, the test evaluation (its metrics line and log
     message), samples; returns train()'s result."""
     cfg, model, step = run.cfg, run.model, run.step
-    run.ema.copy_to(model)  # evaluation and samples use the averaged weights
+    if run.sharded is not None:  # an unsharded model with the full EMA weights, on every process
+        model = sharding.unsharded_copy(model, run.ema.state_dict(), run.device)
+    else:
+        run.ema.copy_to(model)  # evaluation and samples use the averaged weights
     # fp32 whatever the training precision: the reported number is the exact likelihood
     res = evaluate(model, run.test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
     run.metrics.write(
@@ -793,11 +809,11 @@ def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str,
 def _save(run: _Run) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
     model, ema, batches, step = run.model, run.ema, run.batches, run.step
-    tensors = {
-        **{f"model.{k}": v for k, v in model.state_dict().items()},
-        **{f"ema.{k}": v for k, v in ema.state_dict().items()},
-    }
-    opt_state = run.optimizer.state_dict()["state"]
+    if run.sharded is not None:  # full CPU tensors on rank 0 ({} elsewhere), an unsharded run's layout
+        weights, ema_state, opt_state = sharding.full_states(run.sharded, run.optimizer, ema.state_dict())
+    else:
+        weights, ema_state, opt_state = model.state_dict(), ema.state_dict(), run.optimizer.state_dict()["state"]
+    tensors = {**{f"model.{k}": v for k, v in weights.items()}, **{f"ema.{k}": v for k, v in ema_state.items()}}
     tensors.update(
         {f"optim.{i}.{k}": v for i, s in opt_state.items() for k, v in s.items() if isinstance(v, torch.Tensor)}
     )
@@ -815,9 +831,7 @@ def _save(run: _Run) -> None:
         "elapsed_s": run.elapsed(),
         "window": run.window.state(),
     }
-    checkpoint = Checkpoint(
-        progress, model.state_dict(), ema.state_dict(), opt_state, _rng_states(batches, run.aug_gen)
-    )
+    checkpoint = Checkpoint(progress, weights, ema_state, opt_state, _rng_states(batches, run.aug_gen))
     if distributed.is_main():
         run.dir.save(checkpoint)
 
@@ -831,14 +845,18 @@ def _restore(
     train_ds: ImageDataset,
     cfg: TrainConfig,
     aug_gen: torch.Generator | None = None,
+    sharded: torch.nn.Module | None = None,
 ):
     """Load the checkpoint's state into the fresh objects; return the data stream at the saved position."""
     where = run.tensors_path
     try:
-        model.load_state_dict(ckpt.model)
-        ema.load_state_dict(ckpt.ema)
-        # hyperparameters come from the config; only the per-parameter state is restored
-        optimizer.load_state_dict({"state": ckpt.optimizer, "param_groups": optimizer.state_dict()["param_groups"]})
+        if sharded is not None:  # the full tensors, each process keeping its shards
+            sharding.load_full_states(sharded, optimizer, ema, ckpt.model, ckpt.ema, ckpt.optimizer)
+        else:
+            model.load_state_dict(ckpt.model)
+            ema.load_state_dict(ckpt.ema)
+            # hyperparameters come from the config; only the per-parameter state is restored
+            optimizer.load_state_dict({"state": ckpt.optimizer, "param_groups": optimizer.state_dict()["param_groups"]})
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"training state {where} does not match the model in {run.config_path}: {e}") from None
     batches = _Batches(train_ds, cfg.batch_size, cfg.seed, ckpt.progress["epoch"], ckpt.progress["batch"])
