@@ -37,7 +37,7 @@ def check_can_shard() -> None:
             "shard",
             "shard=True",
             "",
-            " splits the model over the processes of a torchrun job (torchrun --nproc_per_node=N ...); "
+            " splits the model over the processes of a torchrun job (N processes per node); "
             "in one process train without it",
         )
 
