@@ -29,9 +29,11 @@ from .image_files import image_format, load_image, save_grid, save_image
 from .inference import inference
 from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
+from .progress import tracking
 from .recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
 from .sampling import sample_seeded
 from .sampling.complete import complete, keep_mask
+from .threads import num_threads
 from .training import train
 from .training.checkpoint import RunDir
 from .training.curves import plot_runs
@@ -140,6 +142,30 @@ def _types(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
+# ----- options of every command that runs a long job: --threads N, --progress / --no-progress ----------------
+def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False) -> None:
+    """--threads and --progress/--no-progress, the same on every command that has a progress bar."""
+    default = (
+        "chosen for the work: one thread for the small steps of cached sampling and coding, torch's default "
+        "for large ones"
+        if chooses_threads
+        else "torch's default"
+    )
+    p.add_argument("--threads", type=positive_int, metavar="N", help=f"CPU threads (default: {default})")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: shown when stderr is a terminal)",
+    )
+
+
+def _progress(args) -> bool:
+    """Whether to show progress bars: as --progress / --no-progress say, else when stderr is a terminal (a log
+    file or a pipe gets none of a bar's carriage returns)."""
+    return args.progress if args.progress is not None else sys.stderr.isatty()
+
+
 # ----- train ------------------------------------------------------------------------------------------------
 def _train_flags(args) -> dict[str, tuple[str, object]]:
     """The training settings given on the command line: {TrainConfig field: (the flag as typed, value)}."""
@@ -217,7 +243,7 @@ def cmd_train(args) -> int:
             TrainConfig(),
             args.resume,
             resume=True,
-            progress=not args.no_progress,
+            progress=_progress(args),
             max_steps=args.steps,
             shard=args.shard,
         )
@@ -241,7 +267,7 @@ def cmd_train(args) -> int:
             args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         print(f"run directory: {run_dir}")
-        result = train(cfg, run_dir, resume=False, progress=not args.no_progress, shard=args.shard)
+        result = train(cfg, run_dir, resume=False, progress=_progress(args), shard=args.shard)
     if result.get("tokenized"):
         print(
             f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
@@ -360,7 +386,9 @@ def cmd_eval(args) -> int:
         raise ValueError(f"dataset {dataset!r} has images {ds.spec} but the model expects {model.data_image}")
     if args.per_augmentation is not None:
         return _eval_per_augmentation(args, model, ds, dataset, train_cfg)
-    res = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision, subset=args.subset)
+    res = evaluate(
+        model, ds, batch_size=args.batch_size, precision=args.precision, subset=args.subset, progress=_progress(args)
+    )
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
         if res.get("tokenized"):
@@ -394,7 +422,13 @@ def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> in
             )
     augmenter = Augmenter(parse_transforms(model.data_image, types)) if types else None  # acts on the data images
     rows = evaluate_per_augmentation(
-        model, ds, augmenter, batch_size=args.batch_size, precision=args.precision, subset=args.subset
+        model,
+        ds,
+        augmenter,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        subset=args.subset,
+        progress=_progress(args),
     )
     if args.json:
         print(
@@ -434,12 +468,14 @@ def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
     """The command's image files as one batch (n, C, H, W), read strictly (--convert allows the conversions
     load_image lists); each conversion made is reported on stderr."""
     paths = [args.image] if args.command == "complete" else args.images
-    images = []
-    for path in paths:
-        x, notes = load_image(path, spec, convert=args.convert, deep_ok=deep_ok)
-        _notes(args, path, notes)
-        images.append(x)
-    return torch.stack(images)
+    return torch.stack([_load_image(args, path, spec, deep_ok) for path in paths])
+
+
+def _load_image(args, path, spec, deep_ok: bool = True) -> torch.Tensor:
+    """One image file as the model takes it (C, H, W); a conversion made is reported on stderr."""
+    x, notes = load_image(path, spec, convert=args.convert, deep_ok=deep_ok)
+    _notes(args, path, notes)
+    return x
 
 
 def _notes(args, path, notes: list[str]) -> None:
@@ -480,7 +516,14 @@ def cmd_sample(args) -> int:
     method = model.sampling_method(args.method)
     # chunks of images with generators of their own: the same images on any number of processes
     x = sample_seeded(
-        model, args.n, args.seed, cond=_cond(model, args.n, args.cls), temperature=args.temperature, method=method
+        model,
+        args.n,
+        args.seed,
+        cond=_cond(model, args.n, args.cls),
+        temperature=args.temperature,
+        method=method,
+        progress=_progress(args),
+        threads=args.threads,
     )
     if distributed.is_main():
         save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
@@ -517,6 +560,8 @@ def cmd_complete(args) -> int:
         cond=cond,
         temperature=args.temperature,
         method=method,
+        progress=_progress(args),
+        threads=args.threads,
     )
     out = model.decode(out)
     if model.tokenizer is not None:  # kept pixels are shown as the palette has them (lossy)
@@ -529,10 +574,13 @@ def cmd_complete(args) -> int:
 
 
 # ----- score ------------------------------------------------------------------------------------------------
+SCORE_BATCH = 64  # images scored at a time: a batch's memory, and a progress bar that moves
+
+
 def cmd_score(args) -> int:
     model = models.load_model(args.run_dir)
     x = _load_images(args, model.data_image)
-    nats = _shared_nats(model, model.encode(x), _cond(model, len(args.images), args.cls))
+    nats = _shared_nats(model, model.encode(x), _cond(model, len(args.images), args.cls), _progress(args))
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = bits_per_dim(nats, model.image).tolist()
     if args.json:
@@ -547,15 +595,17 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _shared_nats(model, x: torch.Tensor, cond) -> torch.Tensor:
-    """-log p of each image (n,) float64, as image_log_prob scores it; under torchrun each process scores its
-    contiguous share and every process gets all n, in order."""
+def _shared_nats(model, x: torch.Tensor, cond, progress: bool = False) -> torch.Tensor:
+    """-log p of each image (n,) float64, as image_log_prob scores it, SCORE_BATCH images at a time; under
+    torchrun each process scores its contiguous share and every process gets all n, in order."""
     mine = distributed.share(len(x))
-    with distributed.together("scoring"):
-        nats = torch.zeros(0, dtype=torch.float64)
-        if mine.stop > mine.start:  # more processes than images: some score none
-            nats = -image_log_prob(model, x[mine], None if cond is None else cond[mine]).cpu()
-    return torch.cat(distributed.gather_objects(nats))
+    parts = [torch.zeros(0, dtype=torch.float64)]  # more processes than images: some score none
+    with distributed.together("scoring"), tracking(progress, mine.stop - mine.start, "scoring", "img") as bar:
+        for k in range(mine.start, mine.stop, SCORE_BATCH):
+            rows = slice(k, min(mine.stop, k + SCORE_BATCH))
+            parts.append(-image_log_prob(model, x[rows], None if cond is None else cond[rows]).cpu())
+            bar.advance(rows.stop - rows.start)
+    return torch.cat(distributed.gather_objects(torch.cat(parts)))
 
 
 # ----- compress / decompress ---------------------------------------------------------------------------------
@@ -566,7 +616,8 @@ def cmd_compress(args) -> int:
     x = _load_images(args, spec, deep_ok=False)  # lossless: never reduce a deeper file
     cond = _cond(model, len(args.images), args.cls)
     t = time.perf_counter()
-    data = codec.compress(model, x, cond)  # under torchrun: each process codes its share of the segments
+    # under torchrun: each process codes its share of the segments
+    data = codec.compress(model, x, cond, progress=_progress(args), threads=args.threads)
     seconds = time.perf_counter() - t
     if distributed.is_main():
         write_atomic(args.out, lambda tmp: Path(tmp).write_bytes(data))  # whole or not at all
@@ -604,7 +655,8 @@ def cmd_decompress(args) -> int:
             "overwrite them, or choose another --out-dir"
         )
     model = models.load_model(args.run_dir)
-    x = codec.decompress(model, data, _cond(model, n, args.cls))  # under torchrun: shares of the segments
+    # under torchrun: each process decodes its share of the segments
+    x = codec.decompress(model, data, _cond(model, n, args.cls), progress=_progress(args), threads=args.threads)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         for name, img in zip(names, x):
@@ -638,6 +690,7 @@ def cmd_probe(args) -> int:
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         weight_decay=args.weight_decay,
+        progress=_progress(args),
     )
     if args.json:
         print(json.dumps({"dataset": dataset, "run_dir": str(args.run_dir), "layers": rows}))
@@ -794,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write the metrics as TensorBoard events to RUN_DIR/tensorboard (pip install 'pixelar[tensorboard]')",
     )
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_job_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="exact test bits/dim of a trained run")
@@ -814,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bits/dim for each transformation type and index, identity first (DistAug models: their "
         "own types; other models: the run's --augment types or the TYPES given)",
     )
+    _add_job_options(e)
     e.set_defaults(func=cmd_eval)
 
     for name, helptext in (
@@ -851,6 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["auto", "cached", "naive"],
             help="auto (default: cached where the model has it, else naive), cached (fast) or naive (reference)",
         )
+        _add_job_options(s, chooses_threads=True)
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
 
     pr = sub.add_parser("probe", help="linear probe: class accuracy of logistic regression on a layer's features")
@@ -870,6 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--batch-size", type=positive_int, default=100)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_job_options(pr)
     pr.set_defaults(func=cmd_probe)
 
     sc = sub.add_parser("score", help="exact bits/dim of each given image under a trained model")
@@ -878,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     sc.add_argument("--json", action="store_true", help="print one JSON list")
     sc.add_argument("--convert", action="store_true", help=CONVERT_HELP)
+    _add_job_options(sc)
     sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
     z.add_argument("run_dir")
@@ -891,6 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spaces; never more than 8 bits): decompress then returns the converted images",
     )
     z.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    _add_job_options(z, chooses_threads=True)
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir")
@@ -898,6 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
     u.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
+    _add_job_options(u, chooses_threads=True)
     u.set_defaults(func=cmd_decompress)
 
     rc = sub.add_parser("recipes", help="list the papers' CIFAR-10 training recipes, or show one in full")
@@ -937,6 +996,7 @@ FLAGS = {
     "overwrite": "--force",
     "shard": "--shard",
     "compile": "--compile",
+    "threads": "--threads N",
 }
 
 
@@ -978,7 +1038,8 @@ def _as_one_of_several(args) -> int:
 
 def _run(args, prefix: str = "") -> int:
     try:
-        return args.func(args)
+        with num_threads(getattr(args, "threads", None)):  # --threads N for the whole command, restored after
+            return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         print(f"{prefix}pixelar {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2

@@ -45,7 +45,9 @@ import torch
 
 from .. import distributed
 from ..inference import inference
+from ..progress import tracking
 from ..sampling.naive import generation_steps
+from ..threads import step_work, threads_for
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
 
 MAGIC = b"PXAR"
@@ -124,13 +126,22 @@ def _model_input(model, images: torch.Tensor) -> torch.Tensor:
     return tokens
 
 
-def compress(model, x: torch.Tensor, cond=None) -> bytes:
-    """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes."""
+def compress(model, x: torch.Tensor, cond=None, progress=None, threads: int | None = None) -> bytes:
+    """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes.
+
+    progress: report the sub-pixels coded (pixelar.progress: True for a bar, or a callable on_progress(done,
+    total, images=, bpd=) with the images and bits/dim of the segments finished so far). threads: CPU threads
+    for the coding, restored after (None chooses: pixelar.threads). Neither changes the bytes."""
     with inference(model):
-        return _compress(model, x, cond)
+        return _compress(model, x, cond, progress, threads)
 
 
-def _compress(model, x: torch.Tensor, cond) -> bytes:
+def _threads(threads, coder, n: int, device):
+    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images."""
+    return threads_for(threads, step_work(coder, min(n, SEGMENT_IMAGES), coder.has_incremental_forward), device)
+
+
+def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     _check_codable(model)
     device = next(model.parameters()).device
     tokens = _model_input(model, x).to(device)
@@ -140,11 +151,19 @@ def _compress(model, x: torch.Tensor, cond) -> bytes:
     crc = _crc(x)
     coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
     count = -(-n // SEGMENT_IMAGES)
-    mine = []
-    with distributed.together("compressing"):  # an error in one process stops all (none waits for it)
-        for k in range(count)[distributed.share(count)]:  # one segment at a time: memory of S images, not n
+    share = range(count)[distributed.share(count)]  # under torchrun, this process's segments
+    mine, done = [], 0
+    total = sum(min(SEGMENT_IMAGES, n - k * SEGMENT_IMAGES) for k in share) * tokens[0].numel()
+    with (
+        distributed.together("compressing"),  # an error in one process stops all (none waits for it)
+        _threads(threads, coder, n, device),
+        tracking(progress, total, "compressing", "sub-pixel") as bar,
+    ):
+        for k in share:  # one segment at a time: memory of S images, not n
             part = slice(k * SEGMENT_IMAGES, (k + 1) * SEGMENT_IMAGES)
-            mine.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part]))
+            mine.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part], bar))
+            done += len(tokens[part])
+            bar.update(images=done, bpd=8 * sum(map(len, mine)) / (done * model.data_image.dims))
     # under torchrun each process coded its contiguous share of the segments: in rank order, segment order
     segments = [seg for share in distributed.gather_objects(mine) for seg in share]
     if len(segments) != count:
@@ -156,8 +175,9 @@ def _compress(model, x: torch.Tensor, cond) -> bytes:
     return header + struct.pack(f">{len(segments)}I", *map(len, segments)) + b"".join(segments)
 
 
-def _encode_segment(coder, tokens: torch.Tensor, cond) -> bytes:
-    """One segment: the images tokens (m, C, H, W) coded together, per step each image in turn."""
+def _encode_segment(coder, tokens: torch.Tensor, cond, bar) -> bytes:
+    """One segment: the images tokens (m, C, H, W) coded together, per step each image in turn; bar (a
+    pixelar.progress.Progress) counts the sub-pixels coded."""
     work = torch.zeros_like(tokens)  # filled step by step, exactly as the decoder fills its images
     enc = Encoder()
     for i, j, c, cum in _coding_steps(coder, work, cond):
@@ -165,6 +185,7 @@ def _encode_segment(coder, tokens: torch.Tensor, cond) -> bytes:
         for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
             enc.encode(a, b, TOTAL)
         work[:, c, i, j] = tokens[:, c, i, j]
+        bar.advance(len(tokens))
     return enc.finish()
 
 
@@ -216,18 +237,20 @@ def stream_info(data: bytes) -> dict:
     }
 
 
-def decompress(model, data: bytes, cond=None) -> torch.Tensor:
-    """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model."""
+def decompress(model, data: bytes, cond=None, progress=None, threads: int | None = None) -> torch.Tensor:
+    """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model.
+    progress and threads: as compress's."""
     with inference(model):
-        return _decompress(model, data, cond)
+        return _decompress(model, data, cond, progress, threads)
 
 
-def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int) -> torch.Tensor:
-    """The m images (m, C, H, W) of segment k."""
+def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int, bar) -> torch.Tensor:
+    """The m images (m, C, H, W) of segment k; bar (a pixelar.progress.Progress) counts the sub-pixels."""
     x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
     dec = Decoder(segment)
     for i, j, c, cum in _coding_steps(coder, x, cond):
         x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
+        bar.advance(m)
     if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
         raise ValueError(
             f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
@@ -236,7 +259,7 @@ def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int) -> torc
     return x
 
 
-def _decompress(model, data: bytes, cond) -> torch.Tensor:
+def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
     info = stream_info(data)
     n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
     _check_codable(model)
@@ -255,14 +278,21 @@ def _decompress(model, data: bytes, cond) -> torch.Tensor:
     device = next(model.parameters()).device
     S, lengths = info["segment_images"], info["segments"]
     starts = [_HEADER.size + _LENGTH * len(lengths) + sum(lengths[:k]) for k in range(len(lengths))]
-    mine = []
-    with distributed.together("decompressing"):  # a damaged segment in one process's share stops all
-        for k in range(len(lengths))[distributed.share(len(lengths))]:  # one segment at a time: S images' memory
+    share = range(len(lengths))[distributed.share(len(lengths))]  # under torchrun, this process's segments
+    mine, done, coded = [], 0, 0
+    total = sum(min(S, n - k * S) for k in share) * coder.image.dims  # sub-pixels of what is coded (tokens)
+    with (
+        distributed.together("decompressing"),  # a damaged segment in one process's share stops all
+        _threads(threads, coder, n, device),
+        tracking(progress, total, "decompressing", "sub-pixel") as bar,
+    ):
+        for k in share:  # one segment at a time: S images' memory
             m = min(S, n - k * S)
             seg = data[starts[k] : starts[k] + lengths[k]]
-            mine.append(
-                _decode_segment(coder, seg, m, None if cond is None else cond[k * S : k * S + m], device, k).cpu()
-            )
+            seg_cond = None if cond is None else cond[k * S : k * S + m]
+            mine.append(_decode_segment(coder, seg, m, seg_cond, device, k, bar).cpu())
+            done, coded = done + m, coded + lengths[k]
+            bar.update(images=done, bpd=8 * coded / (done * d.dims))
     # under torchrun each process decoded its contiguous share of the segments: in rank order, segment order
     x = torch.cat([part for share in distributed.gather_objects(mine) for part in share]).to(device)
     images = model.decode(x)

@@ -14,6 +14,7 @@ import torch
 from .. import distributed
 from ..data import ImageDataset, first_images, fixed_binarization, iterate_batches, select
 from ..inference import inference
+from ..progress import tracking
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
 TOKEN_NOTE = (
@@ -56,7 +57,12 @@ def image_log_prob(model, x: torch.Tensor, cond=None) -> torch.Tensor:
 
 
 def evaluate(
-    model, dataset: ImageDataset, batch_size: int = 500, precision: str = "fp32", subset: int | None = None
+    model,
+    dataset: ImageDataset,
+    batch_size: int = 500,
+    precision: str = "fp32",
+    subset: int | None = None,
+    progress=None,
 ) -> dict:
     """Negative log-likelihood of `dataset` (or its first `subset` images) under `model`.
 
@@ -79,6 +85,9 @@ def evaluate(
     reconstruction error on the split, "palette_rmse" (0..255 scale) and "palette_exact_fraction" (pixels
     decoded exactly). A lossy palette models quantised images, so these numbers are not comparable with
     bits/dim of the 8-bit images (TOKEN_NOTE says so wherever they are printed).
+
+    progress: report the images scored (pixelar.progress: True for a bar, or a callable on_progress(done,
+    total, bpd=) with the bits/dim of the images so far); under torchrun each process counts its own share.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -108,7 +117,11 @@ def evaluate(
     per_order = torch.zeros(K, dtype=torch.float64)
     recon = {"sq_err_sum": 0.0, "exact_pixels": 0.0, "pixels": 0.0, "sub_pixels": 0.0}
     parts: dict[str, float] = {}
-    with inference(model):  # eval mode, no autograd (else every batch's graph stays alive through the sums)
+    dims_ln2 = model.image.dims * math.log(2)
+    with (
+        inference(model),  # eval mode, no autograd (else every batch's graph stays alive through the sums)
+        tracking(progress, len(mine), "evaluating", "img") as bar,
+    ):
         for x, y in iterate_batches(mine, batch_size, shuffle=False):
             cond = y.to(device) if model.num_classes else None
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
@@ -130,6 +143,7 @@ def evaluate(
             sums["nats"] += -lp.double().sum().item()
             sums["images"] += len(x)
             sums["non_finite"] += int((~torch.isfinite(lp)).sum())
+            bar.advance(len(x), bpd=sums["nats"] / (sums["images"] * dims_ln2))
     packed = torch.tensor([*sums.values(), *recon.values(), *parts.values()], dtype=torch.float64)
     packed = distributed.all_sum(torch.cat([packed, per_order]))
     values = iter(packed.tolist())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data import ImageDataset, first_images, iterate_batches
 from ..inference import inference
+from ..progress import tracking
 
 
 def _check_model(model) -> None:
@@ -26,9 +27,15 @@ def _check_model(model) -> None:
 
 
 def extract_features(
-    model, dataset: ImageDataset, layers: list[int], batch_size: int = 100, subset: int | None = None
+    model,
+    dataset: ImageDataset,
+    layers: list[int],
+    batch_size: int = 100,
+    subset: int | None = None,
+    progress=None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Average-pooled features of every image: ({layer: float64 (N, d)}, labels int64 (N,))."""
+    """Average-pooled features of every image: ({layer: float64 (N, d)}, labels int64 (N,)). progress: report
+    the images done (pixelar.progress)."""
     _check_model(model)
     if dataset.labels is None:
         raise ValueError(f"dataset {dataset.name!r} has no labels; a linear probe needs class labels")
@@ -40,13 +47,14 @@ def extract_features(
     device = next(model.parameters()).device
     feats: dict[int, list[torch.Tensor]] = {k: [] for k in layers}
     labels = []
-    with inference(model):
+    with inference(model), tracking(progress, len(ds), f"features ({dataset.split})", "img") as bar:
         for x, y in iterate_batches(ds, batch_size, shuffle=False, generator=torch.Generator().manual_seed(0)):
             cond = y.to(device) if model.num_classes else None
             out = model.features(model.encode(x.to(device)), cond, layers)  # {layer: (B, d)}
             for k in layers:
                 feats[k].append(out[k].double().cpu())
             labels.append(y)
+            bar.advance(len(x))
     return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
 
 
@@ -99,23 +107,35 @@ def linear_probe(
     train_subset: int | None = None,
     test_subset: int | None = None,
     weight_decay: float = 1e-3,
+    progress=None,
 ) -> list[dict]:
     """Probe accuracy per layer: [{"layer", "train_accuracy", "test_accuracy", "num_train", "num_test"}].
 
     layers None: every layer the model offers (0 .. num_feature_layers - 1).
+    progress (pixelar.progress): reported in three phases, each counting from 0 to its own total, with the
+    phase as a keyword: phase="train features" and "test features" (images), then phase="fit" (layers).
     """
     _check_model(model)
     if layers is None:
         layers = list(range(model.num_feature_layers))
     if train.num_classes is None or train.labels is None or test.labels is None:
         raise ValueError(f"dataset {train.name!r} has no labels; a linear probe needs class labels")
-    tr, ytr = extract_features(model, train, layers, batch_size, train_subset)
-    te, yte = extract_features(model, test, layers, batch_size, test_subset)
+    tr, ytr = extract_features(model, train, layers, batch_size, train_subset, _phase(progress, "train features"))
+    te, yte = extract_features(model, test, layers, batch_size, test_subset, _phase(progress, "test features"))
     rows = []
-    for k in layers:
-        res = probe_layer(tr[k], ytr, te[k], yte, train.num_classes, weight_decay)
-        rows.append({"layer": k, **res, "num_train": len(ytr), "num_test": len(yte)})
+    with tracking(_phase(progress, "fit"), len(layers), "fitting probes", "layer") as bar:
+        for k in layers:
+            res = probe_layer(tr[k], ytr, te[k], yte, train.num_classes, weight_decay)
+            rows.append({"layer": k, **res, "num_train": len(ytr), "num_test": len(yte)})
+            bar.advance(layer=k)
     return rows
+
+
+def _phase(progress, phase: str):
+    """A callable progress told which phase it hears from; True, False and None as they are."""
+    if callable(progress):
+        return lambda done, total, **stats: progress(done, total, phase=phase, **stats)
+    return progress
 
 
 __all__ = ["extract_features", "fit_logistic", "linear_probe", "probe_layer"]

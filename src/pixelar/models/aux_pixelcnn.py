@@ -44,6 +44,7 @@ from ..distributions.base import check_temperature, gumbel_argmax
 from ..inference import inference, require_eval
 from ..nn import DownRightShiftedConv2d, DownShiftedConv2d, concat_elu, down_shift, right_shift
 from ..nn.cache import CausalGraph, IncrementalForward
+from ..progress import tracking
 from ..types import ImageSpec
 from .base import ARImageModel, SampleRequest
 from .pixelcnn_pp import GatedResnet, PixelCNNPP, init_streams_graph
@@ -358,21 +359,26 @@ class GrayscalePixelCNN(ARImageModel):
         if req.x_known is not None:
             x_known = self.check_input(req.x_known)
             y_known = self.to_gray(x_known)
-        y = self.gray_net.sample(**{**req.kwargs(), "x_known": y_known})  # checks n, temperature, method, cond
-        if self.image_net is None:
-            return y
-        with inference(self):
-            return self._sample_given_gray(
-                y,
-                self.check_cond(req.cond, req.n),
-                check_temperature(req.temperature),
-                req.generator,
-                x_known,
-                req.known,
-                req.method,
-            )
+        H, W = self.image.height, self.image.width
+        # one count over both stages: H*W steps of the grey image, then H*W pixels of colour
+        with tracking(req.progress, H * W * (1 if self.image_net is None else 2), "sampling", "step") as bar:
+            # checks n, temperature, method, cond; its steps are counted into bar's total
+            y = self.gray_net.sample(**{**req.kwargs(), "x_known": y_known, "progress": bar})
+            if self.image_net is None:
+                return y
+            with inference(self):
+                return self._sample_given_gray(
+                    y,
+                    self.check_cond(req.cond, req.n),
+                    check_temperature(req.temperature),
+                    req.generator,
+                    x_known,
+                    req.known,
+                    req.method,
+                    bar,
+                )
 
-    def _sample_given_gray(self, y, cond, temperature, generator, x_known, known, method) -> torch.Tensor:
+    def _sample_given_gray(self, y, cond, temperature, generator, x_known, known, method, bar) -> torch.Tensor:
         n = y.shape[0]
         C, H, W, K = self.image.channels, self.image.height, self.image.width, self.image.num_values
         device = y.device
@@ -394,6 +400,7 @@ class GrayscalePixelCNN(ARImageModel):
             for j in range(W):
                 keep = known[:, i, j].to(device) if known is not None else None
                 if keep is not None and bool(keep.all()):
+                    bar.advance()  # a pixel known in every image is a step done too
                     continue
                 # the parameters at (i, j) see only earlier pixels: one evaluation serves all C channels
                 params = params_at(i, j)[:, :, None, None].repeat_interleave(K, dim=0)  # (n*K, P, 1, 1)
@@ -405,6 +412,7 @@ class GrayscalePixelCNN(ARImageModel):
                     lq = self.distribution.interval_log_prob(params, cand, lo, hi)[:, c, 0, 0].view(n, K)
                     new = gumbel_argmax(lq, temperature, generator)  # (n,)
                     x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
+                bar.advance()
         return x
 
 

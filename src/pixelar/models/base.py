@@ -17,6 +17,7 @@ as `hparams` by the registry and saved with the weights, so no model repeats the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,7 @@ from ..distributions import OutputDistribution, make_distribution
 from ..nn.orders import raster_order
 from ..sampling import SampleRequest
 from ..sampling import sample as sample_images
+from ..threads import step_work, threads_for
 from ..tracing import is_tracing
 from ..types import ImageSpec
 from .persistence import CONFIG_FORMAT, CONFIG_VERSION, save_model_dir
@@ -220,6 +222,8 @@ class ImageModel(nn.Module):
         method: str = "cached",
         x_known: torch.Tensor | None = None,
         known: torch.Tensor | None = None,
+        progress=None,
+        threads: int | None = None,
         **options,
     ) -> torch.Tensor:
         """Draw n images, int64 (n, C, H, W).
@@ -230,9 +234,18 @@ class ImageModel(nn.Module):
             generator: a torch.Generator for reproducible samples.
             method: "cached" (fast, per-layer caches) or "naive" (full forward pass per step; the reference).
             x_known, known: for completion, values (n, C, H, W) and a bool mask (n, H, W) of pixels to keep.
+            progress: report the generation steps (pixelar.progress: True for a bar, or a callable
+                on_progress(done, total, images=n)); the images do not depend on it.
+            threads: CPU threads for the sampling, restored after; None chooses (pixelar.threads: one for the
+                small steps of cached sampling, torch's setting for large ones).
             options: what a model adds (DistAug: `aug`, the transformation to sample under).
         """
-        return self._draw(SampleRequest(n, cond, temperature, generator, method, x_known, known), **options)
+        req = SampleRequest(n, cond, temperature, generator, method, x_known, known, progress, threads)
+        images = n if isinstance(n, int) and n > 0 else 1  # n itself is checked by the sampler
+        work = step_work(self, images, incremental=method == "cached")
+        with threads_for(threads, work, next(self.parameters()).device) as count:
+            # the count in force goes with the request, so a model's inner sampler (a stage) keeps it
+            return self._draw(dataclasses.replace(req, threads=count), **options)
 
     def _draw(self, req: SampleRequest) -> torch.Tensor:
         """The hook that models override where sampling differs: by default the samplers of pixelar.sampling

@@ -27,6 +27,8 @@ class SampleRequest:
     method: str = "cached"
     x_known: torch.Tensor | None = None
     known: torch.Tensor | None = None
+    progress: object = None  # see pixelar.progress: None/False, True (a bar), on_progress(done, total, **stats)
+    threads: int | None = None  # CPU threads (None: pixelar.threads chooses); ImageModel.sample applies it
 
     def kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -34,7 +36,15 @@ class SampleRequest:
 
 def sample(model, req: SampleRequest) -> torch.Tensor:
     """Draw req.n images (n, C, H, W) int64 from `model` with the naive or the cached sampler."""
-    n, cond, temperature, generator, method, x_known, known = (getattr(req, f.name) for f in fields(req))
+    n, cond, temperature, generator, method, x_known, known = (
+        req.n,
+        req.cond,
+        req.temperature,
+        req.generator,
+        req.method,
+        req.x_known,
+        req.known,
+    )
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; valid: {list(METHODS)}")
     if not isinstance(n, int) or n < 1:
@@ -59,8 +69,8 @@ def sample(model, req: SampleRequest) -> torch.Tensor:
         x = torch.zeros(n, *spec.shape, dtype=torch.long, device=device)
     with inference(model):
         if method == "cached":
-            return sample_cached(model, x, cond, temperature, generator, known)
-        return sample_naive(model, x, cond, temperature, generator, known)
+            return sample_cached(model, x, cond, temperature, generator, known, req.progress)
+        return sample_naive(model, x, cond, temperature, generator, known, req.progress)
 
 
 __all__ = ["SampleRequest", "sample", "sample_naive", "sample_cached", "sample_seeded", "CHUNK_IMAGES", "METHODS"]

@@ -24,8 +24,9 @@ from .naive import generate
 
 @torch.no_grad()
 def sample_cached(
-    model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None
+    model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None, progress=None
 ) -> torch.Tensor:
-    """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep."""
+    """Fill x (n, C, H, W) int64 in generation order; known (n, H, W) bool marks pixels to keep; progress:
+    see pixelar.progress (generation steps)."""
     state = model.begin_cache(x, cond)  # NotImplementedError naming the model where it has none
-    return generate(model, x, state.params_at, temperature, generator, known)
+    return generate(model, x, state.params_at, temperature, generator, known, progress)

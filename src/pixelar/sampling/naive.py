@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..progress import tracking
+
 
 def pixel_order(model) -> list[tuple[int, int]]:
     """The pixels (i, j) in the order `model.generation_order()` lists them (raster for most models; block
@@ -29,26 +31,36 @@ def pixel_order(model) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def generate(
-    model, x: torch.Tensor, params_at, temperature: float, generator, known: torch.Tensor | None
+    model, x: torch.Tensor, params_at, temperature: float, generator, known: torch.Tensor | None, progress=None
 ) -> torch.Tensor:
     """The generation loop every sampler shares, so their draws line up exactly.
 
     Fills x (n, C, H, W) int64 in generation order (generation_steps); `params_at(i, j)` returns the (n, P)
     distribution parameters of pixel (i, j) for the current x; known (n, H, W) bool marks pixels to keep.
+    progress (pixelar.progress): counts the steps, skipped ones (known in every image) included.
     """
     dist = model.distribution
-    for i, j, channels in generation_steps(model):
-        keep = known[:, i, j] if known is not None else None
-        if keep is not None and bool(keep.all()):
-            continue
-        if dist.joint:
-            new = dist.sample(params_at(i, j), temperature, generator)  # (n, C)
-            x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
-        else:
-            for c in channels:
-                new = dist.sample(params_at(i, j), temperature, generator, channel=c)  # (n,)
-                x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
+    steps = generation_steps(model)
+    with tracking(progress, len(steps), "sampling", "step") as bar:
+        bar.update(images=x.shape[0])
+        for i, j, channels in steps:
+            _step(dist, x, params_at, i, j, channels, temperature, generator, known)
+            bar.advance()
     return x
+
+
+def _step(dist, x, params_at, i: int, j: int, channels: list[int], temperature, generator, known) -> None:
+    """Draw pixel (i, j) of every image (its channels in turn for a per-channel distribution)."""
+    keep = known[:, i, j] if known is not None else None
+    if keep is not None and bool(keep.all()):
+        return
+    if dist.joint:
+        new = dist.sample(params_at(i, j), temperature, generator)  # (n, C)
+        x[:, :, i, j] = new if keep is None else torch.where(keep[:, None], x[:, :, i, j], new)
+    else:
+        for c in channels:
+            new = dist.sample(params_at(i, j), temperature, generator, channel=c)  # (n,)
+            x[:, c, i, j] = new if keep is None else torch.where(keep, x[:, c, i, j], new)
 
 
 def generation_steps(model) -> list[tuple[int, int, list[int]]]:
@@ -75,7 +87,7 @@ def generation_steps(model) -> list[tuple[int, int, list[int]]]:
 
 @torch.no_grad()
 def sample_naive(
-    model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None
+    model, x: torch.Tensor, cond, temperature: float, generator, known: torch.Tensor | None, progress=None
 ) -> torch.Tensor:
     """Reference: a full forward pass for every step's parameters."""
-    return generate(model, x, lambda i, j: model(x, cond)[:, :, i, j], temperature, generator, known)
+    return generate(model, x, lambda i, j: model(x, cond)[:, :, i, j], temperature, generator, known, progress)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..progress import tracking
 
 CHUNK_IMAGES = 16  # images drawn together from one generator: the unit shared out between processes
 
@@ -32,8 +33,26 @@ def num_chunks(n: int) -> int:
     return -(-n // CHUNK_IMAGES)
 
 
+def _chunk_progress(bar, index: int, count: int, n: int):
+    """A chunk's on_progress, reporting into bar: every chunk takes the same number of steps, which its first
+    report tells (the model's own count, e.g. both stages of the grayscale PixelCNN)."""
+
+    def report(done: int, total: int, **stats) -> None:
+        bar.set_total(total * count)
+        bar.advance(index * total + done - bar.done, images=n)
+
+    return report
+
+
 def sample_seeded(
-    model, n: int, seed: int, cond=None, x_known: torch.Tensor | None = None, known=None, **options
+    model,
+    n: int,
+    seed: int,
+    cond=None,
+    x_known: torch.Tensor | None = None,
+    known=None,
+    progress=None,
+    **options,
 ) -> torch.Tensor:
     """n images (n, C, H, W) int64 drawn as the module docstring says; on every process under torchrun, which
     must all call it with the same arguments.
@@ -41,8 +60,9 @@ def sample_seeded(
     Args:
         seed: an int; with n it fixes the images.
         cond, x_known, known: as model.sample's, one row per image (each chunk gets its rows).
-        options: passed to each chunk's model.sample as they are (temperature, method, a model's own
+        options: passed to each chunk's model.sample as they are (temperature, method, threads, a model's own
             options); per-image tensors belong in cond, x_known and known.
+        progress: one count over this process's chunks (pixelar.progress): each chunk's generation steps.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -53,13 +73,23 @@ def sample_seeded(
             raise ValueError(f"{name} must have one row per image, n={n}; got shape {tuple(t.shape)}")
     device = next(model.parameters()).device
     mine = []
-    with distributed.together("sampling"):  # an error in one process stops all (none waits for it)
-        for k in range(num_chunks(n))[distributed.share(num_chunks(n))]:
+    chunks = range(num_chunks(n))[distributed.share(num_chunks(n))]
+    with (
+        distributed.together("sampling"),  # an error in one process stops all (none waits for it)
+        tracking(progress, 0, "sampling", "step") as bar,
+    ):
+        for index, k in enumerate(chunks):
             rows = slice(k * CHUNK_IMAGES, min(n, (k + 1) * CHUNK_IMAGES))
             g = torch.Generator(device=device).manual_seed(chunk_seed(seed, k))
             part = [t[rows] if isinstance(t, torch.Tensor) else t for t in (cond, x_known, known)]
             x = model.sample(
-                rows.stop - rows.start, cond=part[0], generator=g, x_known=part[1], known=part[2], **options
+                rows.stop - rows.start,
+                cond=part[0],
+                generator=g,
+                x_known=part[1],
+                known=part[2],
+                progress=_chunk_progress(bar, index, len(chunks), n) if bar.active else None,
+                **options,
             )
             mine.append(x.cpu())
     shares = distributed.gather_objects(mine)  # each process's chunks, in rank order: chunk order
