@@ -9,7 +9,10 @@ depend on them).
 - naive: the first --naive-steps steps are measured and extrapolated to all H*W steps (a full pass costs the
   same at every step); the table says "extrapolated from k steps".
 
-fp32 and bf16 (torch.autocast on CPU, where it works) precisions. Prints a Markdown table.
+fp32 and bf16 (torch.autocast on CPU, where it works) precisions. Every configuration is measured at 1 and
+2 threads and at the default, the count `model.sample` chooses (pixelar.threads: one thread for small steps,
+torch's setting for large ones), each in a fresh process; the speed-up column compares cached with naive
+sampling at the default. Prints a Markdown table.
 
     python -m benchmarks.sampling_speed --quick      # < 2 minutes: small (+ paper, 28x28x1, batch 1), few steps
     python -m benchmarks.sampling_speed              # small and paper, full cached images
@@ -26,11 +29,13 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 import pixelar
 from pixelar import ImageSpec
+from pixelar.threads import step_work, threads_for
 
-from .tables import write_table
+from .tables import load_average, progress, write_table
 
 IMAGES = {"28x28x1": ImageSpec(1, 28, 28, 256), "32x32x3": ImageSpec(3, 32, 32, 256)}
 
@@ -81,9 +86,10 @@ def bf16_works(model, image) -> bool:
 
 
 def run_one(spec: dict) -> dict:
-    """One configuration in this (fresh) process, so its peak resident memory is its own."""
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+    """One configuration in this (fresh) process, so its peak resident memory is its own. threads: a count for
+    both samplers, or "default": each sampler on the count model.sample chooses for it."""
+    if spec["threads"] != "default":
+        torch.set_num_threads(int(spec["threads"]))
     image = IMAGES[spec["image"]]
     torch.manual_seed(0)
     model = pixelar.create_model("pixelcnn_pp", image, spec["size"]).eval()
@@ -92,10 +98,21 @@ def run_one(spec: dict) -> dict:
         return {"skipped": "bf16 autocast unavailable"}
     C, H, W = image.shape
     x = torch.zeros(spec["batch"], *image.shape, dtype=torch.long)
-    naive_s = naive_step_time(model, x.clone(), spec["naive_steps"], precision) * H * W
-    cached_s, compile_s, mem = cached_image_time(model, x.clone(), min(H, spec["rows"]), precision)
+    chosen = None if spec["threads"] == "default" else int(spec["threads"])
+    with threads_for(chosen, step_work(model, spec["batch"], incremental=False)) as naive_threads:
+        naive_s = naive_step_time(model, x.clone(), spec["naive_steps"], precision) * H * W
+    with threads_for(chosen, step_work(model, spec["batch"], incremental=True)) as cached_threads:
+        cached_s, compile_s, mem = cached_image_time(model, x.clone(), min(H, spec["rows"]), precision)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return dict(naive_s=naive_s, cached_s=cached_s, compile_s=compile_s, cache_bytes=mem, peak_bytes=peak)
+    return dict(
+        naive_s=naive_s,
+        cached_s=cached_s,
+        compile_s=compile_s,
+        cache_bytes=mem,
+        peak_bytes=peak,
+        naive_threads=naive_threads,
+        cached_threads=cached_threads,
+    )
 
 
 def main(argv=None):
@@ -109,19 +126,22 @@ def main(argv=None):
     ap.add_argument("--cached-rows", type=int, default=None, help="cached rows measured (default 1 quick, all)")
     ap.add_argument("--paper-naive-steps", type=int, default=4, help="naive steps measured for the paper size")
     ap.add_argument("--paper-cached-rows", type=int, default=4, help="cached rows measured for the paper size")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument(
+        "--thread-counts",
+        default="1,2,default",
+        help="thread settings measured: counts, and 'default' (what model.sample chooses); the last is the "
+        "speed-up column's",
+    )
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration as JSON
     args = ap.parse_args(argv)
     if args.one:
         print("RESULT " + json.dumps(run_one(json.loads(args.one))), flush=True)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sizes = (args.sizes or "small,paper").split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    rows_md = []
-    t0 = time.perf_counter()
+    settings = args.thread_counts.split(",")
+    configs = []
     for size in sizes:
         for image_name in args.images.split(","):
             H = IMAGES[image_name].height
@@ -134,51 +154,39 @@ def main(argv=None):
                     paper = size == "paper"
                     naive_steps = (args.paper_naive_steps if paper else args.naive_steps) or (2 if args.quick else 16)
                     rows = min(H, (args.paper_cached_rows if paper else args.cached_rows) or (1 if args.quick else H))
-                    one = dict(
-                        size=size,
-                        image=image_name,
-                        batch=batch,
-                        precision=precision,
-                        naive_steps=naive_steps,
-                        rows=rows,
-                        threads=args.threads,
-                    )
-                    proc = subprocess.run(
-                        [sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True, text=True
-                    )
-                    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-                    if line is None:
-                        print(
-                            f"{size} {image_name} {batch} {precision}: failed "
-                            f"({(proc.stderr.strip().splitlines() or ['no output'])[-1]})",
-                            flush=True,
+                    configs.append(
+                        dict(
+                            size=size,
+                            image=image_name,
+                            batch=batch,
+                            precision=precision,
+                            naive_steps=naive_steps,
+                            rows=rows,
                         )
-                        continue
-                    r = json.loads(line[len("RESULT ") :])
-                    if "skipped" in r:
-                        print(f"{size} {image_name} {precision}: skipped ({r['skipped']})", flush=True)
-                        continue
-                    how = (
-                        f"cached: {rows}/{H} rows + cache set-up ({r['compile_s']:.2f} s)"
-                        if rows < H
-                        else "cached: whole image"
                     )
-                    rows_md.append(
-                        f"| {size} | {image_name} | {batch} | {precision} | {batch / r['naive_s']:.3g} | "
-                        f"{batch / r['cached_s']:.3g} | {r['naive_s'] / r['cached_s']:.1f}x | "
-                        f"{r['cache_bytes'] / 2**20:.1f} MiB | {r['peak_bytes'] / 2**30:.2f} GiB | "
-                        f"naive: {naive_steps}/{H * IMAGES[image_name].width} steps; {how} |"
-                    )
-                    print(rows_md[-1], flush=True)
-    threads = args.threads or torch.get_num_threads()
+    rows_md = []
+    load_before, t0 = load_average(), time.perf_counter()
+    for one in progress(configs):
+        res = {}
+        for threads in settings:  # each in a fresh process: its own thread pool and peak memory
+            res[threads] = measure({**one, "threads": threads})
+            if res[threads] is None:
+                break
+        if any(r is None for r in res.values()) or any("skipped" in r for r in res.values()):
+            continue
+        rows_md.append(_row(one, res, settings))
+        tqdm.write(rows_md[-1])
     table = "\n".join(
         [
-            f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-            f"{threads} threads, naive and cached side by side in one run; extrapolated where the last column says "
-            f"({time.perf_counter() - t0:.0f} s in all). Peak memory: resident set of the process measuring that row.",
+            f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}; naive "
+            "and cached img/s at 1 thread, 2 threads and the default (the count model.sample chooses: 1 thread "
+            "for cached steps, torch's setting, here 2, for naive ones: docs/sampling.md), each setting in a "
+            f"fresh process; the speed-up is cached over naive at {settings[-1]} threads; extrapolated where the "
+            f"last column says; load average {load_before} before, {load_average()} after "
+            f"({time.perf_counter() - t0:.0f} s in all). Peak memory: the process measuring the last setting.",
             "",
-            "| size | image | batch | precision | naive img/s | cached img/s | speedup | cache memory | peak memory "
-            "| measured |",
+            f"| size | image | batch | precision | naive img/s ({' / '.join(settings)}) | cached img/s "
+            f"({' / '.join(settings)}) | speed-up | cache memory | peak memory | measured |",
             "|---|---|---|---|---|---|---|---|---|---|",
             *rows_md,
         ]
@@ -187,6 +195,35 @@ def main(argv=None):
     print(table)
     if args.write:
         write_table("sampling-speed", table)
+
+
+def measure(one: dict) -> dict | None:
+    """run_one in a fresh process: its result, or None (the failure printed)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", __spec__.name, "--one", json.dumps(one)], capture_output=True, text=True
+    )
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tqdm.write(f"{one['size']} {one['image']} {one['batch']} {one['precision']} {one['threads']}: failed ({last})")
+        return None
+    r = json.loads(line[len("RESULT ") :])
+    if "skipped" in r:
+        tqdm.write(f"{one['size']} {one['image']} {one['precision']}: skipped ({r['skipped']})")
+    return r
+
+
+def _row(one: dict, res: dict, settings: list[str]) -> str:
+    H, W = IMAGES[one["image"]].shape[1:]
+    batch, rows, last = one["batch"], one["rows"], res[settings[-1]]
+    how = f"cached: {rows}/{H} rows + cache set-up ({last['compile_s']:.2f} s)" if rows < H else "cached: whole image"
+    naive = " / ".join(f"{batch / res[t]['naive_s']:.3g}" for t in settings)
+    cached = " / ".join(f"{batch / res[t]['cached_s']:.3g}" for t in settings)
+    return (
+        f"| {one['size']} | {one['image']} | {batch} | {one['precision']} | {naive} | {cached} | "
+        f"{last['naive_s'] / last['cached_s']:.1f}x | {last['cache_bytes'] / 2**20:.1f} MiB | "
+        f"{last['peak_bytes'] / 2**30:.2f} GiB | naive: {one['naive_steps']}/{H * W} steps; {how} |"
+    )
 
 
 if __name__ == "__main__":

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def write_table(name: str, text: str, path: Path = PAGE) -> None:
+    """Replace the block `name` of the page at `path` (docs/benchmarks.md unless another page shows it too)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     page = path.read_text()
     if start not in page or end not in page:
@@ -17,3 +22,16 @@ def write_table(name: str, text: str, path: Path = PAGE) -> None:
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
     print(f"updated the {name} table in {path}")
+
+
+def progress(items, desc: str = "configurations"):
+    """A benchmark's loop over its configurations with a tqdm bar on stderr, shown when stderr is a terminal
+    (print result lines with tqdm.write meanwhile, so the bar stays below them)."""
+    items = list(items)
+    return tqdm(items, desc=desc, unit="config", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def load_average() -> str:
+    """The machine's load average (1 and 5 minutes): how busy it was while a benchmark measured."""
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (1 min), {five:.1f} (5 min)"
