@@ -25,7 +25,7 @@ from pixelar import ImageSpec, create_model
 from pixelar.config import TrainConfig
 from pixelar.training import train
 
-from .tables import write_table
+from .tables import show_progress, write_table
 
 MODELS = ("pixelcnn_pp", "pixelsnail", "image_transformer", "image_transformer_dmol", "sparse_transformer")
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -73,7 +73,7 @@ def main():
                 log_every=10**9,
             )
             t = time.perf_counter()
-            res = train(cfg, f"{d}/run-{name}", progress=False, log=lambda *a: None)
+            res = train(cfg, f"{d}/run-{name}", progress=show_progress(), log=lambda *a: None)
             wall = time.perf_counter() - t
             params = create_model(name, ImageSpec(3, 32, 32), "small").num_parameters()
             rows.append(

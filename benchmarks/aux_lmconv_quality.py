@@ -43,7 +43,7 @@ from pixelar.sampling.complete import complete
 from pixelar.training import train
 
 from .attention_quality import SHARED, prepare
-from .tables import write_table
+from .tables import show_progress, write_table
 
 
 def runs(available: list[str]) -> list[tuple[str, dict]]:
@@ -86,7 +86,7 @@ def main():
         cfg = dataclasses.replace(base, model=name, model_overrides=overrides)
         run_dir = Path(tmp.name) / f"{name}-{len(rows)}"
         t = time.perf_counter()
-        train(cfg, run_dir, progress=False, log=lambda *a: None)
+        train(cfg, run_dir, progress=show_progress(), log=lambda *a: None)
         wall = time.perf_counter() - t
         model = load_model(run_dir)
         test = load_dataset(dataset, "test")

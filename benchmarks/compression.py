@@ -31,7 +31,7 @@ from pixelar.data import load_dataset
 from pixelar.io import read_json
 from pixelar.training import train
 
-from .tables import write_table
+from .tables import show_progress, write_table
 
 
 def image_bytes(arr: np.ndarray, fmt: str, **kw) -> int:
@@ -49,13 +49,16 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, help="images per compressed stream (default: all --n in one stream)")
     ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md (compression block)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)  # the table's timings are one thread's
+    torch.set_num_threads(1)  # the table's timings are one thread's (the codec's own choice for these steps)
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
         if run is None:
             run = str(Path(tmp) / "run")
             train(
-                TrainConfig(max_steps=args.steps, sample_n=0, test_subset=100), run, progress=False, log=lambda *a: None
+                TrainConfig(max_steps=args.steps, sample_n=0, test_subset=100),
+                run,
+                progress=show_progress(),
+                log=lambda *a: None,
             )
         model = pixelar.load_model(run).eval()
         train_cfg = read_json(Path(run) / "config.json", "run config").get("train", {})
@@ -67,10 +70,11 @@ def main(argv=None):
         dims = x.numel()
         args.batch = args.batch or args.n
         t = time.perf_counter()
-        streams = [compress(model, x[k : k + args.batch]) for k in range(0, args.n, args.batch)]
+        bar = show_progress()
+        streams = [compress(model, x[k : k + args.batch], progress=bar) for k in range(0, args.n, args.batch)]
         t_enc = time.perf_counter() - t
         t = time.perf_counter()
-        back = torch.cat([decompress(model, s) for s in streams])
+        back = torch.cat([decompress(model, s, progress=bar) for s in streams])
         t_dec = time.perf_counter() - t
         if not torch.equal(back, x):
             raise SystemExit("decompressed images differ from the originals")

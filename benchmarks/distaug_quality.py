@@ -32,7 +32,7 @@ from pixelar.evaluation import evaluate, evaluate_per_augmentation
 from pixelar.models import load_model
 from pixelar.training import train
 
-from .tables import write_table
+from .tables import show_progress, write_table
 
 
 def main():
@@ -80,7 +80,7 @@ def main():
         for label, kw in (("none", {}), ("plain augmentation", {"augment": types}), ("DistAug", {"distaug": types})):
             run_dir = Path(tmp) / label.split()[0]
             t = time.perf_counter()
-            train(dataclasses.replace(base, **kw), run_dir, progress=False, log=lambda *a: None)
+            train(dataclasses.replace(base, **kw), run_dir, progress=show_progress(), log=lambda *a: None)
             wall = time.perf_counter() - t
             model = load_model(run_dir)
             ident = evaluate(model, test, batch_size=100, subset=test_subset)["bpd"]

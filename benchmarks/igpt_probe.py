@@ -30,7 +30,7 @@ from pixelar.evaluation.probe import linear_probe, probe_layer
 from pixelar.training import train
 
 from .attention_sampling_speed import time_rows  # the same row-extrapolated timing
-from .tables import write_table
+from .tables import show_progress, write_table
 
 
 def main(argv=None):
@@ -72,7 +72,7 @@ def main(argv=None):
     )
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        res = train(cfg, f"{d}/run", progress=False, log=lambda *a: None)
+        res = train(cfg, f"{d}/run", progress=show_progress(), log=lambda *a: None)
         train_s = time.perf_counter() - t
         model = pixelar.load_model(f"{d}/run")
     print(

@@ -26,7 +26,7 @@ import torch
 from pixelar.config import TrainConfig
 from pixelar.training import train
 
-from .tables import write_table
+from .tables import show_progress, write_table
 
 RECIPES = {
     "pixelcnn_pp": dict(lr=2e-3, betas=(0.95, 0.9995), warmup_fraction=0.0),
@@ -71,7 +71,7 @@ def main(argv=None):
                     checkpoint_every=10**9,
                 )
                 t = time.perf_counter()
-                out = train(cfg, Path(tmp) / f"{model}-{recipe}", progress=False, log=lambda *a: None)
+                out = train(cfg, Path(tmp) / f"{model}-{recipe}", progress=show_progress(), log=lambda *a: None)
                 wall = time.perf_counter() - t
                 rows.append(
                     f"| `{model}` | {recipe} | {r['lr']:g} | {r['betas'][0]}, {r['betas'][1]} | "

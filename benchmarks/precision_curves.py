@@ -21,12 +21,12 @@ from PIL import Image, ImageDraw
 from pixelar.config import TrainConfig
 from pixelar.training import train
 
-from .tables import write_table
+from .tables import show_progress, write_table
 
 
 def run(cfg: TrainConfig, run_dir: Path) -> tuple[list[tuple[int, float]], float, float]:
     t = time.perf_counter()
-    res = train(cfg, run_dir, progress=False, log=lambda m: None)
+    res = train(cfg, run_dir, progress=show_progress(), log=lambda m: None)
     wall = time.perf_counter() - t
     curve = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():

@@ -16,7 +16,7 @@ import time
 from pixelar.config import TrainConfig
 from pixelar.training import train
 
-from .tables import write_table
+from .tables import show_progress, write_table
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
         cfg = TrainConfig(max_steps=steps)
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
-            res = train(cfg, f"{d}/run", progress=False, log=lambda *a: None)
+            res = train(cfg, f"{d}/run", progress=show_progress(), log=lambda *a: None)
             wall = time.perf_counter() - t
         rows.append(f"| {cfg.model} {cfg.size} | {steps} | {wall / 60:.1f} min | {res['test_bpd']:.3f} |")
         print(rows[-1], flush=True)

@@ -24,11 +24,17 @@ def write_table(name: str, text: str, path: Path = PAGE) -> None:
     print(f"updated the {name} table in {path}")
 
 
+def show_progress() -> bool:
+    """Whether a benchmark shows progress bars (its training runs', its configurations'): when stderr is a
+    terminal, as the pixelar commands do."""
+    return sys.stderr.isatty()
+
+
 def progress(items, desc: str = "configurations"):
     """A benchmark's loop over its configurations with a tqdm bar on stderr, shown when stderr is a terminal
     (print result lines with tqdm.write meanwhile, so the bar stays below them)."""
     items = list(items)
-    return tqdm(items, desc=desc, unit="config", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    return tqdm(items, desc=desc, unit="config", disable=not show_progress(), dynamic_ncols=True)
 
 
 def load_average() -> str:
