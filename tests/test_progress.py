@@ -4,6 +4,7 @@ thread count restored after a job."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import pty
@@ -328,3 +329,11 @@ def test_a_real_terminal_gets_the_bar(cli_setup, tmp_path):
     assert proc.wait(timeout=120) == 0, err
     proc.stdout.close()
     assert b"sampling" in err and b"20/20" in err, err
+
+
+def test_training_shows_bars_for_its_test_evaluation_and_samples(cfg, tmp_path, capsys):
+    from pixelar.training import train
+
+    train(dataclasses.replace(cfg, max_steps=2, sample_n=2), tmp_path / "run", progress=True, log=lambda m: None)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "evaluating" in err and "sampling" in err

@@ -77,7 +77,8 @@ def train(
         run_dir: the run directory (see pixelar.training.checkpoint for its files). A new run refuses a
             directory that already holds a checkpoint.
         resume: continue the run in run_dir exactly where its last checkpoint left it.
-        progress: show a tqdm bar with live train bits/dim and images/s.
+        progress: show a tqdm bar with live train bits/dim and images/s, then bars of the test evaluation and
+            the samples (rank 0 only).
         log: called with one string per message (start, skipped steps, checkpoints, the final result).
         on_step: called as on_step(step) after every step (after that step's checkpoint, if any).
         max_steps: when given, replaces the number of steps: of cfg for a new run, of the saved run when
@@ -137,7 +138,7 @@ def train(
                     if on_step is not None:
                         on_step(run.step)
             run.train_s = run.elapsed()
-            return _finish(run, log)
+            return _finish(run, log, progress)
 
 
 def _quiet(message: str) -> None:
@@ -607,7 +608,7 @@ def _checkpoint(run: _Run, progress: bool) -> None:
             run.emit(f"checkpoint at step {run.step}")
 
 
-def _finish(run: _Run, log) -> dict:
+def _finish(run: _Run, log, progress: bool) -> dict:
     """After the last step: the EMA weights into the model, the test evaluation (its metrics line and log
     message), samples; returns train()'s result."""
     cfg, model, step = run.cfg, run.model, run.step
@@ -616,7 +617,14 @@ def _finish(run: _Run, log) -> dict:
     else:
         run.ema.copy_to(model)  # evaluation and samples use the averaged weights
     # fp32 whatever the training precision: the reported number is the exact likelihood
-    res = evaluate(model, run.test_ds, batch_size=cfg.eval_batch_size, precision="fp32", subset=cfg.test_subset)
+    res = evaluate(
+        model,
+        run.test_ds,
+        batch_size=cfg.eval_batch_size,
+        precision="fp32",
+        subset=cfg.test_subset,
+        progress=progress,  # a bar for the test images too: the default run's take a minute
+    )
     run.metrics.write(
         {
             "step": step,
@@ -644,7 +652,7 @@ def _finish(run: _Run, log) -> dict:
         )
     if cfg.sample_n:
         with distributed.together("drawing the samples"):
-            _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME)
+            _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME, progress)
     if distributed.is_main():
         _write_curves(run.dir.path, log)
     out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
@@ -896,13 +904,14 @@ def _restore(
     return batches
 
 
-def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path) -> None:
+def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path, progress: bool = False) -> None:
     """cfg.sample_n samples (class-conditional: labels 0, 1, ..., K-1, 0, 1, ...) as an 8-wide PNG grid, drawn
     from cfg.seed in chunks (pixelar.sampling.sample_seeded): shared by the processes under torchrun, the same
     images on any number of them; rank 0 writes the file."""
     n = cfg.sample_n
     cond = torch.arange(n, device=device) % model.num_classes if model.num_classes else None
     method = model.sampling_method()  # the cached sampler where the model has one, else the naive reference
-    images = model.decode(sample_seeded(model, n, cfg.seed, cond=cond, method=method))  # tokens -> colours
+    x = sample_seeded(model, n, cfg.seed, cond=cond, method=method, progress=progress)
+    images = model.decode(x)  # tokens -> colours
     if distributed.is_main():
         image_files.save_grid(images, model.data_image, path, nrow=8)
