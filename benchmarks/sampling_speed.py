@@ -179,9 +179,9 @@ def main(argv=None):
     table = "\n".join(
         [
             f"PixelCNN++ sampling, {platform.processor() or platform.machine()}, torch {torch.__version__}; naive "
-            "and cached img/s at 1 thread, 2 threads and the default (the count model.sample chooses: 1 thread "
-            "for cached steps, torch's setting, here 2, for naive ones: docs/sampling.md), each setting in a "
-            f"fresh process; the speed-up is cached over naive at {settings[-1]} threads; extrapolated where the "
+            "and cached img/s at 1 thread, 2 threads and the default (the count model.sample chooses for the "
+            "step's work, docs/sampling.md#threads; the last column says which), each setting in a fresh process;"
+            f" the speed-up is cached over naive at {settings[-1]} threads; extrapolated where the "
             f"last column says; load average {load_before} before, {load_average()} after "
             f"({time.perf_counter() - t0:.0f} s in all). Peak memory: the process measuring the last setting.",
             "",
@@ -217,12 +217,16 @@ def _row(one: dict, res: dict, settings: list[str]) -> str:
     H, W = IMAGES[one["image"]].shape[1:]
     batch, rows, last = one["batch"], one["rows"], res[settings[-1]]
     how = f"cached: {rows}/{H} rows + cache set-up ({last['compile_s']:.2f} s)" if rows < H else "cached: whole image"
+    default = res.get("default")
+    chosen = (
+        f"; default: naive {default['naive_threads']} thread(s), cached {default['cached_threads']}" if default else ""
+    )
     naive = " / ".join(f"{batch / res[t]['naive_s']:.3g}" for t in settings)
     cached = " / ".join(f"{batch / res[t]['cached_s']:.3g}" for t in settings)
     return (
         f"| {one['size']} | {one['image']} | {batch} | {one['precision']} | {naive} | {cached} | "
         f"{last['naive_s'] / last['cached_s']:.1f}x | {last['cache_bytes'] / 2**20:.1f} MiB | "
-        f"{last['peak_bytes'] / 2**30:.2f} GiB | naive: {one['naive_steps']}/{H * W} steps; {how} |"
+        f"{last['peak_bytes'] / 2**30:.2f} GiB | naive: {one['naive_steps']}/{H * W} steps; {how}{chosen} |"
     )
 
 
