@@ -24,16 +24,28 @@ from run_helpers import launch
 import pixelar
 from pixelar import distributed
 from pixelar.cli import main
-from pixelar.sampling import CHUNK_IMAGES, sample_seeded
+from pixelar.sampling import sample_seeded
 
-N_SAMPLES = 2 * CHUNK_IMAGES + 3  # 3 chunks: rank 0 draws 1 of them, rank 1 the other 2 (16 + 3 images)
+CHUNK = 16  # --batch-size of the sampling commands
+N_SAMPLES = 2 * CHUNK + 3  # 3 chunks: rank 0 draws 1 of them, rank 1 the other 2 (16 + 3 images)
 N_FILES = 35  # 3 segments of the stream: 1 coded by rank 0, 2 by rank 1; 17 + 18 files scored
 
 
 def commands(run: str, files: list[str], out: str) -> list[list[str]]:
     """The command lines to compare, each writing into directory `out` (score: its printed lines)."""
     return [
-        ["sample", run, "--n", str(N_SAMPLES), "--seed", "3", "--out", f"{out}/samples.png"],
+        [
+            "sample",
+            run,
+            "--n",
+            str(N_SAMPLES),
+            "--seed",
+            "3",
+            "--batch-size",
+            str(CHUNK),
+            "--out",
+            f"{out}/samples.png",
+        ],
         ["complete", run, "--image", files[0], "--keep", "top-half", "--n", "3", "--out", f"{out}/complete.png"],
         ["score", run, *files[:5]],
         ["score", run, *files, "--json"],
@@ -118,11 +130,11 @@ def test_two_processes_write_the_files_and_lines_of_one(setup, tmp_path):
 
 def test_sample_seeded_images_do_not_depend_on_the_chunks_drawn_beside_them(setup, one_thread):
     model = pixelar.load_model(setup[0] / "model")
-    x = sample_seeded(model, CHUNK_IMAGES + 2, 7, temperature=0.9)
-    assert x.shape == (CHUNK_IMAGES + 2, 1, 8, 8) and not distributed.active()
+    x = sample_seeded(model, CHUNK + 2, 7, temperature=0.9, batch_size=CHUNK)
+    assert x.shape == (CHUNK + 2, 1, 8, 8) and not distributed.active()
     # the first chunk of 18 images is that of 16 images: a chunk depends on its seed and index only
-    assert torch.equal(sample_seeded(model, CHUNK_IMAGES, 7, temperature=0.9), x[:CHUNK_IMAGES])
-    assert not torch.equal(x[:2], x[CHUNK_IMAGES:])  # the chunks draw their own streams
-    assert not torch.equal(sample_seeded(model, 2, 8, temperature=0.9), x[:2])
+    assert torch.equal(sample_seeded(model, CHUNK, 7, temperature=0.9, batch_size=CHUNK), x[:CHUNK])
+    assert not torch.equal(x[:2], x[CHUNK:])  # the chunks draw their own streams
+    assert not torch.equal(sample_seeded(model, 2, 8, temperature=0.9, batch_size=CHUNK), x[:2])
     with pytest.raises(ValueError, match="cond must have one row per image"):
         sample_seeded(model, 3, 0, cond=torch.zeros(2, dtype=torch.long))

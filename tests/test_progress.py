@@ -89,14 +89,14 @@ def test_sampling_reports_every_step_and_draws_the_same_images(model, method, ca
 
 
 def test_seeded_sampling_reports_one_count_over_its_chunks(model):
-    from pixelar.sampling import CHUNK_IMAGES, sample_seeded
+    from pixelar.sampling import sample_seeded
 
     calls = Calls()
-    n = CHUNK_IMAGES + 2  # two chunks, each of the image's steps
-    x = sample_seeded(model, n, 3, progress=calls)
+    n = 6  # two chunks of batch_size 4, each of the image's steps
+    x = sample_seeded(model, n, 3, progress=calls, batch_size=4)
     calls.check(2 * GREY.height * GREY.width)
     assert calls.calls[-1][2] == {"images": n}
-    assert torch.equal(x, sample_seeded(model, n, 3))
+    assert torch.equal(x, sample_seeded(model, n, 3, batch_size=4))
 
 
 def test_completion_counts_the_known_steps_too(model):

@@ -31,7 +31,7 @@ from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
 from .progress import tracking
 from .recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
-from .sampling import sample_seeded
+from .sampling import CHUNK_IMAGES, sample_seeded
 from .sampling.complete import complete, keep_mask
 from .threads import num_threads
 from .training import train
@@ -524,6 +524,7 @@ def cmd_sample(args) -> int:
         method=method,
         progress=_progress(args),
         threads=args.threads,
+        batch_size=args.batch_size,
     )
     if distributed.is_main():
         save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
@@ -557,6 +558,7 @@ def cmd_complete(args) -> int:
         keep,
         n=args.n,
         seed=args.seed,  # the same completions on any number of processes
+        batch_size=args.batch_size,
         cond=cond,
         temperature=args.temperature,
         method=method,
@@ -898,6 +900,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="1 samples the model, lower sharpens, 0 takes the most likely value of every step",
         )
         s.add_argument("--seed", type=seed, default=0)
+        s.add_argument(
+            "--batch-size",
+            type=positive_int,
+            default=CHUNK_IMAGES,
+            help=f"images drawn together (default {CHUNK_IMAGES}); with --seed it fixes the images, on any number "
+            "of processes",
+        )
         s.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
         s.add_argument(
             "--method",

@@ -2,15 +2,17 @@
 
 `model.sample(n, generator=g)` draws every step for all n images from one generator, so image i depends on n
 and on the images drawn beside it. `sample_seeded(model, n, seed)` instead splits the n images into chunks of
-CHUNK_IMAGES (the last one shorter) and draws chunk k with its own generator, seeded from (seed, k)
-(`chunk_seed`): a chunk's images depend only on the seed, k, n and the arguments, never on which process draws
-it or which other chunks it draws. Under torchrun each process draws its contiguous share of the chunks
-(pixelar.distributed.share) and every process gets all n images, in order; so 1, 2 or 7 processes return the
-same images (on the same device type: CPU and CUDA generators give different streams).
+`batch_size` images (CHUNK_IMAGES by default; the last one shorter) and draws chunk k with its own generator,
+seeded from (seed, k) (`chunk_seed`): a chunk's images depend only on the seed, k, n, batch_size and the
+arguments, never on which process draws it or which other chunks it draws. Under torchrun each process
+draws its contiguous share of the chunks (pixelar.distributed.share) and every process gets all n images, in
+order; so 1, 2 or 7 processes return the same images (on the same device type: CPU and CUDA generators
+give different streams).
 
-The price is batching: one process draws its chunks one after another, batches of CHUNK_IMAGES instead of
-all n at once (on 2 CPU cores, 64 small PixelCNN++ samples at 28x28 took about 2.4 times as long as one
-batch of 64).
+The price is batching: one process draws its chunks one after another, batches of batch_size instead of all
+n at once (on 2 CPU cores, 64 small PixelCNN++ samples at 28x28 in chunks of 16 took about 2.4 times as long as
+one batch of 64), so the default chunk is large enough for the usual grid of samples in one batch; on a GPU a
+larger batch_size fills the device better (it changes the images a seed gives, as any batch size does).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from .. import distributed
 from ..progress import tracking
 
-CHUNK_IMAGES = 16  # images drawn together from one generator: the unit shared out between processes
+CHUNK_IMAGES = 64  # default batch_size: images drawn together from one generator, the unit shared out
 
 
 def chunk_seed(seed: int, k: int) -> int:
@@ -29,8 +31,8 @@ def chunk_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([int(seed), 0x5A3, int(k)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def num_chunks(n: int) -> int:
-    return -(-n // CHUNK_IMAGES)
+def num_chunks(n: int, batch_size: int = CHUNK_IMAGES) -> int:
+    return -(-n // batch_size)
 
 
 def _chunk_progress(bar, index: int, count: int, n: int):
@@ -51,6 +53,7 @@ def sample_seeded(
     cond=None,
     x_known: torch.Tensor | None = None,
     known=None,
+    batch_size: int = CHUNK_IMAGES,
     progress=None,
     **options,
 ) -> torch.Tensor:
@@ -58,7 +61,8 @@ def sample_seeded(
     must all call it with the same arguments.
 
     Args:
-        seed: an int; with n it fixes the images.
+        seed: an int; with n and batch_size it fixes the images.
+        batch_size: images drawn together (one chunk); the chunks are what the processes share out.
         cond, x_known, known: as model.sample's, one row per image (each chunk gets its rows).
         options: passed to each chunk's model.sample as they are (temperature, method, threads, a model's own
             options); per-image tensors belong in cond, x_known and known.
@@ -68,18 +72,20 @@ def sample_seeded(
         raise ValueError(f"n must be a positive int, got {n!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     for name, t in (("cond", cond), ("x_known", x_known), ("known", known)):
         if isinstance(t, torch.Tensor) and (t.dim() == 0 or t.shape[0] != n):
             raise ValueError(f"{name} must have one row per image, n={n}; got shape {tuple(t.shape)}")
     device = next(model.parameters()).device
     mine = []
-    chunks = range(num_chunks(n))[distributed.share(num_chunks(n))]
+    chunks = range(num_chunks(n, batch_size))[distributed.share(num_chunks(n, batch_size))]
     with (
         distributed.together("sampling"),  # an error in one process stops all (none waits for it)
         tracking(progress, 0, "sampling", "step") as bar,
     ):
         for index, k in enumerate(chunks):
-            rows = slice(k * CHUNK_IMAGES, min(n, (k + 1) * CHUNK_IMAGES))
+            rows = slice(k * batch_size, min(n, (k + 1) * batch_size))
             g = torch.Generator(device=device).manual_seed(chunk_seed(seed, k))
             part = [t[rows] if isinstance(t, torch.Tensor) else t for t in (cond, x_known, known)]
             x = model.sample(
