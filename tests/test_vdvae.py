@@ -23,7 +23,7 @@ from pixelar import ImageSpec
 from pixelar.cli import main
 from pixelar.data import ImageDataset
 from pixelar.evaluation import describe, evaluate, image_log_prob
-from pixelar.io import read_json, read_tensors
+from pixelar.io import read_tensors
 from pixelar.models.vdvae import blocks_per_level, resolutions
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -259,4 +259,3 @@ def test_eval_and_score_cli_with_num_samples(cfg, tmp_path, capsys):
     assert main(["eval", str(exact), "--num-samples", "8"]) == 2
     err = capsys.readouterr().err
     assert "--num-samples" in err and "exact" in err
-    assert read_json(run / "config.json")["model_config"]["model"] == "vdvae"
