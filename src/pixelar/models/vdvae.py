@@ -275,6 +275,15 @@ class VDVAE(LatentImageModel):
     def num_latent_layers(self) -> int:
         return len(self.dec_blocks)
 
+    def shard_units(self) -> list[nn.Module]:
+        """For sharded training: the modules called through their forward (a DecBlock's parts are, the DecBlock
+        is not); the learned constants, gain and bias stay with the root."""
+        units: list[nn.Module] = [self.encoder.in_conv, *self.encoder.blocks]
+        for block in self.dec_blocks:
+            units += [block.posterior, block.prior, block.z_proj, block.resnet]
+        units += [m for m in (self.cond_bias, self.out) if m is not None]
+        return units
+
     # ----- the top-down pass --------------------------------------------------------------------------------
     def _top_down(self, n: int, cond, acts=None, temperatures=None, generator=None):
         """Run the decoder for n images. With acts (the encoder's), z_i ~ q and the result lists per layer
