@@ -59,7 +59,10 @@ def test_save_load_round_trip(name, tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
     loaded = load_model(tmp_path / "m")  # no architecture arguments needed
     assert type(loaded) is type(model) and loaded.image == SPEC
-    assert torch.equal(loaded.log_prob(x, c), model.log_prob(x, c))
+    torch.manual_seed(1)  # latent-variable models draw their latents: the same draws for both
+    before = model.log_prob(x, c)
+    torch.manual_seed(1)
+    assert torch.equal(loaded.log_prob(x, c), before)
 
 
 @pytest.mark.parametrize("name", pixelar.list_models())
@@ -114,6 +117,8 @@ def test_completion_keeps_the_given_pixels(name):
 
     spec = ImageSpec(1, 4, 4, 4)
     model = create_model(name, spec)
+    if model.likelihood == "bound":
+        pytest.skip("latent-variable models do not complete images (test_vdvae.py checks the error)")
     x = torch.randint(0, 4, spec.shape, generator=torch.Generator().manual_seed(0))
     for keep in ("top-half", "left-half"):
         mask = keep_mask(keep, 4, 4)

@@ -26,12 +26,13 @@ from pixelar.nn import (
 )
 from pixelar.nn.cache import CausalGraph, IncrementalForward, pointwise_conv
 
-# models with an incremental forward (begin_cache): every registered model but grayscale_pixelcnn (tested in
-# test_aux_pixelcnn.py: its sampler caches both stages itself)
+# models with an incremental forward (begin_cache): every autoregressive model but grayscale_pixelcnn (tested in
+# test_aux_pixelcnn.py: its sampler caches both stages itself); latent-variable models sample in one decoder pass
 MODELS = [
     name
     for name in pixelar.list_models()
     if pixelar.models.registry._lookup(name)[0].begin_cache is not ImageModel.begin_cache
+    and pixelar.models.registry.model_class(name).likelihood == "exact"
 ]
 # models whose cached sampler is the convolutional per-layer cache (pixelar.nn.cache): its internals are tested
 GRAPH_MODELS = [m for m in MODELS if hasattr(pixelar.models.registry._lookup(m)[0], "cache_graph")]

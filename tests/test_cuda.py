@@ -33,8 +33,10 @@ def tiny(name, spec=SPEC, scale=0.2, **kw):
 
 
 @pytest.mark.parametrize("name", pixelar.list_models())
-def test_log_prob_on_the_gpu_equals_the_cpu(name):
+def test_log_prob_on_the_gpu_equals_the_cpu(name, monkeypatch):
     model = tiny(name)
+    if model.likelihood == "bound":  # latents drawn on the CPU and the GPU differ: take their means (noise 0)
+        monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
     x = torch.randint(0, SPEC.num_values, (4, *SPEC.shape), generator=torch.Generator().manual_seed(0))
     x = model.encode(x) if getattr(model, "tokenizer", None) is not None else x
     with torch.no_grad():

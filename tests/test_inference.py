@@ -79,6 +79,8 @@ def test_evaluation_scoring_sampling_and_completion_run_without_autograd(name):
     methods = ["naive"] + (["cached"] if model.has_cached_sampler else [])
     for method in methods:
         assert_inference(model, model.sample, 2, cond=cond, method=method)
+        if model.likelihood == "bound":  # no completion (test_vdvae.py checks the error)
+            continue
         keep = torch.zeros(SPEC.height, SPEC.width, dtype=torch.bool)
         keep[:2] = True
         assert_inference(model, complete, model, x[0], keep, n=2, cond=cond, method=method)

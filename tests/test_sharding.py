@@ -22,7 +22,7 @@ import pixelar
 from pixelar.cli import main
 from pixelar.models.distaug import create_distaug_model
 from pixelar.training import sharding
-from pixelar.training.loop import _LogProb
+from pixelar.training.loop import _Objective
 
 FLAGS = [
     *("--size", "tiny", "--batch-size", "8", "--lr", "0.001", "--checkpoint-every", "2", "--log-every=1"),
@@ -131,13 +131,13 @@ def test_every_model_s_shard_units_give_its_likelihood_and_gradients(name, one_p
     ref.load_state_dict(model.state_dict())
     model.eval(), ref.eval()  # no dropout or order draws: the same function
     x = model.encode(torch.randint(0, 16, (3, 3, 4, 4)))
-    root = _LogProb(model, model.log_prob)
+    root = _Objective(model, model.objective)  # what training shards: the objective (log_prob or the ELBO)
     sharding.shard(root, model, torch.device("cpu"), "fp32")
     assert len(model.shard_units()) > 1  # the model is split, not one block
     torch.manual_seed(1)  # the same draws where a likelihood draws (a latent-variable model's estimate)
     lp = root(x)
     torch.manual_seed(1)
-    want = ref.log_prob(x)
+    want = ref.objective(x)
     torch.testing.assert_close(lp, want, rtol=1e-5, atol=1e-5)
     lp.sum().backward()
     want.sum().backward()

@@ -188,6 +188,10 @@ def _train_flags(args) -> dict[str, tuple[str, object]]:
         ("minutes", "--minutes", args.minutes),
         ("train_subset", "--train-subset", args.train_subset),
         ("test_subset", "--test-subset", args.test_subset),
+        ("eval_num_samples", "--eval-num-samples", args.eval_num_samples),
+        ("grad_clip", "--grad-clip", args.grad_clip),
+        ("skip_threshold", "--skip-threshold", args.skip_threshold),
+        ("ema_decay", "--ema-decay", args.ema_decay),
     ):
         if value is not None:
             given[field] = (f"{flag} {value}", value)
@@ -273,6 +277,13 @@ def cmd_train(args) -> int:
             f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
             f"reconstruction RMSE {result['palette_rmse']:.2f}; {TOKEN_NOTE}"
         )
+    elif result.get("bound"):
+        how = (
+            f"importance-weighted, K={result['num_samples']}; ELBO {result['test_bpd_elbo']:.4f}"
+            if "test_bpd_iw" in result
+            else "the ELBO"
+        )
+        print(f"test bits/dim: <= {result['test_bpd']:.4f} (upper bound: {how})  ({result['run_dir']})")
     else:
         print(f"test bits/dim: {result['test_bpd']:.4f}  ({result['run_dir']})")
     return 0
@@ -387,7 +398,13 @@ def cmd_eval(args) -> int:
     if args.per_augmentation is not None:
         return _eval_per_augmentation(args, model, ds, dataset, train_cfg)
     res = evaluate(
-        model, ds, batch_size=args.batch_size, precision=args.precision, subset=args.subset, progress=_progress(args)
+        model,
+        ds,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        subset=args.subset,
+        num_samples=args.num_samples,
+        progress=_progress(args),
     )
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
@@ -396,6 +413,11 @@ def cmd_eval(args) -> int:
         print(json.dumps(res))
     else:
         print(f"{dataset} {args.split}: {describe(res)}")
+        if res.get("bound"):  # latent-variable models: the ELBO's parts
+            print(
+                f"  ELBO {res['bpd_elbo']:.4f} bits/dim = distortion {res['bpd_distortion']:.4f} + rate "
+                f"{res['bpd_rate']:.4f} (KL of the latents)"
+            )
         if "bpd_parts" in res:  # models with auxiliary variables: their parts, in bits/dim of the image
             print(
                 "  parts: "
@@ -582,30 +604,46 @@ SCORE_BATCH = 64  # images scored at a time: a batch's memory, and a progress ba
 def cmd_score(args) -> int:
     model = models.load_model(args.run_dir)
     x = _load_images(args, model.data_image)
-    nats = _shared_nats(model, model.encode(x), _cond(model, len(args.images), args.cls), _progress(args))
+    cond = _cond(model, len(args.images), args.cls)
+    bound = model.likelihood == "bound"
+    if bound:  # the same draws on every call (under torchrun: per process, as evaluation)
+        torch.manual_seed(distributed.rank())
+    nats = _shared_nats(model, model.encode(x), cond, _progress(args), num_samples=args.num_samples)
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = bits_per_dim(nats, model.image).tolist()
+    le = "<= " if bound else ""
+    how = ""
+    if bound:
+        k = args.num_samples or 1
+        how = f" (upper bound: {'importance-weighted, K=' + str(k) if k > 1 else 'the ELBO'})"
     if args.json:
-        print(json.dumps([{"image": str(p), "nats": n, "bpd": b} for p, n, b in zip(args.images, nats.tolist(), bpd)]))
+        extra = {"bound": True, "num_samples": args.num_samples or 1} if bound else {}
+        print(
+            json.dumps(
+                [{"image": str(p), "nats": n, "bpd": b, **extra} for p, n, b in zip(args.images, nats.tolist(), bpd)]
+            )
+        )
         return 0
     for path, n, b in zip(args.images, nats.tolist(), bpd):
-        print(f"{path}: {b:.4f} {unit} ({n:.1f} nats)")
+        print(f"{path}: {le}{b:.4f} {unit}{how} ({n:.1f} nats)")
     if len(bpd) > 1:
-        print(f"mean: {sum(bpd) / len(bpd):.4f} {unit} over {len(bpd)} images")
+        print(f"mean: {le}{sum(bpd) / len(bpd):.4f} {unit} over {len(bpd)} images")
     if model.tokenizer is not None:
         print(f"note: {TOKEN_NOTE}")
     return 0
 
 
-def _shared_nats(model, x: torch.Tensor, cond, progress: bool = False) -> torch.Tensor:
-    """-log p of each image (n,) float64, as image_log_prob scores it, SCORE_BATCH images at a time; under
-    torchrun each process scores its contiguous share and every process gets all n, in order."""
+def _shared_nats(model, x: torch.Tensor, cond, progress: bool = False, num_samples: int | None = None) -> torch.Tensor:
+    """-log p of each image (n,) float64, as image_log_prob scores it (a bound for latent-variable models, with
+    num_samples importance samples), SCORE_BATCH images at a time; under torchrun each process scores its
+    contiguous share and every process gets all n, in order."""
     mine = distributed.share(len(x))
     parts = [torch.zeros(0, dtype=torch.float64)]  # more processes than images: some score none
     with distributed.together("scoring"), tracking(progress, mine.stop - mine.start, "scoring", "img") as bar:
         for k in range(mine.start, mine.stop, SCORE_BATCH):
             rows = slice(k, min(mine.stop, k + SCORE_BATCH))
-            parts.append(-image_log_prob(model, x[rows], None if cond is None else cond[rows]).cpu())
+            part = None if cond is None else cond[rows]
+            parts.append(-image_log_prob(model, x[rows], part, num_samples=num_samples).cpu())
             bar.advance(rows.stop - rows.start)
     return torch.cat(distributed.gather_objects(torch.cat(parts)))
 
@@ -813,6 +851,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-subset", type=positive_int, help="evaluate on the first N test images only (quick experiments)"
     )
     t.add_argument("--class-conditional", action="store_true", help="condition the model on the dataset's labels")
+    t.add_argument("--grad-clip", type=positive_float, help="clip the gradient norm (of the bits/dim loss) to this")
+    t.add_argument(
+        "--skip-threshold",
+        type=positive_float,
+        help="skip steps whose gradient norm (before clipping) is at least this (VDVAE's guard); not a divergence",
+    )
+    t.add_argument("--ema-decay", type=_float_type(lambda v: 0 <= v < 1, "a number in [0, 1)"), help="EMA decay")
+    t.add_argument(
+        "--eval-num-samples",
+        type=positive_int,
+        metavar="K",
+        help="latent-variable models: importance samples per test image in the final evaluation (default: ELBO)",
+    )
     t.add_argument(
         "--augment",
         metavar="TYPES",
@@ -861,6 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--subset", type=positive_int, help="score only the first N images of the split (quick checks)")
+    e.add_argument(
+        "--num-samples",
+        type=positive_int,
+        metavar="K",
+        help="latent-variable models (vdvae): also the K-sample importance-weighted bound (tighter than the ELBO)",
+    )
     e.add_argument(
         "--per-augmentation",
         nargs="?",
@@ -943,6 +1000,12 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     sc.add_argument("--json", action="store_true", help="print one JSON list")
     sc.add_argument("--convert", action="store_true", help=CONVERT_HELP)
+    sc.add_argument(
+        "--num-samples",
+        type=positive_int,
+        metavar="K",
+        help="latent-variable models: the K-sample importance-weighted bound (default: the ELBO)",
+    )
     _add_job_options(sc)
     sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
@@ -1006,6 +1069,7 @@ FLAGS = {
     "shard": "--shard",
     "compile": "--compile",
     "threads": "--threads N",
+    "num_samples": "--num-samples",
 }
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .augment import TRANSFORM_TYPES
 from .models import SIZES, list_models  # the registry only; no model family is named here
-from .models.registry import check_hparams, merge_hparams, preset
+from .models.registry import check_hparams, merge_hparams, model_class, preset
 
 PRECISIONS = ("fp32", "bf16")
 MAX_SEED = 2**63 - 1  # seeds are signed 64-bit integers
@@ -56,6 +56,9 @@ class TrainConfig:
     lr_decay: float = 0.9995
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
+    # a step whose gradient norm (before clipping, of the bits/dim loss) is >= skip_threshold is skipped: no
+    # update, logged, not counted as a divergence (VDVAE's guard against rare huge gradients); None: never
+    skip_threshold: float | None = None
     ema_decay: float = 0.999
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model's log_prob (falls back to eager, with a log line)
@@ -70,6 +73,9 @@ class TrainConfig:
     tensorboard: bool = False  # also write the metrics as TensorBoard events to run_dir/tensorboard
     train_subset: int | None = None
     test_subset: int | None = None
+    # latent-variable models (likelihood "bound"): importance samples per test image in the final evaluation
+    # (None: the ELBO alone); refused for models with an exact likelihood
+    eval_num_samples: int | None = None
 
     def to_dict(self) -> dict:
         """A JSON-able dict (betas as a list); from_dict(to_dict()) gives an equal config."""
@@ -131,7 +137,7 @@ class TrainConfig:
             _check_int(self, name, low=1)
         for name in ("warmup_steps", "sample_n"):
             _check_int(self, name, low=0)
-        for name in ("train_subset", "test_subset"):
+        for name in ("train_subset", "test_subset", "eval_num_samples"):
             if getattr(self, name) is not None:
                 _check_int(self, name, low=1)
         _check_int(self, "seed", low=0, high=MAX_SEED)
@@ -145,6 +151,13 @@ class TrainConfig:
             raise ValueError(f"budget is the record of a time budget (a dict, with minutes set), got {self.budget!r}")
         if self.grad_clip is not None:
             _check_float(self, "grad_clip", lambda v: v > 0, "> 0 (or None for no clipping)")
+        if self.skip_threshold is not None:
+            _check_float(self, "skip_threshold", lambda v: v > 0, "> 0 (or None for no skipping)")
+        if self.eval_num_samples is not None and model_class(self.model).likelihood != "bound":
+            raise ValueError(
+                f"eval_num_samples applies to latent-variable models; the likelihood of {self.model!r} is exact "
+                "(leave it unset)"
+            )
         betas = self.betas
         if (
             not isinstance(betas, (tuple, list))

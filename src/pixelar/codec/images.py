@@ -73,6 +73,11 @@ def _crc(images: torch.Tensor) -> int:
 
 
 def _check_codable(model) -> None:
+    if model.likelihood == "bound":
+        raise NotImplementedError(
+            f"{model.name} is a latent-variable model (a VAE): coding images losslessly with it needs bits-back "
+            "coding, which pixelar does not have yet; compress with an autoregressive model"
+        )
     if not model.factorizes:
         raise NotImplementedError(
             f"{model.name} does not factor into one conditional per sub-pixel, so it cannot "

@@ -1,4 +1,5 @@
-"""Exact bits/dim of a model on a dataset: every image counted once, the sum kept in float64.
+"""Exact bits/dim of a model on a dataset (an upper bound for latent-variable models): every image counted once,
+the sum kept in float64.
 
 Under torchrun every process scores its own contiguous share of the images (pixelar.distributed.share) and
 the float64 sums are added over the processes, so N processes report the bits/dim of one (up to the float
@@ -13,7 +14,9 @@ import torch
 
 from .. import distributed
 from ..data import ImageDataset, first_images, fixed_binarization, iterate_batches, select
+from ..errors import ArgumentValueError
 from ..inference import inference
+from ..models.base import check_num_samples
 from ..progress import tracking
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
@@ -25,7 +28,17 @@ TOKEN_NOTE = (
 
 def describe(res: dict) -> str:
     """One line for an evaluate() result: bits/dim, or for tokenized models nats per token, the palette's
-    reconstruction error and TOKEN_NOTE."""
+    reconstruction error and TOKEN_NOTE; for latent-variable models the bound, marked as one."""
+    if res.get("bound"):
+        how = (
+            f"importance-weighted, K={res['num_samples']}; ELBO {res['bpd_elbo']:.4f}"
+            if "bpd_iw" in res
+            else "the ELBO"
+        )
+        return (
+            f"<= {res['bpd']:.4f} bits/dim (upper bound: {how}; {res['nats_per_image']:.2f} nats/image, "
+            f"{res['num_images']} images)"
+        )
     if res.get("tokenized"):
         return (
             f"{res['nats_per_token']:.4f} nats per palette token ({res['bpd']:.4f} bits per token, "
@@ -46,11 +59,42 @@ def order_mixture(per_order: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(per_order, dim=1) - math.log(per_order.shape[1])
 
 
-def image_log_prob(model, x: torch.Tensor, cond=None) -> torch.Tensor:
+# Latent-variable models draw their latents from torch's global generator: evaluation forks it and seeds it
+# with this (plus the process's rank), so an evaluation gives the same bound every time
+EVAL_LATENT_SEED = 0
+
+
+def _check_num_samples(model, num_samples) -> int | None:
+    """num_samples for a latent-variable model (None: the ELBO); refused for a model with an exact likelihood."""
+    if num_samples is None:
+        return None
+    if model.likelihood != "bound":
+        raise ArgumentValueError(
+            "num_samples",
+            "num_samples",
+            "",
+            f" (importance samples) applies to latent-variable models; the likelihood of model {model.name!r} is "
+            "exact, so leave it out",
+        )
+    return check_num_samples(num_samples)
+
+
+def _elbo(model, x, cond) -> torch.Tensor:
+    terms = model.elbo(x, cond)
+    return -(terms["distortion"] + terms["rate"])
+
+
+def image_log_prob(model, x: torch.Tensor, cond=None, num_samples: int | None = None) -> torch.Tensor:
     """log p(x) of each image in nats, (B,), as `evaluate` scores it (eval mode, no autograd): x are the
     model's inputs (encode data images of tokenized models first); models with several generation orders give
-    the mixture over them."""
+    the mixture over them. Latent-variable models give a lower bound: the ELBO (num_samples None or 1), or the
+    importance-weighted bound with num_samples > 1 (each call draws afresh)."""
+    num_samples = _check_num_samples(model, num_samples)
     with inference(model):
+        if model.likelihood == "bound":
+            if num_samples is None or num_samples == 1:
+                return _elbo(model, x, cond).double()
+            return model.log_prob(x, cond, num_samples=num_samples).double()
         if model.num_orders > 1:
             return order_mixture(model.log_prob_per_order(x, cond).double())
         return model.log_prob(x, cond).double()
@@ -63,6 +107,7 @@ def evaluate(
     precision: str = "fp32",
     subset: int | None = None,
     progress=None,
+    num_samples: int | None = None,
 ) -> dict:
     """Negative log-likelihood of `dataset` (or its first `subset` images) under `model`.
 
@@ -88,11 +133,21 @@ def evaluate(
 
     progress: report the images scored (pixelar.progress: True for a bar, or a callable on_progress(done,
     total, bpd=) with the bits/dim of the images so far); under torchrun each process counts its own share.
+
+    Latent-variable models (`likelihood == "bound"`, e.g. vdvae) give upper bounds of the bits/dim: the result
+    has "bound": True, "bpd_elbo" (the ELBO with its KL in closed form, always), "bpd_rate" and
+    "bpd_distortion" (its two parts), and with num_samples K > 1 also "bpd_iw", the K-sample importance-weighted
+    bound, and "num_samples"; "bpd" (and "nats_per_image") is the tightest of them: "bpd_iw" when K > 1, else
+    "bpd_elbo". The latents are drawn from torch's generator, forked and seeded (EVAL_LATENT_SEED + rank), so
+    the numbers repeat from call to call. num_samples is refused for models with an exact likelihood.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    num_samples = _check_num_samples(model, num_samples)
+    bound = model.likelihood == "bound"
+    importance = bound and num_samples is not None and num_samples > 1 and model.stochastic_posterior
     # models over tokens (Image GPT's palette) are built for data images other than their inputs
     data_image, tokenizer = model.data_image, model.tokenizer
     if dataset.spec != data_image:
@@ -113,15 +168,21 @@ def evaluate(
     with_parts = model.has_parts and K == 1
     # float64 sums of this share, added over the processes at the end: nats, images, non-finite images,
     # nats per order, the palette's reconstruction error and the parts (in the model's order of parts)
-    sums = {"nats": 0.0, "images": 0.0, "non_finite": 0.0}
+    sums = {"nats": 0.0, "images": 0.0, "non_finite": 0.0, "nats_iw": 0.0, "rate": 0.0}
     per_order = torch.zeros(K, dtype=torch.float64)
     recon = {"sq_err_sum": 0.0, "exact_pixels": 0.0, "pixels": 0.0, "sub_pixels": 0.0}
     parts: dict[str, float] = {}
     dims_ln2 = model.image.dims * math.log(2)
+    latents = contextlib.nullcontext()
+    if bound:  # the same draws on every call; the caller's generator state is left as it was
+        latents = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
     with (
         inference(model),  # eval mode, no autograd (else every batch's graph stays alive through the sums)
+        latents,
         tracking(progress, len(mine), "evaluating", "img") as bar,
     ):
+        if bound:
+            torch.manual_seed(EVAL_LATENT_SEED + distributed.rank())
         for x, y in iterate_batches(mine, batch_size, shuffle=False):
             cond = y.to(device) if model.num_classes else None
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
@@ -138,6 +199,14 @@ def evaluate(
                     for name, v in named.items():
                         parts[name] = parts.get(name, 0.0) - v.double().sum().item()
                     lp = sum(named.values())
+                elif bound:
+                    terms = model.elbo(x.to(device), cond)  # the ELBO, KL in closed form
+                    lp = -(terms["distortion"] + terms["rate"])
+                    sums["rate"] += terms["rate"].double().sum().item()
+                    if importance:
+                        iw = model.log_prob(x.to(device), cond, num_samples=num_samples)
+                        sums["nats_iw"] += -iw.double().sum().item()
+                        sums["non_finite"] += int((~torch.isfinite(iw)).sum())
                 else:
                     lp = model.log_prob(x.to(device), cond)  # (B,) nats
             sums["nats"] += -lp.double().sum().item()
@@ -162,6 +231,16 @@ def evaluate(
         )
     scale = n * model.image.dims * math.log(2)
     res = {"bpd": nats / scale, "nats_per_image": nats / n, "num_images": n}
+    if bound:
+        res.update(
+            bound=True,
+            bpd_elbo=nats / scale,
+            bpd_rate=sums["rate"] / scale,
+            bpd_distortion=(nats - sums["rate"]) / scale,
+        )
+        if importance:
+            iw = sums["nats_iw"]
+            res.update(bpd=iw / scale, nats_per_image=iw / n, bpd_iw=iw / scale, num_samples=num_samples)
     if tokenizer is not None:
         res.update(
             tokenized=True,

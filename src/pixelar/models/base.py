@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import numbers
 
 import torch
 import torch.nn as nn
 
 from ..distributions import OutputDistribution, make_distribution
+from ..errors import ArgumentValueError
+from ..inference import inference
 from ..nn.orders import raster_order
+from ..sampling import METHODS as SAMPLING_METHODS
 from ..sampling import SampleRequest
 from ..sampling import sample as sample_images
 from ..threads import step_work, threads_for
@@ -128,6 +133,11 @@ class ImageModel(nn.Module):
     def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True) -> torch.Tensor:
         """log p(x | cond) in nats: (B,) when reduce, else (B, C, H, W) per-sub-pixel conditionals."""
         raise NotImplementedError
+
+    def objective(self, x: torch.Tensor, cond: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        """What training maximises, (B,) nats per image: log_prob(x) for the exact models; the ELBO (its
+        analytic-KL form) for latent-variable models. kw: further log_prob arguments (DistAug's aug)."""
+        return self.log_prob(x, cond, **kw)
 
     def log_prob_per_order(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """log p_k(x) under each of the model's `num_orders` generation orders, (B, num_orders) nats."""
@@ -315,3 +325,168 @@ class ARImageModel(ImageModel):
     def generation_order(self) -> torch.Tensor:
         """Flat indices into (C, H, W): pixels in raster order, R, G, B within a pixel. (C*H*W,) int64."""
         return raster_order(self.image, "subpixel")
+
+
+def check_num_samples(num_samples) -> int:
+    """num_samples of an importance-weighted bound: an integer >= 1."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+        raise ArgumentValueError(
+            "num_samples",
+            "num_samples",
+            "",
+            f" (importance samples per image) must be an integer >= 1, got {num_samples!r}",
+        )
+    return int(num_samples)
+
+
+class LatentImageModel(ImageModel):
+    """Base class of the latent-variable models (VAEs): p(x) = E_z p(x | z) p(z), scored through bounds.
+
+    `likelihood` is "bound": `log_prob(x, num_samples=K)` is the log of the K-sample importance-weighted
+    estimate log (1/K sum_k p(x, z_k) / q(z_k | x)), z_k ~ q(z | x) (Burda et al. 2016): its exp is an unbiased
+    estimate of p(x), so in expectation it is a lower bound of log p(x) that rises with K. `elbo(x)` gives the
+    evidence lower bound in parts, {"distortion": -log p(x | z), "rate": KL(q || p) in total, "rate_per_layer":
+    (B, L)}, all nats, with the KL in closed form where the model has it; `objective(x)` (what training
+    maximises) is -(distortion + rate). The model does not factorize x into per-sub-pixel conditionals, so
+    there is no reduce=False, generation order, incremental forward or arithmetic coding (lossless coding of a
+    VAE needs bits-back coding); sampling is ancestral, one pass through the decoder.
+
+    A subclass calls `super().__init__(image, output, num_classes, cond_dim)` (output: {"kind": ..., **options}
+    of the decoder's pixel distribution p(x | z), `self.distribution`) and implements, on checked inputs:
+
+    - `log_weight(x, cond) -> (B,)`: log p(x, z) - log q(z | x) for one draw z ~ q(z | x) per image. A model with
+      a deterministic posterior (VQ-VAE) sets `stochastic_posterior = False`: log_prob then draws once,
+      whatever num_samples.
+    - `elbo_terms(x, cond) -> dict` as `elbo` returns it.
+    - `ancestral_sample(n, cond, temperature, generator) -> (n, C, H, W)` int64: z from the prior, x from
+      p(x | z); temperature is what the model accepts (a number, or e.g. a per-layer list), checked there.
+    """
+
+    likelihood = "bound"
+    factorizes = False
+    stochastic_posterior = True
+    # images per batch of importance samples: K samples of B images run as ceil(K * B / IW_BATCH) passes
+    iw_batch = 512
+
+    def __init__(self, image: ImageSpec, output: dict, num_classes: int = 0, cond_dim: int = 0):
+        super().__init__(image, num_classes, cond_dim)
+        output = dict(output)
+        kind = output.pop("kind", None)
+        # p(x | z) factorizes over pixels given z: the mixture and the categorical model a pixel's channels
+        # jointly; the Bernoulli (for binary images) takes independent per-channel logits
+        self.distribution: OutputDistribution = make_distribution(image, kind, joint=kind != "bernoulli", **output)
+        self.tokenizer: nn.Module | None = None
+        self.data_image = image
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Values in [0, K) -> floats in [-1, 1], what the encoder sees."""
+        dtype = next(self.parameters()).dtype
+        return x.to(dtype) * (2.0 / (self.image.num_values - 1)) - 1.0
+
+    # ----- to implement -------------------------------------------------------------------------------------
+    def log_weight(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def elbo_terms(self, x: torch.Tensor, cond: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def ancestral_sample(self, n: int, cond, temperature, generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- the bounds ---------------------------------------------------------------------------------------
+    def log_prob(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True, num_samples: int = 1
+    ) -> torch.Tensor:
+        """log (1/K sum_k p(x, z_k) / q(z_k | x)), z_k ~ q(z | x), K = num_samples: (B,) nats, a stochastic lower
+        bound of log p(x | cond) (its exp is unbiased for p(x)); draws from torch's global generator."""
+        if not reduce:
+            raise NotImplementedError(
+                f"model {self.name!r} is a latent-variable model: its likelihood has no per-sub-pixel "
+                "conditionals log p(x_d | x_<d), so log_prob(reduce=False) does not exist"
+            )
+        K = check_num_samples(num_samples) if self.stochastic_posterior else 1
+        x = self.check_input(x)
+        cond = self.check_cond(cond, x.shape[0])
+        B = x.shape[0]
+        per_pass = max(1, min(K, self.iw_batch // max(B, 1)))  # samples per pass through the model
+        weights, done = [], 0
+        while done < K:
+            m = min(per_pass, K - done)
+            xr = x.repeat(m, 1, 1, 1)  # (m*B, C, H, W), sample-major
+            cr = None if cond is None else cond.repeat(m, *([1] * (cond.dim() - 1)))
+            weights.append(self.log_weight(xr, cr).float().view(m, B))
+            done += m
+        return torch.logsumexp(torch.cat(weights), dim=0) - math.log(K)  # (B,)
+
+    def elbo(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The evidence lower bound in parts, nats: {"distortion": (B,) -log p(x | z), "rate": (B,) the total KL,
+        "rate_per_layer": (B, L) the KL of each latent layer}; ELBO = -(distortion + rate) <= log p(x)."""
+        x = self.check_input(x)
+        return self.elbo_terms(x, self.check_cond(cond, x.shape[0]))
+
+    def objective(self, x: torch.Tensor, cond: torch.Tensor | None = None, **kw) -> torch.Tensor:
+        """The ELBO, -(distortion + rate), (B,) nats: what training maximises."""
+        if kw:
+            raise ValueError(f"model {self.name!r} takes no further arguments {sorted(kw)} in its objective")
+        terms = self.elbo(x, cond)
+        return -(terms["distortion"] + terms["rate"])
+
+    # ----- abilities a VAE does not have ----------------------------------------------------------------------
+    def generation_order(self) -> torch.Tensor:
+        raise NotImplementedError(
+            f"model {self.name!r} is a latent-variable model: it generates all sub-pixels at once from its latents, "
+            "in no order"
+        )
+
+    def conditional_log_prob(self, x, known, cond=None):
+        raise NotImplementedError(
+            f"model {self.name!r} is a latent-variable model: it cannot score a hidden region given the rest "
+            "(lmconv can)"
+        )
+
+    def begin_cache(self, x, cond=None):
+        raise NotImplementedError(
+            f"model {self.name!r} is a latent-variable model: it samples in one pass through its decoder and has "
+            "no incremental forward"
+        )
+
+    @property
+    def has_incremental_forward(self) -> bool:
+        return False
+
+    @property
+    def has_cached_sampler(self) -> bool:
+        return False
+
+    def sampling_method(self, method: str = "auto") -> str:
+        """ "ancestral" (one pass through the decoder), whatever was asked: the cached and naive samplers of the
+        autoregressive models have nothing to do here."""
+        return "ancestral"
+
+    # ----- sampling ------------------------------------------------------------------------------------------
+    def _draw(self, req: SampleRequest) -> torch.Tensor:
+        """Ancestral sampling: z from the prior (temperature scales its standard deviations), x from p(x | z)."""
+        if req.known is not None or req.x_known is not None:
+            raise NotImplementedError(
+                f"model {self.name!r} is a latent-variable model: completing an image from kept pixels needs "
+                "inference over the latents, which pixelar does not do; autoregressive models complete images"
+            )
+        if req.method not in (*SAMPLING_METHODS, "ancestral"):
+            raise ValueError(f"unknown sampling method {req.method!r}; valid: {[*SAMPLING_METHODS, 'ancestral']}")
+        if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 1:
+            raise ValueError(f"n must be a positive int, got {req.n!r}")
+        cond = self.check_cond(req.cond, req.n)
+        with inference(self):
+            return self.ancestral_sample(req.n, cond, req.temperature, req.generator)
+
+    def sample_output(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw x from p(x | z): params (n, P, H, W) of the decoder -> int64 (n, C, H, W); pixels independent
+        given z, at temperature 1."""
+        n, P, H, W = params.shape
+        flat = params.permute(0, 2, 3, 1).reshape(n * H * W, P)
+        dist = self.distribution
+        if dist.joint:
+            pix = dist.sample(flat, 1.0, generator)  # (n*H*W, C)
+        else:
+            pix = torch.stack([dist.sample(flat, 1.0, generator, channel=c) for c in range(self.image.channels)], 1)
+        return pix.view(n, H, W, -1).permute(0, 3, 1, 2).contiguous()

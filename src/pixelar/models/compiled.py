@@ -52,35 +52,58 @@ class CompiledLogProb:
         self.log = log
         ok, why = compile_available()
         self.compiled = ok
-        self._fn = torch.compile(model.log_prob, dynamic=False, mode=mode) if ok else model.log_prob
+        self._eager = self._method()
+        self._fn = torch.compile(self._eager, dynamic=False, mode=mode) if ok else self._eager
         self._first = True
         if not ok:
             log(
                 f"compile: torch.compile is not available here ({why}); running in eager mode (same results, no fusion)"
             )
 
+    def _method(self):
+        return self.model.log_prob
+
+    def _args(self, reduce: bool) -> tuple:
+        return (reduce,)
+
     def __call__(self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True, **kw) -> torch.Tensor:
         """kw: further arguments of the model's log_prob (e.g. DistAugModel's aug), passed through."""
+        extra = self._args(reduce)
         if not self.compiled:  # eager log_prob checks its inputs itself
-            return self.model.log_prob(x, cond, reduce, **kw)
+            return self._eager(x, cond, *extra, **kw)
         x = self.model.check_input(x)  # eager: value checks cannot run inside the compiled graph
         cond = self.model.check_cond(cond, x.shape[0])
         if not self._first:
-            return self._fn(x, cond, reduce, **kw)
+            return self._fn(x, cond, *extra, **kw)
         try:
-            out = self._fn(x, cond, reduce, **kw)
+            out = self._fn(x, cond, *extra, **kw)
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             self.log(
                 f"compile: compiling {type(self.model).__name__} failed ({type(e).__name__}: {first}); "
                 "running in eager mode (same results, no fusion)"
             )
-            self.compiled, self._fn = False, self.model.log_prob
-            return self.model.log_prob(x, cond, reduce, **kw)
+            self.compiled, self._fn = False, self._eager
+            return self._eager(x, cond, *extra, **kw)
         self._first = False
         return out
+
+
+class CompiledObjective(CompiledLogProb):
+    """Callable like model.objective(x, cond, **kw) (what training maximises), compiled the same way."""
+
+    def _method(self):
+        return self.model.objective
+
+    def _args(self, reduce: bool) -> tuple:
+        return ()
 
 
 def compiled_log_prob(model, log=print, mode: str | None = None) -> CompiledLogProb:
     """model.log_prob compiled with torch.compile, or the eager one (with a log line) where that fails."""
     return CompiledLogProb(model, log=log, mode=mode)
+
+
+def compiled_objective(model, log=print, mode: str | None = None) -> CompiledObjective:
+    """model.objective compiled with torch.compile, or the eager one (with a log line) where that fails."""
+    return CompiledObjective(model, log=log, mode=mode)

@@ -53,6 +53,10 @@ class DistAugModel(ImageModel):
     """
 
     def __init__(self, base: ARImageModel, transforms, num_classes: int = 0, cond_dim: int = 0):
+        if isinstance(base, ImageModel) and base.likelihood == "bound":
+            raise ValueError(
+                f"Distribution Augmentation wraps autoregressive models; {base.name!r} is a latent-variable model"
+            )
         if not isinstance(base, ARImageModel):
             raise ValueError(f"base must be a registered pixelar model, got {type(base).__name__}")
         for key, v in (("num_classes", num_classes), ("cond_dim", cond_dim)):

@@ -98,6 +98,11 @@ def _lookup(name: str):
     return _REGISTRY[name]
 
 
+def model_class(name: str) -> type:
+    """The class registered under `name` (to read class attributes such as `likelihood` without building it)."""
+    return _lookup(name)[0]
+
+
 def preset(name: str, size: str) -> dict:
     """The hyperparameters of a registered size, deep-copied."""
     _, sizes, _ = _lookup(name)

@@ -1,16 +1,18 @@
 """train(): the training loop of pixelar, with exact resume, divergence handling and the final evaluation.
 
-One step = one batch: log_prob under optional bf16 autocast (fp32 master weights), loss = mean NLL in
-bits/dim, backward, gradient clipping, Adam with the scheduled learning rate, EMA update. A step whose loss
-or gradient norm is not finite is skipped (no optimizer or EMA update; it still counts as a step, so the
-schedule and the data move on); max_bad_steps skipped steps in a row raise TrainingDiverged.
+One step = one batch: the model's objective (log_prob for the exact models, the ELBO for latent-variable
+ones) under optional bf16 autocast (fp32 master weights), loss = its mean negative in bits/dim, backward,
+gradient clipping, Adam with the scheduled learning rate, EMA update. A step whose loss or gradient norm is not
+finite is skipped (no optimizer or EMA update; it still counts as a step, so the schedule and the data move on);
+max_bad_steps skipped steps in a row raise TrainingDiverged. With skip_threshold, a step whose gradient norm
+reaches it is skipped the same way, without counting towards divergence.
 
 Exact resume: everything random or stateful is in the checkpoint (raw and EMA weights, Adam state, torch
 CPU/CUDA RNG for dropout, the data generator, the augmentation-index generator, epoch and batch position,
 the bad-step counter), and the learning rate depends only on the step. An interrupted run resumed therefore
 ends with bitwise the same weights as an uninterrupted one (on CPU; CUDA kernels may not be deterministic).
-The loop knows no model family: it uses create_model / create_distaug_model / model_from_config, log_prob,
-config, sample and state dicts only.
+The loop knows no model family: it uses create_model / create_distaug_model / model_from_config, objective,
+likelihood, config, sample and state dicts only.
 
 Code layout: train() holds the run directory's lock and calls _setup (everything before the first step, into
 a _Run), then per step _step (the step above), _choose_steps (while a time budget measures the speed: see
@@ -38,9 +40,9 @@ from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, first_images, iterate_batches, load_dataset
 from ..errors import ArgumentValueError
-from ..evaluation import TOKEN_NOTE, evaluate
+from ..evaluation import TOKEN_NOTE, describe, evaluate
 from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_text
-from ..models import compiled_log_prob, create_model
+from ..models import compiled_objective, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
 from ..sampling import sample_seeded
@@ -153,16 +155,16 @@ _NO_BUFFER_SYNC = (
 )
 
 
-class _LogProb(torch.nn.Module):
-    """model.log_prob as the forward of a module, so that DistributedDataParallel sees each call it must
+class _Objective(torch.nn.Module):
+    """model.objective as the forward of a module, so that DistributedDataParallel sees each call it must
     synchronise (the model's own forward gives parameters, not the likelihood)."""
 
-    def __init__(self, model: torch.nn.Module, log_prob: Callable):
+    def __init__(self, model: torch.nn.Module, objective: Callable):
         super().__init__()
-        self.model, self.log_prob = model, log_prob
+        self.model, self.objective = model, objective
 
     def forward(self, x, cond=None, **kw):
-        return self.log_prob(x, cond, **kw)
+        return self.objective(x, cond, **kw)
 
 
 @contextlib.contextmanager
@@ -207,7 +209,7 @@ class _Run:
     test_ds: ImageDataset
     metrics: _MetricsLog
     window: _Window
-    log_prob: Callable  # model.log_prob, or its compiled version; under torchrun through DistributedDataParallel
+    objective: Callable  # model.objective, or its compiled version; under torchrun through DistributedDataParallel
     ddp: torch.nn.parallel.DistributedDataParallel | None  # None in one process
     share: slice  # this process's images of each global batch
     loss_scale: float  # 1 / grad_accum: the micro-batches' mean losses add up to the share's mean
@@ -220,7 +222,7 @@ class _Run:
     budget: StepBudget | None  # a time budget still measuring the speed of the steps (None: max_steps is fixed)
     session_start: float = dataclasses.field(default_factory=lambda: clock())
     train_s: float | None = None  # the training time at the end of the last step
-    sharded: torch.nn.Module | None = None  # with shard=True: the FSDP root (a _LogProb over the model)
+    sharded: torch.nn.Module | None = None  # with shard=True: the FSDP root (an _Objective over the model)
 
     def elapsed(self) -> float:
         return self.elapsed_before + clock() - self.session_start
@@ -251,7 +253,7 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    root = sharding.setup(model, device, cfg, _LogProb(model, model.log_prob)) if shard else None
+    root = sharding.setup(model, device, cfg, _Objective(model, model.objective)) if shard else None
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.betas, cfg.eps)  # the shards, where sharded
     ema = EMA(model, cfg.ema_decay)
     # augmentation: indices drawn per image from their own generator (checkpointed as rng.augment);
@@ -305,24 +307,29 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
             if augmenter is not None
             else ""
         )
+        + (
+            "; a latent-variable model: train bits/dim are of its ELBO, an upper bound of -log2 p(x) per dim"
+            if model.likelihood == "bound"
+            else ""
+        )
     )
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     )
-    log_prob = compiled_log_prob(model, log=emit) if cfg.compile else model.log_prob
-    if cfg.compile and log_prob.compiled:
+    objective = compiled_objective(model, log=emit) if cfg.compile else model.objective
+    if cfg.compile and objective.compiled:
         emit("compile: compiling the model with torch.compile (the first steps take minutes on a CPU)")
     ddp = None
     if root is not None:
-        log_prob = root
+        objective = root
         emit(f"{world} processes, model sharded over them (FSDP): {cfg.batch_size // world} images per process")
     elif world > 1:  # gradients averaged over the processes during backward; parameters start equal (rank 0's)
         ddp = torch.nn.parallel.DistributedDataParallel(
-            _LogProb(model, log_prob),
+            _Objective(model, objective),
             device_ids=[device.index] if device.type == "cuda" else None,
             **_NO_BUFFER_SYNC,  # buffers are derived from the settings: the same in every process
         )
-        log_prob = ddp
+        objective = ddp
         emit(f"{world} processes: {cfg.batch_size // world} images of each step's {cfg.batch_size} per process")
     model.train()
     return _Run(
@@ -339,7 +346,7 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         test_ds=test_ds,
         metrics=metrics,
         window=window,
-        log_prob=log_prob,
+        objective=objective,
         ddp=ddp,
         sharded=root,
         share=distributed.share(cfg.batch_size),
@@ -475,7 +482,7 @@ def _step(run: _Run) -> float:
         last = k == cfg.grad_accum - 1
         with contextlib.nullcontext() if last or run.ddp is None else run.ddp.no_sync():
             with run.autocast:
-                lp = run.log_prob(x[part], None if cond is None else cond[part], **{a: v[part] for a, v in kw.items()})
+                lp = run.objective(x[part], None if cond is None else cond[part], **{a: v[part] for a, v in kw.items()})
             loss = -lp.float().mean() / run.dims_ln2 * run.loss_scale  # bits/dim
             loss.backward()
         nats += -lp.detach().double().sum().cpu()
@@ -491,7 +498,13 @@ def _step(run: _Run) -> float:
             reason = "non-finite gradient norm"
     run.step += 1
     step = run.step
-    if reason is None:
+    if reason is None and cfg.skip_threshold is not None and grad_norm.item() >= cfg.skip_threshold:
+        # a finite but huge gradient (VDVAE's skip): no update, and no sign of divergence
+        why = f"gradient norm {grad_norm.item():.4g} >= skip_threshold {cfg.skip_threshold:g}"
+        run.window.images += cfg.batch_size
+        run.emit(f"step {step}: {why}; step skipped")
+        run.metrics.write({"step": step, "skipped": True, "reason": why, "bad_steps": run.bad, "lr": lr})
+    elif reason is None:
         run.optimizer.step()
         run.ema.update(model, step)
         run.bad = 0
@@ -616,29 +629,35 @@ def _finish(run: _Run, log, progress: bool) -> dict:
         model = sharding.unsharded_copy(model, run.ema.state_dict(), run.device)
     else:
         run.ema.copy_to(model)  # evaluation and samples use the averaged weights
-    # fp32 whatever the training precision: the reported number is the exact likelihood
+    # fp32 whatever the training precision: the reported number is the exact likelihood (or the bound)
     res = evaluate(
         model,
         run.test_ds,
         batch_size=cfg.eval_batch_size,
         precision="fp32",
         subset=cfg.test_subset,
+        num_samples=cfg.eval_num_samples,
         progress=progress,  # a bar for the test images too: the default run's take a minute
     )
-    run.metrics.write(
-        {
-            "step": step,
-            "final": True,
-            "test_bpd": res["bpd"],
-            "test_nats_per_image": res["nats_per_image"],
-            "num_test_images": res["num_images"],
-            "elapsed_s": run.elapsed(),
-            "train_s": run.train_s,  # the time of the steps alone (a time budget counts it)
-            **({"tokenized": True} if res.get("tokenized") else {}),  # test_bpd is then bits per token
-            **({"budget_minutes": cfg.minutes} if cfg.minutes is not None else {}),
-        }
-    )
-    if res.get("tokenized"):
+    final = {
+        "step": step,
+        "final": True,
+        "test_bpd": res["bpd"],
+        "test_nats_per_image": res["nats_per_image"],
+        "num_test_images": res["num_images"],
+        "elapsed_s": run.elapsed(),
+        "train_s": run.train_s,  # the time of the steps alone (a time budget counts it)
+        **({"tokenized": True} if res.get("tokenized") else {}),  # test_bpd is then bits per token
+        **({"budget_minutes": cfg.minutes} if cfg.minutes is not None else {}),
+    }
+    if res.get("bound"):  # test_bpd is then an upper bound: the tightest of these
+        final.update(bound=True, test_bpd_elbo=res["bpd_elbo"])
+        if "bpd_iw" in res:
+            final.update(test_bpd_iw=res["bpd_iw"], num_samples=res["num_samples"])
+    run.metrics.write(final)
+    if res.get("bound"):
+        log(f"test after {step} steps: {describe(res)}, EMA weights")
+    elif res.get("tokenized"):
         log(
             f"test after {step} steps: {res['nats_per_token']:.4f} nats per token ({res['num_images']} images, EMA "
             f"weights); palette reconstruction RMSE {res['palette_rmse']:.2f}; {TOKEN_NOTE}"
@@ -656,6 +675,8 @@ def _finish(run: _Run, log, progress: bool) -> dict:
     if distributed.is_main():
         _write_curves(run.dir.path, log)
     out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
+    if res.get("bound"):
+        out.update({k: v for k, v in final.items() if k in ("bound", "test_bpd_elbo", "test_bpd_iw", "num_samples")})
     if res.get("tokenized"):  # test_bpd is then bits per token
         out.update(tokenized=True, test_nats_per_token=res["nats_per_token"], palette_rmse=res["palette_rmse"])
     return out

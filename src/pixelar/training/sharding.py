@@ -5,7 +5,7 @@ Each unit the model lists (`model.shard_units()`, a method of the model contract
 top-level module lists and its other top-level children with parameters) becomes an FSDP group: its
 parameters, gradients and optimizer state live as 1/N shards (DTensors) on the N processes, are gathered for
 its forward and backward and freed after, and its gradients are reduce-scattered. The wrapper that calls
-`model.log_prob` is the root group, holding every parameter no unit has (gathered for the whole step). Under
+`model.objective` is the root group, holding every parameter no unit has (gathered for the whole step). Under
 bf16 the groups gather bf16 weights and reduce fp32 gradients (`MixedPrecisionPolicy(param_dtype=bfloat16,
 reduce_dtype=float32)`), over fp32 master shards, with the same autocast as unsharded bf16 training.
 
@@ -44,7 +44,7 @@ def check_can_shard() -> None:
 
 def setup(model: torch.nn.Module, device: torch.device, cfg, root: torch.nn.Module) -> torch.nn.Module:
     """Shard `model` for training under the settings cfg (a TrainConfig); root is the module whose forward
-    runs model.log_prob and that holds the model as `root.model`. Returns root, sharded."""
+    runs model.objective (the training objective) and that holds the model as `root.model`. Returns root, sharded."""
     check_can_shard()
     if cfg.compile:
         raise ArgumentValueError(
@@ -55,7 +55,7 @@ def setup(model: torch.nn.Module, device: torch.device, cfg, root: torch.nn.Modu
 
 
 def shard(root: torch.nn.Module, model: torch.nn.Module, device: torch.device, precision: str) -> None:
-    """fully_shard each of model.shard_units(), then `root` (the module whose forward runs model.log_prob and
+    """fully_shard each of model.shard_units(), then `root` (the module whose forward runs model.objective and
     that holds model), in place; works in any process group (also of one process)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
