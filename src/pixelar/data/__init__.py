@@ -8,6 +8,7 @@ Public entry points::
         -> Iterator[(x int64 (B, C, H, W), y int64 (B,) or None)]
     first_images(ds, n) -> ImageDataset (the first n images); select(ds, slice) -> ImageDataset
     fixed_binarization(ds, generator) -> ImageDataset (a dynamically binarized set drawn once)
+    codes_dataset(model, ds, batch_size=256, level=0) -> ImageDataset (a VQ-VAE's code maps of the images)
     export_images(ds, out_dir, start=0, n=8, overwrite=False) -> list[Path] (images as PNG files, labels.csv)
 
 Files of built-in datasets are looked up as described in :mod:`pixelar.data.paths`
@@ -17,6 +18,7 @@ every process memory-maps (:mod:`pixelar.data.cache`).
 """
 
 from pixelar.data.batches import fixed_binarization, iterate_batches
+from pixelar.data.codes import codes_dataset
 from pixelar.data.dataset import ImageDataset, first_images, select
 from pixelar.data.errors import ChecksumError, DatasetNotFoundError, UnsafePickleError
 from pixelar.data.export import export_images
@@ -26,6 +28,7 @@ __all__ = [
     "ChecksumError",
     "DatasetNotFoundError",
     "ImageDataset",
+    "codes_dataset",
     "export_images",
     "UnsafePickleError",
     "first_images",

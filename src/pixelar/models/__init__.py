@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registration on import)  # noqa: F401  (attentio
     pixelsnail,
     sparse_transformer,
     vdvae,
+    vqvae,
 )
 from .base import ARImageModel, LatentImageModel
 from .compiled import compile_available, compiled_log_prob, compiled_objective

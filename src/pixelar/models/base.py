@@ -404,7 +404,9 @@ class LatentImageModel(ImageModel):
                 f"model {self.name!r} is a latent-variable model: its likelihood has no per-sub-pixel "
                 "conditionals log p(x_d | x_<d), so log_prob(reduce=False) does not exist"
             )
-        K = check_num_samples(num_samples) if self.stochastic_posterior else 1
+        K = check_num_samples(num_samples)  # checked also where it changes nothing
+        if not self.stochastic_posterior:  # a point-mass posterior: every draw is the same
+            K = 1
         x = self.check_input(x)
         cond = self.check_cond(cond, x.shape[0])
         B = x.shape[0]

@@ -1,0 +1,355 @@
+"""VQ-VAE (models/vqvae.py): the codebook's EMA update, restarts, straight-through gradient and commitment
+loss against their formulas; the likelihood bound sums to at most one over all 4x4 binary images (and the
+exact marginal over the codes to one); the prior sums to one over all code maps; save/load, sampling,
+reconstruction after a little training, the codes dataset, errors."""
+
+import itertools
+
+import pytest
+import torch
+from likelihood_checks import all_images
+
+from pixelar import ImageSpec
+from pixelar.data.dataset import ImageDataset
+from pixelar.io import read_tensors
+from pixelar.models import vqvae
+from pixelar.models.vqvae import VQVAE, VectorQuantizer, codebook_perplexity, codes_dataset, create_vqvae
+
+BINARY = ImageSpec(1, 4, 4, 2)
+
+
+def quantizer_with(embedding, count, decay=0.9, epsilon=0.01, restart_after=0):
+    q = VectorQuantizer(len(embedding), len(embedding[0]), decay=decay, epsilon=epsilon, restart_after=restart_after)
+    q.embedding.copy_(torch.tensor(embedding))
+    q.ema_count.copy_(torch.tensor(count))
+    q.ema_sum.copy_(torch.tensor(embedding) * torch.tensor(count)[:, None])
+    q.unused.zero_()  # as if every code had just been used (a new codebook counts them as long unused)
+    return q
+
+
+def as_map(vectors):
+    """A list of N D-vectors -> z_e (1, D, 1, N)."""
+    return torch.tensor(vectors).t()[None, :, None, :]
+
+
+# ----- the codebook -----------------------------------------------------------------------------------------------
+def test_ema_update_matches_the_formula_by_hand():
+    emb = [[0.0, 0.0], [1.0, 1.0], [5.0, -5.0]]
+    count = [2.0, 0.5, 1.0]
+    gamma, eps = 0.9, 0.01
+    q = quantizer_with(emb, count, gamma, eps)
+    z = [[0.1, -0.2], [0.9, 1.3], [1.2, 0.8], [-0.3, 0.1], [0.6, 0.7]]
+    z_e = as_map(z)
+    codes = q.quantize(z_e)
+    # nearest codes by hand
+    nearest = [min(range(3), key=lambda k: sum((a - b) ** 2 for a, b in zip(v, emb[k]))) for v in z]
+    assert codes.flatten().tolist() == nearest == [0, 1, 1, 0, 1]
+    q.update(z_e, codes)
+    n = [sum(1 for c in nearest if c == k) for k in range(3)]  # [2, 3, 0]
+    sums = [[sum(v[d] for v, c in zip(z, nearest) if c == k) for d in range(2)] for k in range(3)]
+    N = [gamma * count[k] + (1 - gamma) * n[k] for k in range(3)]
+    m = [[gamma * emb[k][d] * count[k] + (1 - gamma) * sums[k][d] for d in range(2)] for k in range(3)]
+    total = sum(N)
+    smoothed = [(N[k] + eps) / (total + 3 * eps) * total for k in range(3)]
+    expected = [[m[k][d] / smoothed[k] for d in range(2)] for k in range(3)]
+    assert torch.allclose(q.ema_count, torch.tensor(N))
+    assert torch.allclose(q.ema_sum, torch.tensor(m))
+    assert torch.allclose(q.embedding, torch.tensor(expected))
+    assert q.unused.tolist() == [0, 0, 1]  # code 2 was not chosen
+
+
+def test_statistics_are_summed_over_processes(monkeypatch):
+    """Under torchrun, update() sums the batch statistics with distributed.all_sum: with a stand-in for two
+    processes holding the same batch, the result equals one process with that batch twice."""
+    emb, count = [[0.0, 0.0], [1.0, 1.0], [5.0, -5.0]], [2.0, 0.5, 1.0]
+    z = [[0.1, -0.2], [0.9, 1.3], [1.2, 0.8]]
+    twice = quantizer_with(emb, count)
+    twice.update(as_map(z + z), twice.quantize(as_map(z + z)))
+    monkeypatch.setattr(vqvae.distributed, "all_sum", lambda t: 2 * t.double())
+    two = quantizer_with(emb, count)
+    two.update(as_map(z), two.quantize(as_map(z)))
+    assert torch.allclose(two.embedding, twice.embedding) and torch.allclose(two.ema_count, twice.ema_count)
+
+
+def _two_process_codebook(rank: int, tmp: str) -> None:
+    """One of two gloo processes: the same new codebook, a different batch on each rank, 4 updates (with
+    restarts); saves its codebook state."""
+    import datetime
+
+    import torch.distributed as dist
+
+    # a timeout: processes that disagree (e.g. on how many codes to restart) fail instead of waiting forever
+    timeout = datetime.timedelta(seconds=60)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2, timeout=timeout)
+    torch.manual_seed(0)
+    q = VectorQuantizer(6, 2, restart_after=2)
+    torch.manual_seed(10 + rank)
+    for step in range(4):
+        z = torch.randn(1, 2, 3, 4) + step
+        q.update(z, q.quantize(z), generator=torch.Generator().manual_seed(step))
+    torch.save(dict(q.state_dict()), f"{tmp}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_keep_the_same_codebook(tmp_path):
+    """Under torchrun every process must hold the same codebook although each sees its own batch: the sums
+    are all-reduced and the restart points are rank 0's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_process_codebook, args=(str(tmp_path),), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a), {k: torch.equal(a[k], b[k]) for k in a}
+
+
+def restart_run(seed, updates):
+    torch.manual_seed(0)
+    batch = torch.randn(1, 2, 5, 10)  # 50 vectors near the origin; code 3 is far from all of them
+    q = quantizer_with([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]], [1.0] * 4, restart_after=3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(updates):
+        q.update(batch, q.quantize(batch), generator=g)
+    return q, batch
+
+
+def test_dead_codes_restart_after_the_configured_updates_deterministically():
+    q, batch = restart_run(seed=1, updates=2)
+    assert q.unused[3] == 2 and q.embedding[3].min() > 50  # not yet (smoothing moves it a little)
+    q, batch = restart_run(seed=1, updates=3)
+    points = batch[0].permute(1, 2, 0).reshape(-1, 2)
+    assert q.unused[3] == 0 and q.ema_count[3] == 1.0
+    assert any(torch.equal(q.embedding[3], p) for p in points)  # moved to an encoder output of the batch
+    assert torch.equal(q.ema_sum[3], q.embedding[3])
+    again, _ = restart_run(seed=1, updates=3)
+    other, _ = restart_run(seed=2, updates=3)
+    assert torch.equal(again.embedding, q.embedding)  # the same generator seed, the same restart
+    assert not torch.equal(other.embedding[3], q.embedding[3])
+    never, _ = restart_run(seed=1, updates=0)
+    never.restart_after = 0
+    for _ in range(5):
+        never.update(batch, never.quantize(batch))
+    assert never.embedding[3].min() > 50 and never.unused[3] == 5
+
+
+def test_the_first_update_moves_unassigned_codes_to_encoder_outputs():
+    q = VectorQuantizer(6, 2, restart_after=10)
+    batch = 50 + torch.randn(1, 2, 4, 4)  # far from the random codebook: few codes assigned
+    codes = q.quantize(batch)
+    q.update(batch, codes, generator=torch.Generator().manual_seed(0))
+    points = batch[0].permute(1, 2, 0).reshape(-1, 2)
+    unassigned = [k for k in range(6) if k not in codes.flatten().tolist()]
+    assert unassigned and all(any(torch.equal(q.embedding[k], p) for p in points) for k in unassigned)
+    assert q.unused.tolist() == [0] * 6
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    q = VectorQuantizer(4, 3)
+    z_e = torch.randn(2, 3, 2, 2, requires_grad=True)
+    z_q, codes, _ = q(z_e)
+    assert torch.equal(z_q, q.lookup(codes))  # the forward value is the code vectors
+    w = torch.randn_like(z_q)
+    (z_q * w).sum().backward()
+    assert torch.equal(z_e.grad, w)  # the gradient passes unchanged
+    torch.manual_seed(0)
+    model = create_vqvae(BINARY, num_downsamples=1).train()
+    model.stage1_loss(torch.randint(0, 2, (4, *BINARY.shape)))["distortion"].sum().backward()
+    assert model.encoder[0].weight.grad.abs().sum() > 0 and model.pre_quant.weight.grad.abs().sum() > 0
+
+
+def test_commitment_and_codebook_losses_follow_their_definitions():
+    q = VectorQuantizer(4, 3, beta=0.25, ema=False)
+    z_e = torch.randn(2, 3, 2, 2, requires_grad=True)
+    _, codes, losses = q(z_e)
+    z_q = q.lookup(codes).detach()
+    by_hand = [0.25 * float(((z_e[b] - z_q[b]) ** 2).sum().detach()) for b in range(2)]
+    assert torch.allclose(losses["commitment"], torch.tensor(by_hand))
+    assert torch.allclose(losses["codebook"], torch.tensor(by_hand) / 0.25)
+    losses["commitment"].sum().backward(retain_graph=True)  # sg(z_q): nothing reaches the codebook
+    assert q.embedding.grad is None or q.embedding.grad.abs().sum() == 0
+    assert z_e.grad.abs().sum() > 0
+    z_e.grad = None
+    losses["codebook"].sum().backward()  # sg(z_e): only the codebook moves
+    assert q.embedding.grad.abs().sum() > 0 and (z_e.grad is None or z_e.grad.abs().sum() == 0)
+    assert "codebook" not in VectorQuantizer(4, 3)(z_e)[2]  # with EMA updates there is no codebook loss
+
+
+# ----- the likelihood bound ---------------------------------------------------------------------------------------
+def perturbed(model, scale=0.3, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+        for q in model.quantizers:  # spread the codebook so that the images use several codes
+            q.embedding.mul_(3)
+    return model.eval()
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("levels", [1, 2])
+def test_bound_sums_to_at_most_one_and_the_marginal_to_one(levels):
+    """sum_x exp(log p(x|z(x)) + log p(z(x))) <= 1; where the codes are few enough to enumerate, the exact
+    marginal sum_z p(z) p(x|z) sums to one and bounds log_prob from above, image by image."""
+    torch.manual_seed(0)
+    model = perturbed(create_vqvae(BINARY, levels=levels, num_downsamples=1 if levels == 2 else 2, num_codes=4))
+    xs = all_images(BINARY)  # 65,536 images
+    with torch.no_grad():
+        bound = model.log_prob(xs)
+        codes = model.quantize(xs)
+    assert model.likelihood == "bound"
+    total = bound.logsumexp(0).exp().item()
+    assert total <= 1 + 1e-6, total
+    used = len(torch.unique(codes if levels == 1 else codes[0].flatten(1), dim=0))
+    assert used >= 2, "a single code map would make the bound check weak"
+    if levels == 1:  # 1x1 code map: the 4 codes enumerate every z
+        z = torch.arange(4)[:, None, None]
+        with torch.no_grad():
+            log_pz = model.priors[0].log_prob(z[:, None])  # (4,)
+            log_px_z = torch.stack(
+                [
+                    model.distribution.log_prob(model.decode_codes(c[None]).expand(len(xs), -1, -1, -1), xs)
+                    .flatten(1)
+                    .sum(1)
+                    for c in z
+                ],
+                1,
+            )
+        marginal = (log_pz[None] + log_px_z).logsumexp(1)  # (65536,) exact log p(x)
+        assert abs(marginal.logsumexp(0).exp().item() - 1) < 1e-5
+        assert bool((bound <= marginal + 1e-5).all())
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_prior_sums_to_one_over_all_code_maps(levels):
+    torch.manual_seed(0)
+    model = perturbed(create_vqvae(BINARY, levels=levels, num_downsamples=1, num_codes=4))
+    for prior, (h, w) in zip(model.priors, model.code_shapes):
+        maps = torch.tensor(list(itertools.product(range(4), repeat=h * w))).view(-1, 1, h, w)  # 4^(h*w)
+        with torch.no_grad():
+            assert abs(prior.log_prob(maps).logsumexp(0).exp().item() - 1) < 1e-5
+
+
+def test_log_prob_parts_and_num_samples():
+    torch.manual_seed(0)
+    model = perturbed(create_vqvae(BINARY, levels=2, num_downsamples=1))
+    x = torch.randint(0, 2, (6, *BINARY.shape))
+    with torch.no_grad():
+        parts = model.log_prob_parts(x)
+        assert sorted(parts) == ["prior_bottom", "prior_top", "reconstruction"]
+        assert torch.allclose(sum(parts.values()), model.log_prob(x))
+        # a deterministic posterior: every number of importance samples gives the same value; elbo too
+        assert torch.equal(model.log_prob(x, num_samples=5), model.log_prob(x))
+        assert torch.equal(model.elbo(x), model.log_prob(x))
+    with pytest.raises(ValueError, match="num_samples"):
+        model.log_prob(x, num_samples=0)
+    with pytest.raises(NotImplementedError, match="log_prob_parts"):
+        model.log_prob(x, reduce=False)
+    with pytest.raises(NotImplementedError, match="no order"):
+        model.generation_order()
+
+
+def test_objective_terms_add_the_prior_on_constant_codes():
+    torch.manual_seed(0)
+    model = perturbed(create_vqvae(BINARY, num_downsamples=1, num_classes=3))
+    x, c = torch.randint(0, 2, (6, *BINARY.shape)), torch.tensor([0, 1, 2, 0, 1, 2])
+    terms = model.objective_terms(x, c)  # eval mode: the codebook stays as it is
+    assert sorted(terms) == ["commitment", "distortion", "prior"]
+    assert torch.allclose(terms["prior"], -model.log_prob_parts(x, c)["prior"])
+    terms["prior"].sum().backward()
+    assert model.encoder[0].weight.grad is None  # the codes are constants for the prior
+    assert all(p.grad is not None for p in model.priors.parameters())
+
+
+# ----- save/load, sampling, training ------------------------------------------------------------------------------
+def patterns(n, seed=0):
+    """8x8 binary images: one of 4 quadrant patterns per image (what a 2x2 code map with 8 codes can hold)."""
+    g = torch.Generator().manual_seed(seed)
+    quads = torch.randint(0, 2, (n, 1, 2, 2), generator=g)
+    return quads.repeat_interleave(4, 2).repeat_interleave(4, 3)
+
+
+def train_steps(model, steps, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        losses = model.stage1_loss(patterns(32, seed=step))
+        loss = sum(v.mean() for v in losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    spec = ImageSpec(1, 8, 8, 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: more threads only add overhead
+    torch.manual_seed(0)
+    fresh = create_vqvae(spec, output="categorical", hidden=16, res_hidden=8, restart_after=5).eval()
+    torch.manual_seed(0)
+    model = train_steps(create_vqvae(spec, output="categorical", hidden=16, res_hidden=8, restart_after=5), 40)
+    torch.set_num_threads(threads)
+    return fresh, model
+
+
+def test_reconstruction_after_a_little_training_beats_an_untrained_model(trained):
+    fresh, model = trained
+    x = patterns(200, seed=999)
+    error = (model.reconstruct(x) != x).float().mean().item()
+    untrained = (fresh.reconstruct(x) != x).float().mean().item()
+    assert error < 0.1 and error < 0.5 * untrained, (error, untrained)
+    assert codebook_perplexity(model.quantize(x), model.num_codes) > 2
+
+
+def test_save_load_round_trip_keeps_the_codebook(trained, tmp_path):
+    _, model = trained
+    model.save(tmp_path / "m")
+    state = read_tensors(tmp_path / "m" / "model.safetensors", "weights")
+    assert {"quantizers.0.embedding", "quantizers.0.ema_count", "quantizers.0.ema_sum", "quantizers.0.unused"} <= set(
+        state
+    )
+    loaded = VQVAE(model.image, **model.hparams)
+    loaded.load_state_dict(state)
+    loaded.eval()
+    x = patterns(16, seed=5)
+    assert torch.equal(loaded.quantizers[0].unused, model.quantizers[0].unused)
+    assert torch.equal(loaded.log_prob(x), model.log_prob(x))
+    assert model.config()["model"] == "vqvae" and model.config()["hparams"]["output"] == {"kind": "categorical"}
+
+
+def test_sample_shape_range_and_reproducibility(trained):
+    _, model = trained
+    a = model.sample(5, generator=torch.Generator().manual_seed(3))
+    b = model.sample(5, generator=torch.Generator().manual_seed(3), method="naive")
+    assert a.shape == (5, 1, 8, 8) and a.dtype == torch.long and int(a.min()) >= 0 and int(a.max()) <= 1
+    assert torch.equal(a, b)  # the prior's cached and naive samplers draw the same codes
+    with pytest.raises(ValueError, match="cannot complete"):
+        model.sample(1, x_known=torch.zeros(1, 1, 8, 8, dtype=torch.long), known=torch.ones(1, 8, 8, dtype=torch.bool))
+
+
+def test_codes_dataset_holds_the_code_maps(trained):
+    _, model = trained
+    images = patterns(10, seed=7).to(torch.uint8)
+    ds = ImageDataset(images, torch.arange(10) % 3, model.image, 3, "toy")
+    codes = codes_dataset(model, ds, batch_size=4)
+    assert codes.spec == ImageSpec(1, 2, 2, model.num_codes) == model.code_image()
+    assert torch.equal(codes.images[:, 0].long(), model.quantize(images.long()))
+    assert torch.equal(codes.labels, ds.labels)
+    with pytest.raises(ValueError, match="at most 256 codes"):
+        codes_dataset(create_vqvae(model.image, num_codes=300), ds)
+
+
+def test_bad_options_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="multiples of 4"):
+        create_vqvae(ImageSpec(1, 6, 6, 2))
+    with pytest.raises(ValueError, match="levels must be 1"):
+        create_vqvae(BINARY, levels=3)
+    with pytest.raises(ValueError, match="categorical"):
+        create_vqvae(BINARY, prior={"output": "logistic_mixture"})
+    with pytest.raises(ValueError, match="decay"):
+        create_vqvae(BINARY, decay=1.0)
+    with pytest.raises(ValueError, match="valid sizes"):
+        create_vqvae(BINARY, "huge")
+    with pytest.raises(ValueError, match="unknown option"):
+        create_vqvae(BINARY, codes=4)
