@@ -1,21 +1,35 @@
 """VQ-VAE (models/vqvae.py): the codebook's EMA update, restarts, straight-through gradient and commitment
 loss against their formulas; the likelihood bound sums to at most one over all 4x4 binary images (and the
-exact marginal over the codes to one); the prior sums to one over all code maps; save/load, sampling,
-reconstruction after a little training, the codes dataset, errors."""
+exact marginal over the codes to one); the prior sums to one over all code maps; the contract (elbo, log_prob,
+objective's value and gradient); save/load, sampling, reconstruction after a little training, the codes
+dataset, sharded training's codebook updates, training and the CLI end to end, errors."""
 
+import dataclasses
 import itertools
+import json
 
 import pytest
 import torch
+import torch.distributed as dist
 from likelihood_checks import all_images
+from run_helpers import quiet
 
+import pixelar
 from pixelar import ImageSpec
-from pixelar.data.dataset import ImageDataset
+from pixelar.cli import main
+from pixelar.data import ImageDataset, codes_dataset
+from pixelar.evaluation import evaluate
 from pixelar.io import read_tensors
 from pixelar.models import vqvae
-from pixelar.models.vqvae import VQVAE, VectorQuantizer, codebook_perplexity, codes_dataset, create_vqvae
+from pixelar.models.vqvae import VectorQuantizer, codebook_perplexity
+from pixelar.training import sharding
+from pixelar.training.loop import _Objective
 
 BINARY = ImageSpec(1, 4, 4, 2)
+
+
+def create_vqvae(image, size="tiny", **overrides):
+    return pixelar.create_model("vqvae", image, size, **overrides)
 
 
 def quantizer_with(embedding, count, decay=0.9, epsilon=0.01, restart_after=0):
@@ -228,35 +242,115 @@ def test_prior_sums_to_one_over_all_code_maps(levels):
             assert abs(prior.log_prob(maps).logsumexp(0).exp().item() - 1) < 1e-5
 
 
-def test_log_prob_parts_and_num_samples():
+def test_elbo_is_distortion_and_prior_code_length_and_log_prob_is_the_bound():
     torch.manual_seed(0)
     model = perturbed(create_vqvae(BINARY, levels=2, num_downsamples=1))
     x = torch.randint(0, 2, (6, *BINARY.shape))
+    assert model.likelihood == "bound" and not model.factorizes and not model.stochastic_posterior
     with torch.no_grad():
-        parts = model.log_prob_parts(x)
-        assert sorted(parts) == ["prior_bottom", "prior_top", "reconstruction"]
-        assert torch.allclose(sum(parts.values()), model.log_prob(x))
-        # a deterministic posterior: every number of importance samples gives the same value; elbo too
+        t = model.elbo(x)
+        bottom, top = model.quantize(x)
+        params = model.decode_codes((bottom, top))
+        by_hand = -model.distribution.log_prob(params, x).flatten(1).sum(1)
+        torch.testing.assert_close(t["distortion"], by_hand)
+        rate = torch.stack([-model.priors[0].log_prob(bottom[:, None]), -model.priors[1].log_prob(top[:, None])], 1)
+        torch.testing.assert_close(t["rate_per_layer"], rate)  # (B, 2), bottom first
+        torch.testing.assert_close(t["rate"], rate.sum(1))
+        assert (t["rate"] > 0).all()
+        bound = -(t["distortion"] + t["rate"])
+        torch.testing.assert_close(model.log_prob(x), bound)
+        # a deterministic posterior: every number of importance samples gives the same value
         assert torch.equal(model.log_prob(x, num_samples=5), model.log_prob(x))
-        assert torch.equal(model.elbo(x), model.log_prob(x))
     with pytest.raises(ValueError, match="num_samples"):
         model.log_prob(x, num_samples=0)
-    with pytest.raises(NotImplementedError, match="log_prob_parts"):
+    with pytest.raises(NotImplementedError, match="reduce=False"):
         model.log_prob(x, reduce=False)
-    with pytest.raises(NotImplementedError, match="no order"):
+    with pytest.raises(NotImplementedError, match="latent-variable model"):
         model.generation_order()
 
 
-def test_objective_terms_add_the_prior_on_constant_codes():
+def test_objective_is_the_bound_in_value_and_the_training_loss_in_gradient():
     torch.manual_seed(0)
     model = perturbed(create_vqvae(BINARY, num_downsamples=1, num_classes=3))
     x, c = torch.randint(0, 2, (6, *BINARY.shape)), torch.tensor([0, 1, 2, 0, 1, 2])
     terms = model.objective_terms(x, c)  # eval mode: the codebook stays as it is
-    assert sorted(terms) == ["commitment", "distortion", "prior"]
-    assert torch.allclose(terms["prior"], -model.log_prob_parts(x, c)["prior"])
-    terms["prior"].sum().backward()
+    assert sorted(terms) == ["commitment", "distortion", "rate"]
+    with torch.no_grad():
+        torch.testing.assert_close(terms["rate"], model.elbo(x, c)["rate"])
+    terms["rate"].sum().backward()
     assert model.encoder[0].weight.grad is None  # the codes are constants for the prior
     assert all(p.grad is not None for p in model.priors.parameters())
+    # objective: the value is log_prob; the gradient is that of -(distortion + commitment + rate)
+    model.zero_grad()
+    obj = model.objective(x, c)
+    with torch.no_grad():
+        torch.testing.assert_close(obj, model.log_prob(x, c))
+    obj.sum().backward()
+    got = model.pre_quant.weight.grad.clone()
+    model.zero_grad()
+    terms = model.objective_terms(x, c)
+    (-(terms["distortion"] + terms["commitment"] + terms["rate"])).sum().backward()
+    torch.testing.assert_close(got, model.pre_quant.weight.grad)
+    model.zero_grad()
+    terms = model.objective_terms(x, c)
+    (-(terms["distortion"] + terms["rate"])).sum().backward()  # without the commitment the encoder's differ
+    assert not torch.allclose(got, model.pre_quant.weight.grad)
+    # ema=False: the codebook loss moves the codebook, a parameter
+    torch.manual_seed(0)
+    plain = perturbed(create_vqvae(BINARY, num_downsamples=1, ema=False))
+    plain.objective(x).sum().backward()
+    assert plain.quantizers[0].embedding.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="no further arguments"):
+        model.objective(x, c, aug=torch.zeros(6, dtype=torch.long))
+
+
+def test_training_mode_objective_updates_the_codebook_and_eval_mode_does_not():
+    torch.manual_seed(0)
+    model = create_vqvae(BINARY, num_downsamples=1)
+    x = torch.randint(0, 2, (8, *BINARY.shape))
+    before = model.quantizers[0].embedding.clone()
+    model.eval()
+    model.objective(x), model.elbo(x), model.log_prob(x)
+    assert torch.equal(model.quantizers[0].embedding, before)
+    model.train()
+    model.elbo(x)  # the bound never updates
+    assert torch.equal(model.quantizers[0].embedding, before)
+    model.objective(x)
+    assert not torch.equal(model.quantizers[0].embedding, before)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sharded_training_mode_objective_updates_the_codebook_as_unsharded(one_process_group):
+    """FSDP (training's shard=True) leaves the codebook buffers with the root group: the in-forward EMA update
+    in training mode gives the unsharded value, gradient and codebook."""
+    spec = ImageSpec(3, 4, 4, 16)
+    torch.manual_seed(0)
+    model = create_vqvae(spec, levels=2, num_downsamples=1)
+    ref = create_vqvae(spec, levels=2, num_downsamples=1)
+    ref.load_state_dict(model.state_dict())
+    root = _Objective(model, model.objective)
+    sharding.shard(root, model, torch.device("cpu"), "fp32")
+    model.train(), ref.train()
+    x = torch.randint(0, 16, (4, *spec.shape))
+    for step in range(2):
+        torch.manual_seed(step)  # restarts draw from the global generator
+        lp = root(x)
+        torch.manual_seed(step)
+        want = ref.objective(x)
+        torch.testing.assert_close(lp, want, rtol=1e-5, atol=1e-5)
+    lp.sum().backward()
+    want.sum().backward()
+    for name in ("embedding", "ema_count", "ema_sum", "unused"):
+        for q, r in zip(model.quantizers, ref.quantizers):
+            torch.testing.assert_close(getattr(q, name), getattr(r, name), msg=name)
+    torch.testing.assert_close(sharding.full(model.pre_quant.weight.grad), ref.pre_quant.weight.grad)
 
 
 # ----- save/load, sampling, training ------------------------------------------------------------------------------
@@ -309,9 +403,7 @@ def test_save_load_round_trip_keeps_the_codebook(trained, tmp_path):
     assert {"quantizers.0.embedding", "quantizers.0.ema_count", "quantizers.0.ema_sum", "quantizers.0.unused"} <= set(
         state
     )
-    loaded = VQVAE(model.image, **model.hparams)
-    loaded.load_state_dict(state)
-    loaded.eval()
+    loaded = pixelar.load_model(tmp_path / "m")
     x = patterns(16, seed=5)
     assert torch.equal(loaded.quantizers[0].unused, model.quantizers[0].unused)
     assert torch.equal(loaded.log_prob(x), model.log_prob(x))
@@ -324,7 +416,10 @@ def test_sample_shape_range_and_reproducibility(trained):
     b = model.sample(5, generator=torch.Generator().manual_seed(3), method="naive")
     assert a.shape == (5, 1, 8, 8) and a.dtype == torch.long and int(a.min()) >= 0 and int(a.max()) <= 1
     assert torch.equal(a, b)  # the prior's cached and naive samplers draw the same codes
-    with pytest.raises(ValueError, match="cannot complete"):
+    assert not torch.equal(a, model.sample(5, temperature=0.0, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(1, temperature=-1.0)
+    with pytest.raises(NotImplementedError, match="completing an image"):
         model.sample(1, x_known=torch.zeros(1, 1, 8, 8, dtype=torch.long), known=torch.ones(1, 8, 8, dtype=torch.bool))
 
 
@@ -340,9 +435,23 @@ def test_codes_dataset_holds_the_code_maps(trained):
         codes_dataset(create_vqvae(model.image, num_codes=300), ds)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_sides_that_are_no_multiple_of_the_downsampling_are_padded_and_cropped():
+    spec = ImageSpec(1, 3, 5, 2)  # padded to 4x6 for the encoder: a 2x3 code map
+    torch.manual_seed(0)
+    model = perturbed(create_vqvae(spec, num_downsamples=1, num_codes=4))
+    assert model.code_shapes == [(2, 3)] and model.code_image() == ImageSpec(1, 2, 3, 4)
+    xs = all_images(spec)  # 32,768 images
+    with torch.no_grad():
+        bound = model.log_prob(xs)
+        assert model.decode_codes(model.quantize(xs[:2])).shape[2:] == (3, 5)
+    assert bound.logsumexp(0).exp().item() <= 1 + 1e-6
+    assert model.sample(2).shape == (2, 1, 3, 5) and model.reconstruct(xs[:2]).shape == (2, 1, 3, 5)
+    two = create_vqvae(ImageSpec(1, 28, 28, 256), levels=2, num_downsamples=2)  # 28 -> 32: 8x8 and 4x4 codes
+    assert two.code_shapes == [(8, 8), (4, 4)]
+
+
 def test_bad_options_are_refused_with_what_to_do():
-    with pytest.raises(ValueError, match="multiples of 4"):
-        create_vqvae(ImageSpec(1, 6, 6, 2))
     with pytest.raises(ValueError, match="levels must be 1"):
         create_vqvae(BINARY, levels=3)
     with pytest.raises(ValueError, match="categorical"):

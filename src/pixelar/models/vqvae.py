@@ -284,7 +284,8 @@ class VQVAE(LatentImageModel):
         image: the images modelled.
         hidden, res_hidden, num_res_blocks: channels of the encoder and decoder, of the residual blocks'
             inner 3x3 convolution, and residual blocks per stack.
-        num_downsamples: stride-2 layers: the (bottom) code map is H / 2^n x W / 2^n.
+        num_downsamples: stride-2 layers: the (bottom) code map is H / 2^n x W / 2^n (rounded up: other sides
+            are padded for the encoder and cropped from the decoder's output).
         levels: 1 (VQ-VAE) or 2 (VQ-VAE-2: top codes at half the bottom codes' resolution).
         num_codes, code_dim: the codebook's size K and vector size D (each level has its own codebook).
         beta, ema, decay, epsilon, restart_after: the codebook's (see VectorQuantizer).
@@ -325,17 +326,14 @@ class VQVAE(LatentImageModel):
         for key, v in (("hidden", hidden), ("res_hidden", res_hidden), ("num_downsamples", num_downsamples)):
             if not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{key} must be an integer >= 1, got {v!r}")
+        # sides that are no multiple of 2^(num_downsamples + levels - 1) are padded at the bottom and right
+        # for the encoder (with mid-grey, 0 in [-1, 1]) and the decoder's output is cropped back: p(x | z) stays
+        # a distribution over the H x W images
         factor = 2 ** (num_downsamples + levels - 1)
-        if image.height % factor or image.width % factor:
-            raise ValueError(
-                f"the image's height and width ({image.height}x{image.width}) must be multiples of {factor} "
-                f"(2^num_downsamples with num_downsamples={num_downsamples}"
-                + (", times 2 for the top level)" if levels == 2 else ")")
-                + "; lower num_downsamples or crop the images"
-            )
+        self.padded = (-(-image.height // factor) * factor, -(-image.width // factor) * factor)
         self.levels, self.num_codes, self.code_dim = int(levels), int(num_codes), int(code_dim)
         C = image.channels
-        self.code_shapes = [(image.height >> num_downsamples, image.width >> num_downsamples)]  # bottom first
+        self.code_shapes = [(self.padded[0] >> num_downsamples, self.padded[1] >> num_downsamples)]  # bottom first
         if levels == 2:
             self.code_shapes.append((self.code_shapes[0][0] // 2, self.code_shapes[0][1] // 2))
         P = self.distribution.num_params
@@ -388,7 +386,11 @@ class VQVAE(LatentImageModel):
     def _encode(self, x: torch.Tensor):
         """x int64 (B, C, H, W) -> per level (bottom first): z_e (B, D, h, w), z_q straight-through, codes,
         losses. The top level is quantized first: the bottom codes see it."""
-        features = self.encoder(self.scale_input(x))  # (B, hidden, h, w)
+        h = self.scale_input(x)
+        H, W = self.padded
+        if (H, W) != h.shape[2:]:
+            h = F.pad(h, (0, W - h.shape[3], 0, H - h.shape[2]))  # (B, C, H', W'): sides multiples of 2^n
+        features = self.encoder(h)  # (B, hidden, h, w)
         if self.levels == 1:
             z_e = self.pre_quant(features)
             return [(z_e, *self.quantizers[0](z_e))]
@@ -400,7 +402,7 @@ class VQVAE(LatentImageModel):
     def _decoder_params(self, z_q: list[torch.Tensor]) -> torch.Tensor:
         """Code vectors per level (bottom first) -> parameters of p(x | z), (B, P, H, W)."""
         h = z_q[0] if self.levels == 1 else torch.cat([z_q[0], self.upsample_top(z_q[1])], 1)
-        return self.decoder(h)
+        return self.decoder(h)[:, :, : self.image.height, : self.image.width]  # the padding cropped
 
     def _as_levels(self, codes) -> list[torch.Tensor]:
         """codes as `quantize` returns them -> a list per level (bottom first), checked."""
