@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from likelihood_checks import all_images
-from run_helpers import quiet
+from run_helpers import quiet, stop_after
 
 import pixelar
 from pixelar import ImageSpec
@@ -462,3 +462,46 @@ def test_bad_options_are_refused_with_what_to_do():
         create_vqvae(BINARY, "huge")
     with pytest.raises(ValueError, match="unknown option"):
         create_vqvae(BINARY, codes=4)
+
+
+# ----- training and the command line ------------------------------------------------------------------------------
+@pytest.mark.usefixtures("one_thread")
+def test_training_resumes_bitwise_and_the_cli_reports_the_bound(cfg, tmp_path, capsys):
+    """pixelar train trains autoencoder, codebook and prior in one run directory (the codebook's buffers and
+    restarts included in exact resume); eval reports the bound and its parts, sample writes a PNG, compress is
+    refused."""
+    cfg = dataclasses.replace(cfg, model="vqvae", model_overrides={"restart_after": 2}, sample_n=2)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    lines = []
+    result = pixelar.training.train(cfg, full, progress=False, log=lines.append)
+    assert result["bound"] and lines[-1].startswith("test after 6 steps: <= ") and "upper bound" in lines[-1]
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg, cut, on_step=stop_after(4))
+    quiet(cfg, cut, resume=True)
+    for name in ("model.safetensors", "training_state.safetensors"):
+        a, b = read_tensors(full / name), read_tensors(cut / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert "quantizers.0.ema_sum" in read_tensors(full / "model.safetensors")
+    # train bits/dim are the bound on the training batch: the objective's value is log_prob
+    records = [json.loads(v) for v in (full / "metrics.jsonl").read_text().splitlines()]
+    train_bpd = [r["train_bpd"] for r in records if "train_bpd" in r]
+    assert len(train_bpd) == 6 and all(0 < b < 20 for b in train_bpd)
+    capsys.readouterr()
+    assert main(["eval", str(full), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["bound"] and res["bpd"] == res["bpd_elbo"] == pytest.approx(result["test_bpd"])
+    assert res["bpd_distortion"] > 0 and res["bpd_rate"] > 0
+    assert res["bpd_distortion"] + res["bpd_rate"] == pytest.approx(res["bpd"])
+    model = pixelar.load_model(full)
+    ds = pixelar.data.load_dataset(cfg.dataset, "test")
+    assert evaluate(model, ds).items() <= res.items()
+    assert main(["eval", str(full)]) == 0
+    out = capsys.readouterr().out
+    assert "<= " in out and "upper bound" in out and "distortion" in out
+    png = tmp_path / "s.png"
+    assert main(["sample", str(full), "--n", "2", "--out", str(png)]) == 0
+    assert png.exists() and "method ancestral" in capsys.readouterr().out
+    one = tmp_path / "one.png"
+    pixelar.image_files.save_image(torch.zeros(1, 8, 8, dtype=torch.long), ImageSpec(1, 8, 8), one)
+    assert main(["compress", str(full), str(one), "--out", str(tmp_path / "c.pxar")]) == 2
+    assert "bits-back coding" in capsys.readouterr().err

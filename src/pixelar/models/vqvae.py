@@ -47,6 +47,7 @@ from ..inference import inference
 from ..types import ImageSpec
 from .base import ImageModel, LatentImageModel
 from .registry import create_model, register_model
+
 # Hyperparameter presets, in the form `register_model` takes (every size has the same options and value
 # types). `paper` is the VQ-VAE paper's CIFAR-10 model: 2 stride-2 4x4 convolutions and 2 residual blocks
 # (ReLU, 3x3 conv, ReLU, 1x1 conv), all 256 hidden units, K = 512 codes of dimension 64, beta = 0.25, EMA
