@@ -72,17 +72,19 @@ def _crc(images: torch.Tensor) -> int:
     return zlib.crc32(images.detach().cpu().long().contiguous().numpy().tobytes())
 
 
-def _check_codable(model) -> None:
-    if model.likelihood == "bound":
-        raise NotImplementedError(
-            f"{model.name} is a latent-variable model (a VAE): coding images losslessly with it needs bits-back "
-            "coding, which pixelar does not have yet; compress with an autoregressive model"
-        )
-    if not model.factorizes:
-        raise NotImplementedError(
-            f"{model.name} does not factor into one conditional per sub-pixel, so it cannot "
-            "drive the arithmetic coder; use a model with a generation order"
-        )
+def _stages(model, cond, n: int) -> list[tuple]:
+    """What codes each segment, in order, for n images: [(coder, its cond for the n images)], the stepwise models
+    whose conditionals code an image each: the model's (scheme "stepwise"), or its latents' priors (scheme
+    "latent", followed by x given the latents). Raises NotImplementedError for a model the codec cannot drive."""
+    if model.coding_scheme() == "stepwise":
+        return [model.stepwise(cond, n)]  # a wrapper's base, e.g. DistAug under the identity
+    return [prior.stepwise(cond, n) for prior in model.coding_priors()]
+
+
+def _symbols(model, stages) -> int:
+    """Symbols coded per image: the sub-pixels of every stage's image (and of x, after latents)."""
+    extra = model.image.dims if model.coding_scheme() == "latent" else 0
+    return sum(coder.image.dims for coder, _ in stages) + extra
 
 
 def _step_params(model, x: torch.Tensor, cond):
@@ -104,6 +106,19 @@ def _coding_steps(model, x: torch.Tensor, cond):
                 params = params_at(i, j)  # per channel: it may read the channels < c just written
             lp = dist.value_log_probs(params, x[:, :, i, j], c)  # (n, K): every value given the channels < c
             yield i, j, c, quantize(torch.softmax(lp.double(), dim=-1))
+
+
+def _pixel_steps(dist, params: torch.Tensor, x: torch.Tensor):
+    """Yield (c, cum) per channel: cum (n*H*W, K + 1) int64 cumulative frequencies of channel c of every pixel
+    (rows in (image, row, column) order) under p(x | z) with parameters params (n, P, H, W), given the channels
+    < c that x (n, C, H, W) holds. The caller writes x[:, c] before the next step: pixels are independent given
+    z, so a channel of all pixels is one step, and the channels follow the distribution's own conditionals."""
+    n, P, H, W = params.shape
+    flat = params.permute(0, 2, 3, 1).reshape(-1, P)  # (n*H*W, P)
+    for c in range(x.shape[1]):
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # (n*H*W, C): channels < c set, the rest zeros
+        lp = dist.value_log_probs(flat, pixels, c)  # (n*H*W, K)
+        yield c, quantize(torch.softmax(lp.double(), dim=-1))
 
 
 def _model_input(model, images: torch.Tensor) -> torch.Tensor:
@@ -141,32 +156,35 @@ def compress(model, x: torch.Tensor, cond=None, progress=None, threads: int | No
         return _compress(model, x, cond, progress, threads)
 
 
-def _threads(threads, coder, n: int, device):
-    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images."""
+def _threads(threads, stages, n: int, device):
+    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images (the first stage's)."""
+    coder = stages[0][0]
     return threads_for(threads, step_work(coder, min(n, SEGMENT_IMAGES), coder.has_incremental_forward), device)
 
 
 def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
-    _check_codable(model)
+    model.coding_scheme()  # refuses a model the codec cannot drive, saying why
     device = next(model.parameters()).device
     tokens = _model_input(model, x).to(device)
     n = tokens.shape[0]
     if n == 0:
         raise ValueError("no images to compress: give at least one")
     crc = _crc(x)
-    coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
+    stages = _stages(model, cond, n)
+    # the latent model's own cond, for coding_latents / coding_params (the stages hold their coders')
+    cond = model.check_cond(cond, n) if model.coding_scheme() == "latent" else None
     count = -(-n // SEGMENT_IMAGES)
     share = range(count)[distributed.share(count)]  # under torchrun, this process's segments
     mine, done = [], 0
-    total = sum(min(SEGMENT_IMAGES, n - k * SEGMENT_IMAGES) for k in share) * tokens[0].numel()
+    total = sum(min(SEGMENT_IMAGES, n - k * SEGMENT_IMAGES) for k in share) * _symbols(model, stages)
     with (
         distributed.together("compressing"),  # an error in one process stops all (none waits for it)
-        _threads(threads, coder, n, device),
+        _threads(threads, stages, n, device),
         tracking(progress, total, "compressing", "sub-pixel") as bar,
     ):
         for k in share:  # one segment at a time: memory of S images, not n
             part = slice(k * SEGMENT_IMAGES, (k + 1) * SEGMENT_IMAGES)
-            mine.append(_encode_segment(coder, tokens[part], None if cond is None else cond[part], bar))
+            mine.append(_encode_segment(model, stages, tokens, cond, part, bar))
             done += len(tokens[part])
             bar.update(images=done, bpd=8 * sum(map(len, mine)) / (done * model.data_image.dims))
     # under torchrun each process coded its contiguous share of the segments: in rank order, segment order
@@ -180,17 +198,40 @@ def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     return header + struct.pack(f">{len(segments)}I", *map(len, segments)) + b"".join(segments)
 
 
-def _encode_segment(coder, tokens: torch.Tensor, cond, bar) -> bytes:
-    """One segment: the images tokens (m, C, H, W) coded together, per step each image in turn; bar (a
-    pixelar.progress.Progress) counts the sub-pixels coded."""
-    work = torch.zeros_like(tokens)  # filled step by step, exactly as the decoder fills its images
+def _part(cond, part: slice):
+    return None if cond is None else cond[part]
+
+
+def _encode_symbols(enc: Encoder, cum: torch.Tensor, v: torch.Tensor) -> None:
+    """Code the values v (r,) int64 with the frequency tables cum (r, K + 1), row by row."""
+    v = v[:, None]
+    for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
+        enc.encode(a, b, TOTAL)
+
+
+def _encode_segment(model, stages, tokens: torch.Tensor, cond, part: slice, bar) -> bytes:
+    """One segment: the images tokens[part] (m, C, H, W) coded together; bar (a pixelar.progress.Progress)
+    counts the sub-pixels coded. Stepwise: per step each image in turn. Latent: each latent image z(x) so, with
+    its prior's conditionals, then x given them, one channel of all pixels per step."""
+    images = tokens[part]
+    m = len(images)
+    latent = model.coding_scheme() == "latent"
+    targets = model.coding_latents(images, _part(cond, part)) if latent else [images]
     enc = Encoder()
-    for i, j, c, cum in _coding_steps(coder, work, cond):
-        v = tokens[:, c, i, j, None]
-        for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
-            enc.encode(a, b, TOTAL)
-        work[:, c, i, j] = tokens[:, c, i, j]
-        bar.advance(len(tokens))
+    for (coder, coder_cond), target in zip(stages, targets):
+        work = torch.zeros_like(target)  # filled step by step, exactly as the decoder fills its images
+        for i, j, c, cum in _coding_steps(coder, work, _part(coder_cond, part)):
+            _encode_symbols(enc, cum, target[:, c, i, j])
+            work[:, c, i, j] = target[:, c, i, j]
+            bar.advance(m)
+    if latent:
+        # the decoder's parameters from the coded latents, in this segment's batch: what decoding computes
+        params = model.coding_params([t.clone() for t in targets], _part(cond, part))
+        work = torch.zeros_like(images)
+        for c, cum in _pixel_steps(model.distribution, params, work):
+            _encode_symbols(enc, cum, images[:, c].reshape(-1))
+            work[:, c] = images[:, c]
+            bar.advance(m * images[0, 0].numel())
     return enc.finish()
 
 
@@ -249,13 +290,25 @@ def decompress(model, data: bytes, cond=None, progress=None, threads: int | None
         return _decompress(model, data, cond, progress, threads)
 
 
-def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int, bar) -> torch.Tensor:
-    """The m images (m, C, H, W) of segment k; bar (a pixelar.progress.Progress) counts the sub-pixels."""
-    x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
+def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k: int, bar) -> torch.Tensor:
+    """The m images (m, C, H, W) of segment k, images part of the stream; bar (a pixelar.progress.Progress)
+    counts the sub-pixels. Mirrors _encode_segment step for step."""
+    m = part.stop - part.start
     dec = Decoder(segment)
-    for i, j, c, cum in _coding_steps(coder, x, cond):
-        x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
-        bar.advance(m)
+    decoded = []
+    for coder, coder_cond in stages:
+        x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
+        for i, j, c, cum in _coding_steps(coder, x, _part(coder_cond, part)):
+            x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
+            bar.advance(m)
+        decoded.append(x)
+    if model.coding_scheme() == "latent":
+        params = model.coding_params(decoded, _part(cond, part))  # the latents' batch, as when coding
+        x = torch.zeros(m, *model.image.shape, dtype=torch.long, device=device)
+        for c, cum in _pixel_steps(model.distribution, params, x):
+            values = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
+            x[:, c] = values.view(m, *model.image.shape[1:])
+            bar.advance(m * model.image.height * model.image.width)
     if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
         raise ValueError(
             f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
@@ -267,7 +320,7 @@ def _decode_segment(coder, segment: bytes, m: int, cond, device, k: int, bar) ->
 def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
     info = stream_info(data)
     n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
-    _check_codable(model)
+    model.coding_scheme()  # refuses a model the codec cannot drive, saying why
     d = model.data_image
     if (C, H, W, K) != (d.channels, d.height, d.width, d.num_values):
         raise ValueError(
@@ -279,23 +332,24 @@ def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
             "the stream was made with another model or other weights (fingerprint mismatch): "
             "decompress with the model that compressed it"
         )
-    coder, cond = model.stepwise(cond, n)  # a wrapper's base, e.g. DistAug under the identity
+    stages = _stages(model, cond, n)
+    cond = model.check_cond(cond, n) if model.coding_scheme() == "latent" else None  # the stages hold theirs
     device = next(model.parameters()).device
     S, lengths = info["segment_images"], info["segments"]
     starts = [_HEADER.size + _LENGTH * len(lengths) + sum(lengths[:k]) for k in range(len(lengths))]
     share = range(len(lengths))[distributed.share(len(lengths))]  # under torchrun, this process's segments
     mine, done, coded = [], 0, 0
-    total = sum(min(S, n - k * S) for k in share) * coder.image.dims  # sub-pixels of what is coded (tokens)
+    total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)  # symbols of what is coded
     with (
         distributed.together("decompressing"),  # a damaged segment in one process's share stops all
-        _threads(threads, coder, n, device),
+        _threads(threads, stages, n, device),
         tracking(progress, total, "decompressing", "sub-pixel") as bar,
     ):
         for k in share:  # one segment at a time: S images' memory
             m = min(S, n - k * S)
             seg = data[starts[k] : starts[k] + lengths[k]]
-            seg_cond = None if cond is None else cond[k * S : k * S + m]
-            mine.append(_decode_segment(coder, seg, m, seg_cond, device, k, bar).cpu())
+            part = slice(k * S, k * S + m)
+            mine.append(_decode_segment(model, stages, seg, cond, part, device, k, bar).cpu())
             done, coded = done + m, coded + lengths[k]
             bar.update(images=done, bpd=8 * coded / (done * d.dims))
     # under torchrun each process decoded its contiguous share of the segments: in rank order, segment order

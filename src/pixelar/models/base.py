@@ -201,6 +201,23 @@ class ImageModel(nn.Module):
         own layout (a wrapper answers with its base, e.g. DistAug under the identity): what the codec drives."""
         return self, self.check_cond(cond, n)
 
+    # ----- lossless coding (pixelar.codec) ---------------------------------------------------------------------
+    def coding_scheme(self) -> str:
+        """How the codec codes this model's images losslessly at its likelihood:
+
+        - "stepwise": every sub-pixel with the conditionals of `stepwise(cond, n)`, in generation order;
+        - "latent": a two-part code, exact where the posterior is a point mass z(x): the latents z(x)
+          (`coding_latents`) with the stepwise conditionals of their priors (`coding_priors`), then x given
+          them with the output distribution's per-sub-pixel conditionals (`coding_params`).
+
+        Raises NotImplementedError, saying why, for a model the codec cannot drive."""
+        if not self.factorizes:
+            raise NotImplementedError(
+                f"{self.name} does not factor into one conditional per sub-pixel, so it cannot "
+                "drive the arithmetic coder; use a model with a generation order"
+            )
+        return "stepwise"
+
     # ----- sharded training ---------------------------------------------------------------------------------
     def shard_units(self) -> list[nn.Module]:
         """The submodules that sharded training (FSDP, `train(..., shard=True)`) gathers and frees one at a
@@ -348,8 +365,9 @@ class LatentImageModel(ImageModel):
     evidence lower bound in parts, {"distortion": -log p(x | z), "rate": KL(q || p) in total, "rate_per_layer":
     (B, L)}, all nats, with the KL in closed form where the model has it; `objective(x)` (what training
     maximises) is -(distortion + rate). The model does not factorize x into per-sub-pixel conditionals, so
-    there is no reduce=False, generation order, incremental forward or arithmetic coding (lossless coding of a
-    VAE needs bits-back coding); sampling is ancestral, one pass through the decoder.
+    there is no reduce=False, generation order or incremental forward; sampling is ancestral, one pass through
+    the decoder. Lossless coding: a deterministic posterior allows an exact two-part code (`coding_scheme`
+    "latent": z(x) with its prior, then x given z); a stochastic one would need bits-back coding (refused).
 
     A subclass calls `super().__init__(image, output, num_classes, cond_dim)` (output: {"kind": ..., **options}
     of the decoder's pixel distribution p(x | z), `self.distribution`) and implements, on checked inputs:
@@ -432,6 +450,33 @@ class LatentImageModel(ImageModel):
             raise ValueError(f"model {self.name!r} takes no further arguments {sorted(kw)} in its objective")
         terms = self.elbo(x, cond)
         return -(terms["distortion"] + terms["rate"])
+
+    # ----- lossless coding ----------------------------------------------------------------------------------
+    def coding_scheme(self) -> str:
+        """ "latent" for a model with a deterministic posterior that implements the three methods below; a
+        stochastic posterior would need bits-back coding (code z with bits taken from q(z | x)): refused."""
+        if self.stochastic_posterior:
+            raise NotImplementedError(
+                f"{self.name} is a latent-variable model with a stochastic posterior: coding images losslessly "
+                "at its bound needs bits-back coding, which pixelar does not have; compress with an "
+                "autoregressive model or a VQ-VAE"
+            )
+        return "latent"
+
+    def coding_priors(self) -> list[ImageModel]:
+        """The models of the latents, in the order they are coded: each an ordinary pixelar model with stepwise
+        conditionals, given only cond (never other latents)."""
+        raise NotImplementedError(f"model {self.name!r} does not code its latents")
+
+    def coding_latents(self, x: torch.Tensor, cond) -> list[torch.Tensor]:
+        """z(x) for checked images x (n, C, H, W): one int64 image (n, *prior.image.shape) per coding prior."""
+        raise NotImplementedError(f"model {self.name!r} does not code its latents")
+
+    def coding_params(self, latents: list[torch.Tensor], cond) -> torch.Tensor:
+        """Parameters of p(x | z) for latents as `coding_latents` gives them, (n, P, H, W) of
+        `self.distribution`. The codec calls it on the same latents in the same batch when coding and
+        decoding, so both see the same floats."""
+        raise NotImplementedError(f"model {self.name!r} does not code its latents")
 
     # ----- abilities a VAE does not have ----------------------------------------------------------------------
     def generation_order(self) -> torch.Tensor:

@@ -515,6 +515,19 @@ class VQVAE(LatentImageModel):
         terms = self.elbo_terms(x, cond)
         return -(terms["distortion"] + terms["rate"])
 
+    # ----- lossless coding: the two-part code z(x), then x given z ------------------------------------------------
+    def coding_priors(self) -> list[ImageModel]:
+        """The priors, bottom first (independent given cond, so any order codes)."""
+        return list(self.priors)
+
+    def coding_latents(self, x: torch.Tensor, cond) -> list[torch.Tensor]:
+        """z(x) per level (bottom first), each (n, 1, h, w): the priors' images."""
+        return [level[2][:, None] for level in self._encode(x)]
+
+    def coding_params(self, latents: list[torch.Tensor], cond) -> torch.Tensor:
+        """The decoder's parameters of p(x | z), (n, P, H, W), for latents (n, 1, h, w) per level."""
+        return self.decode_codes(latents[0][:, 0] if self.levels == 1 else tuple(z[:, 0] for z in latents))
+
     def ancestral_sample(self, n: int, cond, temperature, generator) -> torch.Tensor:
         """Codes from each level's prior (top first, with the prior's cached sampler where it has one), then
         every pixel at once from p(x | z); temperature (one number >= 0) applies to the prior's steps and the
