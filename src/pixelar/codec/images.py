@@ -32,6 +32,12 @@ Version 1 streams (one segment, no lengths) are refused. A damaged stream, or pr
 differently at decode time, fail the checksum with a clear error instead of returning wrong images. Class
 labels or cond vectors are side information: pass the same `cond` to both calls. Models with palette tokens
 (image_gpt) code the tokens, when their palette reproduces the images exactly.
+
+The model says how it is coded (`coding_scheme()`): "stepwise" as above, or "latent" (VQ-VAE): a two-part code,
+exact for a deterministic posterior z(x): each segment codes its images' latents with their priors' stepwise
+conditionals (the loop above), then x given them with the output distribution's per-channel conditionals
+(`_pixel_steps`, one channel of all pixels per step); the decoder's parameters are computed once per segment
+from the coded latents, in the same batch when coding and decoding. The stream format is the same.
 """
 
 from __future__ import annotations
