@@ -664,9 +664,10 @@ def cmd_compress(args) -> int:
     dims = x.numel()
     nats = _shared_nats(model, model.encode(x), cond).sum().item()
     source = sum(Path(p).stat().st_size for p in args.images)
+    what = "bound on -log2 p(x)" if model.likelihood == "bound" else "-log2 p(x)"
     print(
         f"wrote {len(args.images)} image(s) to {args.out}: {len(data):,} bytes = {8 * len(data) / dims:.4f} "
-        f"bits/dim (the model's -log2 p(x): {bits_per_dim(nats, dims):.4f}; the input files: {source:,} bytes) "
+        f"bits/dim (the model's {what}: {bits_per_dim(nats, dims):.4f}; the input files: {source:,} bytes) "
         f"in {seconds:.1f} s"
     )
     if spec.num_values != 256:
