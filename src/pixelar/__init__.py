@@ -6,12 +6,22 @@ Public API (stable)::
     model = pixelar.create_model(name, image, size="tiny", **overrides)
     model.log_prob(x, cond=None, reduce=True); model.generation_order(); model.sample(n, ...)
     model.save(path); pixelar.load_model(path); pixelar.bits_per_dim(nats, image)
+    pixelar.load_model("fashion_mnist-pixelcnn_pp")  # a pretrained model: pixelar.pretrained.names()
     pixelar.codec.compress(model, x); pixelar.codec.decompress(model, data)
 """
 
-from . import codec
+from . import codec, pretrained
 from .models import create_model, list_models, load_model
 from .types import ImageSpec, bits_per_dim
 
 __version__ = "0.1.0"
-__all__ = ["ImageSpec", "bits_per_dim", "codec", "create_model", "list_models", "load_model", "__version__"]
+__all__ = [
+    "ImageSpec",
+    "bits_per_dim",
+    "codec",
+    "create_model",
+    "list_models",
+    "load_model",
+    "pretrained",
+    "__version__",
+]

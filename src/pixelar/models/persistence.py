@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import pretrained
 from ..io import read_json, read_tensors, write_json, write_tensors
 from ..types import ImageSpec
 from .registry import build_model, wrappers
@@ -44,10 +45,9 @@ def model_from_config(cfg: dict, source: str = "config"):
 
 
 def load_model(path, map_location: str = "cpu"):
-    """Load a model saved with `model.save(path)` (or a training run directory). Never executes code."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no model directory at {path}")
+    """Load a model saved with `model.save(path)`, a training run directory, or a pretrained model by name
+    (pixelar.pretrained.names(); an existing path wins over a name). Never executes code."""
+    path = pretrained.resolve(path)  # FileNotFoundError listing the pretrained names when neither exists
     cfg = read_json(path / CONFIG_NAME, "model config")
     model = model_from_config(cfg.get("model_config", cfg), str(path / CONFIG_NAME))
     state = read_tensors(path / WEIGHTS_NAME, "model weights")
