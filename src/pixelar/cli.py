@@ -1,4 +1,4 @@
-"""Command-line interface: `pixelar train | eval | sample | complete | probe | models | recipes`.
+"""Command-line interface: `pixelar train | eval | sample | complete | probe | models | recipes | pretrained`.
 
 The only place that turns command-line input into objects; all work happens in the library.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 # codec.compress(...), models.load_model(...): looked up at each call, so they can be replaced (tests do)
-from . import codec, distributed, models
+from . import codec, distributed, models, pretrained
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
@@ -237,6 +237,12 @@ def cmd_train(args) -> int:
         print(f"restarted: resuming {args.run_dir} from its last checkpoint")
         args.resume, args.run_dir = args.run_dir, None
     if args.resume:
+        if pretrained.is_pretrained(args.resume):
+            raise ValueError(
+                f"--resume {args.resume}: that is a pretrained model shipped with pixelar, not a run directory: it "
+                "has no training state and its files are read-only. Train a run of your own instead (`pixelar "
+                f"pretrained {Path(args.resume).name}` shows the command that trained it)"
+            )
         if args.recipe:
             raise ValueError(
                 f"--recipe {args.recipe} with --resume {args.resume}: a resumed run keeps its own settings; "
@@ -375,8 +381,9 @@ def cmd_recipes(args) -> int:
 
 # ----- eval -------------------------------------------------------------------------------------------------
 def _train_section(run_dir) -> dict:
-    """The checked settings a run was trained with (config.json's "train"); {} for a model saved without."""
-    path = Path(run_dir) / "config.json"
+    """The checked settings a run was trained with (config.json's "train"); {} for a model saved without.
+    run_dir may name a pretrained model: its config.json keeps the train section of the run that made it."""
+    path = pretrained.resolve(run_dir) / "config.json"
     section = read_json(path, "run config").get("train")
     if section is None:
         return {}
@@ -789,6 +796,69 @@ def cmd_models(args) -> int:
     return 0
 
 
+# ----- pretrained -------------------------------------------------------------------------------------------
+CARD_FIELDS = (  # card.json key -> how `pixelar pretrained NAME` labels it, in this order
+    ("model", "model"),
+    ("size", "size"),
+    ("dataset", "dataset"),
+    ("num_parameters", "parameters"),
+    ("test_bpd", "test bits/dim (whole test split)"),
+    ("num_test_images", "test images"),
+    ("test_bpd_first_500", "test bits/dim (first 500 test images)"),
+    ("steps", "training steps"),
+    ("train_time_s", "training time (s)"),
+    ("machine", "machine"),
+    ("command", "trained with"),
+    ("sha256", "sha256 of model.safetensors"),
+    ("good_for", "good for"),
+)
+
+
+def _card_value(key: str, v) -> str:
+    if key == "num_parameters" or key == "num_test_images":
+        return f"{v:,}"
+    if key.startswith("test_bpd"):
+        return f"{v:.4f}"
+    if key == "machine":
+        return f"{v['cpu']}, {v['threads']} threads"
+    if key == "train_time_s":
+        return f"{v:.0f} ({v / 60:.1f} min)"
+    return str(v)
+
+
+def cmd_pretrained(args) -> int:
+    names = pretrained.names()
+    if args.name is not None:
+        card = pretrained.card(args.name)
+        if args.json:
+            print(json.dumps(card, indent=2))
+            return 0
+        print(f"{args.name}  ({pretrained.directory(args.name)})")
+        for key, label in CARD_FIELDS:
+            if key in card:
+                print(f"  {label + ':':<40} {_card_value(key, card[key])}")
+        print(f"\nuse it wherever a run directory goes: pixelar sample {args.name} --n 16 --out samples.png")
+        return 0
+    if args.json:
+        print(json.dumps([pretrained.card(n) for n in names], indent=2))
+        return 0
+    if not names:
+        print("no pretrained models are installed")
+        return 0
+    rows = [("name", "model", "dataset", "test bits/dim", "parameters", "good for")]
+    for n in names:
+        c = pretrained.card(n)
+        bpd = ("<= " if c.get("bound") else "") + f"{c['test_bpd']:.4f}"
+        model = f"{c['model']} ({c['size']})"
+        rows.append((n, model, c["dataset"], bpd, f"{c['num_parameters']:,}", c["good_for"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5])
+    print("\npixelar pretrained NAME: its model card; any command that takes a run directory takes the name")
+    return 0
+
+
+RUN_DIR_HELP = "a run directory (or saved model), or a pretrained model's name (see `pixelar pretrained`)"
 CONVERT_HELP = (
     "convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
     "16-bit samples to their high byte) instead of refusing them; each conversion is reported"
@@ -905,7 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="exact test bits/dim of a trained run")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help=RUN_DIR_HELP)
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--dataset", help="default: the dataset the run was trained on")
     e.add_argument("--data-dir")
@@ -935,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("complete", "keep part of an image, sample the rest"),
     ):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("run_dir")
+        s.add_argument("run_dir", help=RUN_DIR_HELP)
         if name == "complete":
             s.add_argument("--image", required=True, help="PNG/JPEG of the model's size")
             s.add_argument("--keep", required=True, help="top-half, left-half, or a mask image (white = keep)")
@@ -976,7 +1046,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_sample if name == "sample" else cmd_complete)
 
     pr = sub.add_parser("probe", help="linear probe: class accuracy of logistic regression on a layer's features")
-    pr.add_argument("run_dir")
+    pr.add_argument("run_dir", help=RUN_DIR_HELP)
     pr.add_argument(
         "--layer",
         required=True,
@@ -996,7 +1066,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probe)
 
     sc = sub.add_parser("score", help="exact bits/dim of each given image under a trained model")
-    sc.add_argument("run_dir")
+    sc.add_argument("run_dir", help=RUN_DIR_HELP)
     sc.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     sc.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
     sc.add_argument("--json", action="store_true", help="print one JSON list")
@@ -1010,7 +1080,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(sc)
     sc.set_defaults(func=cmd_score)
     z = sub.add_parser("compress", help="compress images losslessly with a trained model's probabilities")
-    z.add_argument("run_dir")
+    z.add_argument("run_dir", help=RUN_DIR_HELP)
     z.add_argument("images", nargs="+", help="PNG/JPEG files of the model's size")
     z.add_argument("--out", required=True, help="the compressed file")
     z.add_argument("--class", dest="cls", type=nonnegative_int, help="class label for class-conditional models")
@@ -1024,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(z, chooses_threads=True)
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
-    u.add_argument("run_dir")
+    u.add_argument("run_dir", help=RUN_DIR_HELP)
     u.add_argument("file")
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
@@ -1056,6 +1126,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list every model and size with its parameter count")
     m.add_argument("--image", type=_image_spec, default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
     m.set_defaults(func=cmd_models)
+
+    pt = sub.add_parser("pretrained", help="list the pretrained models shipped with pixelar, or show one's card")
+    pt.add_argument("name", nargs="?", help="a pretrained model whose model card to show")
+    pt.add_argument("--json", action="store_true", help="print the card (or all cards, as a list) as JSON")
+    pt.set_defaults(func=cmd_pretrained)
     return p
 
 
