@@ -94,7 +94,7 @@ def open_or_build(
     for d in dirs:
         if _complete(d, stem, labelled):
             return _open(d, stem, shape, labelled)
-    d = _writable(dirs)
+    d = paths.first_writable(dirs)
     if d is None:
         raise OSError(
             f"cannot write the {title} cache: neither {dirs[0]} nor {dirs[1]} is writable; make one of them "
@@ -109,17 +109,6 @@ def open_or_build(
 def _complete(d: Path, stem: str, labelled: bool) -> bool:
     # The images file is renamed into place last: where it exists, the labels do too.
     return (d / f"{stem}.images.npy").is_file() and (not labelled or (d / f"{stem}.labels.npy").is_file())
-
-
-def _writable(dirs: list[Path]) -> Path | None:
-    for d in dirs:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(d, os.W_OK):
-            return d
-    return None
 
 
 @contextlib.contextmanager

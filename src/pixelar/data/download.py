@@ -186,14 +186,7 @@ def _download_dir(folder: str, data_dir: str | os.PathLike | None) -> Path | Non
     """First writable download directory: ``data_dir/<folder>``, else the user cache."""
     candidates = [Path(data_dir).expanduser() / folder] if data_dir is not None else []
     candidates.append(paths.cache_root() / folder)
-    for d in candidates:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(d, os.W_OK):
-            return d
-    return None
+    return paths.first_writable(candidates)
 
 
 def _not_found_message(

@@ -50,6 +50,18 @@ def search_dirs(folder: str, data_dir: str | os.PathLike | None = None) -> list[
     return unique
 
 
+def first_writable(dirs: Sequence[Path]) -> Path | None:
+    """The first of dirs that exists (made if need be) and is writable, or None."""
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(d, os.W_OK):
+            return d
+    return None
+
+
 def find_in(directory: Path, alternatives: Sequence[str]) -> Path | None:
     """First of ``alternatives`` (file or directory names) that exists in ``directory``."""
     for name in alternatives:
