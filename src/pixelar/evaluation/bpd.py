@@ -79,6 +79,20 @@ def _check_num_samples(model, num_samples) -> int | None:
     return check_num_samples(num_samples)
 
 
+@contextlib.contextmanager
+def seeded_latents(model):
+    """A block in which a latent-variable model's draws (from torch's generator) repeat from call to call:
+    the generator forked and seeded with EVAL_LATENT_SEED + rank, the caller's state left as it was. Nothing
+    for models with an exact likelihood."""
+    if model.likelihood != "bound":
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(EVAL_LATENT_SEED + distributed.rank())
+        yield
+
+
 def _elbo(model, x, cond) -> torch.Tensor:
     terms = model.elbo(x, cond)
     return -(terms["distortion"] + terms["rate"])
@@ -173,16 +187,11 @@ def evaluate(
     recon = {"sq_err_sum": 0.0, "exact_pixels": 0.0, "pixels": 0.0, "sub_pixels": 0.0}
     parts: dict[str, float] = {}
     dims_ln2 = model.image.dims * math.log(2)
-    latents = contextlib.nullcontext()
-    if bound:  # the same draws on every call; the caller's generator state is left as it was
-        latents = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
     with (
         inference(model),  # eval mode, no autograd (else every batch's graph stays alive through the sums)
-        latents,
+        seeded_latents(model),
         tracking(progress, len(mine), "evaluating", "img") as bar,
     ):
-        if bound:
-            torch.manual_seed(EVAL_LATENT_SEED + distributed.rank())
         for x, y in iterate_batches(mine, batch_size, shuffle=False):
             cond = y.to(device) if model.num_classes else None
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
