@@ -24,6 +24,7 @@ from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
 from .errors import NamesArgument
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
+from .evaluation.bpd import seeded_latents
 from .evaluation.probe import linear_probe
 from .image_files import image_format, load_image, save_grid, save_image
 from .inference import inference
@@ -613,9 +614,8 @@ def cmd_score(args) -> int:
     x = _load_images(args, model.data_image)
     cond = _cond(model, len(args.images), args.cls)
     bound = model.likelihood == "bound"
-    if bound:  # the same draws on every call (under torchrun: per process, as evaluation)
-        torch.manual_seed(distributed.rank())
-    nats = _shared_nats(model, model.encode(x), cond, _progress(args), num_samples=args.num_samples)
+    with seeded_latents(model):  # the same draws on every call (under torchrun: per process, as evaluation)
+        nats = _shared_nats(model, model.encode(x), cond, _progress(args), num_samples=args.num_samples)
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = bits_per_dim(nats, model.image).tolist()
     le = "<= " if bound else ""
@@ -685,11 +685,17 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def cmd_decompress(args) -> int:
-    out = Path(args.out_dir)
+def _out_dir(path: str, probe: str) -> Path:
+    """--out-dir checked before any work: a directory (or nothing yet) where a file like `probe` can be written."""
+    out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: give a directory for the images")
-    _writable(out / "image_000.png", "--out-dir")
+    _writable(out / probe, "--out-dir")
+    return out
+
+
+def cmd_decompress(args) -> int:
+    out = _out_dir(args.out_dir, "image_000.png")
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed file at {path}")
@@ -770,10 +776,7 @@ def cmd_plot(args) -> int:
 
 # ----- export -----------------------------------------------------------------------------------------------
 def cmd_export(args) -> int:
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out-dir {out} is a file: give a directory for the images")
-    _writable(out / "image.png", "--out-dir")
+    out = _out_dir(args.out_dir, "image.png")
     ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
     paths = export_images(ds, out, start=args.start, n=args.n, overwrite=args.force)
     shown = paths[0].name if len(paths) == 1 else f"{paths[0].name} .. {paths[-1].name}"
