@@ -47,8 +47,8 @@ def test_quantize_keeps_zero_probabilities_codable_and_refuses_huge_alphabets():
 
 
 # ----- models as probability models --------------------------------------------------------------------------------
-# grayscale_pixelcnn has no single order; a latent-variable model would need bits-back coding (test_vdvae.py checks
-# the refusal)
+# grayscale_pixelcnn has no single order; the latent-variable models have their own schemes
+# (test_codec_vqvae.py, test_codec_bits_back.py)
 CODABLE = [
     n
     for n in pixelar.list_models()

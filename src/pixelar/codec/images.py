@@ -54,7 +54,9 @@ from ..inference import inference
 from ..progress import tracking
 from ..sampling.naive import generation_steps
 from ..threads import step_work, threads_for
+from . import bits_back
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
+from .pixels import pixel_steps
 
 MAGIC = b"PXAR"
 VERSION = 2
@@ -62,6 +64,14 @@ VERSION = 2
 _HEADER = struct.Struct(">4sBIHHHI8sIH")
 _LENGTH = 4  # bytes of each segment's length (big-endian unsigned), after the header
 SEGMENT_IMAGES = 16  # images coded together: the model's batch when coding, and what one length covers
+# bits-back coding chains a segment's images (each takes back bits the one before left): a segment pays the
+# start-up cost once (bits_back.py), so it holds many images; the model still runs on one image at a time
+SEGMENT_IMAGES_BITS_BACK = 4096
+
+
+def segment_images(model) -> int:
+    """Images per segment of a stream of this model's (the header says which a stream has)."""
+    return SEGMENT_IMAGES_BITS_BACK if model.coding_scheme() == "bits-back" else SEGMENT_IMAGES
 
 
 def fingerprint(model) -> bytes:
@@ -82,14 +92,17 @@ def _stages(model, cond, n: int) -> list[tuple]:
     """What codes each segment, in order, for n images: [(coder, its cond for the n images)], the stepwise models
     whose conditionals code an image each: the model's (scheme "stepwise"), or its latents' priors (scheme
     "latent", followed by x given the latents). Raises NotImplementedError for a model the codec cannot drive."""
-    if model.coding_scheme() == "stepwise":
+    scheme = model.coding_scheme()
+    if scheme == "stepwise":
         return [model.stepwise(cond, n)]  # a wrapper's base, e.g. DistAug under the identity
+    if scheme == "bits-back":
+        return []  # bits_back.py drives the model itself
     return [prior.stepwise(cond, n) for prior in model.coding_priors()]
 
 
 def _symbols(model, stages) -> int:
     """Symbols coded per image: the sub-pixels of every stage's image (and of x, after latents)."""
-    extra = model.image.dims if model.coding_scheme() == "latent" else 0
+    extra = model.image.dims if model.coding_scheme() in ("latent", "bits-back") else 0
     return sum(coder.image.dims for coder, _ in stages) + extra
 
 
@@ -112,19 +125,6 @@ def _coding_steps(model, x: torch.Tensor, cond):
                 params = params_at(i, j)  # per channel: it may read the channels < c just written
             lp = dist.value_log_probs(params, x[:, :, i, j], c)  # (n, K): every value given the channels < c
             yield i, j, c, quantize(torch.softmax(lp.double(), dim=-1))
-
-
-def _pixel_steps(dist, params: torch.Tensor, x: torch.Tensor):
-    """Yield (c, cum) per channel: cum (n*H*W, K + 1) int64 cumulative frequencies of channel c of every pixel
-    (rows in (image, row, column) order) under p(x | z) with parameters params (n, P, H, W), given the channels
-    < c that x (n, C, H, W) holds. The caller writes x[:, c] before the next step: pixels are independent given
-    z, so a channel of all pixels is one step, and the channels follow the distribution's own conditionals."""
-    n, P, H, W = params.shape
-    flat = params.permute(0, 2, 3, 1).reshape(-1, P)  # (n*H*W, P)
-    for c in range(x.shape[1]):
-        pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # (n*H*W, C): channels < c set, the rest zeros
-        lp = dist.value_log_probs(flat, pixels, c)  # (n*H*W, K)
-        yield c, quantize(torch.softmax(lp.double(), dim=-1))
 
 
 def _model_input(model, images: torch.Tensor) -> torch.Tensor:
@@ -162,8 +162,11 @@ def compress(model, x: torch.Tensor, cond=None, progress=None, threads: int | No
         return _compress(model, x, cond, progress, threads)
 
 
-def _threads(threads, stages, n: int, device):
-    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images (the first stage's)."""
+def _threads(threads, model, stages, n: int, device):
+    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images (the first stage's; bits-back:
+    whole passes of the model on one image)."""
+    if not stages:
+        return threads_for(threads, step_work(model, 1, False), device)
     coder = stages[0][0]
     return threads_for(threads, step_work(coder, min(n, SEGMENT_IMAGES), coder.has_incremental_forward), device)
 
@@ -178,18 +181,19 @@ def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     crc = _crc(x)
     stages = _stages(model, cond, n)
     # the latent model's own cond, for coding_latents / coding_params (the stages hold their coders')
-    cond = model.check_cond(cond, n) if model.coding_scheme() == "latent" else None
-    count = -(-n // SEGMENT_IMAGES)
+    cond = model.check_cond(cond, n) if model.coding_scheme() in ("latent", "bits-back") else None
+    S = segment_images(model)
+    count = -(-n // S)
     share = range(count)[distributed.share(count)]  # under torchrun, this process's segments
     mine, done = [], 0
-    total = sum(min(SEGMENT_IMAGES, n - k * SEGMENT_IMAGES) for k in share) * _symbols(model, stages)
+    total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)
     with (
         distributed.together("compressing"),  # an error in one process stops all (none waits for it)
-        _threads(threads, stages, n, device),
+        _threads(threads, model, stages, n, device),
         tracking(progress, total, "compressing", "sub-pixel") as bar,
     ):
         for k in share:  # one segment at a time: memory of S images, not n
-            part = slice(k * SEGMENT_IMAGES, (k + 1) * SEGMENT_IMAGES)
+            part = slice(k * S, (k + 1) * S)
             mine.append(_encode_segment(model, stages, tokens, cond, part, bar))
             done += len(tokens[part])
             bar.update(images=done, bpd=8 * sum(map(len, mine)) / (done * model.data_image.dims))
@@ -198,9 +202,7 @@ def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     if len(segments) != count:
         raise RuntimeError(f"compress gathered {len(segments)} segments of {count}: the processes' shares are wrong")
     d = model.data_image
-    header = _HEADER.pack(
-        MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc, SEGMENT_IMAGES
-    )
+    header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc, S)
     return header + struct.pack(f">{len(segments)}I", *map(len, segments)) + b"".join(segments)
 
 
@@ -221,6 +223,8 @@ def _encode_segment(model, stages, tokens: torch.Tensor, cond, part: slice, bar)
     its prior's conditionals, then x given them, one channel of all pixels per step."""
     images = tokens[part]
     m = len(images)
+    if model.coding_scheme() == "bits-back":
+        return bits_back.encode_segment(model, images, _part(cond, part), bar)
     latent = model.coding_scheme() == "latent"
     targets = model.coding_latents(images, _part(cond, part)) if latent else [images]
     enc = Encoder()
@@ -234,7 +238,7 @@ def _encode_segment(model, stages, tokens: torch.Tensor, cond, part: slice, bar)
         # the decoder's parameters from the coded latents, in this segment's batch: what decoding computes
         params = model.coding_params([t.clone() for t in targets], _part(cond, part))
         work = torch.zeros_like(images)
-        for c, cum in _pixel_steps(model.distribution, params, work):
+        for c, cum in pixel_steps(model.distribution, params, work):
             _encode_symbols(enc, cum, images[:, c].reshape(-1))
             work[:, c] = images[:, c]
             bar.advance(m * images[0, 0].numel())
@@ -300,6 +304,11 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
     """The m images (m, C, H, W) of segment k, images part of the stream; bar (a pixelar.progress.Progress)
     counts the sub-pixels. Mirrors _encode_segment step for step."""
     m = part.stop - part.start
+    if model.coding_scheme() == "bits-back":
+        try:
+            return bits_back.decode_segment(model, segment, m, _part(cond, part), device, bar)
+        except ValueError as e:
+            raise ValueError(f"the stream is damaged: segment {k}'s bits-back coding fails ({e})") from None
     dec = Decoder(segment)
     decoded = []
     for coder, coder_cond in stages:
@@ -311,7 +320,7 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
     if model.coding_scheme() == "latent":
         params = model.coding_params(decoded, _part(cond, part))  # the latents' batch, as when coding
         x = torch.zeros(m, *model.image.shape, dtype=torch.long, device=device)
-        for c, cum in _pixel_steps(model.distribution, params, x):
+        for c, cum in pixel_steps(model.distribution, params, x):
             values = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
             x[:, c] = values.view(m, *model.image.shape[1:])
             bar.advance(m * model.image.height * model.image.width)
@@ -339,7 +348,8 @@ def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
             "decompress with the model that compressed it"
         )
     stages = _stages(model, cond, n)
-    cond = model.check_cond(cond, n) if model.coding_scheme() == "latent" else None  # the stages hold theirs
+    # the latent model's own cond (the stages hold their coders')
+    cond = model.check_cond(cond, n) if model.coding_scheme() in ("latent", "bits-back") else None
     device = next(model.parameters()).device
     S, lengths = info["segment_images"], info["segments"]
     starts = [_HEADER.size + _LENGTH * len(lengths) + sum(lengths[:k]) for k in range(len(lengths))]
@@ -348,7 +358,7 @@ def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
     total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)  # symbols of what is coded
     with (
         distributed.together("decompressing"),  # a damaged segment in one process's share stops all
-        _threads(threads, stages, n, device),
+        _threads(threads, model, stages, n, device),
         tracking(progress, total, "decompressing", "sub-pixel") as bar,
     ):
         for k in share:  # one segment at a time: S images' memory

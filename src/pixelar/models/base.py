@@ -367,7 +367,8 @@ class LatentImageModel(ImageModel):
     maximises) is -(distortion + rate). The model does not factorize x into per-sub-pixel conditionals, so
     there is no reduce=False, generation order or incremental forward; sampling is ancestral, one pass through
     the decoder. Lossless coding: a deterministic posterior allows an exact two-part code (`coding_scheme`
-    "latent": z(x) with its prior, then x given z); a stochastic one would need bits-back coding (refused).
+    "latent": z(x) with its prior, then x given z); a stochastic one with Gaussian latent layers is coded by
+    bits-back coding (`coding_top_down`).
 
     A subclass calls `super().__init__(image, output, num_classes, cond_dim)` (output: {"kind": ..., **options}
     of the decoder's pixel distribution p(x | z), `self.distribution`) and implements, on checked inputs:
@@ -453,15 +454,27 @@ class LatentImageModel(ImageModel):
 
     # ----- lossless coding ----------------------------------------------------------------------------------
     def coding_scheme(self) -> str:
-        """ "latent" for a model with a deterministic posterior that implements the three methods below; a
-        stochastic posterior would need bits-back coding (code z with bits taken from q(z | x)): refused."""
-        if self.stochastic_posterior:
+        """ "latent" for a model with a deterministic posterior that implements the three methods below;
+        "bits-back" for a stochastic posterior over diagonal-Gaussian latent layers that implements
+        `coding_top_down` (z is coded with bits taken from q(z | x), docs/codec.md); else refused."""
+        if not self.stochastic_posterior:
+            return "latent"
+        if type(self).coding_top_down is LatentImageModel.coding_top_down:
             raise NotImplementedError(
-                f"{self.name} is a latent-variable model with a stochastic posterior: coding images losslessly "
-                "at its bound needs bits-back coding, which pixelar does not have; compress with an "
+                f"{self.name} is a latent-variable model with a stochastic posterior that does not expose its "
+                "latent layers (coding_top_down), so it cannot drive bits-back coding; compress with an "
                 "autoregressive model or a VQ-VAE"
             )
-        return "latent"
+        return "bits-back"
+
+    def coding_top_down(self, n: int, cond, choose, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The generative pass with the caller choosing every latent, for bits-back coding: for n images, at
+        latent layer k (in the prior's order, top first) z_k = choose(k, prior, posterior), prior = (mean,
+        log-std) of the diagonal Gaussian p(z_k | z_<k), posterior = (mean, log-std) of q(z_k | x, z_<k), or
+        None when x is None (a receiver that does not know x yet); all (n, *layer shape). Returns the
+        parameters of p(x | z) (n, P, H, W) of `self.distribution`. The same choices must give the same floats
+        with and without x (the codec calls it on one image at a time, as coder and decoder)."""
+        raise NotImplementedError(f"model {self.name!r} does not expose its latent layers")
 
     def coding_priors(self) -> list[ImageModel]:
         """The models of the latents, in the order they are coded: each an ordinary pixelar model with stepwise

@@ -285,11 +285,11 @@ class VDVAE(LatentImageModel):
         return units
 
     # ----- the top-down pass --------------------------------------------------------------------------------
-    def _top_down(self, n: int, cond, acts=None, temperatures=None, generator=None):
-        """Run the decoder for n images. With acts (the encoder's), z_i ~ q and the result lists per layer
-        (z, posterior mean, log-std, prior mean, log-std); else z_i ~ p with std scaled by temperatures[i].
-        Returns (output params (n, P, H, W), that list)."""
-        x, level, layers = None, None, []
+    def _top_down(self, n: int, cond, choose, acts=None) -> torch.Tensor:
+        """Run the decoder for n images; at latent layer k (top first) z_k = choose(k, (prior mean, log-std),
+        (posterior mean, log-std) or None), all (n, zdim, h, w); the posterior comes from acts (the encoder's
+        activations), where given. Returns the output parameters (n, P, H, W)."""
+        x, level = None, None
         for k, (block, i) in enumerate(zip(self.dec_blocks, self.dec_level)):
             if i != level:  # a new resolution: its constant, plus the state below, upsampled (nearest)
                 start = self.start[i].expand(n, -1, -1, -1)
@@ -298,21 +298,24 @@ class VDVAE(LatentImageModel):
                 else:
                     x = start + F.interpolate(x, size=self.levels[i], mode="nearest")
                 level = i
-            if acts is not None:
-                qm, qlogs = block.posterior_params(x, acts[i])
-                pm, plogs, x = block.prior_step(x)
-                z = qm + torch.exp(qlogs) * torch.randn_like(qm)
-                layers.append((z, qm, qlogs, pm, plogs))
-            else:
-                pm, plogs, x = block.prior_step(x)
-                eps = torch.randn(pm.shape, generator=generator, device=pm.device, dtype=torch.float32).to(pm.dtype)
-                z = pm + torch.exp(plogs) * temperatures[k] * eps
-            x = block.update(x, z)
-        return self.out(x * self.gain + self.bias), layers
+            posterior = block.posterior_params(x, acts[i]) if acts is not None else None
+            pm, plogs, x = block.prior_step(x)
+            x = block.update(x, choose(k, (pm, plogs), posterior))
+        return self.out(x * self.gain + self.bias)
 
     def _encode_decode(self, x: torch.Tensor, cond):
+        """z ~ q(z | x) layer by layer: (output params, per layer (z, posterior mean, log-std, prior mean,
+        log-std))."""
+        layers = []
+
+        def draw(k, prior, posterior):
+            qm, qlogs = posterior
+            z = qm + torch.exp(qlogs) * torch.randn_like(qm)
+            layers.append((z, qm, qlogs, *prior))
+            return z
+
         acts = self.encoder(self.scale_input(x))
-        return self._top_down(x.shape[0], cond, acts=acts)
+        return self._top_down(x.shape[0], cond, draw, acts), layers
 
     # ----- the contract -------------------------------------------------------------------------------------
     def elbo_terms(self, x: torch.Tensor, cond) -> dict[str, torch.Tensor]:
@@ -339,8 +342,18 @@ class VDVAE(LatentImageModel):
         """z from the prior layer by layer, each std scaled by its temperature (one number for all layers, or a
         list of num_latent_layers numbers, top first); x from p(x | z) at temperature 1."""
         temps = _layer_temperatures(temperature, self.num_latent_layers)
-        params, _ = self._top_down(n, cond, temperatures=temps, generator=generator)
-        return self.sample_output(params, generator)
+
+        def draw(k, prior, posterior):
+            pm, plogs = prior
+            eps = torch.randn(pm.shape, generator=generator, device=pm.device, dtype=torch.float32).to(pm.dtype)
+            return pm + torch.exp(plogs) * temps[k] * eps
+
+        return self.sample_output(self._top_down(n, cond, draw), generator)
+
+    def coding_top_down(self, n: int, cond, choose, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Bits-back coding's pass (see LatentImageModel.coding_top_down): the caller chooses every z."""
+        acts = None if x is None else self.encoder(self.scale_input(x))
+        return self._top_down(n, cond, choose, acts)
 
 
 def _layer_temperatures(temperature, layers: int) -> list[float]:
