@@ -3,7 +3,7 @@ importance-weighted bounds, the VQ-VAE's parts, lossless compression and samplin
 
 For each dataset, `pixelcnn_pp`, `vdvae` and `vqvae` (one size, `small` by default) are trained by
 `pixelar.training.train` with the same time budget (`minutes`: the number of steps is chosen from the speed of
-the first steps, pixelar.training.budget), batch size, seed and thread count, one after the other in this
+the first steps, pixelar.training.budget), batch size, seed and CPU thread count, one after the other in this
 process. Settings otherwise: the project defaults, except the vdvae's lr 1e-3 with 20 warm-up steps (its page's
 short-run settings). Then, with the EMA weights the training loop evaluates (the run's model.safetensors):
 
@@ -178,6 +178,7 @@ def train_and_measure(name: str, dataset: str, args, run_dir: Path) -> dict:
         eval_batch_size=EVAL_BATCH,
         sample_n=0,
         checkpoint_every=10**9,
+        device="cpu",  # the caption's machine and threads, also where a GPU is at hand
         **SETTINGS[name],
     )
     train(cfg, run_dir, progress=show_progress(), log=lambda *a: None)
