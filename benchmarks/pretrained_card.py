@@ -28,7 +28,7 @@ from pixelar.data import load_dataset
 from pixelar.evaluation import evaluate
 from pixelar.io import read_json, write_json
 
-from .tables import write_table
+from .tables import cpu_model, write_table
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "pretrained.md"
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pixelar" / "pretrained"
@@ -64,13 +64,6 @@ def final_metrics(run_dir) -> dict:
     if not final.get("final"):
         raise SystemExit(f"{path}: no final test line; the run has not finished (pixelar train --resume {run_dir})")
     return final
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def make_card(run_dir, name: str, command: str, good_for: str, cpu: str, threads: int, data_dir=None) -> dict:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -41,3 +42,12 @@ def load_average() -> str:
     """The machine's load average (1 and 5 minutes): how busy it was while a benchmark measured."""
     one, five, _ = os.getloadavg()
     return f"{one:.1f} (1 min), {five:.1f} (5 min)"
+
+
+def cpu_model() -> str:
+    """This machine's CPU, as /proc/cpuinfo names it (elsewhere what platform knows)."""
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
