@@ -45,11 +45,8 @@ def _posterior_table(prior, posterior) -> np.ndarray:
     pm, plogs, qm, qlogs = (t.detach().double().reshape(-1, 1) for t in (*prior, *posterior))
     # the posterior in the prior's standard units, where the bucket edges are fixed
     a = (_EDGES.to(pm.device) - (qm - pm) * torch.exp(-plogs)) * torch.exp(plogs - qlogs)  # (r, B + 1)
-    # mass between edges from whichever tail is closer (differences of values near 1 would lose digits)
-    lower = torch.special.ndtr(a[:, 1:]) - torch.special.ndtr(a[:, :-1])
-    upper = torch.special.ndtr(-a[:, :-1]) - torch.special.ndtr(-a[:, 1:])
-    probs = torch.where(a[:, :-1] > 0, upper, lower)
-    return quantize(probs).cpu().numpy()
+    # float64 differences of the CDF are exact to ~1e-16, far below the tables' 2^-16
+    return quantize(torch.diff(torch.special.ndtr(a), dim=1)).cpu().numpy()
 
 
 def _values(prior, buckets: np.ndarray) -> torch.Tensor:

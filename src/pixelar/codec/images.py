@@ -66,7 +66,7 @@ _LENGTH = 4  # bytes of each segment's length (big-endian unsigned), after the h
 SEGMENT_IMAGES = 16  # images coded together: the model's batch when coding, and what one length covers
 # bits-back coding chains a segment's images (each takes back bits the one before left): a segment pays the
 # start-up cost once (bits_back.py), so it holds many images; the model still runs on one image at a time
-SEGMENT_IMAGES_BITS_BACK = 4096
+SEGMENT_IMAGES_BITS_BACK = 16384
 
 
 def segment_images(model) -> int:
