@@ -13,7 +13,14 @@ from pathlib import Path
 
 from pixelar.cli import recipe_command
 from pixelar.config import TrainConfig
-from pixelar.recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
+from pixelar.recipes import (
+    OPTIONAL_TRAINING_FIELDS,
+    TRAINING_FIELDS,
+    get_recipe,
+    list_recipes,
+    num_parameters,
+    recipe_config,
+)
 
 from .tables import write_table
 
@@ -53,7 +60,7 @@ def markdown() -> str:
         cost = f"{r.gpu_hours:,} GPU-hours" if r.gpu_hours is not None else "unknown"
         s += ["", f"Compute: {r.compute}. Cost: {cost} ({r.gpu_hours_how}).", ""]
         s += ["| setting | value | source |", "|---|---|---|"]
-        for field in ("size", "model_overrides", "distaug", "augment", *TRAINING_FIELDS):
+        for field in ("size", "model_overrides", "distaug", "augment", *TRAINING_FIELDS, *OPTIONAL_TRAINING_FIELDS):
             if field in r.train:
                 s.append(f"| `{field}` | `{_value(r.train[field])}` | {_cell(r.sources.get(field, ''))} |")
             elif field in r.unstated:

@@ -31,7 +31,7 @@ from .inference import inference
 from .io import DiskFullError, read_json, write_atomic
 from .models import SIZES, create_model, list_models
 from .progress import tracking
-from .recipes import TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
+from .recipes import OPTIONAL_TRAINING_FIELDS, TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
 from .sampling import CHUNK_IMAGES, sample_seeded
 from .sampling.complete import complete, keep_mask
 from .threads import num_threads
@@ -359,7 +359,8 @@ def cmd_recipes(args) -> int:
     cost = f"{r.gpu_hours:,} GPU-hours" if r.gpu_hours is not None else "unknown"
     print(f"  cost: {cost} ({r.gpu_hours_how})")
     print("  settings:")
-    for field in ("model", "size", "model_overrides", "dataset", "distaug", "augment", *TRAINING_FIELDS):
+    shown = ("model", "size", "model_overrides", "dataset", "distaug", "augment")
+    for field in (*shown, *TRAINING_FIELDS, *OPTIONAL_TRAINING_FIELDS):
         if field in r.train:
             source = r.sources.get(field)
             print(f"    {field:<16} {_shown(r.train[field])}" + (f"  ({source})" if source else ""))

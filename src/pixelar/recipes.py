@@ -38,6 +38,8 @@ TRAINING_FIELDS = (
     "grad_clip",
     "ema_decay",
 )
+# settings only some papers have (a recipe sets them with a source, or leaves pixelar's default)
+OPTIONAL_TRAINING_FIELDS = ("skip_threshold",)
 # unstated settings whose pixelar default would make a paper-sized run meaningless: they must be given
 REQUIRED_IF_UNSTATED = ("batch_size", "max_steps", "lr", "lr_decay")
 # a recipe's model is within this fraction of the paper's parameter count unless it documents a wider tolerance
