@@ -131,25 +131,28 @@ class DiscretizedLogisticMixture(OutputDistribution):
         t = check_temperature(temperature)
         if channel is not None:
             raise ValueError("the logistic mixture samples whole pixels: channel must be None")
-        K = self.image.num_values
-        logits, means, log_scales, coeffs = self._split(params)  # (B,M), (B,C,M), (B,C,M), (B,pairs,M)
-        comp = gumbel_argmax(logits, t, generator)  # (B,)
-        idx = comp.view(-1, 1, 1)
-        mu = means.gather(2, idx.expand(-1, means.shape[1], 1)).squeeze(2)  # (B, C)
-        ls = log_scales.gather(2, idx.expand(-1, log_scales.shape[1], 1)).squeeze(2)
-        co = coeffs.gather(2, idx.expand(-1, coeffs.shape[1], 1)).squeeze(2) if self.pairs else None
+        # a step of cached sampling is a few small operations per layer, so this draw is written with few of
+        # them: the chosen component's parameters come out of one gather, and every elementwise step is the
+        # one of the channel-by-channel formulas, so the values are exactly theirs
+        K, M, C = self.image.num_values, self.nr_mix, self.image.channels
+        params = upcast(params)
+        B = params.shape[0]
+        comp = gumbel_argmax(params[:, :M], t, generator)  # (B,)
+        rest = params[:, M:].reshape(B, -1, M)  # (B, 2C + pairs, M): means, log-scales, coefficients
+        chosen = rest.gather(2, comp.view(B, 1, 1).expand(B, rest.shape[1], 1)).view(B, -1)  # (B, 2C + pairs)
+        mu = chosen[:, :C]
         u = torch.rand(mu.shape, generator=generator, device=params.device).to(mu.dtype).clamp(1e-7, 1.0 - 1e-7)
-        noise = torch.log(u) - torch.log1p(-u)
-        B, C = mu.shape
-        out = torch.zeros(B, C, dtype=torch.long, device=params.device)
-        xs = torch.zeros(B, C, device=params.device, dtype=mu.dtype)
+        # logistic noise scaled by s * T, per channel: (B, C)
+        spread = (torch.exp(chosen[:, C : 2 * C].clamp(min=LOG_SCALE_MIN)) * t) * (torch.log(u) - torch.log1p(-u))
+        co = torch.tanh(chosen[:, 2 * C :]) if self.pairs else None
+        values, xs = [], []
         for c in range(C):
             m = mu[:, c]
             for k, (cc, p) in enumerate(self.pairs):
                 if cc == c:
-                    m = m + co[:, k] * xs[:, p]
-            cont = m + (torch.exp(ls[:, c]) * t) * noise[:, c]
-            v = torch.round((cont + 1.0) * 0.5 * (K - 1)).clamp(0, K - 1).long()
-            out[:, c] = v
-            xs[:, c] = self._to_unit(v, mu.dtype)
-        return out
+                    m = m + co[:, k] * xs[p]
+            v = torch.round((m + spread[:, c] + 1.0) * 0.5 * (K - 1)).clamp_(0, K - 1)  # a value, as a float
+            values.append(v)
+            if c + 1 < C:
+                xs.append(v * (2.0 / (K - 1)) - 1.0)  # _to_unit of the value
+        return torch.stack(values, 1).long()
