@@ -109,6 +109,7 @@ class Node:
         self.name = name or f"{kind}{len(graph.nodes)}"
         self.srcs: list[Node] = []  # read through windows (concatenated over channels for convolutions)
         self.extras: list[Node] = []  # read at the node's own positions, passed to post
+        self.extras_pre: Callable | None = None  # applied to each extra before post
         self.geo: ConvGeometry | None = None
         self.pre: Callable | None = None
         self.post: Callable | None = None
@@ -183,6 +184,7 @@ class CausalGraph:
         pre: Callable | None = None,
         post: Callable | None = None,
         extras: Sequence[Node] = (),
+        extras_pre: Callable | None = None,
         name: str | None = None,
     ) -> Node:
         """post(conv(pre(cat(src))), *extras): a (masked / shifted / strided) convolution.
@@ -191,6 +193,9 @@ class CausalGraph:
         pad: extra zero padding (F.pad order) for a plain nn.Conv2d that the model pads itself.
         pre: position-wise function of the input with pre(0) = 0 (applied before zero padding).
         post: position-wise function of the output and the `extras` maps (at the output's resolution).
+        extras_pre: position-wise function applied to each extra map before post (e.g. concat_elu), with
+            pre(0) = 0; computed once per position and shared with convolutions that read the map with the
+            same pre function (the same object).
         """
         srcs = _as_list(src)
         geo = conv_geometry(module, pad)
@@ -205,6 +210,7 @@ class CausalGraph:
         if node.box is None:
             raise ValueError(f"{node.name}: every kernel tap is masked")
         node.extras = self._extras(extras, H, W, post)
+        node.extras_pre = extras_pre
         return self._add(node)
 
     def conv_transpose(
@@ -216,9 +222,11 @@ class CausalGraph:
         pre: Callable | None = None,
         post: Callable | None = None,
         extras: Sequence[Node] = (),
+        extras_pre: Callable | None = None,
         name: str | None = None,
     ) -> Node:
-        """post(crop(conv_transpose(pre(cat(src)))), *extras), cropped to out_size (H, W) after geo.crop."""
+        """post(crop(conv_transpose(pre(cat(src)))), *extras), cropped to out_size (H, W) after geo.crop;
+        extras_pre as for conv."""
         srcs = _as_list(src)
         geo = conv_geometry(module)
         if not geo.transposed:
@@ -235,6 +243,7 @@ class CausalGraph:
         node = Node(self, "conv_transpose", H, W, name)
         node.srcs, node.geo, node.pre, node.post = srcs, geo, pre, post
         node.extras = self._extras(extras, H, W, post)
+        node.extras_pre = extras_pre
         return self._add(node)
 
     def map(self, fn: Callable, *srcs: Node, name: str | None = None) -> Node:
@@ -296,7 +305,8 @@ class CausalGraph:
                     y = F.conv_transpose2d(t, g.weight, g.bias, g.stride, output_padding=g.output_padding)
                     y = y[:, :, g.crop[0] : g.crop[0] + n.H, g.crop[1] : g.crop[1] + n.W]
                 if n.post is not None:
-                    y = n.post(y, *(out[e.name] for e in n.extras))
+                    ep = n.extras_pre
+                    y = n.post(y, *(out[e.name] if ep is None else ep(out[e.name]) for e in n.extras))
             out[n.name] = y
         return out
 

@@ -101,6 +101,8 @@ class Plan:
     ready_before: ready_before[p], the output at p needs nothing of pixel p itself (no provisional step).
     channels: channels of every map; dtype: of the stored maps.
     rows, margins: ring rows and (left, right) zero columns of every stored map.
+    input_rows: zero rows (top, bottom) around the input that its readers' windows reach (margins has its
+        columns).
     """
 
     ready: dict[str, list[int]]
@@ -111,6 +113,7 @@ class Plan:
     dtype: torch.dtype
     rows: dict[str, int]
     margins: dict[str, tuple[int, int]]
+    input_rows: tuple[int, int] = (0, 0)
 
 
 def make_plan(graph: CausalGraph, output: Node, require_causal: bool = True) -> Plan:
@@ -130,7 +133,7 @@ def make_plan(graph: CausalGraph, output: Node, require_causal: bool = True) -> 
     ready_before = (out_table[:-1] > pos).tolist() if same_size else [False] * HW
     target = output if same_size else None
     dtype, channels = _channels(graph)
-    rows, margins = _rings(graph, tables, target, W)
+    rows, margins, input_rows = _rings(graph, tables, target, W)
     return Plan(
         ready={k: v.tolist() for k, v in tables.items()},
         provisional=_provisional(graph, tables, edges, target, HW),
@@ -140,6 +143,7 @@ def make_plan(graph: CausalGraph, output: Node, require_causal: bool = True) -> 
         dtype=dtype,
         rows=rows,
         margins=margins,
+        input_rows=input_rows,
     )
 
 
@@ -217,7 +221,8 @@ def _probe(n: Node, channels: dict[str, int], probe_in: torch.Tensor, dtype, dev
     else:
         y = F.conv_transpose2d(t, w, b)[:, :, :1, :1]
     if n.post is not None:
-        y = n.post(y, *(z(e.name) for e in n.extras))
+        ep = n.extras_pre
+        y = n.post(y, *(z(e.name) if ep is None else ep(z(e.name)) for e in n.extras))
     return y.shape[1]
 
 
@@ -225,14 +230,19 @@ def _rings(graph: CausalGraph, tables, output: Node | None, W: int):
     """Rows each stored map must keep, and zero margins (left, right) for the columns its readers touch."""
     reads: dict[str, list] = {n.name: [] for n in graph.nodes}
     margins = {n.name: [0, 0] for n in graph.nodes}
+    input_rows = [0, 0]
 
     def resolve(src: Node, consumer: Node, lo, hi, cmin, cmax):
         if src.kind == "shift":  # a shift stores nothing: its reader reads the shifted source
             dy, dx = src.offset
             hi = torch.clamp(hi, max=src.H - 1)
             resolve(src.srcs[0], consumer, lo - dy, hi - dy, cmin - dx, min(cmax, src.W - 1) - dx)
-        elif src.stored:
-            reads[src.name].append((consumer, lo, hi))
+        elif src.stored or src.kind == "input":
+            if src.stored:
+                reads[src.name].append((consumer, lo, hi))
+            else:
+                input_rows[0] = max(input_rows[0], -int(lo.min()))
+                input_rows[1] = max(input_rows[1], int(hi.max()) - (src.H - 1))
             margins[src.name][0] = max(margins[src.name][0], -cmin)
             margins[src.name][1] = max(margins[src.name][1], cmax - (src.W - 1))
 
@@ -259,4 +269,4 @@ def _rings(graph: CausalGraph, tables, output: Node | None, W: int):
             top = torch.div(ready[torch.arange(1, HW + 1)] - 1, n.W, rounding_mode="floor")
             rows = max(rows, int((top - torch.arange(HW) // W + 1).max()))
         rows_of[n.name] = min(rows, n.H)
-    return rows_of, {k: (v[0], v[1]) for k, v in margins.items()}
+    return rows_of, {k: (v[0], v[1]) for k, v in margins.items()}, (input_rows[0], input_rows[1])

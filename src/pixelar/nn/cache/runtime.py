@@ -15,7 +15,10 @@ from .plan import Plan, ceil_div, make_plan
 
 
 class _Map:
-    """Runtime state of one node: reads windows (zeros outside the map) and, when stored, computes positions."""
+    """Runtime state of one node: reads windows (zeros outside the map) and, when stored, computes positions.
+
+    Windows come channels-last, (B, rows, cols, C) (`window_nhwc`): a convolution's im2col rows are then
+    one reshape of them; `window` is the same as (B, C, rows, cols) for position-wise functions."""
 
     def __init__(self, node: Node):
         self.node, self.name, self.H, self.W = node, node.name, node.H, node.W
@@ -24,44 +27,151 @@ class _Map:
         self.srcs: list[_Map] = []
         self.extras: list[_Map] = []
         self.table: list[int] = []
+        self.derived: list[_Derived] = []  # rings of pre(this map), written with it (stored maps)
 
-    # --- stored maps: a ring of R rows, row R of the buffer is all zeros (rows outside the map) ---
+    def window(self, r0, r1, c0, c1):
+        """Rows [r0, r1), columns [c0, c1) of the map, zero outside it: (B, C, r1-r0, c1-c0)."""
+        return self.window_nhwc(r0, r1, c0, c1).permute(0, 3, 1, 2)
+
+    def window_nhwc(self, r0, r1, c0, c1):
+        """The same window channels-last: (B, r1-r0, c1-c0, C)."""
+        return self.window(r0, r1, c0, c1).permute(0, 2, 3, 1)
+
+
+class _Ring(_Map):
+    """A stored map: a ring of R rows, row R of the buffer is all zeros (rows outside the map)."""
+
     def allocate(self, batch, channels, rows, pad_left, pad_right, dtype, device):
         self.R, self.padL = rows, pad_left
-        # channels-last storage seen as (B, C, rows, cols): small windows of it stay fast to compute with
-        self.buf = torch.zeros(
-            batch, rows + 1, pad_left + self.W + pad_right, channels, dtype=dtype, device=device
-        ).permute(0, 3, 1, 2)
+        # channels-last storage: small windows of it stay fast to compute with
+        self._set_buffer(
+            torch.zeros(batch, rows + 1, pad_left + self.W + pad_right, channels, dtype=dtype, device=device)
+        )
         self.tags = [-1] * rows
         self._index = {}  # (r0, r1) -> ring slots of a window that wraps around or leaves the map
+
+    def _set_buffer(self, nhwc):
+        self.nhwc = nhwc  # (B, R + 1, cols, C), contiguous
+        self.buf = nhwc.permute(0, 3, 1, 2)  # seen as (B, C, rows, cols)
+        B, _, _, C = nhwc.shape
+        self.B, self.C, self.sB, self.sR = B, C, nhwc.stride(0), nhwc.stride(1)
 
     def _check_row(self, r):
         if self.tags[r % self.R] != r and r <= (self.front - 1) // self.W:
             raise RuntimeError(f"cache bug: row {r} of {self.name} was evicted (ring of {self.R} rows)")
 
-    def window(self, r0, r1, c0, c1):
-        """Rows [r0, r1), columns [c0, c1) of the map, zero outside it: (B, C, r1-r0, c1-c0)."""
+    def _slot0(self, r0, r1):
+        """The ring slot of row r0 where rows [r0, r1) lie in consecutive slots, else None."""
         R, H = self.R, self.H
         # rows are evicted oldest first: if the first row is still held, so is every later row computed so
         # far (rows not started yet are only read under zero weights, masked taps)
         v0 = r0 if r0 > 0 else 0
         if v0 < r1 and v0 < H and self.tags[v0 % R] != v0:
             self._check_row(v0)
-        cols = slice(self.padL + c0, self.padL + c1)
         if r0 >= 0 and r1 <= H:
             s0 = r0 % R
             if s0 + r1 - r0 <= R:
-                return self.buf[:, :, s0 : s0 + r1 - r0, cols]
+                return s0
+        return None
+
+    def _wrapped(self, r0, r1, c0, c1):
         idx = self._index.get((r0, r1))
         if idx is None:
-            slots = [r % R if 0 <= r < H else R for r in range(r0, r1)]
-            idx = self._index[r0, r1] = torch.tensor(slots, device=self.buf.device)
-        return self.buf[:, :, :, cols].index_select(2, idx)
+            slots = [r % self.R if 0 <= r < self.H else self.R for r in range(r0, r1)]
+            idx = self._index[r0, r1] = torch.tensor(slots, device=self.nhwc.device)
+        return self.nhwc[:, :, self.padL + c0 : self.padL + c1].index_select(1, idx)
+
+    # windows are single as_strided views of the buffer (one operation, where slicing takes several)
+    def window_nhwc(self, r0, r1, c0, c1):
+        s0 = self._slot0(r0, r1)
+        if s0 is None:
+            return self._wrapped(r0, r1, c0, c1)
+        C = self.C
+        return self.nhwc.as_strided(
+            (self.B, r1 - r0, c1 - c0, C), (self.sB, self.sR, C, 1), s0 * self.sR + (self.padL + c0) * C
+        )
+
+    def window(self, r0, r1, c0, c1):
+        s0 = self._slot0(r0, r1)
+        if s0 is None:
+            return self._wrapped(r0, r1, c0, c1).permute(0, 3, 1, 2)
+        C = self.C
+        return self.nhwc.as_strided(
+            (self.B, C, r1 - r0, c1 - c0), (self.sB, 1, self.sR, C), s0 * self.sR + (self.padL + c0) * C
+        )
+
+    def _row(self, slot, c0, c1):
+        """Ring slot `slot`, columns [c0, c1), as (B, C, 1, c1-c0)."""
+        C = self.C
+        return self.nhwc.as_strided(
+            (self.B, C, 1, c1 - c0), (self.sB, 1, self.sR, C), slot * self.sR + (self.padL + c0) * C
+        )
 
     def write(self, r, c0, c1, y):
+        """Store y (B, C, 1, c1-c0) at row r, columns [c0, c1), and pre(y) in the derived rings."""
         slot = r % self.R
-        self.buf[:, :, slot, self.padL + c0 : self.padL + c1] = y[:, :, 0]
+        stored = self._row(slot, c0, c1)
+        stored.copy_(y)
+        for d in self.derived:  # pre of the stored values (y may be of a lower precision under autocast)
+            d._row(slot, c0, c1).copy_(d.pre(stored))
         self.tags[slot] = r
+
+    def derive(self, pre: Callable) -> _Derived:
+        """The ring of pre(this map) (one per pre function), allocated on first use."""
+        for d in self.derived:
+            if d.pre is pre:
+                return d
+        d = _Derived(self, pre)
+        self.derived.append(d)
+        return d
+
+
+class _Derived(_Ring):
+    """pre(map) for a position-wise pre with pre(0) = 0, kept beside a stored map (same ring slots, tags and
+    zero margins), written when the map is: convolutions that read the map through windows apply pre once per
+    position instead of once per window that covers it (kh x kw times)."""
+
+    def __init__(self, base: _Map, pre: Callable):
+        super().__init__(base.node)
+        self.base, self.pre = base, pre
+        self.R, self.padL, self.tags, self._index = base.R, base.padL, base.tags, {}
+        B, _, _, C = base.nhwc.shape
+        probe = pre(base.nhwc[:1, :1, :1].permute(0, 3, 1, 2))  # channels of pre's output
+        self._set_buffer(base.nhwc.new_zeros(B, *base.nhwc.shape[1:3], probe.shape[1]))
+
+    @property
+    def front(self):
+        return self.base.front
+
+    @front.setter
+    def front(self, value):  # set by _Map.__init__ only
+        pass
+
+
+def _through_pre(m: _Map, pre: Callable) -> _Map | None:
+    """A map reading pre(m) (pre position-wise, pre(0) = 0) from derived rings, or None where m (through
+    shifts) is not a stored map."""
+    if isinstance(m, _Shift):
+        inner = _through_pre(m.srcs[0], pre)
+        if inner is None:
+            return None
+        shifted = _Shift(m.node)
+        shifted.srcs = [inner]
+        return shifted
+    if isinstance(m, _Ring) and not isinstance(m, _Derived):
+        return m.derive(pre)
+    return None
+
+
+class _PreApplied(_Map):
+    """pre(src) computed on each window, for maps without derived rings (the input, constants)."""
+
+    def __init__(self, src: _Map, pre: Callable):
+        super().__init__(src.node)
+        self.srcs, self.pre = [src], pre
+
+    def window(self, r0, r1, c0, c1):
+        return self.pre(self.srcs[0].window(r0, r1, c0, c1))
 
 
 def _clip(lo, hi, n):
@@ -71,7 +181,59 @@ def _clip(lo, hi, n):
 
 
 class _Input(_Map):
+    """The image being filled in. Its transform is applied once per position, when the input frontier
+    passes it (`refresh`), into a zero-padded channels-last copy that windows are sliced from (the transform
+    is position-wise, so this equals transforming each window). Positions not refreshed yet hold zeros or an
+    earlier value and are only read under masked (zero) taps, as the caller's x is."""
+
+    def setup(self, dtype, device, margins, rows):
+        (self.padL, pad_right), (self.padT, pad_bottom) = margins, rows
+        x = self.node.x
+        probe = x[:, :, :1, :1] if self.node.transform is None else self.node.transform(x[:, :, :1, :1])
+        H, W = self.H, self.W
+        self.done = 0  # positions [0, done) transformed and final
+        self.nhwc = torch.zeros(
+            x.shape[0],
+            self.padT + H + pad_bottom,
+            self.padL + W + pad_right,
+            probe.shape[1],
+            dtype=probe.dtype,
+            device=device,
+        )
+        self.buf = self.nhwc.permute(0, 3, 1, 2)
+
+    def refresh(self, f: int, final: bool) -> None:
+        """Transform input positions [done, f); final: they will not change any more."""
+        a, W = self.done, self.W
+        while a < f:
+            r, c = divmod(a, W)
+            e = min(f, (r + 1) * W)
+            t = self.node.x[:, :, r : r + 1, c : c + e - a]
+            if self.node.transform is not None:
+                t = self.node.transform(t)
+            self.buf[:, :, self.padT + r, self.padL + c : self.padL + c + e - a] = t[:, :, 0]
+            a = e
+        if final:
+            self.done = max(self.done, f)
+
+    def window_nhwc(self, r0, r1, c0, c1):
+        if (
+            r0 + self.padT >= 0
+            and c0 + self.padL >= 0
+            and r1 + self.padT <= self.nhwc.shape[1]
+            and (c1 + self.padL <= self.nhwc.shape[2])
+        ):
+            return self.nhwc[:, self.padT + r0 : self.padT + r1, self.padL + c0 : self.padL + c1]
+        return self.window(r0, r1, c0, c1).permute(0, 2, 3, 1)
+
     def window(self, r0, r1, c0, c1):
+        if (
+            r0 + self.padT >= 0
+            and c0 + self.padL >= 0
+            and r1 + self.padT <= self.nhwc.shape[1]
+            and (c1 + self.padL <= self.nhwc.shape[2])
+        ):
+            return self.buf[:, :, self.padT + r0 : self.padT + r1, self.padL + c0 : self.padL + c1]
         vr0, vr1 = _clip(r0, r1, self.H)
         vc0, vc1 = _clip(c0, c1, self.W)
         t = self.node.x[:, :, vr0:vr1, vc0:vc1]
@@ -96,6 +258,12 @@ class _Constant(_Map):
 
 
 class _Shift(_Map):
+    def window_nhwc(self, r0, r1, c0, c1):
+        dy, dx = self.node.offset
+        if r1 <= self.H and c1 <= self.W:  # above / left of the map the source is zero too
+            return self.srcs[0].window_nhwc(r0 - dy, r1 - dy, c0 - dx, c1 - dx)
+        return self.window(r0, r1, c0, c1).permute(0, 2, 3, 1)
+
     def window(self, r0, r1, c0, c1):
         dy, dx = self.node.offset
         src = self.srcs[0]
@@ -112,7 +280,7 @@ def _matmul(t: torch.Tensor, wmat: torch.Tensor, bias: torch.Tensor | None) -> t
     return torch.mm(t, wmat) if bias is None else torch.addmm(bias, t, wmat)
 
 
-class _Conv(_Map):
+class _Conv(_Ring):
     """A convolution as a matrix product over im2col rows (much faster than conv2d on tiny windows)."""
 
     def setup(self, dtype, device):
@@ -125,6 +293,7 @@ class _Conv(_Map):
         self.stride = tuple(g.stride)
         self.kh, self.kw = a1 - a0 + 1, b1 - b0 + 1
         self.row_off, self.col_off = a0 - g.pad[2], b0 - g.pad[0]
+        self._col = None  # (B, kh, kw, Cin) im2col buffer of single-position steps
 
     def compute(self, r, c0, c1):
         n = self.node
@@ -132,24 +301,34 @@ class _Conv(_Map):
         rl = r * sh + self.row_off
         cl = c0 * sw + self.col_off
         ch = (c1 - 1) * sw + self.col_off + self.kw
-        if len(self.srcs) == 1:
-            t = self.srcs[0].window(rl, rl + self.kh, cl, ch)
+        if self.src_pre is not None:  # pre(src) is stored: (B, kh, cols, Cin) channels-last
+            t = self.src_pre.window_nhwc(rl, rl + self.kh, cl, ch)
+        elif n.pre is None and len(self.srcs) == 1:
+            t = self.srcs[0].window_nhwc(rl, rl + self.kh, cl, ch)
         else:
-            t = torch.cat([s.window(rl, rl + self.kh, cl, ch) for s in self.srcs], 1)
-        if n.pre is not None:
-            t = n.pre(t)
+            if len(self.srcs) == 1:
+                t = self.srcs[0].window(rl, rl + self.kh, cl, ch)
+            else:
+                t = torch.cat([s.window(rl, rl + self.kh, cl, ch) for s in self.srcs], 1)
+            if n.pre is not None:
+                t = n.pre(t)
+            t = t.permute(0, 2, 3, 1)
         B, m = t.shape[0], c1 - c0
-        if m == 1:
-            y = _matmul(t.permute(0, 2, 3, 1).reshape(B, -1), self.wmat, self.bias)[:, :, None, None]
+        if m == 1:  # the im2col row: the window copied into a buffer kept for this layer
+            col = self._col
+            if col is None or col.shape != t.shape or col.dtype != t.dtype:
+                col = self._col = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+            y = _matmul(col.copy_(t).view(B, -1), self.wmat, self.bias)
+            y = y.view(B, -1, 1, 1)
         else:
-            cols = t.unfold(3, self.kw, sw).permute(0, 3, 2, 4, 1).reshape(B * m, -1)  # (B*m, kh*kw*Cin)
+            cols = t.unfold(2, self.kw, sw).permute(0, 2, 1, 4, 3).reshape(B * m, -1)  # (B*m, kh*kw*Cin)
             y = _matmul(cols, self.wmat, self.bias).view(B, m, -1).permute(0, 2, 1)[:, :, None, :]
         if n.post is not None:
-            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras))
+            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras_in))
         return y
 
 
-class _ConvTranspose(_Map):
+class _ConvTranspose(_Ring):
     """A transposed convolution, one output column at a time: for each output phase (position modulo the
     stride) the contributing input window and kernel taps are fixed, so it is one matrix product."""
 
@@ -175,20 +354,24 @@ class _ConvTranspose(_Map):
         for c in range(c0, c1):
             qc, pc = divmod(c + self.crop[1], sw)
             da, db, wmat = self.phases[pr, pc]
-            if len(self.srcs) == 1:
-                t = self.srcs[0].window(q + da, q + 1, qc + db, qc + 1)
+            if self.src_pre is not None:
+                t = self.src_pre.window_nhwc(q + da, q + 1, qc + db, qc + 1)
             else:
-                t = torch.cat([s.window(q + da, q + 1, qc + db, qc + 1) for s in self.srcs], 1)
-            if n.pre is not None:
-                t = n.pre(t)
-            cols.append(_matmul(t.permute(0, 2, 3, 1).reshape(t.shape[0], -1), wmat, self.bias))
+                if len(self.srcs) == 1:
+                    t = self.srcs[0].window(q + da, q + 1, qc + db, qc + 1)
+                else:
+                    t = torch.cat([s.window(q + da, q + 1, qc + db, qc + 1) for s in self.srcs], 1)
+                if n.pre is not None:
+                    t = n.pre(t)
+                t = t.permute(0, 2, 3, 1)
+            cols.append(_matmul(t.reshape(t.shape[0], -1), wmat, self.bias))
         y = (cols[0][:, :, None] if len(cols) == 1 else torch.stack(cols, 2))[:, :, None, :]
         if n.post is not None:
-            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras))
+            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras_in))
         return y
 
 
-class _PointwiseMap(_Map):
+class _PointwiseMap(_Ring):
     def setup(self, dtype, device):
         pass
 
@@ -247,20 +430,30 @@ class IncrementalForward:
         for n in graph.nodes:
             if n.kind == "constant":
                 maps[n.name].setup(self.dtype, self.device)
+            elif n.kind == "input":
+                maps[n.name].setup(self.dtype, self.device, plan.margins[n.name], plan.input_rows)
             elif n.stored:
                 maps[n.name].allocate(
                     self.batch, plan.channels[n.name], plan.rows[n.name], *plan.margins[n.name], self.dtype, self.device
                 )
                 maps[n.name].setup(self.dtype, self.device)
+        for n in graph.nodes:  # convolutions that read pre(one map): that map keeps pre(itself) beside it
+            if n.kind in ("conv", "conv_transpose"):
+                m = maps[n.name]
+                m.src_pre = _through_pre(m.srcs[0], n.pre) if n.pre is not None and len(m.srcs) == 1 else None
+                ep = n.extras_pre  # the extras as post receives them
+                m.extras_in = m.extras if ep is None else [_through_pre(e, ep) or _PreApplied(e, ep) for e in m.extras]
         self.maps, self.out = maps, maps[output.name]
         self._late, self._ready_before = plan.late, plan.ready_before
         self._stored = [maps[n.name] for n in graph.nodes if n.stored]
+        self._input = maps[graph.input_node.name]
 
     # ----- run -----------------------------------------------------------------------------------------------
     def _run(self, f: int, provisional: bool = False):
         """Compute every stored map up to its frontier for input frontier f; provisional: f - 1 is the pixel
         being drawn, compute only what its output needs."""
         trace = self.trace
+        self._input.refresh(f, final=not provisional)
         for m in self._stored:
             new = m.provisional[f - 1] if provisional else m.table[f]
             a = m.front
@@ -299,10 +492,10 @@ class IncrementalForward:
             raise ValueError(f"the output at pixel ({i}, {j}) depends on later pixels")
         out = self.out
         if self._ready_before[p]:
-            return out.buf[:, :, i % out.R, out.padL + j].clone()
+            return out.window(i, i + 1, j, j + 1).reshape(self.batch, -1).clone()
         saved = [m.front for m in self._stored]
         self._run(p + 1, provisional=True)
-        val = out.buf[:, :, i % out.R, out.padL + j].clone()
+        val = out.window(i, i + 1, j, j + 1).reshape(self.batch, -1).clone()
         for m, f in zip(self._stored, saved):
             m.front = f
         return val
@@ -312,7 +505,8 @@ class IncrementalForward:
         return {m.name: m.R for m in self._stored}
 
     def memory_bytes(self) -> int:
-        return sum(m.buf.numel() * m.buf.element_size() for m in self._stored)
+        rings = self._stored + [d for m in self._stored for d in m.derived]
+        return sum(m.nhwc.numel() * m.nhwc.element_size() for m in rings)
 
 
 def begin_incremental(model: nn.Module, x: torch.Tensor, cond=None) -> IncrementalForward:
