@@ -26,7 +26,7 @@ from ..nn import (
     down_shift,
     right_shift,
 )
-from ..nn.cache import begin_incremental, pointwise_conv
+from ..nn.cache import begin_incremental
 from .base import ARImageModel
 from .conditioning import maybe_bias
 from .registry import register_model
@@ -61,12 +61,13 @@ class GatedResnet(nn.Module):
         if self.skip is None:
             c = g.conv(x, self.conv1, pre=concat_elu, name=f"{name}.conv1")
         else:
-            nin = pointwise_conv(self.skip)
-
-            def add_skip(y, *s):
-                return y + nin(concat_elu(torch.cat(s, dim=1) if len(s) > 1 else s[0]))
-
-            c = g.conv(x, self.conv1, pre=concat_elu, post=add_skip, extras=skip, name=f"{name}.conv1")
+            # the skip maps reach post through concat_elu one by one (each computed once per position and
+            # shared with the convolutions that read the same map through concat_elu), so nin's input
+            # columns are reordered from concat_elu(cat(s)) = [s1, s2, .., -s1, -s2, ..] to [s1, -s1, s2, -s2, ..]
+            nin = _skip_nin(self.skip)
+            c = g.conv(
+                x, self.conv1, pre=concat_elu, post=nin, extras=skip, extras_pre=concat_elu, name=f"{name}.conv1"
+            )
         bias = self.cond(cond) if self.cond is not None else None
 
         def gated(y, xin):
@@ -78,6 +79,36 @@ class GatedResnet(nn.Module):
         return g.conv(
             c, self.conv2, pre=lambda t: self.dropout(concat_elu(t)), post=gated, extras=[x], name=f"{name}.conv2"
         )
+
+
+def _skip_nin(skip: nn.Conv2d):
+    """post(y, *concat_elu(s_i)) = y + skip(concat_elu(cat(s))): the 1x1 skip convolution on the separately
+    activated skip maps (B, 2 C_i, h, w), as one matrix product (its input columns reordered to match)."""
+    weight = skip.weight.detach()[:, :, 0, 0]  # (out, 2 sum C_i)
+    bias = skip.bias.detach()
+    layouts = {}  # (C_1, C_2, ..) -> reordered (2 sum C_i, out) matrix
+
+    def post(y: torch.Tensor, *acts: torch.Tensor) -> torch.Tensor:
+        sizes = tuple(a.shape[1] // 2 for a in acts)
+        wmat = layouts.get(sizes)
+        if wmat is None:
+            S, o, order = sum(sizes), 0, []
+            for n in sizes:
+                order += list(range(o, o + n)) + list(range(S + o, S + o + n))
+                o += n
+            wmat = layouts[sizes] = weight[:, order].t().contiguous()
+        t = acts[0] if len(acts) == 1 else torch.cat(acts, dim=1)
+        B, _, h, w = t.shape
+        if h * w == 1:  # a cached step: one position per image
+            rows = t.reshape(B, -1)
+        else:
+            rows = t.permute(0, 2, 3, 1).reshape(B * h * w, -1)
+        if rows.dtype != wmat.dtype and not torch.is_autocast_enabled(rows.device.type):
+            rows = rows.to(wmat.dtype)
+        z = torch.addmm(bias, rows, wmat)
+        return y + (z.view(B, -1, 1, 1) if h * w == 1 else z.view(B, h, w, -1).permute(0, 3, 1, 2))
+
+    return post
 
 
 def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
