@@ -101,6 +101,6 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
     )
     if temperature == 0:
         return logits.argmax(-1)
-    u = u.clamp(1e-10, 1.0 - 1e-7)
-    g = -torch.log(-torch.log(u))
-    return (upcast(logits) / temperature + g).argmax(-1)
+    g = torch.log(u.clamp_(1e-10, 1.0 - 1e-7)).neg_().log_().neg_()  # -log(-log(u)), in place (u is ours)
+    scaled = upcast(logits) if temperature == 1 else upcast(logits) / temperature  # x / 1 == x exactly
+    return (scaled + g).argmax(-1)

@@ -136,22 +136,23 @@ class DiscretizedLogisticMixture(OutputDistribution):
         # one of the channel-by-channel formulas, so the values are exactly theirs
         K, M, C = self.image.num_values, self.nr_mix, self.image.channels
         params = upcast(params)
-        B = params.shape[0]
-        comp = gumbel_argmax(params[:, :M], t, generator)  # (B,)
-        rest = params[:, M:].reshape(B, -1, M)  # (B, 2C + pairs, M): means, log-scales, coefficients
+        B, P = params.shape
+        comp = gumbel_argmax(params.narrow(1, 0, M), t, generator)  # (B,)
+        rest = params.narrow(1, M, P - M).reshape(B, -1, M)  # (B, 2C + pairs, M): means, log-scales, coefficients
         chosen = rest.gather(2, comp.view(B, 1, 1).expand(B, rest.shape[1], 1)).view(B, -1)  # (B, 2C + pairs)
-        mu = chosen[:, :C]
-        u = torch.rand(mu.shape, generator=generator, device=params.device).to(mu.dtype).clamp(1e-7, 1.0 - 1e-7)
+        mu = chosen.narrow(1, 0, C)
+        u = torch.rand(mu.shape, generator=generator, device=params.device).to(mu.dtype).clamp_(1e-7, 1.0 - 1e-7)
         # logistic noise scaled by s * T, per channel: (B, C)
-        spread = (torch.exp(chosen[:, C : 2 * C].clamp(min=LOG_SCALE_MIN)) * t) * (torch.log(u) - torch.log1p(-u))
-        co = torch.tanh(chosen[:, 2 * C :]) if self.pairs else None
+        scale = torch.exp(chosen.narrow(1, C, C).clamp(min=LOG_SCALE_MIN)).mul_(t)
+        spread = scale.mul_(torch.log(u).sub_(torch.log1p(u.neg_())))
+        co = torch.tanh(chosen.narrow(1, 2 * C, len(self.pairs))).unbind(1) if self.pairs else ()
         values, xs = [], []
-        for c in range(C):
-            m = mu[:, c]
+        for c, (m, s) in enumerate(zip(mu.unbind(1), spread.unbind(1))):
             for k, (cc, p) in enumerate(self.pairs):
                 if cc == c:
-                    m = m + co[:, k] * xs[p]
-            v = torch.round((m + spread[:, c] + 1.0) * 0.5 * (K - 1)).clamp_(0, K - 1)  # a value, as a float
+                    m = m + co[k] * xs[p]
+            # (c + 1) * 0.5 * (K - 1) as one product: halving is exact, so this rounds as the two products do
+            v = (m + s).add_(1.0).mul_(0.5 * (K - 1)).round_().clamp_(0, K - 1)  # the value, as a float
             values.append(v)
             if c + 1 < C:
                 xs.append(v * (2.0 / (K - 1)) - 1.0)  # _to_unit of the value

@@ -70,15 +70,16 @@ class GatedResnet(nn.Module):
             )
         bias = self.cond(cond) if self.cond is not None else None
 
+        F_ = self.conv1.out_channels
+
         def gated(y, xin):
             if bias is not None:
                 y = y + bias
-            a, b = y.chunk(2, dim=1)
-            return xin + a * torch.sigmoid(b)
+            return torch.addcmul(xin, y.narrow(1, 0, F_), torch.sigmoid(y.narrow(1, F_, F_)))  # xin + a * sigmoid(b)
 
-        return g.conv(
-            c, self.conv2, pre=lambda t: self.dropout(concat_elu(t)), post=gated, extras=[x], name=f"{name}.conv2"
-        )
+        # dropout is the identity in eval mode (cached sampling needs it): the same pre as conv1's then
+        pre = concat_elu if not self.training else lambda t: self.dropout(concat_elu(t))
+        return g.conv(c, self.conv2, pre=pre, post=gated, extras=[x], name=f"{name}.conv2")
 
 
 def _skip_nin(skip: nn.Conv2d):
@@ -116,9 +117,8 @@ def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
     pixelar.nn.cache.CausalGraph on the image x (int64, filled in place); scale maps x to [-1, 1].
     -> (u, ul) nodes, as down_shift(u_init(x_pad)) and down_shift(ul_init_up) + right_shift(ul_init_left)."""
 
-    def prepare(t):
-        ts = scale(t)
-        return torch.cat([ts, torch.ones_like(ts[:, :1])], dim=1)
+    def prepare(t):  # [scale(t), ones] over channels, as forward's x_pad
+        return F.pad(scale(t), (0, 0, 0, 0, 0, 1), value=1.0)
 
     xp = g.input(x, prepare, name="x")
     u = g.shift(g.conv(xp, net.u_init, name="u_init"), 1, 0, name="u_init.down")
@@ -215,7 +215,12 @@ class PixelCNNPP(ARImageModel):
     def cache_graph(self, g, x, cond=None):
         """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
 
-        u, ul = init_streams_graph(self, g, x, self.scale_input)
+        dtype, K = next(self.parameters()).dtype, self.image.num_values
+
+        def scale(t):  # scale_input with its dtype looked up once (it runs at every step)
+            return t.to(dtype) * (2.0 / (K - 1)) - 1.0
+
+        u, ul = init_streams_graph(self, g, x, scale)
         u_list, ul_list = [u], [ul]
         for stage in range(3):
             for k, (res_u, res_ul) in enumerate(zip(self.up_u[stage], self.up_ul[stage])):

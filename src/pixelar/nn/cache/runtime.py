@@ -28,6 +28,7 @@ class _Map:
         self.extras: list[_Map] = []
         self.table: list[int] = []
         self.derived: list[_Derived] = []  # rings of pre(this map), written with it (stored maps)
+        self.raw_read = True  # stored maps: read as they are (not only through derived rings)
 
     def window(self, r0, r1, c0, c1):
         """Rows [r0, r1), columns [c0, c1) of the map, zero outside it: (B, C, r1-r0, c1-c0)."""
@@ -39,19 +40,23 @@ class _Map:
 
 
 class _Ring(_Map):
-    """A stored map: a ring of R rows, row R of the buffer is all zeros (rows outside the map)."""
+    """A stored map: a ring of R rows (row r in slot r % R), followed by copies of its first `mirror` slots (so
+    that a window of up to mirror + 1 rows never wraps around: it is one view, not a gather) and one slot of
+    zeros (rows outside the map)."""
 
-    def allocate(self, batch, channels, rows, pad_left, pad_right, dtype, device):
-        self.R, self.padL = rows, pad_left
+    def allocate(self, batch, channels, rows, pad_left, pad_right, dtype, device, span=1):
+        """span: the most rows a reader's window covers."""
+        self.R, self.padL, self.mirror = rows, pad_left, min(span, rows) - 1
+        self.zero = rows + self.mirror
         # channels-last storage: small windows of it stay fast to compute with
         self._set_buffer(
-            torch.zeros(batch, rows + 1, pad_left + self.W + pad_right, channels, dtype=dtype, device=device)
+            torch.zeros(batch, self.zero + 1, pad_left + self.W + pad_right, channels, dtype=dtype, device=device)
         )
         self.tags = [-1] * rows
         self._index = {}  # (r0, r1) -> ring slots of a window that wraps around or leaves the map
 
     def _set_buffer(self, nhwc):
-        self.nhwc = nhwc  # (B, R + 1, cols, C), contiguous
+        self.nhwc = nhwc  # (B, R + mirror + 1, cols, C), contiguous
         self.buf = nhwc.permute(0, 3, 1, 2)  # seen as (B, C, rows, cols)
         B, _, _, C = nhwc.shape
         self.B, self.C, self.sB, self.sR = B, C, nhwc.stride(0), nhwc.stride(1)
@@ -70,14 +75,14 @@ class _Ring(_Map):
             self._check_row(v0)
         if r0 >= 0 and r1 <= H:
             s0 = r0 % R
-            if s0 + r1 - r0 <= R:
+            if s0 + r1 - r0 <= R + self.mirror:
                 return s0
         return None
 
     def _wrapped(self, r0, r1, c0, c1):
         idx = self._index.get((r0, r1))
         if idx is None:
-            slots = [r % self.R if 0 <= r < self.H else self.R for r in range(r0, r1)]
+            slots = [r % self.R if 0 <= r < self.H else self.zero for r in range(r0, r1)]
             idx = self._index[r0, r1] = torch.tensor(slots, device=self.nhwc.device)
         return self.nhwc[:, :, self.padL + c0 : self.padL + c1].index_select(1, idx)
 
@@ -110,10 +115,18 @@ class _Ring(_Map):
     def write(self, r, c0, c1, y):
         """Store y (B, C, 1, c1-c0) at row r, columns [c0, c1), and pre(y) in the derived rings."""
         slot = r % self.R
-        stored = self._row(slot, c0, c1)
-        stored.copy_(y)
+        mirrored = slot < self.mirror
+        if self.raw_read or y.dtype != self.nhwc.dtype:
+            stored = self._row(slot, c0, c1)
+            stored.copy_(y)
+            if mirrored:
+                self._row(slot + self.R, c0, c1).copy_(stored)
+        else:  # only pre(this map) is read (e.g. a convolution's output read through an activation)
+            stored = y
         for d in self.derived:  # pre of the stored values (y may be of a lower precision under autocast)
-            d._row(slot, c0, c1).copy_(d.pre(stored))
+            value = d._row(slot, c0, c1).copy_(d.pre(stored))
+            if mirrored:
+                d._row(slot + self.R, c0, c1).copy_(value)
         self.tags[slot] = r
 
     def derive(self, pre: Callable) -> _Derived:
@@ -135,6 +148,7 @@ class _Derived(_Ring):
         super().__init__(base.node)
         self.base, self.pre = base, pre
         self.R, self.padL, self.tags, self._index = base.R, base.padL, base.tags, {}
+        self.mirror, self.zero = base.mirror, base.zero
         B, _, _, C = base.nhwc.shape
         probe = pre(base.nhwc[:1, :1, :1].permute(0, 3, 1, 2))  # channels of pre's output
         self._set_buffer(base.nhwc.new_zeros(B, *base.nhwc.shape[1:3], probe.shape[1]))
@@ -146,6 +160,23 @@ class _Derived(_Ring):
     @front.setter
     def front(self, value):  # set by _Map.__init__ only
         pass
+
+
+def _spans(graph: CausalGraph) -> dict[str, int]:
+    """The most rows a window of any reader covers, per stored map (read through shifts)."""
+    span: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.kind == "conv":
+            rows = n.box[1] - n.box[0] + 1
+        elif n.kind == "conv_transpose":
+            rows = 1 - ceil_div(1 - n.geo.kernel[0], n.geo.stride[0])  # rows q + da .. q of output phase 0
+        else:
+            continue
+        for s in n.srcs:
+            while s.kind == "shift":
+                s = s.srcs[0]
+            span[s.name] = max(span.get(s.name, 1), rows)
+    return span
 
 
 def _through_pre(m: _Map, pre: Callable) -> _Map | None:
@@ -318,8 +349,15 @@ class _Conv(_Ring):
             col = self._col
             if col is None or col.shape != t.shape or col.dtype != t.dtype:
                 col = self._col = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-            y = _matmul(col.copy_(t).view(B, -1), self.wmat, self.bias)
-            y = y.view(B, -1, 1, 1)
+                self._col_rows = col.view(B, -1)
+                self._y = torch.empty(B, self.wmat.shape[1], dtype=t.dtype, device=t.device)
+                self._y4 = self._y.view(B, -1, 1, 1)
+            col.copy_(t)
+            if self.bias is None or torch.is_autocast_enabled(t.device.type):  # autocast: no out=
+                y = _matmul(self._col_rows, self.wmat, self.bias).view(B, -1, 1, 1)
+            else:  # into a buffer kept for this layer: y is read (post, write) before the next step
+                torch.addmm(self.bias, self._col_rows, self.wmat, out=self._y)
+                y = self._y4
         else:
             cols = t.unfold(2, self.kw, sw).permute(0, 2, 1, 4, 3).reshape(B * m, -1)  # (B*m, kh*kw*Cin)
             y = _matmul(cols, self.wmat, self.bias).view(B, m, -1).permute(0, 2, 1)[:, :, None, :]
@@ -427,6 +465,7 @@ class IncrementalForward:
             m.table, m.provisional = plan.ready[n.name], plan.provisional[n.name]
             maps[n.name] = m
         self.dtype = plan.dtype
+        span = _spans(graph)
         for n in graph.nodes:
             if n.kind == "constant":
                 maps[n.name].setup(self.dtype, self.device)
@@ -434,7 +473,13 @@ class IncrementalForward:
                 maps[n.name].setup(self.dtype, self.device, plan.margins[n.name], plan.input_rows)
             elif n.stored:
                 maps[n.name].allocate(
-                    self.batch, plan.channels[n.name], plan.rows[n.name], *plan.margins[n.name], self.dtype, self.device
+                    self.batch,
+                    plan.channels[n.name],
+                    plan.rows[n.name],
+                    *plan.margins[n.name],
+                    self.dtype,
+                    self.device,
+                    span.get(n.name, 1),
                 )
                 maps[n.name].setup(self.dtype, self.device)
         for n in graph.nodes:  # convolutions that read pre(one map): that map keeps pre(itself) beside it
@@ -443,6 +488,21 @@ class IncrementalForward:
                 m.src_pre = _through_pre(m.srcs[0], n.pre) if n.pre is not None and len(m.srcs) == 1 else None
                 ep = n.extras_pre  # the extras as post receives them
                 m.extras_in = m.extras if ep is None else [_through_pre(e, ep) or _PreApplied(e, ep) for e in m.extras]
+        raw = {output.name}  # stored maps read as they are: the output and every window not through pre
+        for m in maps.values():
+            if isinstance(m, (_Conv, _ConvTranspose)):
+                reads = (m.srcs if m.src_pre is None else []) + m.extras_in
+            elif isinstance(m, _PointwiseMap):
+                reads = m.srcs
+            else:
+                continue
+            for src in reads:
+                while isinstance(src, (_Shift, _PreApplied)):
+                    src = src.srcs[0]
+                raw.add(src.name) if not isinstance(src, _Derived) else None
+        for m in maps.values():
+            if isinstance(m, _Ring):
+                m.raw_read = m.name in raw or not m.derived
         self.maps, self.out = maps, maps[output.name]
         self._late, self._ready_before = plan.late, plan.ready_before
         self._stored = [maps[n.name] for n in graph.nodes if n.stored]
