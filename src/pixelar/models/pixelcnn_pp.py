@@ -26,7 +26,7 @@ from ..nn import (
     down_shift,
     right_shift,
 )
-from ..nn.cache import begin_incremental
+from ..nn.cache import Skip, begin_incremental
 from .base import ARImageModel
 from .conditioning import maybe_bias
 from .registry import register_model
@@ -61,55 +61,35 @@ class GatedResnet(nn.Module):
         if self.skip is None:
             c = g.conv(x, self.conv1, pre=concat_elu, name=f"{name}.conv1")
         else:
-            # the skip maps reach post through concat_elu one by one (each computed once per position and
-            # shared with the convolutions that read the same map through concat_elu), so nin's input
-            # columns are reordered from concat_elu(cat(s)) = [s1, s2, .., -s1, -s2, ..] to [s1, -s1, s2, -s2, ..]
-            nin = _skip_nin(self.skip)
-            c = g.conv(
-                x, self.conv1, pre=concat_elu, post=nin, extras=skip, extras_pre=concat_elu, name=f"{name}.conv1"
-            )
+            c = g.conv(x, self.conv1, pre=concat_elu, skip=_skip(self.skip, skip), name=f"{name}.conv1")
         bias = self.cond(cond) if self.cond is not None else None
-
-        F_ = self.conv1.out_channels
 
         def gated(y, xin):
             if bias is not None:
                 y = y + bias
-            return torch.addcmul(xin, y.narrow(1, 0, F_), torch.sigmoid(y.narrow(1, F_, F_)))  # xin + a * sigmoid(b)
+            a, b = y.chunk(2, dim=1)
+            return torch.addcmul(xin, a, torch.sigmoid(b))  # xin + a * sigmoid(b)
 
         # dropout is the identity in eval mode (cached sampling needs it): the same pre as conv1's then
         pre = concat_elu if not self.training else lambda t: self.dropout(concat_elu(t))
         return g.conv(c, self.conv2, pre=pre, post=gated, extras=[x], name=f"{name}.conv2")
 
 
-def _skip_nin(skip: nn.Conv2d):
-    """post(y, *concat_elu(s_i)) = y + skip(concat_elu(cat(s))): the 1x1 skip convolution on the separately
-    activated skip maps (B, 2 C_i, h, w), as one matrix product (its input columns reordered to match)."""
-    weight = skip.weight.detach()[:, :, 0, 0]  # (out, 2 sum C_i)
-    bias = skip.bias.detach()
-    layouts = {}  # (C_1, C_2, ..) -> reordered (2 sum C_i, out) matrix
+def _skip(module: nn.Conv2d, nodes: list) -> Skip:
+    """The 1x1 short-cut module(concat_elu(cat(nodes))) as a pixelar.nn.cache.Skip: concat_elu of each map
+    on its own (computed once per position and shared with the convolutions that read the map through
+    concat_elu), so the weight's input columns are reordered from concat_elu(cat(s)) = [s1, s2, .., -s1,
+    -s2, ..] to [s1, -s1, s2, -s2, ..]."""
+    weight = module.weight.detach()[:, :, 0, 0]  # (out, 2 sum C_i)
 
-    def post(y: torch.Tensor, *acts: torch.Tensor) -> torch.Tensor:
-        sizes = tuple(a.shape[1] // 2 for a in acts)
-        wmat = layouts.get(sizes)
-        if wmat is None:
-            S, o, order = sum(sizes), 0, []
-            for n in sizes:
-                order += list(range(o, o + n)) + list(range(S + o, S + o + n))
-                o += n
-            wmat = layouts[sizes] = weight[:, order].t().contiguous()
-        t = acts[0] if len(acts) == 1 else torch.cat(acts, dim=1)
-        B, _, h, w = t.shape
-        if h * w == 1:  # a cached step: one position per image
-            rows = t.reshape(B, -1)
-        else:
-            rows = t.permute(0, 2, 3, 1).reshape(B * h * w, -1)
-        if rows.dtype != wmat.dtype and not torch.is_autocast_enabled(rows.device.type):
-            rows = rows.to(wmat.dtype)
-        z = torch.addmm(bias, rows, wmat)
-        return y + (z.view(B, -1, 1, 1) if h * w == 1 else z.view(B, h, w, -1).permute(0, 3, 1, 2))
+    def reordered(channels: list[int]) -> torch.Tensor:
+        S, o, order = sum(channels), 0, []
+        for n in channels:
+            order += [*range(o, o + n), *range(S + o, S + o + n)]
+            o += n
+        return weight[:, order]
 
-    return post
+    return Skip(nodes, reordered, module.bias.detach(), pre=concat_elu)
 
 
 def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):

@@ -45,7 +45,7 @@ layer must be causal in raster order (each map at row r depends only on input ro
 readiness tables check); attention or other non-local layers need their own node type.
 """
 
-from .graph import CausalGraph, ConvGeometry, Node, conv_geometry, pointwise_conv
+from .graph import CausalGraph, ConvGeometry, Node, Skip, conv_geometry, pointwise_conv
 from .runtime import IncrementalForward, begin_incremental
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "conv_geometry",
     "CausalGraph",
     "Node",
+    "Skip",
     "IncrementalForward",
     "begin_incremental",
     "pointwise_conv",

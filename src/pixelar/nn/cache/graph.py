@@ -101,6 +101,37 @@ def conv_box(geo: ConvGeometry):
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
+@dataclass
+class Skip:
+    """weight @ cat(pre(m) for m in nodes) + bias at every position: a 1x1 convolution of other maps (at the
+    convolution's output resolution, read at its own positions) added to a convolution's output, e.g. the
+    short-cut of a gated resnet. pre is applied to each map on its own (position-wise, pre(0) = 0; the cache
+    computes it once per position and shares it with windows read through the same pre function).
+
+    Args:
+        nodes: the maps, concatenated over channels after pre.
+        weight: (out, in) over those channels, or a function of the maps' channel counts (before pre)
+            returning it (for weights laid out by the maps' sizes, known once the graph is planned).
+        bias: (out,) or None.
+        pre: position-wise function of each map, or None.
+    """
+
+    nodes: Sequence[Node]
+    weight: torch.Tensor | Callable[[list[int]], torch.Tensor]
+    bias: torch.Tensor | None = None
+    pre: Callable | None = None
+
+    def matrix(self, channels: list[int]) -> torch.Tensor:
+        """The (out, in) weight for maps of these channel counts."""
+        return self.weight if isinstance(self.weight, torch.Tensor) else self.weight(list(channels))
+
+    def full(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The skip term on whole maps (B, C_i, H, W) -> (B, out, H, W)."""
+        t = torch.cat([m if self.pre is None else self.pre(m) for m in maps], 1)
+        w = self.matrix([m.shape[1] for m in maps]).to(t.dtype)[:, :, None, None]
+        return F.conv2d(t, w, None if self.bias is None else self.bias.to(t.dtype))
+
+
 class Node:
     """One map (B, channels, H, W) of a CausalGraph. Created by the CausalGraph methods, not directly."""
 
@@ -109,7 +140,7 @@ class Node:
         self.name = name or f"{kind}{len(graph.nodes)}"
         self.srcs: list[Node] = []  # read through windows (concatenated over channels for convolutions)
         self.extras: list[Node] = []  # read at the node's own positions, passed to post
-        self.extras_pre: Callable | None = None  # applied to each extra before post
+        self.skip: Skip | None = None  # conv: a 1x1 convolution of other maps added to the output
         self.geo: ConvGeometry | None = None
         self.pre: Callable | None = None
         self.post: Callable | None = None
@@ -147,7 +178,7 @@ class CausalGraph:
     def _add(self, node: Node) -> Node:
         if any(n.name == node.name for n in self.nodes):
             raise ValueError(f"duplicate node name {node.name!r}")
-        for s in node.srcs + node.extras:
+        for s in node.srcs + node.extras + (list(node.skip.nodes) if node.skip is not None else []):
             if s.graph is not self:
                 raise ValueError("a node of another CausalGraph was used")
         self.nodes.append(node)
@@ -184,18 +215,17 @@ class CausalGraph:
         pre: Callable | None = None,
         post: Callable | None = None,
         extras: Sequence[Node] = (),
-        extras_pre: Callable | None = None,
+        skip: Skip | None = None,
         name: str | None = None,
     ) -> Node:
-        """post(conv(pre(cat(src))), *extras): a (masked / shifted / strided) convolution.
+        """post(conv(pre(cat(src))) + skip, *extras): a (masked / shifted / strided) convolution.
 
         src: a node or a list of nodes at one resolution (concatenated over channels).
         pad: extra zero padding (F.pad order) for a plain nn.Conv2d that the model pads itself.
         pre: position-wise function of the input with pre(0) = 0 (applied before zero padding).
         post: position-wise function of the output and the `extras` maps (at the output's resolution).
-        extras_pre: position-wise function applied to each extra map before post (e.g. concat_elu), with
-            pre(0) = 0; computed once per position and shared with convolutions that read the map with the
-            same pre function (the same object).
+        skip: a 1x1 convolution of other maps at the output's positions (see Skip), added before post; the
+            cached evaluation folds it into this convolution's matrix product.
         """
         srcs = _as_list(src)
         geo = conv_geometry(module, pad)
@@ -210,7 +240,18 @@ class CausalGraph:
         if node.box is None:
             raise ValueError(f"{node.name}: every kernel tap is masked")
         node.extras = self._extras(extras, H, W, post)
-        node.extras_pre = extras_pre
+        if skip is not None:
+            if not isinstance(skip, Skip) or not skip.nodes:
+                raise TypeError("skip must be a pixelar.nn.cache.Skip of one or more nodes")
+            for e in skip.nodes:
+                if (e.H, e.W) != (H, W):
+                    raise ValueError(f"skip map {e.name} is {e.H}x{e.W}, the output is {H}x{W}")
+            w = skip.weight
+            if isinstance(w, torch.Tensor) and (w.dim() != 2 or w.shape[0] != geo.weight.shape[0]):
+                raise ValueError(
+                    f"skip weight must be (out channels {geo.weight.shape[0]}, in), got {tuple(skip.weight.shape)}"
+                )
+            node.skip = skip
         return self._add(node)
 
     def conv_transpose(
@@ -222,11 +263,9 @@ class CausalGraph:
         pre: Callable | None = None,
         post: Callable | None = None,
         extras: Sequence[Node] = (),
-        extras_pre: Callable | None = None,
         name: str | None = None,
     ) -> Node:
-        """post(crop(conv_transpose(pre(cat(src)))), *extras), cropped to out_size (H, W) after geo.crop;
-        extras_pre as for conv."""
+        """post(crop(conv_transpose(pre(cat(src)))), *extras), cropped to out_size (H, W) after geo.crop."""
         srcs = _as_list(src)
         geo = conv_geometry(module)
         if not geo.transposed:
@@ -243,7 +282,6 @@ class CausalGraph:
         node = Node(self, "conv_transpose", H, W, name)
         node.srcs, node.geo, node.pre, node.post = srcs, geo, pre, post
         node.extras = self._extras(extras, H, W, post)
-        node.extras_pre = extras_pre
         return self._add(node)
 
     def map(self, fn: Callable, *srcs: Node, name: str | None = None) -> Node:
@@ -301,12 +339,13 @@ class CausalGraph:
                 g = n.geo
                 if n.kind == "conv":
                     y = F.conv2d(F.pad(t, g.pad), g.weight, g.bias, g.stride)
+                    if n.skip is not None:
+                        y = y + n.skip.full([out[e.name] for e in n.skip.nodes])
                 else:
                     y = F.conv_transpose2d(t, g.weight, g.bias, g.stride, output_padding=g.output_padding)
                     y = y[:, :, g.crop[0] : g.crop[0] + n.H, g.crop[1] : g.crop[1] + n.W]
                 if n.post is not None:
-                    ep = n.extras_pre
-                    y = n.post(y, *(out[e.name] if ep is None else ep(out[e.name]) for e in n.extras))
+                    y = n.post(y, *(out[e.name] for e in n.extras))
             out[n.name] = y
         return out
 

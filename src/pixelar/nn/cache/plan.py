@@ -45,7 +45,7 @@ def requirements(node: Node) -> list[tuple[Node, torch.Tensor]]:
             ok = (ri >= 0) & (ri < Hs) & (ci >= 0) & (ci < Ws)
             req = torch.maximum(req, torch.where(ok, ri * Ws + ci, torch.tensor(-1)))
         out += [(s, req.flatten()) for s in node.srcs]
-        out += [(e, ident) for e in node.extras]
+        out += [(e, ident) for e in node.extras + _skip_nodes(node)]
     elif node.kind == "conv_transpose":
         g = node.geo
         Hs, Ws = node.srcs[0].H, node.srcs[0].W
@@ -61,6 +61,10 @@ def requirements(node: Node) -> list[tuple[Node, torch.Tensor]]:
         out += [(s, req) for s in node.srcs]
         out += [(e, ident) for e in node.extras]
     return [(s, torch.cummax(q, 0).values) for s, q in out]
+
+
+def _skip_nodes(node: Node) -> list[Node]:
+    return list(node.skip.nodes) if node.skip is not None else []
 
 
 def window_reads(node: Node) -> list[tuple[Node, torch.Tensor, torch.Tensor, int, int]]:
@@ -79,7 +83,7 @@ def window_reads(node: Node) -> list[tuple[Node, torch.Tensor, torch.Tensor, int
         (sh, sw), (pl, _, pt, _) = g.stride, g.pad
         a0, a1, b0, b1 = node.box
         reads += [(s, r * sh - pt + a0, r * sh - pt + a1, b0 - pl, (W - 1) * sw - pl + b1) for s in node.srcs]
-        reads += [(e, r, r, 0, W - 1) for e in node.extras]
+        reads += [(e, r, r, 0, W - 1) for e in node.extras + _skip_nodes(node)]
     elif node.kind == "conv_transpose":
         g = node.geo
         (sh, sw), (kh, kw), (ct, cl) = g.stride, g.kernel, g.crop
@@ -218,11 +222,19 @@ def _probe(n: Node, channels: dict[str, int], probe_in: torch.Tensor, dtype, dev
     w, b = n.geo.weight.to(dtype), None if n.geo.bias is None else n.geo.bias.to(dtype)
     if n.kind == "conv":
         y = F.conv2d(t, w, b)
+        if n.skip is not None:
+            k = n.skip
+            acts = [z(e.name) if k.pre is None else k.pre(z(e.name)) for e in k.nodes]
+            w = k.matrix([channels[e.name] for e in k.nodes])
+            if w.dim() != 2 or tuple(w.shape) != (y.shape[1], sum(a.shape[1] for a in acts)):
+                raise ValueError(
+                    f"{n.name}: the skip weight is {tuple(w.shape)}, the output and skip maps need "
+                    f"({y.shape[1]}, {sum(a.shape[1] for a in acts)})"
+                )
     else:
         y = F.conv_transpose2d(t, w, b)[:, :, :1, :1]
     if n.post is not None:
-        ep = n.extras_pre
-        y = n.post(y, *(z(e.name) if ep is None else ep(z(e.name)) for e in n.extras))
+        y = n.post(y, *(z(e.name) for e in n.extras))
     return y.shape[1]
 
 

@@ -60,6 +60,7 @@ class _Ring(_Map):
         self.buf = nhwc.permute(0, 3, 1, 2)  # seen as (B, C, rows, cols)
         B, _, _, C = nhwc.shape
         self.B, self.C, self.sB, self.sR = B, C, nhwc.stride(0), nhwc.stride(1)
+        self._nhwc_strides, self._nchw_strides = (self.sB, self.sR, C, 1), (self.sB, 1, self.sR, C)
 
     def _check_row(self, r):
         if self.tags[r % self.R] != r and r <= (self.front - 1) // self.W:
@@ -88,12 +89,21 @@ class _Ring(_Map):
 
     # windows are single as_strided views of the buffer (one operation, where slicing takes several)
     def window_nhwc(self, r0, r1, c0, c1):
+        if 0 <= r0 < r1 <= self.H:  # the common case, inlined: rows inside the map
+            s0 = r0 % self.R
+            if self.tags[s0] != r0:
+                self._check_row(r0)
+            if s0 + r1 - r0 <= self.R + self.mirror:
+                C = self.C
+                return self.nhwc.as_strided(
+                    (self.B, r1 - r0, c1 - c0, C), self._nhwc_strides, s0 * self.sR + (self.padL + c0) * C
+                )
         s0 = self._slot0(r0, r1)
         if s0 is None:
             return self._wrapped(r0, r1, c0, c1)
         C = self.C
         return self.nhwc.as_strided(
-            (self.B, r1 - r0, c1 - c0, C), (self.sB, self.sR, C, 1), s0 * self.sR + (self.padL + c0) * C
+            (self.B, r1 - r0, c1 - c0, C), self._nhwc_strides, s0 * self.sR + (self.padL + c0) * C
         )
 
     def window(self, r0, r1, c0, c1):
@@ -102,15 +112,13 @@ class _Ring(_Map):
             return self._wrapped(r0, r1, c0, c1).permute(0, 3, 1, 2)
         C = self.C
         return self.nhwc.as_strided(
-            (self.B, C, r1 - r0, c1 - c0), (self.sB, 1, self.sR, C), s0 * self.sR + (self.padL + c0) * C
+            (self.B, C, r1 - r0, c1 - c0), self._nchw_strides, s0 * self.sR + (self.padL + c0) * C
         )
 
     def _row(self, slot, c0, c1):
         """Ring slot `slot`, columns [c0, c1), as (B, C, 1, c1-c0)."""
         C = self.C
-        return self.nhwc.as_strided(
-            (self.B, C, 1, c1 - c0), (self.sB, 1, self.sR, C), slot * self.sR + (self.padL + c0) * C
-        )
+        return self.nhwc.as_strided((self.B, C, 1, c1 - c0), self._nchw_strides, slot * self.sR + (self.padL + c0) * C)
 
     def write(self, r, c0, c1, y):
         """Store y (B, C, 1, c1-c0) at row r, columns [c0, c1), and pre(y) in the derived rings."""
@@ -239,10 +247,18 @@ class _Input(_Map):
         while a < f:
             r, c = divmod(a, W)
             e = min(f, (r + 1) * W)
-            t = self.node.x[:, :, r : r + 1, c : c + e - a]
+            x = self.node.x
+            B, C, _, _ = x.shape
+            sb, sc, sh, sw = x.stride()
+            t = x.as_strided((B, C, 1, e - a), (sb, sc, sh, sw), x.storage_offset() + r * sh + c * sw)
             if self.node.transform is not None:
                 t = self.node.transform(t)
-            self.buf[:, :, self.padT + r, self.padL + c : self.padL + c + e - a] = t[:, :, 0]
+            n = self.nhwc
+            n.as_strided(
+                (B, n.shape[3], 1, e - a),
+                (n.stride(0), 1, n.stride(1), n.stride(2)),
+                (self.padT + r) * n.stride(1) + (self.padL + c) * n.stride(2),
+            ).copy_(t)
             a = e
         if final:
             self.done = max(self.done, f)
@@ -254,7 +270,12 @@ class _Input(_Map):
             and r1 + self.padT <= self.nhwc.shape[1]
             and (c1 + self.padL <= self.nhwc.shape[2])
         ):
-            return self.nhwc[:, self.padT + r0 : self.padT + r1, self.padL + c0 : self.padL + c1]
+            n = self.nhwc
+            return n.as_strided(
+                (n.shape[0], r1 - r0, c1 - c0, n.shape[3]),
+                n.stride(),
+                (self.padT + r0) * n.stride(1) + (self.padL + c0) * n.stride(2),
+            )
         return self.window(r0, r1, c0, c1).permute(0, 2, 3, 1)
 
     def window(self, r0, r1, c0, c1):
@@ -314,7 +335,8 @@ def _matmul(t: torch.Tensor, wmat: torch.Tensor, bias: torch.Tensor | None) -> t
 class _Conv(_Ring):
     """A convolution as a matrix product over im2col rows (much faster than conv2d on tiny windows)."""
 
-    def setup(self, dtype, device):
+    def setup(self, dtype, device, skip_channels=()):
+        """skip_channels: the channel counts of the skip maps (before the skip's pre)."""
         n = self.node
         g = n.geo
         a0, a1, b0, b1 = n.box
@@ -324,7 +346,15 @@ class _Conv(_Ring):
         self.stride = tuple(g.stride)
         self.kh, self.kw = a1 - a0 + 1, b1 - b0 + 1
         self.row_off, self.col_off = a0 - g.pad[2], b0 - g.pad[0]
-        self._col = None  # (B, kh, kw, Cin) im2col buffer of single-position steps
+        self._col = None  # im2col buffer of single-position steps: the window, then the skip maps
+        self.skip_in: list[_Map] = []  # the skip maps after the skip's pre (set by IncrementalForward)
+        k = n.skip
+        if k is not None:  # folded in: [window | skip maps] @ [wmat; skip weight^T] + (bias + skip bias)
+            kw = k.matrix(list(skip_channels)).detach().t().to(dtype=dtype, device=device)
+            self.wmat = torch.cat([self.wmat, kw], 0).contiguous()
+            if k.bias is not None:
+                kb = k.bias.detach().to(dtype=dtype, device=device)
+                self.bias = kb if self.bias is None else self.bias + kb
 
     def compute(self, r, c0, c1):
         n = self.node
@@ -345,14 +375,14 @@ class _Conv(_Ring):
                 t = n.pre(t)
             t = t.permute(0, 2, 3, 1)
         B, m = t.shape[0], c1 - c0
-        if m == 1:  # the im2col row: the window copied into a buffer kept for this layer
-            col = self._col
-            if col is None or col.shape != t.shape or col.dtype != t.dtype:
-                col = self._col = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                self._col_rows = col.view(B, -1)
-                self._y = torch.empty(B, self.wmat.shape[1], dtype=t.dtype, device=t.device)
-                self._y4 = self._y.view(B, -1, 1, 1)
+        if m == 1:  # the im2col row: the window (and skip maps) copied into a buffer kept for this layer
+            acts = [e.window_nhwc(r, r + 1, c0, c1) for e in self.skip_in]  # (B, 1, 1, C_i) each
+            if self._col is None or self._col[0].shape != t.shape or self._col_rows.dtype != t.dtype:
+                self._allocate_col(t, acts)
+            col, parts = self._col
             col.copy_(t)
+            for part, a in zip(parts, acts):
+                part.copy_(a)
             if self.bias is None or torch.is_autocast_enabled(t.device.type):  # autocast: no out=
                 y = _matmul(self._col_rows, self.wmat, self.bias).view(B, -1, 1, 1)
             else:  # into a buffer kept for this layer: y is read (post, write) before the next step
@@ -360,10 +390,30 @@ class _Conv(_Ring):
                 y = self._y4
         else:
             cols = t.unfold(2, self.kw, sw).permute(0, 2, 1, 4, 3).reshape(B * m, -1)  # (B*m, kh*kw*Cin)
+            if self.skip_in:  # (B*m, channels) per skip map, after the window's columns
+                acts = [e.window_nhwc(r, r + 1, c0, c1).reshape(B * m, -1) for e in self.skip_in]
+                cols = torch.cat([cols, *acts], 1)
             y = _matmul(cols, self.wmat, self.bias).view(B, m, -1).permute(0, 2, 1)[:, :, None, :]
         if n.post is not None:
-            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras_in))
+            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras))
         return y
+
+    def _allocate_col(self, t, acts):
+        """The im2col buffer (B, K) of single-position steps, seen as the window t (B, kh, kw, Cin) followed by
+        one (B, 1, 1, C_i) part per skip map (acts), and the output buffer."""
+        B, K = t.shape[0], self.wmat.shape[0]
+        rows = torch.empty(B, K, dtype=t.dtype, device=t.device)
+        k0 = t[0].numel()
+        parts, o = [], k0
+        for a in acts:
+            c = a.shape[-1]
+            parts.append(rows.narrow(1, o, c).view(B, 1, 1, c))
+            o += c
+        if o != K:
+            raise ValueError(f"{self.name}: the skip weight reads {K - k0} channels, its maps give {o - k0}")
+        self._col, self._col_rows = (rows.narrow(1, 0, k0).view(t.shape), parts), rows
+        self._y = torch.empty(B, self.wmat.shape[1], dtype=t.dtype, device=t.device)
+        self._y4 = self._y.view(B, -1, 1, 1)
 
 
 class _ConvTranspose(_Ring):
@@ -405,7 +455,7 @@ class _ConvTranspose(_Ring):
             cols.append(_matmul(t.reshape(t.shape[0], -1), wmat, self.bias))
         y = (cols[0][:, :, None] if len(cols) == 1 else torch.stack(cols, 2))[:, :, None, :]
         if n.post is not None:
-            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras_in))
+            y = n.post(y, *(e.window(r, r + 1, c0, c1) for e in self.extras))
         return y
 
 
@@ -481,17 +531,24 @@ class IncrementalForward:
                     self.device,
                     span.get(n.name, 1),
                 )
-                maps[n.name].setup(self.dtype, self.device)
+                if n.kind == "conv" and n.skip is not None:
+                    maps[n.name].setup(self.dtype, self.device, [plan.channels[e.name] for e in n.skip.nodes])
+                else:
+                    maps[n.name].setup(self.dtype, self.device)
         for n in graph.nodes:  # convolutions that read pre(one map): that map keeps pre(itself) beside it
             if n.kind in ("conv", "conv_transpose"):
                 m = maps[n.name]
                 m.src_pre = _through_pre(m.srcs[0], n.pre) if n.pre is not None and len(m.srcs) == 1 else None
-                ep = n.extras_pre  # the extras as post receives them
-                m.extras_in = m.extras if ep is None else [_through_pre(e, ep) or _PreApplied(e, ep) for e in m.extras]
+                k = n.skip
+                if k is not None:  # the skip maps after the skip's pre, from derived rings where possible
+                    skip = [maps[e.name] for e in k.nodes]
+                    m.skip_in = (
+                        skip if k.pre is None else [_through_pre(e, k.pre) or _PreApplied(e, k.pre) for e in skip]
+                    )
         raw = {output.name}  # stored maps read as they are: the output and every window not through pre
         for m in maps.values():
             if isinstance(m, (_Conv, _ConvTranspose)):
-                reads = (m.srcs if m.src_pre is None else []) + m.extras_in
+                reads = (m.srcs if m.src_pre is None else []) + m.extras + getattr(m, "skip_in", [])
             elif isinstance(m, _PointwiseMap):
                 reads = m.srcs
             else:
