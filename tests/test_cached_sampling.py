@@ -24,7 +24,7 @@ from pixelar.nn import (
     MaskedConv2d,
     concat_elu,
 )
-from pixelar.nn.cache import CausalGraph, IncrementalForward, pointwise_conv
+from pixelar.nn.cache import CausalGraph, IncrementalForward, Skip, pointwise_conv
 
 # models with an incremental forward (begin_cache): every autoregressive model but grayscale_pixelcnn (tested in
 # test_aux_pixelcnn.py: its sampler caches both stages itself); latent-variable models sample in one decoder pass
@@ -292,7 +292,34 @@ LAYERS = {
     "two_levels": lambda g, x: _two_levels(g, x),
     "multi_source_post": lambda g, x: _multi_source(g, x),
     "constant_map": lambda g, x: _with_constant(g, x),
+    "skip": lambda g, x: _with_skip(g, x),
 }
+
+
+def _with_skip(g, x):
+    """Skip terms folded into a convolution's matrix product: maps read through concat_elu (a stored map, a
+    shifted one and a constant, which has no ring and gets pre per read), and without pre on a convolution
+    whose positions come a row at a time (a weight laid out by the maps' channel counts)."""
+    a = g.conv(x, DownRightShiftedConv2d(3, 4, (2, 2)))
+    b = g.shift(g.conv(x, DownShiftedConv2d(3, 4, (2, 3))), 1, 0)
+    e = g.constant(torch.randn(x.x.shape[0], 2, x.H, x.W))
+    skip = Skip([a, b, e], torch.randn(5, 2 * (4 + 4 + 2)), torch.randn(5), pre=concat_elu)
+    y = g.conv(a, DownRightShiftedConv2d(8, 5, (2, 2)), pre=concat_elu, skip=skip)
+    w = torch.randn(5, 6)
+    rows = g.conv(b, DownShiftedConv2d(4, 5, (2, 3)), skip=Skip([b, e], lambda channels: w[:, : sum(channels)]))
+    return g.map(torch.add, y, rows)
+
+
+def test_skip_weight_must_fit_the_maps():
+    x = torch.zeros(1, 3, 4, 4)
+    g = CausalGraph()
+    xi = g.input(x)
+    a = g.conv(xi, DownRightShiftedConv2d(3, 4, (2, 2)))
+    with pytest.raises(ValueError, match="skip weight"):  # 5 output channels, the convolution has 4
+        g.conv(a, DownRightShiftedConv2d(4, 4, (2, 2)), skip=Skip([a], torch.zeros(5, 4)))
+    out = g.conv(a, DownRightShiftedConv2d(4, 4, (2, 2)), skip=Skip([a], torch.zeros(4, 4), pre=concat_elu))
+    with pytest.raises(ValueError, match="skip weight"):  # concat_elu doubles the 4 channels
+        IncrementalForward(g, out, require_causal=False)
 
 
 def _with_constant(g, x):

@@ -143,3 +143,44 @@ def test_make_distribution_errors_list_valid_names():
         make_distribution(ImageSpec(1, 4, 4, 256), "bernoulli", joint=False)
     with pytest.raises(ValueError, match="nr_mix"):
         make_distribution(ImageSpec(1, 4, 4), "logistic_mixture", joint=True, mixtures=3)
+
+
+def _reference_sample(dist, params, t, generator):
+    """The logistic mixture's draw written channel by channel (the formulas of sample, step by step)."""
+    K = dist.image.num_values
+    logits, means, log_scales, coeffs = dist._split(params)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float32).to(logits.dtype)
+    if t == 0:
+        comp = logits.argmax(-1)
+    else:
+        comp = (logits / t - torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))).argmax(-1)
+    idx = comp.view(-1, 1, 1)
+    mu = means.gather(2, idx.expand(-1, means.shape[1], 1)).squeeze(2)
+    ls = log_scales.gather(2, idx.expand(-1, log_scales.shape[1], 1)).squeeze(2)
+    co = coeffs.gather(2, idx.expand(-1, coeffs.shape[1], 1)).squeeze(2)
+    u = torch.rand(mu.shape, generator=generator).to(mu.dtype).clamp(1e-7, 1.0 - 1e-7)
+    noise = torch.log(u) - torch.log1p(-u)
+    out = torch.zeros(mu.shape, dtype=torch.long)
+    xs = torch.zeros(mu.shape, dtype=mu.dtype)
+    for c in range(mu.shape[1]):
+        m = mu[:, c]
+        for k, (cc, p) in enumerate(dist.pairs):
+            if cc == c:
+                m = m + co[:, k] * xs[:, p]
+        cont = m + (torch.exp(ls[:, c]) * t) * noise[:, c]
+        out[:, c] = torch.round((cont + 1.0) * 0.5 * (K - 1)).clamp(0, K - 1).long()
+        xs[:, c] = dist._to_unit(out[:, c], mu.dtype)
+    return out
+
+
+@pytest.mark.parametrize("C,K", [(1, 2), (3, 256), (3, 5)])
+@pytest.mark.parametrize("t", [1.0, 0.7, 0.0])
+def test_logistic_mixture_sample_is_exactly_the_channel_by_channel_draw(C, K, t):
+    """sample() is written with few operations (it runs at every cached sampling step); its values must be
+    exactly those of the formulas applied channel by channel, on the same random numbers."""
+    dist = DiscretizedLogisticMixture(ImageSpec(C, 2, 2, K), nr_mix=4)
+    params = torch.randn(300, dist.num_params, generator=torch.Generator().manual_seed(1)) * 3
+    for p in (params, torch.cat([params, params], 1)[:, 1 : 1 + dist.num_params]):  # also not contiguous
+        got = dist.sample(p, t, torch.Generator().manual_seed(7))
+        assert got.dtype == torch.long
+        assert torch.equal(got, _reference_sample(dist, p, t, torch.Generator().manual_seed(7)))
