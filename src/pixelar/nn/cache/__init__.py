@@ -7,9 +7,10 @@ computable. This package provides that machinery for any convolutional model, in
 in three layers: description (graph.py), planning (plan.py, once per sampling call) and runtime (runtime.py):
 
 1. A model *describes* its forward pass as a small dataflow graph of causal map operations with
-   `CausalGraph` (`input`, `constant`, `conv`, `conv_transpose`, `map`, `shift`). A `constant` is a map
-   known in full before generation starts (e.g. the embedding of an observed auxiliary image): it is
-   ready everywhere from the first step and is read, never recomputed. Pointwise work is fused into the
+   `CausalGraph` (`input`, `constant`, `conv` (optionally with a `Skip`), `conv_transpose`, `map`,
+   `shift`). A `constant` is a map known in full before generation starts (e.g. the embedding of an
+   observed auxiliary image): it is ready everywhere from the first step and is read, never recomputed.
+   Pointwise work is fused into the
    convolutions as `pre` (applied to the convolution's input window; must map 0 to 0, like relu, elu,
    concat_elu or a gate) and `post` (applied to the convolution's output together with other maps read at
    the same positions, e.g. a residual, a gate, a 1x1 skip convolution, a conditioning bias). Convolution
@@ -29,7 +30,13 @@ in three layers: description (graph.py), planning (plan.py, once per sampling ca
      at the end of a row for maps that look to the right).
    - Memory. Each map keeps a ring of a few rows (plus zero margins for padding); the number of rows is
      computed at compile time from the consumers' windows and how far ahead the producer can run (at most
-     one input row is committed per internal step). Row tags detect any read of an evicted row.
+     one input row is committed per internal step). Row tags detect any read of an evicted row. Rings are
+     channels-last and repeat their first rows after the last, so every window is one strided view.
+   - Few operations per step (a step is a handful of small tensor operations per layer, so their number
+     sets the speed): a convolution with a single-map `pre` reads pre(map) from a ring kept beside the map
+     and written with it (pre once per position, not once per window); a `Skip` (a 1x1 convolution of
+     other maps at the output's positions, e.g. a resnet's short-cut) is folded into the convolution's
+     matrix product; the input's transform is applied once per position.
    - Sub-pixel steps. For backbones whose output at a pixel depends on earlier channels of that same pixel
      (R/G/B masks), `params_at` computes provisionally (with the channels set so far) only the positions
      the output at that pixel needs, and rolls the frontiers back; they are recomputed once the pixel is
