@@ -7,9 +7,10 @@ import struct
 
 import pytest
 import torch
+from codec_helpers import perturbed
 
 import pixelar
-from pixelar import ImageSpec, create_model
+from pixelar import ImageSpec
 from pixelar.codec import compress, decompress, stream_info
 from pixelar.codec.arithmetic import TOTAL, Decoder, Encoder, quantize
 from pixelar.codec.images import _HEADER, SEGMENT_IMAGES
@@ -58,12 +59,7 @@ SPECS = [ImageSpec(1, 5, 4, 16), ImageSpec(3, 4, 4, 8)]
 
 
 def tiny(name, spec, scale=0.2, **kw):
-    torch.manual_seed(1)
-    model = create_model(name, spec, "tiny", **kw).eval()
-    with torch.no_grad():  # random weights: the output heads start at zero
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model
+    return perturbed(name, spec, scale, **kw)
 
 
 def images_for(model, n=3, seed=0):

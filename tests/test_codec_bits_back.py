@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from codec_helpers import perturbed, random_images
 
-import pixelar
 import pixelar.codec.ans as ans_module
 from pixelar import ImageSpec
 from pixelar.codec import compress, decompress, images, stream_info
@@ -79,17 +79,7 @@ def test_ans_decoder_refuses_damaged_stacks():
 
 # ----- bits-back coding of a VDVAE -----------------------------------------------------------------------------------
 def tiny_vdvae(spec, scale=0.05, **kw):
-    torch.manual_seed(1)
-    model = pixelar.create_model("vdvae", spec, "tiny", **kw).eval()
-    with torch.no_grad():  # random weights: the output head and the prior's last layer start at zero
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model
-
-
-def random_images(spec, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, spec.num_values, (n, *spec.shape), generator=g)
+    return perturbed("vdvae", spec, scale, **kw)
 
 
 def latent_dims(model) -> int:

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
+from codec_helpers import perturbed, random_images
 
-import pixelar
 from pixelar import ImageSpec
 from pixelar.codec import compress, decompress, stream_info
 from pixelar.codec.arithmetic import TOTAL
@@ -19,17 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_vqvae(spec, scale=0.2, **kw):
-    torch.manual_seed(1)
-    model = pixelar.create_model("vqvae", spec, "tiny", **kw).eval()
-    with torch.no_grad():  # random weights: the output heads start at zero
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model
-
-
-def random_images(spec, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, spec.num_values, (n, *spec.shape), generator=g)
+    return perturbed("vqvae", spec, scale, **kw)
 
 
 def structured_images(spec, n, seed=0):
