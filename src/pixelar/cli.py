@@ -678,6 +678,12 @@ def cmd_compress(args) -> int:
         f"bits/dim (the model's {what}: {bits_per_dim(nats, dims):.4f}; the input files: {source:,} bytes) "
         f"in {seconds:.1f} s"
     )
+    if model.coding_scheme() == "bits-back":
+        print(
+            "note: bits-back coding: each stream's first image also pays a one-off start-up of about 8 bits per "
+            "latent dimension the posterior leaves at its prior; every later image costs about its -ELBO, so "
+            "compress many images into one stream (docs/codec.md)"
+        )
     if spec.num_values != 256:
         print(
             f"note: the model codes {spec.num_values} values per sub-pixel: the 8-bit files were reduced to them "
