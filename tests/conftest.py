@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pixelar.config import TrainConfig
+from pixelar.threads import num_threads
 
 
 @pytest.fixture
@@ -24,10 +25,8 @@ def float64():
 @pytest.fixture
 def one_thread():
     """One intra-op thread: tiny models only pay overhead for more (and stall when other jobs share the cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with num_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

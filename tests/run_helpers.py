@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import pixelar
+from pixelar.io import read_tensors
 from pixelar.training import train
 
 SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar that launched processes import: this one
@@ -25,6 +28,16 @@ def launch(n: int, *args: str, script: Path | None = None, restarts: int = 0, cw
         return proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def checkpoint_differences(run_a, run_b) -> list[str]:
+    """The checkpoint files (weights, training state) of two run directories whose tensors differ."""
+    names = ("model.safetensors", "training_state.safetensors")
+    return [n for n in names if not tensors_equal(read_tensors(Path(run_a) / n), read_tensors(Path(run_b) / n))]
 
 
 def quiet(cfg, run_dir, **kw):

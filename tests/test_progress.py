@@ -187,10 +187,8 @@ def step_threads(monkeypatch):
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with threads.num_threads(2):
+        yield
 
 
 def test_small_cached_sampling_runs_on_one_thread_and_restores_the_count(model, step_threads, two_threads):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from run_helpers import quiet, stop_after
+from run_helpers import quiet, stop_after, tensors_equal
 
 import pixelar
 from pixelar.config import TrainConfig
@@ -34,10 +34,6 @@ STATE_FILES = ("config.json", "model.safetensors", "training_state.safetensors",
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def tensors_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def metrics(run_dir) -> list[dict]:
