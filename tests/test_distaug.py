@@ -315,6 +315,17 @@ def test_cli_train_distaug_and_plain_then_eval_per_augmentation(tmp_path, capsys
     assert main(["eval", str(tmp_path / "dist"), "--per-augmentation", "transpose"]) == 2  # not its types
     assert "conditioned on ['rot90', 'colour']" in capsys.readouterr().err
     assert main([*common, "--distaug", "rot90", "--augment", "transpose", "--run-dir", str(tmp_path / "x")]) == 2
+    assert not rows[0]["bound"]  # an exact likelihood
+    # a latent-variable model trained with plain augmentation: every row is an upper bound, marked as one
+    vae = [*common[:2], "vdvae", *common[3:], "--augment", "transpose", "--run-dir", str(tmp_path / "vae")]
+    assert main(vae) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "vae"), "--per-augmentation", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_augmentation"]
+    assert len(rows) == 2 and all(r["bound"] for r in rows)
+    assert main(["eval", str(tmp_path / "vae"), "--per-augmentation"]) == 0
+    out = capsys.readouterr().out
+    assert "upper bounds" in out and out.count("<= ") == 2
 
 
 @pytest.mark.parametrize("name", ["lmconv", "grayscale_pixelcnn"])

@@ -473,10 +473,12 @@ def _eval_per_augmentation(args, model, ds, dataset: str, train_cfg: dict) -> in
     if model.tokenizer is not None:  # Image GPT's palette: bits per token of the quantised images
         unit = "bits/tok"
         print(f"bits per palette token: {TOKEN_NOTE}")
-    print(f"{dataset} {args.split}: {unit} per transformation ({how}, {rows[0]['num_images']} images)")
-    print(f"  {'type':<10} {'index':>5} {unit:>9}")
+    bound = rows[0]["bound"]  # a latent-variable model: every figure is an upper bound (its ELBO or IW bound)
+    note = "; upper bounds" if bound else ""
+    print(f"{dataset} {args.split}: {unit} per transformation ({how}, {rows[0]['num_images']} images{note})")
+    print(f"  {'type':<10} {'index':>5} {unit:>12}")
     for r in rows:
-        print(f"  {r['type']:<10} {r['index']:>5} {r['bpd']:>9.4f}")
+        print(f"  {r['type']:<10} {r['index']:>5} {'<= ' if bound else '':>3}{r['bpd']:>9.4f}")
     return 0
 
 

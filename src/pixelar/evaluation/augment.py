@@ -29,7 +29,8 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
         kwargs: passed to pixelar.evaluation.evaluate (batch_size, precision, subset).
 
     Returns:
-        [{"type": "identity" or a type name, "index": k, "bpd", "nats_per_image", "num_images"}, ...]
+        [{"type": "identity" or a type name, "index": k, "bpd", "nats_per_image", "num_images", "bound"}, ...]
+        with "bound" True where bpd is an upper bound (a latent-variable model's, as evaluate's "bound").
     """
     own = model.augmenter  # the transformations a DistAug model is conditioned on, else None
     if own is not None:
@@ -58,6 +59,7 @@ def evaluate_per_augmentation(model, dataset: ImageDataset, augmenter: Augmenter
                 "bpd": res["bpd"],
                 "nats_per_image": res["nats_per_image"],
                 "num_images": res["num_images"],
+                "bound": bool(res.get("bound", False)),
             }
         )
     return rows
