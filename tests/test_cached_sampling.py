@@ -37,14 +37,19 @@ MODELS = [
 # models whose cached sampler is the convolutional per-layer cache (pixelar.nn.cache): its internals are tested
 GRAPH_MODELS = [m for m in MODELS if hasattr(pixelar.models.registry._lookup(m)[0], "cache_graph")]
 SPECS = [ImageSpec(1, 6, 6, 4), ImageSpec(3, 5, 5, 256)]
-CONDS = ["none", "class", "vector"]
+CONDS = ["none", "class", "vector", "map"]
+
+
+def takes_map(name):
+    """Whether the model reads a conditioning map (cond_channels), as a VQ-VAE-2 bottom prior does."""
+    return "cond_channels" in pixelar.models.registry.preset(name, "tiny")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(name, spec, cond_kind="none", scale=0.2, seed=1):
-    overrides = {"num_classes": 3} if cond_kind == "class" else {"cond_dim": 4} if cond_kind == "vector" else {}
+    overrides = {"class": {"num_classes": 3}, "vector": {"cond_dim": 4}, "map": {"cond_channels": 2}}.get(cond_kind, {})
     torch.manual_seed(seed)
     model = create_model(name, spec, "tiny", **overrides).eval()
     with torch.no_grad():  # random weights (the conditioning maps start at zero): every connection matters
@@ -53,12 +58,14 @@ def make(name, spec, cond_kind="none", scale=0.2, seed=1):
     return model
 
 
-def make_cond(cond_kind, n, seed=0):
+def make_cond(cond_kind, n, seed=0, spec=None):
     g = torch.Generator().manual_seed(seed)
     if cond_kind == "class":
         return torch.randint(0, 3, (n,), generator=g)
     if cond_kind == "vector":
         return torch.randn(n, 4, generator=g, dtype=torch.get_default_dtype())
+    if cond_kind == "map":
+        return torch.randn(n, 2, spec.height, spec.width, generator=g, dtype=torch.get_default_dtype())
     return None
 
 
@@ -97,10 +104,13 @@ def assert_same_calls(naive_calls, cached_calls):
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("name", MODELS)
 def test_cached_equals_naive(name, spec, cond_kind):
+    if cond_kind == "map" and not takes_map(name):
+        pytest.skip(f"{name} takes no conditioning map")
     model = make(name, spec, cond_kind)
     n = 3
-    cond = make_cond(cond_kind, n)
-    runs = {"none": [(0, 1.0), (1, 0.7), (2, 0.0)], "class": [(3, 0.7)], "vector": [(4, 1.0)]}[cond_kind]
+    cond = make_cond(cond_kind, n, spec=spec)
+    runs = {"none": [(0, 1.0), (1, 0.7), (2, 0.0)], "class": [(3, 0.7)], "vector": [(4, 1.0)], "map": [(5, 1.0)]}
+    runs = runs[cond_kind]
     for seed, temperature in runs:
         naive, naive_calls = recorded_sample(model, "naive", seed, n=n, cond=cond, temperature=temperature)
         cached, cached_calls = recorded_sample(model, "cached", seed, n=n, cond=cond, temperature=temperature)
@@ -175,14 +185,16 @@ def drive(model, x_final, cond, trace=None, check_params=True):
     return state, worst
 
 
-@pytest.mark.parametrize("cond_kind", ["none", "class"])
+@pytest.mark.parametrize("cond_kind", ["none", "class", "map"])
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("name", GRAPH_MODELS)
 def test_step_params_and_every_map_match_full_forward(name, spec, cond_kind, float64):
+    if cond_kind == "map" and not takes_map(name):
+        pytest.skip(f"{name} takes no conditioning map")
     model = make(name, spec, cond_kind, scale=0.3)
     g = torch.Generator().manual_seed(5)
     x_final = torch.randint(0, spec.num_values, (2, *spec.shape), generator=g)
-    cond = make_cond(cond_kind, 2)
+    cond = make_cond(cond_kind, 2, spec=spec)
     segments = []
     state, worst = drive(
         model, x_final, cond, trace=lambda name, r, c0, c1, y, prov: segments.append((name, r, c0, c1, y.clone(), prov))

@@ -38,9 +38,12 @@ def factorizes(name):
     return pixelar.models.registry._lookup(name)[0].factorizes
 
 
-def variants(spec):
-    """(overrides, cond) pairs: default, class-conditional, and each applicable output distribution."""
+def variants(spec, name):
+    """(overrides, cond) pairs: default, class / vector / map conditioning (where the model reads a map), and
+    each applicable output distribution."""
     out = [({}, None), ({"num_classes": 3}, torch.tensor([2])), ({"cond_dim": 4}, torch.randn(1, 4))]
+    if "cond_channels" in pixelar.models.registry.preset(name, "tiny"):
+        out.append(({"cond_channels": 2}, torch.randn(1, 2, spec.height, spec.width)))
     for kind in OUTPUTS:
         if kind == "bernoulli" and spec.num_values != 2:
             continue
@@ -60,7 +63,7 @@ def test_all_65536_binary_4x4_images_sum_to_one(name):
 @pytest.mark.parametrize("spec", [ImageSpec(3, 2, 2, 2), ImageSpec(3, 1, 2, 4), ImageSpec(1, 2, 3, 4)], ids=str)
 @pytest.mark.parametrize("name", MODELS)
 def test_all_small_colour_images_sum_to_one(name, spec):
-    for overrides, cond in variants(spec):
+    for overrides, cond in variants(spec, name):
         if overrides.get("output") == "bernoulli" and colour_bernoulli_refused(name, spec):
             continue
         model = make(name, spec, **overrides)
@@ -74,7 +77,7 @@ def test_conditionals_normalized_and_causal(name, spec):
     if not factorizes(name):
         pytest.skip(f"{name} has no per-sub-pixel conditionals")
     g = torch.Generator().manual_seed(3)
-    for overrides, cond in variants(spec):
+    for overrides, cond in variants(spec, name):
         if overrides.get("output") == "bernoulli" and colour_bernoulli_refused(name, spec):
             continue
         model = make(name, spec, **overrides)

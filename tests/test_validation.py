@@ -73,6 +73,26 @@ def test_what_a_model_itself_refuses_is_a_valueerror_naming_it():
         create_model("image_transformer", SPEC, query_shape=[2])  # the model unpacks two numbers
 
 
+def test_a_conditioning_map_is_checked_and_old_configs_build_without_one():
+    model = create_model("gated_pixelcnn", SPEC, cond_channels=2)
+    x = torch.zeros(2, *SPEC.shape, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"conditioned on a map: cond must be a float tensor of shape \(2, 2, "):
+        model.log_prob(x, torch.zeros(2, 2, 1, 1))  # the map must cover the image
+    with pytest.raises(ValueError, match="conditioned on a map"):
+        model.log_prob(x)
+    with pytest.raises(ValueError, match="one kind of cond"):
+        create_model("pixelcnn", SPEC, cond_channels=2, num_classes=3)
+    with pytest.raises(ValueError, match="unknown option.*cond_channels"):
+        create_model("lmconv", SPEC, cond_channels=2)  # a model that reads no map has no such option
+    # configs saved before the option existed lack it: they build the model they describe
+    hparams = dict(create_model("pixelcnn_pp", SPEC).hparams)
+    del hparams["cond_channels"]
+    assert pixelar.models.registry.build_model("pixelcnn_pp", SPEC, hparams).cond_channels == 0
+    with pytest.raises(ValueError, match="lacks option"):
+        del hparams["dropout"]  # an option that every config has
+        pixelar.models.registry.build_model("pixelcnn_pp", SPEC, hparams)
+
+
 def test_distaug_checks_the_conditioning_it_moves_into_the_vector():
     with pytest.raises(ValueError, match="option num_classes must be an integer >= 0, got -1"):
         create_distaug_model("pixelcnn_pp", SPEC, "tiny", ["rot90"], num_classes=-1)

@@ -42,7 +42,8 @@ class ImageModel(nn.Module):
 
     Every model has `image` (its inputs' ImageSpec), `data_image` and `tokenizer` (the images it is built for
     and the module mapping them to its inputs; `image` and None unless it models tokens), `num_classes` /
-    `cond_dim` (its conditioning) and `hparams` (its constructor arguments, saved in config.json).
+    `cond_dim` / `cond_channels` (its conditioning) and `hparams` (its constructor arguments, saved in
+    config.json).
     """
 
     name: str = ""  # the registry name, set by the registry
@@ -57,15 +58,21 @@ class ImageModel(nn.Module):
     num_feature_layers: int = 0  # layers whose features() a linear probe can read
     augmenter = None  # the transformations a Distribution Augmentation model is conditioned on
 
-    def __init__(self, image: ImageSpec, num_classes: int = 0, cond_dim: int = 0):
+    def __init__(self, image: ImageSpec, num_classes: int = 0, cond_dim: int = 0, cond_channels: int = 0):
         super().__init__()
         if not isinstance(image, ImageSpec):
             raise ValueError(f"image must be a pixelar.ImageSpec, got {type(image).__name__}")
-        if num_classes and cond_dim:
-            raise ValueError("a model takes either class labels (num_classes) or a vector (cond_dim) as cond, not both")
+        if sum(map(bool, (num_classes, cond_dim, cond_channels))) > 1:
+            raise ValueError(
+                "a model takes one kind of cond: class labels (num_classes), a vector (cond_dim) or a map "
+                "(cond_channels), not several"
+            )
         self.image = image
         self.num_classes = int(num_classes)
         self.cond_dim = int(cond_dim)
+        # a spatial map (B, cond_channels, H, W) at the image's resolution, known before generation (e.g. a
+        # VQ-VAE-2 bottom prior's view of the top codes): every position may read all of it
+        self.cond_channels = int(cond_channels)
         self.hparams: dict = {}  # the registry replaces it with the constructor's arguments
 
     # ----- data images <-> model inputs (identity unless the model has a tokenizer) ------------------------------
@@ -96,7 +103,8 @@ class ImageModel(nn.Module):
         return x.long()
 
     def check_cond(self, cond, batch: int):
-        """Validate `cond`: None, int64 labels (B,) when num_classes, float (B, cond_dim) when cond_dim."""
+        """Validate `cond`: None, int64 labels (B,) when num_classes, float (B, cond_dim) when cond_dim, float
+        (B, cond_channels, H, W) when cond_channels."""
         if self.num_classes:
             if cond is None:
                 raise ValueError(
@@ -120,6 +128,14 @@ class ImageModel(nn.Module):
             ):
                 raise ValueError(
                     f"cond must be a float tensor of shape ({batch}, {self.cond_dim}), got "
+                    f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}"
+                )
+            return cond.to(next(self.parameters()).dtype)
+        if self.cond_channels:
+            shape = (batch, self.cond_channels, self.image.height, self.image.width)
+            if not isinstance(cond, torch.Tensor) or not cond.dtype.is_floating_point or tuple(cond.shape) != shape:
+                raise ValueError(
+                    f"this model is conditioned on a map: cond must be a float tensor of shape {shape}, got "
                     f"{getattr(cond, 'dtype', type(cond).__name__)} {tuple(getattr(cond, 'shape', ()))}"
                 )
             return cond.to(next(self.parameters()).dtype)
@@ -308,10 +324,20 @@ class ARImageModel(ImageModel):
             the same pixel (PixelCNN-style R/G/B masks); False when its parameters see only earlier pixels.
         num_classes: number of class labels accepted as `cond` (0: none).
         cond_dim: size of a global float conditioning vector accepted as `cond` (0: none).
+        cond_channels: channels of a float conditioning map (B, cond_channels, H, W) accepted as `cond` (0:
+            none), for the backbones that read one (their constructors take it).
     """
 
-    def __init__(self, image: ImageSpec, output: dict, grouped: bool, num_classes: int = 0, cond_dim: int = 0):
-        super().__init__(image, num_classes, cond_dim)
+    def __init__(
+        self,
+        image: ImageSpec,
+        output: dict,
+        grouped: bool,
+        num_classes: int = 0,
+        cond_dim: int = 0,
+        cond_channels: int = 0,
+    ):
+        super().__init__(image, num_classes, cond_dim, cond_channels)
         output = dict(output)
         kind = output.pop("kind", None)
         self.distribution: OutputDistribution = make_distribution(image, kind, joint=not grouped, **output)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..nn import MaskedConv2d, channel_groups, down_shift
 from ..nn.cache import begin_incremental
 from .base import ARImageModel
-from .conditioning import maybe_bias
+from .conditioning import graph_bias, maybe_bias
 from .pixelcnn import output_groups
 from .registry import register_model
 
@@ -30,7 +30,16 @@ def gate(x: torch.Tensor) -> torch.Tensor:
 
 class GatedLayer(nn.Module):
     def __init__(
-        self, in_ch: int, p: int, k: int, groups: int, first: bool, last: bool, num_classes: int, cond_dim: int
+        self,
+        in_ch: int,
+        p: int,
+        k: int,
+        groups: int,
+        first: bool,
+        last: bool,
+        num_classes: int,
+        cond_dim: int,
+        cond_channels: int = 0,
     ):
         super().__init__()
         self.first, self.last = first, last
@@ -44,8 +53,8 @@ class GatedLayer(nn.Module):
         self.v_to_h = nn.Conv2d(2 * p, 2 * p, 1)
         self.h_res = MaskedConv2d(p, p, 1, "B", groups)
         # the last layer's vertical output would be unused: it only feeds the horizontal stack
-        self.v_cond = None if last else maybe_bias(2 * p, num_classes, cond_dim)
-        self.h_cond = maybe_bias(2 * p, num_classes, cond_dim)
+        self.v_cond = None if last else maybe_bias(2 * p, num_classes, cond_dim, cond_channels)
+        self.h_cond = maybe_bias(2 * p, num_classes, cond_dim, cond_channels)
 
     def forward(self, v, h, cond):
         k = self.k
@@ -68,17 +77,14 @@ class GatedLayer(nn.Module):
         k = self.k
         v_pre = g.conv(v, self.v_conv, pad=(k // 2, k // 2, k // 2, 0), name=f"{name}.v_conv")
         v_h = g.conv(g.shift(v_pre, 1, 0, name=f"{name}.v_down"), self.v_to_h, name=f"{name}.v_to_h")
-        h_bias = self.h_cond(cond) if self.h_cond is not None else None
-
-        def h_sum(y, vh):
-            out = y + vh
-            return out if h_bias is None else out + h_bias
-
-        h_pre = g.conv(h, self.h_conv, post=h_sum, extras=[v_h], name=f"{name}.h_conv")
+        h_nodes, h_bias = graph_bias(g, self.h_cond, cond, h.H, h.W, f"{name}.h")
+        h_pre = g.conv(
+            h, self.h_conv, post=lambda y, vh, *b: h_bias(y + vh, *b), extras=[v_h, *h_nodes], name=f"{name}.h_conv"
+        )
         v_out = None
         if not self.last:
-            v_bias = self.v_cond(cond) if self.v_cond is not None else None
-            v_out = g.map(lambda t: gate(t if v_bias is None else t + v_bias), v_pre, name=f"{name}.v_gate")
+            v_nodes, v_bias = graph_bias(g, self.v_cond, cond, v_pre.H, v_pre.W, f"{name}.v")
+            v_out = g.map(lambda t, *b: gate(v_bias(t, *b)), v_pre, *v_nodes, name=f"{name}.v_gate")
         if self.first:
             h_out = g.conv(h_pre, self.h_res, pre=gate, name=f"{name}.h_res")
         else:
@@ -97,6 +103,7 @@ class GatedLayer(nn.Module):
             output={"kind": "categorical"},
             num_classes=0,
             cond_dim=0,
+            cond_channels=0,
         ),
         "small": dict(
             channels=96,
@@ -106,6 +113,7 @@ class GatedLayer(nn.Module):
             output={"kind": "categorical"},
             num_classes=0,
             cond_dim=0,
+            cond_channels=0,
         ),
         # the paper's ImageNet model: 20 layers, 384 maps, 5x5 filters
         "paper": dict(
@@ -116,20 +124,42 @@ class GatedLayer(nn.Module):
             output={"kind": "categorical"},
             num_classes=0,
             cond_dim=0,
+            cond_channels=0,
         ),
     },
+    added={"cond_channels": 0},
 )
 class GatedPixelCNN(ARImageModel):
-    """Args: channels (p), num_layers, kernel_size (odd k), out_hidden, output, num_classes, cond_dim."""
+    """Args: channels (p), num_layers, kernel_size (odd k), out_hidden, output, num_classes, cond_dim,
+    cond_channels (a map as cond: both stacks of every layer add a 1x1 projection of it, the paper's V * s)."""
 
-    def __init__(self, image, channels, num_layers, kernel_size, out_hidden, output, num_classes=0, cond_dim=0):
-        super().__init__(image, output, grouped=True, num_classes=num_classes, cond_dim=cond_dim)
+    def __init__(
+        self,
+        image,
+        channels,
+        num_layers,
+        kernel_size,
+        out_hidden,
+        output,
+        num_classes=0,
+        cond_dim=0,
+        cond_channels=0,
+    ):
+        super().__init__(image, output, True, num_classes, cond_dim, cond_channels)
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
         C = image.channels
         self.layers = nn.ModuleList(
             GatedLayer(
-                C if i == 0 else channels, channels, kernel_size, C, i == 0, i == num_layers - 1, num_classes, cond_dim
+                C if i == 0 else channels,
+                channels,
+                kernel_size,
+                C,
+                i == 0,
+                i == num_layers - 1,
+                num_classes,
+                cond_dim,
+                cond_channels,
             )
             for i in range(num_layers)
         )

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..nn import MaskedConv2d
 from ..nn.cache import begin_incremental
 from .base import ARImageModel
-from .conditioning import maybe_bias
+from .conditioning import graph_bias, maybe_bias
 from .registry import register_model
 
 
@@ -42,42 +42,65 @@ class ResidualBlock(nn.Module):
         y = self.conv3(F.relu(y))
         return x + y
 
-    def cache_graph(self, g, x, bias=None, name="block"):
-        """This block as nodes of a pixelar.nn.cache.CausalGraph; `bias` (B, 2h, 1, 1) is added after it."""
+    def cache_graph(self, g, x, bias=([], None), name="block"):
+        """This block as nodes of a pixelar.nn.cache.CausalGraph; bias: graph_bias's (extras, add) for the
+        conditioning added after it."""
         y = g.conv(x, self.conv1, pre=F.relu, name=f"{name}.conv1")
         y = g.conv(y, self.conv2, pre=F.relu, name=f"{name}.conv2")
+        nodes, add = bias
 
-        def residual(t, h):
-            out = h + t
-            return out if bias is None else out + bias
+        def residual(t, h, *b):
+            return h + t if add is None else add(h + t, *b)
 
-        return g.conv(y, self.conv3, pre=F.relu, post=residual, extras=[x], name=f"{name}.conv3")
+        return g.conv(y, self.conv3, pre=F.relu, post=residual, extras=[x, *nodes], name=f"{name}.conv3")
 
 
 @register_model(
     "pixelcnn",
     sizes={
-        "tiny": dict(hidden=6, num_blocks=2, out_hidden=12, output={"kind": "categorical"}, num_classes=0, cond_dim=0),
+        "tiny": dict(
+            hidden=6,
+            num_blocks=2,
+            out_hidden=12,
+            output={"kind": "categorical"},
+            num_classes=0,
+            cond_dim=0,
+            cond_channels=0,
+        ),
         "small": dict(
-            hidden=48, num_blocks=6, out_hidden=96, output={"kind": "categorical"}, num_classes=0, cond_dim=0
+            hidden=48,
+            num_blocks=6,
+            out_hidden=96,
+            output={"kind": "categorical"},
+            num_classes=0,
+            cond_dim=0,
+            cond_channels=0,
         ),
         # 15 layers: 7x7 mask A, 12 residual blocks, 2 output layers; h = 128 (2h = 256 maps) as in PixelRNN Tab.
         "paper": dict(
-            hidden=128, num_blocks=12, out_hidden=1024, output={"kind": "categorical"}, num_classes=0, cond_dim=0
+            hidden=128,
+            num_blocks=12,
+            out_hidden=1024,
+            output={"kind": "categorical"},
+            num_classes=0,
+            cond_dim=0,
+            cond_channels=0,
         ),
     },
+    added={"cond_channels": 0},
 )
 class PixelCNN(ARImageModel):
-    """Args: hidden (h; blocks carry 2h maps), num_blocks, out_hidden, output, num_classes, cond_dim."""
+    """Args: hidden (h; blocks carry 2h maps), num_blocks, out_hidden, output, num_classes, cond_dim,
+    cond_channels (a map as cond: every block adds a 1x1 projection of it)."""
 
-    def __init__(self, image, hidden, num_blocks, out_hidden, output, num_classes=0, cond_dim=0):
-        super().__init__(image, output, grouped=True, num_classes=num_classes, cond_dim=cond_dim)
+    def __init__(self, image, hidden, num_blocks, out_hidden, output, num_classes=0, cond_dim=0, cond_channels=0):
+        super().__init__(image, output, True, num_classes, cond_dim, cond_channels)
         C = image.channels
         self.input_conv = MaskedConv2d(C, 2 * hidden, 7, "A", groups=C)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, C) for _ in range(num_blocks))
         self.cond_bias = (
-            nn.ModuleList(maybe_bias(2 * hidden, num_classes, cond_dim) for _ in range(num_blocks))
-            if (num_classes or cond_dim)
+            nn.ModuleList(maybe_bias(2 * hidden, num_classes, cond_dim, cond_channels) for _ in range(num_blocks))
+            if (num_classes or cond_dim or cond_channels)
             else None
         )
         self.out1 = MaskedConv2d(2 * hidden, out_hidden, 1, "B", C)
@@ -97,7 +120,7 @@ class PixelCNN(ARImageModel):
         """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
         h = g.conv(g.input(x, self.scale_input, name="x"), self.input_conv, name="input_conv")
         for i, block in enumerate(self.blocks):
-            bias = self.cond_bias[i](cond) if self.cond_bias is not None else None
+            bias = ([], None) if self.cond_bias is None else graph_bias(g, self.cond_bias[i], cond, h.H, h.W, f"{i}")
             h = block.cache_graph(g, h, bias, name=f"blocks.{i}")
         h = g.conv(h, self.out1, pre=F.relu, name="out1")
         return g.conv(h, self.out2, pre=F.relu, name="out2")

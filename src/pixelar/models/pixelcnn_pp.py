@@ -28,14 +28,23 @@ from ..nn import (
 )
 from ..nn.cache import Skip, begin_incremental
 from .base import ARImageModel
-from .conditioning import maybe_bias
+from .conditioning import graph_bias, maybe_bias
 from .registry import register_model
 
 
 class GatedResnet(nn.Module):
     """x + a * sigmoid(b), [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(skip)))))."""
 
-    def __init__(self, F_: int, conv_cls, skip_channels: int, dropout: float, num_classes: int, cond_dim: int):
+    def __init__(
+        self,
+        F_: int,
+        conv_cls,
+        skip_channels: int,
+        dropout: float,
+        num_classes: int,
+        cond_dim: int,
+        cond_channels: int = 0,
+    ):
         super().__init__()
         self.conv1 = conv_cls(2 * F_, F_)
         self.skip = nn.Conv2d(2 * skip_channels, F_, 1) if skip_channels else None
@@ -43,7 +52,7 @@ class GatedResnet(nn.Module):
         self.conv2 = conv_cls(2 * F_, 2 * F_)
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)
-        self.cond = maybe_bias(2 * F_, num_classes, cond_dim)
+        self.cond = maybe_bias(2 * F_, num_classes, cond_dim, cond_channels)
 
     def forward(self, x, skip=None, cond=None):
         c = self.conv1(concat_elu(x))
@@ -51,7 +60,7 @@ class GatedResnet(nn.Module):
             c = c + self.skip(concat_elu(skip))
         c = self.conv2(self.dropout(concat_elu(c)))
         if self.cond is not None:
-            c = c + self.cond(cond)
+            c = c + self.cond(cond, c.shape[-2:])
         a, b = c.chunk(2, dim=1)
         return x + a * torch.sigmoid(b)
 
@@ -62,17 +71,15 @@ class GatedResnet(nn.Module):
             c = g.conv(x, self.conv1, pre=concat_elu, name=f"{name}.conv1")
         else:
             c = g.conv(x, self.conv1, pre=concat_elu, skip=_skip(self.skip, skip), name=f"{name}.conv1")
-        bias = self.cond(cond) if self.cond is not None else None
+        bias_nodes, add_bias = graph_bias(g, self.cond, cond, x.H, x.W, name)
 
-        def gated(y, xin):
-            if bias is not None:
-                y = y + bias
-            a, b = y.chunk(2, dim=1)
+        def gated(y, xin, *bias):
+            a, b = add_bias(y, *bias).chunk(2, dim=1)
             return torch.addcmul(xin, a, torch.sigmoid(b))  # xin + a * sigmoid(b)
 
         # dropout is the identity in eval mode (cached sampling needs it): the same pre as conv1's then
         pre = concat_elu if not self.training else lambda t: self.dropout(concat_elu(t))
-        return g.conv(c, self.conv2, pre=pre, post=gated, extras=[x], name=f"{name}.conv2")
+        return g.conv(c, self.conv2, pre=pre, post=gated, extras=[x, *bias_nodes], name=f"{name}.conv2")
 
 
 def _skip(module: nn.Conv2d, nodes: list) -> Skip:
@@ -117,6 +124,7 @@ def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
             output={"kind": "logistic_mixture", "nr_mix": 2},
             num_classes=0,
             cond_dim=0,
+            cond_channels=0,
         ),
         # small: sized so that `pixelar train` (the default) learns well in about 5 minutes on 2 CPU cores
         "small": dict(
@@ -126,6 +134,7 @@ def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
             output={"kind": "logistic_mixture", "nr_mix": 5},
             num_classes=0,
             cond_dim=0,
+            cond_channels=0,
         ),
         # the released code's defaults (the 2.92 bpd CIFAR-10 model): 160 filters, 5 resnets, 10 mixtures
         "paper": dict(
@@ -135,16 +144,19 @@ def init_streams_graph(net: nn.Module, g, x: torch.Tensor, scale):
             output={"kind": "logistic_mixture", "nr_mix": 10},
             num_classes=0,
             cond_dim=0,
+            cond_channels=0,
         ),
     },
+    added={"cond_channels": 0},
 )
 class PixelCNNPP(ARImageModel):
-    """Args: nr_filters, nr_resnet (per stage), dropout, output, num_classes, cond_dim."""
+    """Args: nr_filters, nr_resnet (per stage), dropout, output, num_classes, cond_dim, cond_channels (a map as
+    cond: every gated resnet adds a 1x1 projection of it, average-pooled to the resnet's resolution)."""
 
-    def __init__(self, image, nr_filters, nr_resnet, dropout, output, num_classes=0, cond_dim=0):
-        super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
+    def __init__(self, image, nr_filters, nr_resnet, dropout, output, num_classes=0, cond_dim=0, cond_channels=0):
+        super().__init__(image, output, False, num_classes, cond_dim, cond_channels)
         F_, R, C = nr_filters, nr_resnet, image.channels
-        kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
+        kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim, cond_channels=cond_channels)
         # first layer: +1 input channel of ones so the zero padding is told apart from the image
         self.u_init = DownShiftedConv2d(C + 1, F_, (2, 3))
         self.ul_init_up = DownShiftedConv2d(C + 1, F_, (1, 3))

@@ -21,15 +21,19 @@ SIZES = ("tiny", "small", "paper")
 # options that are a probability in every model that has them
 PROBABILITIES = ("dropout",)
 _REGISTRY: dict[str, tuple[type, dict[str, dict], frozenset]] = {}
+# per model: options added after configs of it were saved -> the value that reproduces the older models
+_ADDED: dict[str, dict] = {}
 _WRAPPERS: dict[str, type] = {}
 
 
-def register_model(name: str, sizes: dict[str, dict], zero_ok=()):
+def register_model(name: str, sizes: dict[str, dict], zero_ok=(), added: dict | None = None):
     """Class decorator: register `cls` under `name` with hyperparameter presets for every size in SIZES.
 
     The presets also define what each option accepts (see check_hparams): every size has the same options
     with values of the same type. Integer options must be >= 1, except those that some preset sets to 0 (0
     meaning "none" or "the default" there) and those named in `zero_ok`, which must be >= 0.
+    added: options (in the presets too) that configs saved before they existed lack -> the value that builds
+    the model those configs describe (check_hparams fills it in).
     """
     missing = set(SIZES) - set(sizes)
     if missing:
@@ -39,6 +43,9 @@ def register_model(name: str, sizes: dict[str, dict], zero_ok=()):
         if {k: type(v) for k, v in sizes[size].items()} != {k: type(v) for k, v in reference.items()}:
             raise ValueError(f"model {name!r}: preset {size!r} has other options or value types than {SIZES[0]!r}")
     zero = frozenset(zero_ok) | {k for s in sizes.values() for k, v in s.items() if type(v) is int and v == 0}
+    added = dict(added or {})
+    if set(added) - set(reference):
+        raise ValueError(f"model {name!r}: added options {sorted(set(added) - set(reference))} are in no preset")
 
     def deco(cls):
         if name in _REGISTRY:
@@ -46,6 +53,7 @@ def register_model(name: str, sizes: dict[str, dict], zero_ok=()):
         cls.name = name
         _capture_hparams(cls)
         _REGISTRY[name] = (cls, sizes, zero)
+        _ADDED[name] = added
         return cls
 
     return deco
@@ -202,6 +210,7 @@ def check_hparams(name: str, hparams: dict) -> dict:
             f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid options: "
             f"{', '.join(sorted(reference))}"
         )
+    hparams = {**{k: v for k, v in _ADDED.get(name, {}).items() if k not in hparams}, **hparams}
     missing = sorted(set(reference) - set(hparams))
     if missing:
         raise ValueError(f"model {name!r} lacks option(s) {', '.join(missing)}")
