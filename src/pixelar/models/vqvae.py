@@ -192,6 +192,9 @@ class VectorQuantizer(nn.Module):
         # z_q + (z_e - sg(z_e)): exactly z_q forward (z_e + sg(z_q - z_e) would round), identity gradient to z_e
         return z_q.detach() + (z_e - z_e.detach()), codes, losses
 
+    # eager even inside a compiled objective (`--compile`): in-place buffer writes, data-dependent restarts and
+    # their draws from torch's generator (which compiled code would replace by its own RNG) run as written
+    @torch.compiler.disable
     @torch.no_grad()
     def update(self, z_e: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """One training update from a batch: the moving averages (ema=True), the unused counts and restarts.
