@@ -119,11 +119,18 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", [*pixelar.list_models(), "distaug"])
+MAKERS = {  # variants built otherwise than create_model(name, spec, "tiny")
+    "distaug": lambda spec: create_distaug_model("pixelcnn", spec, "tiny", ["rot90"]),
+    # VQ-VAE-2: the bottom prior reads a map of the top codes (its conditioning stack is a unit of its own)
+    "vqvae-2": lambda spec: pixelar.create_model("vqvae", spec, "tiny", levels=2, num_downsamples=1),
+}
+
+
+@pytest.mark.parametrize("name", [*pixelar.list_models(), *MAKERS])
 def test_every_model_s_shard_units_give_its_likelihood_and_gradients(name, one_process_group, one_thread):
     spec = pixelar.ImageSpec(3, 4, 4, 16)
     torch.manual_seed(0)
-    make = (lambda: create_distaug_model("pixelcnn", spec, "tiny", ["rot90"])) if name == "distaug" else None
+    make = (lambda: MAKERS[name](spec)) if name in MAKERS else None
     model = make() if make else pixelar.create_model(name, spec, "tiny")
     if model.tokenizer is not None:
         model.tokenizer.fit(torch.randint(0, 16, (20, 3, 4, 4)), seed=0)

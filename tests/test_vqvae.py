@@ -232,14 +232,53 @@ def test_bound_sums_to_at_most_one_and_the_marginal_to_one(levels):
         assert bool((bound <= marginal + 1e-5).all())
 
 
+def all_code_maps(h, w, k=4):
+    return torch.tensor(list(itertools.product(range(k), repeat=h * w))).view(-1, h, w)  # k^(h*w) maps
+
+
 @pytest.mark.parametrize("levels", [1, 2])
 def test_prior_sums_to_one_over_all_code_maps(levels):
     torch.manual_seed(0)
     model = perturbed(create_vqvae(BINARY, levels=levels, num_downsamples=1, num_codes=4))
     for prior, (h, w) in zip(model.priors, model.code_shapes):
-        maps = torch.tensor(list(itertools.product(range(4), repeat=h * w))).view(-1, 1, h, w)  # 4^(h*w)
+        if prior.cond_channels:
+            continue  # the conditioned bottom prior: below
         with torch.no_grad():
-            assert abs(prior.log_prob(maps).logsumexp(0).exp().item() - 1) < 1e-5
+            assert abs(prior.log_prob(all_code_maps(h, w)[:, None]).logsumexp(0).exp().item() - 1) < 1e-5
+
+
+def test_conditioned_bottom_prior_sums_to_one_for_every_top_and_reads_it():
+    """VQ-VAE-2: p(top) p(bottom | top) sums to one over all 4 x 256 pairs of code maps; the top codes move the
+    bottom's probabilities."""
+    torch.manual_seed(0)
+    model = perturbed(create_vqvae(BINARY, levels=2, num_downsamples=1, num_codes=4))
+    assert model.conditioned and model.priors[0].cond_channels and not model.priors[1].cond_channels
+    bottoms, tops = all_code_maps(2, 2), all_code_maps(1, 1)
+    with torch.no_grad():
+        log_top = model.priors[1].log_prob(tops[:, None])  # (4,)
+        log_bottom = torch.stack(
+            [
+                model.priors[0].log_prob(
+                    bottoms[:, None], model.prior_cond(0, [None, t.expand(len(bottoms), 1, 1)], None)
+                )
+                for t in tops
+            ]
+        )  # (4 tops, 256 bottoms)
+    torch.testing.assert_close(log_bottom.logsumexp(1).exp(), torch.ones(4, dtype=log_bottom.dtype), atol=1e-5, rtol=0)
+    assert abs((log_top[:, None] + log_bottom).logsumexp((0, 1)).exp().item() - 1) < 1e-5
+    assert (log_bottom - log_bottom[:1]).abs().max() > 1e-3, "the bottom prior ignores the top codes"
+
+
+def test_independent_priors_when_asked_and_for_saved_configs_without_the_option():
+    torch.manual_seed(0)
+    model = create_vqvae(BINARY, levels=2, num_downsamples=1, condition_bottom=False)
+    assert not model.conditioned and not any(p.cond_channels for p in model.priors)
+    hparams = dict(model.hparams)
+    del hparams["condition_bottom"]  # a config written before the option existed
+    old = pixelar.models.registry.build_model("vqvae", BINARY, hparams)
+    assert not old.conditioned and old.state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="cannot read"):
+        create_vqvae(BINARY, levels=2, num_downsamples=1, prior={"kind": "pixelsnail", "size": "tiny"})
 
 
 def test_elbo_is_distortion_and_prior_code_length_and_log_prob_is_the_bound():
@@ -253,7 +292,10 @@ def test_elbo_is_distortion_and_prior_code_length_and_log_prob_is_the_bound():
         params = model.decode_codes((bottom, top))
         by_hand = -model.distribution.log_prob(params, x).flatten(1).sum(1)
         torch.testing.assert_close(t["distortion"], by_hand)
-        rate = torch.stack([-model.priors[0].log_prob(bottom[:, None]), -model.priors[1].log_prob(top[:, None])], 1)
+        bottom_cond = model.prior_cond(0, [bottom, top], None)  # (6, hidden, 2, 2): the map of the top codes
+        rate = torch.stack(
+            [-model.priors[0].log_prob(bottom[:, None], bottom_cond), -model.priors[1].log_prob(top[:, None])], 1
+        )
         torch.testing.assert_close(t["rate_per_layer"], rate)  # (B, 2), bottom first
         torch.testing.assert_close(t["rate"], rate.sum(1))
         assert (t["rate"] > 0).all()
@@ -419,8 +461,55 @@ def test_sample_shape_range_and_reproducibility(trained):
     assert not torch.equal(a, model.sample(5, temperature=0.0, generator=torch.Generator().manual_seed(3)))
     with pytest.raises(ValueError, match="temperature"):
         model.sample(1, temperature=-1.0)
-    with pytest.raises(NotImplementedError, match="completing an image"):
-        model.sample(1, x_known=torch.zeros(1, 1, 8, 8, dtype=torch.long), known=torch.ones(1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="known must be a bool mask"):
+        model.sample(1, x_known=torch.zeros(1, 1, 8, 8, dtype=torch.long), known=torch.ones(1, 8, 8))
+
+
+def recorded_prior_calls(model):
+    """Wrap each prior's sample to record the kept codes and mask it is given (the calls still run)."""
+    calls = []
+    for level, prior in enumerate(model.priors):
+
+        def spy(*args, _level=level, _sample=prior.sample, **kw):
+            calls.append((_level, kw.get("x_known"), kw.get("known")))
+            return _sample(*args, **kw)
+
+        prior.sample = spy
+    return calls
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_completion_through_the_codes_keeps_kept_pixels_and_the_codes_they_cover(levels):
+    """A code is kept where every pixel it covers is kept, the others are drawn by its prior (top first);
+    kept pixels come back unchanged and the hidden pixels' values do not matter."""
+    torch.manual_seed(0)
+    spec = ImageSpec(1, 8, 8, 4)
+    model = perturbed(create_vqvae(spec, levels=levels, num_downsamples=1, num_codes=4)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 4, (3, *spec.shape), generator=g)
+    known = torch.ones(3, 8, 8, dtype=torch.bool)
+    known[:, 5, 2] = False  # one hidden pixel: bottom code (2, 1) of 2x2 cells, top code (1, 0) of 4x4 cells
+    calls = recorded_prior_calls(model)
+    out = model.sample(3, x_known=x, known=known, generator=torch.Generator().manual_seed(2))
+    assert out.shape == x.shape and out.dtype == torch.long
+    assert torch.equal(out[known[:, None]], x[known[:, None]])
+    assert [level for level, _, _ in calls] == list(reversed(range(levels)))  # top first
+    for level, codes, mask in calls:
+        expected = torch.ones_like(mask)
+        expected[:, (5 >> (1 + level)), (2 >> (1 + level))] = False
+        assert torch.equal(mask, expected), level
+        filled = x.masked_fill(~known[:, None], 2)  # the hidden pixel as the encoder saw it: mid-grey
+        want = model.quantize(filled)
+        assert torch.equal(codes[:, 0][mask], (want if levels == 1 else want[level])[mask])
+    # the hidden pixel's value is never read: another value there, the same completions
+    y = x.clone()
+    y[:, 0, 5, 2] = (x[:, 0, 5, 2] + 1) % 4
+    again = model.sample(3, x_known=y, known=known, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(again[~known[:, None].expand_as(x)], out[~known[:, None].expand_as(x)])
+    # everything hidden: completion is sampling
+    none = torch.zeros(3, 8, 8, dtype=torch.bool)
+    free = model.sample(3, x_known=x, known=none, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(free, model.sample(3, generator=torch.Generator().manual_seed(4)))
 
 
 def test_codes_dataset_holds_the_code_maps(trained):

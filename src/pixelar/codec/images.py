@@ -91,13 +91,23 @@ def _crc(images: torch.Tensor) -> int:
 def _stages(model, cond, n: int) -> list[tuple]:
     """What codes each segment, in order, for n images: [(coder, its cond for the n images)], the stepwise models
     whose conditionals code an image each: the model's (scheme "stepwise"), or its latents' priors (scheme
-    "latent", followed by x given the latents). Raises NotImplementedError for a model the codec cannot drive."""
+    "latent", followed by x given the latents; their cond, None here, comes per segment from `_stage_cond`).
+    Raises NotImplementedError for a model the codec cannot drive."""
     scheme = model.coding_scheme()
     if scheme == "stepwise":
         return [model.stepwise(cond, n)]  # a wrapper's base, e.g. DistAug under the identity
     if scheme == "bits-back":
         return []  # bits_back.py drives the model itself
-    return [prior.stepwise(cond, n) for prior in model.coding_priors()]
+    return [(prior, None) for prior in model.coding_priors()]
+
+
+def _stage_cond(model, stages, k: int, coded: list[torch.Tensor], cond, part: slice, m: int):
+    """Stage k's cond for the m images `part` of a segment: the stepwise model's, or (latent) the prior's given
+    the latents `coded` before it in this segment (e.g. a VQ-VAE-2 bottom prior's map of the top codes)."""
+    coder, coder_cond = stages[k]
+    if model.coding_scheme() != "latent":
+        return _part(coder_cond, part)
+    return coder.stepwise(model.coding_cond(k, coded, _part(cond, part)), m)[1]
 
 
 def _symbols(model, stages) -> int:
@@ -228,9 +238,10 @@ def _encode_segment(model, stages, tokens: torch.Tensor, cond, part: slice, bar)
     latent = model.coding_scheme() == "latent"
     targets = model.coding_latents(images, _part(cond, part)) if latent else [images]
     enc = Encoder()
-    for (coder, coder_cond), target in zip(stages, targets):
+    for k, ((coder, _), target) in enumerate(zip(stages, targets)):
         work = torch.zeros_like(target)  # filled step by step, exactly as the decoder fills its images
-        for i, j, c, cum in _coding_steps(coder, work, _part(coder_cond, part)):
+        coder_cond = _stage_cond(model, stages, k, targets[:k], cond, part, m)
+        for i, j, c, cum in _coding_steps(coder, work, coder_cond):
             _encode_symbols(enc, cum, target[:, c, i, j])
             work[:, c, i, j] = target[:, c, i, j]
             bar.advance(m)
@@ -311,9 +322,9 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
             raise ValueError(f"the stream is damaged: segment {k}'s bits-back coding fails ({e})") from None
     dec = Decoder(segment)
     decoded = []
-    for coder, coder_cond in stages:
+    for k, (coder, _) in enumerate(stages):
         x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
-        for i, j, c, cum in _coding_steps(coder, x, _part(coder_cond, part)):
+        for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, k, decoded, cond, part, m)):
             x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
             bar.advance(m)
         decoded.append(x)

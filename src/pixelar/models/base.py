@@ -29,7 +29,7 @@ from ..errors import ArgumentValueError
 from ..inference import inference
 from ..nn.orders import raster_order
 from ..sampling import METHODS as SAMPLING_METHODS
-from ..sampling import SampleRequest
+from ..sampling import SampleRequest, check_completion
 from ..sampling import sample as sample_images
 from ..threads import step_work, threads_for
 from ..tracing import is_tracing
@@ -504,8 +504,13 @@ class LatentImageModel(ImageModel):
 
     def coding_priors(self) -> list[ImageModel]:
         """The models of the latents, in the order they are coded: each an ordinary pixelar model with stepwise
-        conditionals, given only cond (never other latents)."""
+        conditionals, given its `coding_cond`."""
         raise NotImplementedError(f"model {self.name!r} does not code its latents")
+
+    def coding_cond(self, k: int, latents: list[torch.Tensor], cond):
+        """The cond of coding prior k, which may read the latents coded before it (`latents`, the first k of
+        `coding_latents`) and the model's checked cond. Default: the model's cond (independent priors)."""
+        return cond
 
     def coding_latents(self, x: torch.Tensor, cond) -> list[torch.Tensor]:
         """z(x) for checked images x (n, C, H, W): one int64 image (n, *prior.image.shape) per coding prior."""
@@ -551,19 +556,30 @@ class LatentImageModel(ImageModel):
 
     # ----- sampling ------------------------------------------------------------------------------------------
     def _draw(self, req: SampleRequest) -> torch.Tensor:
-        """Ancestral sampling: z from the prior (temperature scales its standard deviations), x from p(x | z)."""
-        if req.known is not None or req.x_known is not None:
+        """Ancestral sampling: z from the prior (temperature scales its standard deviations), x from p(x | z);
+        with kept pixels, the model's `ancestral_complete` where it has one."""
+        completing = req.known is not None or req.x_known is not None
+        if completing and type(self).ancestral_complete is LatentImageModel.ancestral_complete:
             raise NotImplementedError(
-                f"model {self.name!r} is a latent-variable model: completing an image from kept pixels needs "
-                "inference over the latents, which pixelar does not do; autoregressive models complete images"
+                f"model {self.name!r} is a latent-variable model with a stochastic posterior: completing an image "
+                "from kept pixels needs inference over its latents given part of an image, which pixelar does "
+                "not do; autoregressive models and the VQ-VAE (through its codes) complete images"
             )
         if req.method not in (*SAMPLING_METHODS, "ancestral"):
             raise ValueError(f"unknown sampling method {req.method!r}; valid: {[*SAMPLING_METHODS, 'ancestral']}")
         if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 1:
             raise ValueError(f"n must be a positive int, got {req.n!r}")
         cond = self.check_cond(req.cond, req.n)
+        x, known = check_completion(self, req.n, req.x_known, req.known)
         with inference(self):
+            if completing:
+                return self.ancestral_complete(x, known, cond, req.temperature, req.generator)
             return self.ancestral_sample(req.n, cond, req.temperature, req.generator)
+
+    def ancestral_complete(self, x: torch.Tensor, known: torch.Tensor, cond, temperature, generator) -> torch.Tensor:
+        """Complete the images x (n, C, H, W) int64, keeping the pixels where known (n, H, W) is True and drawing
+        the rest; models with a way to do it through their latents override this (the VQ-VAE)."""
+        raise NotImplementedError
 
     def sample_output(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw x from p(x | z): params (n, P, H, W) of the decoder -> int64 (n, C, H, W); pixels independent

@@ -28,9 +28,16 @@ call updates the codebooks from the batch (exponential moving averages, paper ap
 Differences from the papers: the decoder's output is any pixelar output distribution; the codebook restarts
 codes unused for `restart_after` updates from random encoder outputs (not in either paper; common practice
 since, e.g. Jukebox); the prior is trained alongside the autoencoder (on the codes of the moment) rather than
-afterwards on the final codes; the two-level variant has one prior per level, independent (VQ-VAE-2's bottom
-prior is conditioned on the top codes); the two-level encoder and decoder follow VQ-VAE-2's shape (the bottom
+afterwards on the final codes; the two-level encoder and decoder follow VQ-VAE-2's shape (the bottom
 codes see the decoded top codes, the decoder reads both) with this file's plain residual stacks.
+
+Two levels: the top prior models the top codes (given cond); the bottom prior, as in VQ-VAE-2, is conditioned on
+them: the top codes are embedded, brought up to the bottom's resolution (nearest) and passed through a small
+convolutional stack (the paper's "conditioning stack", here one 3x3 and one 1x1 layer), and that map (B, hidden,
+h, w) is the bottom prior's cond (its `cond_channels`: every layer adds a projection of it, the Conditional
+PixelCNN's V * s); the class label or cond vector enters the map as a bias. Priors that read such a map:
+pixelcnn, gated_pixelcnn, pixelcnn_pp. condition_bottom=False keeps the two priors independent (every prior
+kind; configs saved before the option existed are built so).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ from .. import distributed
 from ..inference import inference
 from ..types import ImageSpec
 from .base import ImageModel, LatentImageModel
-from .registry import create_model, register_model
+from .conditioning import maybe_bias
+from .registry import create_model, preset, register_model
 
 # Hyperparameter presets, in the form `register_model` takes (every size has the same options and value
 # types). `paper` is the VQ-VAE paper's CIFAR-10 model: 2 stride-2 4x4 convolutions and 2 residual blocks
@@ -68,6 +76,7 @@ PRESETS = {
         restart_after=20,
         output={"kind": "logistic_mixture", "nr_mix": 2},
         prior={"kind": "pixelcnn", "size": "tiny"},
+        condition_bottom=True,
         num_classes=0,
         cond_dim=0,
     ),
@@ -86,6 +95,7 @@ PRESETS = {
         restart_after=100,
         output={"kind": "logistic_mixture", "nr_mix": 5},
         prior={"kind": "pixelcnn", "size": "small"},
+        condition_bottom=True,
         num_classes=0,
         cond_dim=0,
     ),
@@ -104,6 +114,7 @@ PRESETS = {
         restart_after=100,
         output={"kind": "logistic_mixture", "nr_mix": 10},
         prior={"kind": "gated_pixelcnn", "size": "small"},
+        condition_bottom=True,
         num_classes=0,
         cond_dim=0,
     ),
@@ -280,7 +291,7 @@ def upsampler(c_in: int, hidden: int, res_hidden: int, num_blocks: int, num_up: 
 
 
 # ----- the model --------------------------------------------------------------------------------------------------
-@register_model("vqvae", sizes=PRESETS, zero_ok=("restart_after",))
+@register_model("vqvae", sizes=PRESETS, zero_ok=("restart_after",), added={"condition_bottom": False})
 class VQVAE(LatentImageModel):
     """VQ-VAE with a learned prior over its codes (see the module docstring).
 
@@ -297,7 +308,10 @@ class VQVAE(LatentImageModel):
         prior: {"kind": a registered model, "size": its size (default "tiny"), **its options}: the prior over
             each level's code map, built as create_model(kind, ImageSpec(1, h, w, num_codes), size, ...) with
             a categorical output (codes are labels, not ordered values).
-        num_classes, cond_dim: class labels or a vector as cond, given to the prior(s): p(z | cond).
+        condition_bottom: two levels: the bottom prior is conditioned on the top codes (VQ-VAE-2; the prior
+            kind must read a map, see the module docstring); False: independent priors. Unused with one level.
+        num_classes, cond_dim: class labels or a vector as cond, given to the prior(s): p(z | cond) (the
+            conditioned bottom prior gets them inside its map).
     """
 
     stochastic_posterior = False  # z(x) is a point mass: every importance-sampling estimate is the one bound
@@ -319,6 +333,7 @@ class VQVAE(LatentImageModel):
         restart_after: int,
         output: dict,
         prior: dict,
+        condition_bottom: bool = False,
         num_classes: int = 0,
         cond_dim: int = 0,
     ):
@@ -359,17 +374,29 @@ class VQVAE(LatentImageModel):
             self.quantizers.append(quantizer())
         self.decoder = upsampler(levels * code_dim, hidden, res_hidden, num_res_blocks, num_downsamples, P)
 
-        self.priors = nn.ModuleList(
-            self._build_prior(prior, ImageSpec(1, h, w, num_codes), num_classes, cond_dim) for h, w in self.code_shapes
-        )
+        self.conditioned = levels == 2 and bool(condition_bottom)
+        specs = [ImageSpec(1, h, w, num_codes) for h, w in self.code_shapes]
+        if self.conditioned:
+            # the top codes (B, h/2, w/2) -> a map (B, hidden, h, w), the bottom prior's cond (see the docstring)
+            self.top_embedding = nn.Embedding(num_codes, hidden)
+            self.top_stack = nn.Sequential(
+                nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1)
+            )
+            self.top_cond_bias = maybe_bias(hidden, num_classes, cond_dim)  # the label / vector, in the map
+            bottom = self._build_prior(prior, specs[0], cond_channels=hidden)
+            self.priors = nn.ModuleList([bottom, self._build_prior(prior, specs[1], num_classes, cond_dim)])
+        else:
+            self.priors = nn.ModuleList(self._build_prior(prior, spec, num_classes, cond_dim) for spec in specs)
 
     @staticmethod
-    def _build_prior(prior: dict, spec: ImageSpec, num_classes: int, cond_dim: int) -> ImageModel:
+    def _build_prior(
+        prior: dict, spec: ImageSpec, num_classes: int = 0, cond_dim: int = 0, cond_channels: int = 0
+    ) -> ImageModel:
         if not isinstance(prior, dict) or not isinstance(prior.get("kind"), str):
             raise ValueError(f"prior must be an object like {{'kind': 'pixelcnn', 'size': 'tiny'}}, got {prior!r}")
         options = dict(prior)
         name, size = options.pop("kind"), options.pop("size", "tiny")
-        for key in ("num_classes", "cond_dim"):
+        for key in ("num_classes", "cond_dim", "cond_channels"):
             if key in options:
                 raise ValueError(f"set {key} on the VQ-VAE, not in its prior: the VQ-VAE passes it on")
         if options.get("output", "categorical") not in ("categorical", {"kind": "categorical"}):
@@ -378,7 +405,17 @@ class VQVAE(LatentImageModel):
                 f"got {options['output']!r}"
             )
         options["output"] = "categorical"
-        model = create_model(name, spec, size, num_classes=num_classes, cond_dim=cond_dim, **options)
+        if cond_channels:
+            if "cond_channels" not in preset(name, size):  # the prior kind reads no conditioning map
+                raise ValueError(
+                    f"the two-level VQ-VAE's bottom prior is conditioned on the top codes, a map that {name!r} "
+                    "cannot read; use a prior of kind pixelcnn, gated_pixelcnn or pixelcnn_pp, or set "
+                    "condition_bottom=false for independent priors"
+                )
+            options["cond_channels"] = cond_channels
+        else:
+            options.update(num_classes=num_classes, cond_dim=cond_dim)
+        model = create_model(name, spec, size, **options)
         if model.likelihood != "exact" or model.tokenizer is not None:
             raise ValueError(
                 f"the prior must model the codes themselves with an exact likelihood; {name!r} "
@@ -456,6 +493,26 @@ class VQVAE(LatentImageModel):
             x = torch.stack([dist.sample(flat, temperature, generator, c) for c in range(self.image.channels)], 1)
         return x.view(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
 
+    def prior_cond(self, level: int, codes: list[torch.Tensor], cond):
+        """The cond of a level's prior: the VQ-VAE's cond, except the conditioned bottom prior's, the map
+        (B, hidden, h, w) of the top codes codes[1] (B, h/2, w/2) (codes: per level, bottom first; only the top
+        is read) with the checked cond as a bias."""
+        if level != 0 or not self.conditioned:
+            return cond
+        top = self.top_embedding(codes[1]).permute(0, 3, 1, 2)  # (B, hidden, h/2, w/2)
+        m = self.top_stack(F.interpolate(top, scale_factor=2, mode="nearest"))  # (B, hidden, h, w)
+        return m if self.top_cond_bias is None else m + self.top_cond_bias(cond)
+
+    def _rates(self, codes: list[torch.Tensor], cond) -> torch.Tensor:
+        """-log p(z_l | ...) per level (B, levels), bottom first, for the codes per level (B, h, w)."""
+        return torch.stack(
+            [
+                -p.log_prob(c[:, None], self.prior_cond(k, codes, cond))
+                for k, (p, c) in enumerate(zip(self.priors, codes))
+            ],
+            1,
+        )
+
     def code_image(self, level: int = 0) -> ImageSpec:
         """The ImageSpec of a level's code maps (0: bottom, 1: top): ImageSpec(1, h, w, num_codes)."""
         h, w = self.code_shapes[level]
@@ -478,7 +535,7 @@ class VQVAE(LatentImageModel):
         x = self.check_input(x)
         cond = self.check_cond(cond, x.shape[0])
         out, codes = self._stage1(x, generator)
-        out["rate"] = -sum(p.log_prob(c[:, None], cond) for p, c in zip(self.priors, codes))
+        out["rate"] = self._rates(codes, cond).sum(1)
         return out
 
     def _stage1(self, x: torch.Tensor, generator) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -510,7 +567,7 @@ class VQVAE(LatentImageModel):
         levels = self._encode(x)
         params = self._decoder_params([z_q for _, z_q, _, _ in levels])
         distortion = -self.distribution.log_prob(params, x).flatten(1).sum(1)
-        per_level = torch.stack([-p.log_prob(c[:, None], cond) for p, (_, _, c, _) in zip(self.priors, levels)], 1)
+        per_level = self._rates([c for _, _, c, _ in levels], cond)
         return {"distortion": distortion, "rate": per_level.sum(1), "rate_per_layer": per_level}
 
     def log_weight(self, x: torch.Tensor, cond) -> torch.Tensor:
@@ -519,29 +576,66 @@ class VQVAE(LatentImageModel):
         return -(terms["distortion"] + terms["rate"])
 
     # ----- lossless coding: the two-part code z(x), then x given z ------------------------------------------------
+    def _coding_order(self) -> list[int]:
+        """The levels in coding order: top first where the bottom prior reads the top codes; else bottom first
+        (independent priors: any order codes; streams of such models were written so)."""
+        return [1, 0] if self.conditioned else list(range(self.levels))
+
     def coding_priors(self) -> list[ImageModel]:
-        """The priors, bottom first (independent given cond, so any order codes)."""
-        return list(self.priors)
+        """The priors in coding order."""
+        return [self.priors[k] for k in self._coding_order()]
 
     def coding_latents(self, x: torch.Tensor, cond) -> list[torch.Tensor]:
-        """z(x) per level (bottom first), each (n, 1, h, w): the priors' images."""
-        return [level[2][:, None] for level in self._encode(x)]
+        """z(x) per level in coding order, each (n, 1, h, w): the priors' images."""
+        codes = [level[2][:, None] for level in self._encode(x)]
+        return [codes[k] for k in self._coding_order()]
+
+    def coding_cond(self, k: int, latents: list[torch.Tensor], cond):
+        """The cond of coding prior k given the latents coded before it (coding order, each (n, 1, h, w))."""
+        level = self._coding_order()[k]
+        if level != 0 or not self.conditioned:
+            return cond
+        return self.prior_cond(0, [None, latents[0][:, 0]], cond)
 
     def coding_params(self, latents: list[torch.Tensor], cond) -> torch.Tensor:
-        """The decoder's parameters of p(x | z), (n, P, H, W), for latents (n, 1, h, w) per level."""
-        return self.decode_codes(latents[0][:, 0] if self.levels == 1 else tuple(z[:, 0] for z in latents))
+        """The decoder's parameters of p(x | z), (n, P, H, W), for latents (n, 1, h, w) per level in coding
+        order."""
+        levels = [None] * self.levels
+        for k, z in zip(self._coding_order(), latents):
+            levels[k] = z[:, 0]
+        return self.decode_codes(levels[0] if self.levels == 1 else tuple(levels))
 
     def ancestral_sample(self, n: int, cond, temperature, generator) -> torch.Tensor:
         """Codes from each level's prior (top first, with the prior's cached sampler where it has one), then
         every pixel at once from p(x | z); temperature (one number >= 0) applies to the prior's steps and the
         pixels (0: the mode of each)."""
+        return self._sample_codes_then_pixels([None] * self.levels, None, n, cond, temperature, generator)
+
+    def ancestral_complete(self, x: torch.Tensor, known: torch.Tensor, cond, temperature, generator) -> torch.Tensor:
+        """Completion through the codes: the hidden pixels are set to mid-grey (their values must not leak in)
+        and the image encoded; a code is kept where every pixel it covers is kept (padding counts as kept),
+        the others are drawn by its level's prior given the kept codes (top first; the prior's completion, in
+        its order: a raster prior sees the kept codes above and to the left of a drawn one), then the
+        hidden pixels from p(x | z). x (n, C, H, W) int64, known (n, H, W) bool -> (n, C, H, W)."""
+        mid = torch.full_like(x, self.image.num_values // 2)
+        codes = [level[2] for level in self._encode(torch.where(known[:, None], x, mid))]  # bottom first
+        H, W = self.padded
+        kept = F.pad(known, (0, W - known.shape[2], 0, H - known.shape[1]), value=True).float()[:, None]
+        masks = [(-F.max_pool2d(-kept, H // h))[:, 0] > 0.5 for h, _ in self.code_shapes]  # every pixel kept
+        drawn = self._sample_codes_then_pixels(codes, masks, len(x), cond, temperature, generator)
+        return torch.where(known[:, None], x, drawn)
+
+    def _sample_codes_then_pixels(self, codes, masks, n: int, cond, temperature, generator) -> torch.Tensor:
+        """Each level's codes from its prior, top first (the bottom prior may read the top codes), keeping
+        codes[k] where masks[k] (n, h, w) holds (masks None: draw every code); then every pixel from p(x | z)."""
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         if not math.isfinite(temperature):
             raise ValueError(f"temperature must be finite, got {temperature!r}")
-        codes = [
-            prior.sample(n, cond, temperature, generator, prior.sampling_method("auto"))[:, 0]
-            for prior in reversed(self.priors)
-        ][::-1]  # bottom first
+        for k in reversed(range(self.levels)):
+            prior = self.priors[k]
+            keep = {} if masks is None else dict(x_known=codes[k][:, None], known=masks[k])
+            c = self.prior_cond(k, codes, cond)
+            codes[k] = prior.sample(n, c, temperature, generator, prior.sampling_method("auto"), **keep)[:, 0]
         params = self.decode_codes(codes[0] if self.levels == 1 else tuple(codes))
         return self._draw_pixels(params, float(temperature), generator)

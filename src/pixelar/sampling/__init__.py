@@ -51,26 +51,40 @@ def sample(model, req: SampleRequest) -> torch.Tensor:
         raise ValueError(f"n must be a positive int, got {n!r}")
     temperature = check_temperature(temperature)
     cond = model.check_cond(cond, n)
-    device = next(model.parameters()).device
-    spec = model.image
-    if (x_known is None) != (known is None):
-        raise ValueError("completion needs both x_known (n, C, H, W) and known (n, H, W)")
-    if known is not None:
-        x = model.check_input(x_known).clone().to(device)
-        if x.shape[0] != n:
-            raise ValueError(f"x_known has {x.shape[0]} images but n={n}")
-        if known.shape != (n, spec.height, spec.width) or known.dtype != torch.bool:
-            raise ValueError(
-                f"known must be a bool mask of shape ({n}, {spec.height}, {spec.width}), "
-                f"got {known.dtype} {tuple(known.shape)}"
-            )
-        known = known.to(device)
-    else:
-        x = torch.zeros(n, *spec.shape, dtype=torch.long, device=device)
+    x, known = check_completion(model, n, x_known, known)
     with inference(model):
         if method == "cached":
             return sample_cached(model, x, cond, temperature, generator, known, req.progress)
         return sample_naive(model, x, cond, temperature, generator, known, req.progress)
 
 
-__all__ = ["SampleRequest", "sample", "sample_naive", "sample_cached", "sample_seeded", "CHUNK_IMAGES", "METHODS"]
+def check_completion(model, n: int, x_known, known) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The image to fill and the kept pixels' mask on the model's device: (a copy of x_known (n, C, H, W),
+    known (n, H, W) bool), or (zeros, None) without completion. Raises ValueError for malformed ones."""
+    device = next(model.parameters()).device
+    spec = model.image
+    if (x_known is None) != (known is None):
+        raise ValueError("completion needs both x_known (n, C, H, W) and known (n, H, W)")
+    if known is None:
+        return torch.zeros(n, *spec.shape, dtype=torch.long, device=device), None
+    x = model.check_input(x_known).clone().to(device)
+    if x.shape[0] != n:
+        raise ValueError(f"x_known has {x.shape[0]} images but n={n}")
+    if not isinstance(known, torch.Tensor) or known.shape != (n, spec.height, spec.width) or known.dtype != torch.bool:
+        raise ValueError(
+            f"known must be a bool mask of shape ({n}, {spec.height}, {spec.width}), "
+            f"got {getattr(known, 'dtype', type(known).__name__)} {tuple(getattr(known, 'shape', ()))}"
+        )
+    return x, known.to(device)
+
+
+__all__ = [
+    "check_completion",
+    "SampleRequest",
+    "sample",
+    "sample_naive",
+    "sample_cached",
+    "sample_seeded",
+    "CHUNK_IMAGES",
+    "METHODS",
+]
