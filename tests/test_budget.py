@@ -92,6 +92,10 @@ def test_a_budget_run_chooses_its_steps_records_them_and_stops(cfg, tmp_path, cl
     # a budget run and a run of its chosen steps are the same run
     quiet(dataclasses.replace(cfg, minutes=None, max_steps=16), tmp_path / "steps")
     assert not checkpoint_differences(tmp_path / "run", tmp_path / "steps")
+    # resumed with more steps: the count given replaces the budget's, and the end says so
+    messages.clear()
+    loop.train(TrainConfig(), tmp_path / "run", resume=True, max_steps=18, progress=False, log=messages.append)
+    assert any("min for 18 steps (given on resume, in place of the 0.25 min budget's 16)" in m for m in messages)
 
 
 def test_a_budget_run_resumes_exactly(cfg, tmp_path, clock):

@@ -665,10 +665,12 @@ def _finish(run: _Run, log, progress: bool) -> dict:
     else:
         log(f"test bits/dim after {step} steps: {res['bpd']:.4f} ({res['num_images']} images, EMA weights)")
     if cfg.minutes is not None:
-        log(
-            f"training took {run.train_s / 60:.2f} min of the {cfg.minutes:g} min budget (evaluation and samples "
-            "are not part of it)"
-        )
+        chosen = (cfg.budget or {}).get("max_steps", cfg.max_steps)
+        if chosen == cfg.max_steps:
+            of = f"of the {cfg.minutes:g} min budget"
+        else:  # resumed with --steps: the count given replaced the budget's
+            of = f"for {cfg.max_steps} steps (given on resume, in place of the {cfg.minutes:g} min budget's {chosen})"
+        log(f"training took {run.train_s / 60:.2f} min {of} (evaluation and samples are not part of it)")
     if cfg.sample_n:
         with distributed.together("drawing the samples"):
             _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME, progress)
