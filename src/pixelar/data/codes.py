@@ -13,7 +13,8 @@ from pixelar.data.dataset import ImageDataset
 
 def codes_dataset(model, dataset: ImageDataset, batch_size: int = 256, level: int = 0) -> ImageDataset:
     """The code maps z(x) of every image of `dataset` at one level (0: bottom, 1: top), as an ImageDataset
-    over model.code_image(level) (labels kept)."""
+    over model.code_image(level) (labels kept). A VQ-VAE-2 bottom prior conditioned on the top codes also needs
+    their map as its cond (model.prior_cond(0, codes, cond)), which a dataset of code maps does not hold."""
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < model.levels:
         raise ValueError(f"level must be 0 (bottom){' or 1 (top)' if model.levels == 2 else ''}, got {level!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
