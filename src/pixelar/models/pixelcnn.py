@@ -42,17 +42,15 @@ class ResidualBlock(nn.Module):
         y = self.conv3(F.relu(y))
         return x + y
 
-    def cache_graph(self, g, x, bias=([], None), name="block"):
+    def cache_graph(self, g, x, bias, name="block"):
         """This block as nodes of a pixelar.nn.cache.CausalGraph; bias: graph_bias's (extras, add) for the
         conditioning added after it."""
         y = g.conv(x, self.conv1, pre=F.relu, name=f"{name}.conv1")
         y = g.conv(y, self.conv2, pre=F.relu, name=f"{name}.conv2")
         nodes, add = bias
-
-        def residual(t, h, *b):
-            return h + t if add is None else add(h + t, *b)
-
-        return g.conv(y, self.conv3, pre=F.relu, post=residual, extras=[x, *nodes], name=f"{name}.conv3")
+        return g.conv(
+            y, self.conv3, pre=F.relu, post=lambda t, h, *b: add(h + t, *b), extras=[x, *nodes], name=f"{name}.conv3"
+        )
 
 
 @register_model(
@@ -120,8 +118,8 @@ class PixelCNN(ARImageModel):
         """The forward pass as a pixelar.nn.cache.CausalGraph on the image x (filled in place); -> params node."""
         h = g.conv(g.input(x, self.scale_input, name="x"), self.input_conv, name="input_conv")
         for i, block in enumerate(self.blocks):
-            bias = ([], None) if self.cond_bias is None else graph_bias(g, self.cond_bias[i], cond, h.H, h.W, f"{i}")
-            h = block.cache_graph(g, h, bias, name=f"blocks.{i}")
+            module = None if self.cond_bias is None else self.cond_bias[i]
+            h = block.cache_graph(g, h, graph_bias(g, module, cond, h.H, h.W, f"blocks.{i}"), name=f"blocks.{i}")
         h = g.conv(h, self.out1, pre=F.relu, name="out1")
         return g.conv(h, self.out2, pre=F.relu, name="out2")
 

@@ -263,13 +263,17 @@ class _Input(_Map):
         if final:
             self.done = max(self.done, f)
 
-    def window_nhwc(self, r0, r1, c0, c1):
-        if (
+    def _inside(self, r0, r1, c0, c1) -> bool:
+        """Whether the window lies within the padded copy (else it is read from x, zero-filled)."""
+        return (
             r0 + self.padT >= 0
             and c0 + self.padL >= 0
             and r1 + self.padT <= self.nhwc.shape[1]
-            and (c1 + self.padL <= self.nhwc.shape[2])
-        ):
+            and c1 + self.padL <= self.nhwc.shape[2]
+        )
+
+    def window_nhwc(self, r0, r1, c0, c1):
+        if self._inside(r0, r1, c0, c1):
             n = self.nhwc
             return n.as_strided(
                 (n.shape[0], r1 - r0, c1 - c0, n.shape[3]),
@@ -279,12 +283,7 @@ class _Input(_Map):
         return self.window(r0, r1, c0, c1).permute(0, 2, 3, 1)
 
     def window(self, r0, r1, c0, c1):
-        if (
-            r0 + self.padT >= 0
-            and c0 + self.padL >= 0
-            and r1 + self.padT <= self.nhwc.shape[1]
-            and (c1 + self.padL <= self.nhwc.shape[2])
-        ):
+        if self._inside(r0, r1, c0, c1):
             return self.buf[:, :, self.padT + r0 : self.padT + r1, self.padL + c0 : self.padL + c1]
         vr0, vr1 = _clip(r0, r1, self.H)
         vc0, vc1 = _clip(c0, c1, self.W)
