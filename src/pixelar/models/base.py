@@ -570,11 +570,12 @@ class LatentImageModel(ImageModel):
         if isinstance(req.n, bool) or not isinstance(req.n, int) or req.n < 1:
             raise ValueError(f"n must be a positive int, got {req.n!r}")
         cond = self.check_cond(req.cond, req.n)
+        if not completing:
+            with inference(self):
+                return self.ancestral_sample(req.n, cond, req.temperature, req.generator)
         x, known = check_completion(self, req.n, req.x_known, req.known)
         with inference(self):
-            if completing:
-                return self.ancestral_complete(x, known, cond, req.temperature, req.generator)
-            return self.ancestral_sample(req.n, cond, req.temperature, req.generator)
+            return self.ancestral_complete(x, known, cond, req.temperature, req.generator)
 
     def ancestral_complete(self, x: torch.Tensor, known: torch.Tensor, cond, temperature, generator) -> torch.Tensor:
         """Complete the images x (n, C, H, W) int64, keeping the pixels where known (n, H, W) is True and drawing

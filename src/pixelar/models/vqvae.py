@@ -590,20 +590,23 @@ class VQVAE(LatentImageModel):
         codes = [level[2][:, None] for level in self._encode(x)]
         return [codes[k] for k in self._coding_order()]
 
+    def _by_level(self, latents: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Latents (n, 1, h, w) in coding order (the first few, or all) -> code maps (n, h, w) per level,
+        bottom first, None for the levels not among them."""
+        codes = [None] * self.levels
+        for level, z in zip(self._coding_order(), latents):
+            codes[level] = z[:, 0]
+        return codes
+
     def coding_cond(self, k: int, latents: list[torch.Tensor], cond):
         """The cond of coding prior k given the latents coded before it (coding order, each (n, 1, h, w))."""
-        level = self._coding_order()[k]
-        if level != 0 or not self.conditioned:
-            return cond
-        return self.prior_cond(0, [None, latents[0][:, 0]], cond)
+        return self.prior_cond(self._coding_order()[k], self._by_level(latents), cond)
 
     def coding_params(self, latents: list[torch.Tensor], cond) -> torch.Tensor:
         """The decoder's parameters of p(x | z), (n, P, H, W), for latents (n, 1, h, w) per level in coding
         order."""
-        levels = [None] * self.levels
-        for k, z in zip(self._coding_order(), latents):
-            levels[k] = z[:, 0]
-        return self.decode_codes(levels[0] if self.levels == 1 else tuple(levels))
+        codes = self._by_level(latents)
+        return self.decode_codes(codes[0] if self.levels == 1 else tuple(codes))
 
     def ancestral_sample(self, n: int, cond, temperature, generator) -> torch.Tensor:
         """Codes from each level's prior (top first, with the prior's cached sampler where it has one), then
