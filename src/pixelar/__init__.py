@@ -8,9 +8,11 @@ Public API (stable)::
     model.save(path); pixelar.load_model(path); pixelar.bits_per_dim(nats, image)
     pixelar.load_model("fashion_mnist-pixelcnn_pp")  # a pretrained model: pixelar.pretrained.names()
     pixelar.codec.compress(model, x); pixelar.codec.decompress(model, data)
+    model = pixelar.convert("pclucas14-pixelcnn_pp", "pcnn.pth")  # a published checkpoint: pixelar.converters
 """
 
-from . import codec, pretrained
+from . import codec, converters, pretrained
+from .converters import convert
 from .models import create_model, list_models, load_model
 from .types import ImageSpec, bits_per_dim
 
@@ -19,6 +21,8 @@ __all__ = [
     "ImageSpec",
     "bits_per_dim",
     "codec",
+    "convert",
+    "converters",
     "create_model",
     "list_models",
     "load_model",

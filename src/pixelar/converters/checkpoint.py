@@ -1,0 +1,138 @@
+"""Reading published checkpoints without executing code, and the weight arithmetic converters share.
+
+`read_torch_state` reads a torch.save file with `torch.load(weights_only=True)`: tensors, numbers, strings and
+containers of them, never an object whose unpickling runs code (a file that needs one is refused, naming it).
+`Tensors` hands a converter the tensors of a file one name at a time and, at the end, refuses a file that
+holds tensors the converter did not use (another layout, or a model this converter would convert only in
+part). `fold_weight_norm` turns weight normalisation's (g, v) into the plain weight it stands for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_torch_state(path) -> dict:
+    """A torch.save file's object, read with weights_only=True (no code runs); ValueError naming the file for a
+    file that is not one, or that needs code to be read."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, which would run the file's code: give only its reason
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise ValueError(
+                f"{path} holds an object ({found.group(1)}) that only running code could rebuild, and pixelar "
+                "never runs code from a checkpoint: save the state dict's tensors alone (model.state_dict())"
+            ) from None
+        found = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+        reason = found.group(1).strip() if found else "not a pickle torch.load reads"
+        raise ValueError(f"{path} is not a readable torch checkpoint ({reason})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a dictionary of tensors (a state dict)")
+    return obj
+
+
+def strip_prefix(state: dict, prefix: str) -> tuple[dict, bool]:
+    """state without `prefix` on its keys (DataParallel's "module."), where every key has it. -> (state, stripped)."""
+    if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}, True
+    return state, False
+
+
+def fold_weight_norm(g: torch.Tensor, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The weight g * v / ||v|| of weight normalisation (Salimans and Kingma 2016) as torch's
+    `nn.utils.weight_norm(module, dim)` computes it: the norm over every axis but `dim`, g of shape 1 on them.
+    Computed in float64, returned in v's dtype."""
+    if g.dim() != v.dim() or g.shape[dim] != v.shape[dim] or any(g.shape[d] != 1 for d in range(g.dim()) if d != dim):
+        raise ValueError(f"weight norm gain of shape {tuple(g.shape)} does not fit direction {tuple(v.shape)}")
+    axes = [d for d in range(v.dim()) if d != dim]
+    v64 = v.double()
+    return (g.double() * v64 / v64.square().sum(dim=axes, keepdim=True).sqrt()).to(v.dtype)
+
+
+# how a module's weight is stored: plain, or weight normalised by torch's old hook (weight_g, weight_v) or by
+# its parametrization (parametrizations.weight.original0 = g, original1 = v)
+WEIGHT_FORMS = {
+    "plain": ("weight",),
+    "weight_norm": ("weight_g", "weight_v"),
+    "parametrized": ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+}
+
+
+class Tensors:
+    """The tensors of a checkpoint, taken by name; `finish()` refuses tensors left untaken.
+
+    `what` names the file in every message ("checkpoint pcnn.pth")."""
+
+    def __init__(self, state: dict, what: str):
+        self.state, self.what, self.taken = state, what, set()
+        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise ValueError(f"{what}: entry {bad[0]!r} is a {type(state[bad[0]]).__name__}, not a tensor")
+
+    def has(self, key: str) -> bool:
+        return key in self.state
+
+    def take(self, key: str) -> torch.Tensor:
+        if key not in self.state:
+            raise ValueError(f"{self.what} has no tensor {key!r}: it is not a checkpoint of this layout")
+        self.taken.add(key)
+        return self.state[key]
+
+    def weight(self, prefix: str, dim: int = 0) -> tuple[torch.Tensor, str]:
+        """The plain weight of module `prefix` in whichever form the file stores it (WEIGHT_FORMS; weight norm
+        folded over every axis but `dim`, the source's convention). -> (weight, form)."""
+        for form, names in WEIGHT_FORMS.items():
+            if all(self.has(f"{prefix}.{n}") for n in names):
+                parts = [self.take(f"{prefix}.{n}") for n in names]
+                return (parts[0] if form == "plain" else fold_weight_norm(*parts, dim=dim)), form
+        raise ValueError(f"{self.what} has no weight for {prefix!r} (as {prefix}.weight or weight_g/weight_v)")
+
+    def count(self, pattern: str, start: int = 0) -> int:
+        """How many of pattern.format(i) exist for i = start, start+1, ... (consecutive)."""
+        n = start
+        while any(k.startswith(pattern.format(n)) for k in self.state):
+            n += 1
+        return n - start
+
+    def finish(self) -> None:
+        left = sorted(set(self.state) - self.taken)
+        if left:
+            shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+            raise ValueError(
+                f"{self.what} has tensors this converter does not map ({shown}): it is a checkpoint of another "
+                "layout or model, which would be converted only in part"
+            )
+
+
+def load_weights(model, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Copy converted weights into `model`: every weight filled, each of its shape; ValueError naming `what`."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - weights.keys())
+    extra = sorted(weights.keys() - own.keys())
+    if missing or extra:
+        raise ValueError(f"{what}: the conversion left weights {missing[:4]} unfilled and made {extra[:4]}")
+    for k, w in weights.items():
+        if tuple(w.shape) != tuple(own[k].shape):
+            raise ValueError(
+                f"{what}: tensor for {k} has shape {tuple(w.shape)}, the model's has {tuple(own[k].shape)}"
+            )
+    model.load_state_dict({k: w.to(own[k].dtype) for k, w in weights.items()})
