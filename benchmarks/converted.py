@@ -1,0 +1,119 @@
+"""Converting a published checkpoint at its paper size, and sampling from the converted model.
+
+For each source whose authors' code is given (a checkout of its public repository; nothing of it is
+committed): a random checkpoint of the published shapes, written by the authors' code in the published
+layout into a temporary directory; `pixelar convert` on it in a fresh process (wall time, peak resident
+memory); then cached and naive sampling of the converted model (images/s at batch 1 and 16, naive
+extrapolated from a few full passes, cached from a few rows, as benchmarks/sampling_speed does).
+
+    git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
+    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import pixelar
+from pixelar.threads import step_work, threads_for
+
+from .authors_code import pclucas14, pclucas14_published_layout, perturb
+from .sampling_speed import cached_image_time, naive_step_time
+from .tables import cpu_model, load_average, write_table
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "converted.md"
+
+
+def pclucas14_checkpoint(port: Path, out: Path) -> str:
+    """The port's CIFAR-10 model (160 filters, 5 resnets, 10 mixtures), random, in the published layout."""
+    model, _ = pclucas14(port)
+    torch.manual_seed(0)
+    net = model.PixelCNN(nr_resnet=5, nr_filters=160, nr_logistic_mix=10, input_channels=3).eval()
+    perturb(net, torch.Generator().manual_seed(0))
+    torch.save(pclucas14_published_layout(net), out)
+    return "pclucas14-pixelcnn_pp"
+
+
+def convert_in_child(source: str, path: Path, out: Path) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of `pixelar convert` in a fresh process."""
+    code = (
+        "import resource, sys, time; t = time.perf_counter(); from pixelar.cli import main; "
+        f"rc = main(['convert', {source!r}, {str(path)!r}, '--out', {str(out)!r}]); "
+        "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
+        "sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
+    _, seconds, kib = line.split()
+    return float(seconds), int(kib) * 1024
+
+
+def sampling(model, batch: int, naive_steps: int, cached_rows: int) -> tuple[float, float]:
+    """(naive, cached) images/s of the converted model at `batch`, fp32, on the threads model.sample picks."""
+    image = model.image
+    x = torch.zeros(batch, *image.shape, dtype=torch.long)
+    with threads_for(None, step_work(model, batch, incremental=False)):
+        naive_s = naive_step_time(model, x.clone(), naive_steps, "fp32") * image.height * image.width
+    with threads_for(None, step_work(model, batch, incremental=True)):
+        cached_s = cached_image_time(model, x.clone(), cached_rows, "fp32")[0]
+    return batch / naive_s, batch / cached_s
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pclucas14", type=Path, help="checkout of pclucas14/pixel-cnn-pp")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--naive-steps", type=int, default=3, help="full passes measured per naive figure")
+    ap.add_argument("--cached-rows", type=int, default=4, help="rows measured per cached figure")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/converted.md")
+    args = ap.parse_args(argv)
+    makers = [(pclucas14_checkpoint, args.pclucas14)] if args.pclucas14 else []
+    if not makers:
+        raise SystemExit("give the authors' code of at least one source (--pclucas14 PATH)")
+    load_before, rows = load_average(), []
+    for make, code in makers:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "published.pth"
+            source = make(code, path)
+            size_mb = os.path.getsize(path) / 2**20
+            seconds, peak = convert_in_child(source, path, Path(tmp) / "converted")
+            model = pixelar.load_model(Path(tmp) / "converted")
+            speeds = []
+            for batch in (int(b) for b in args.batches.split(",")):
+                naive, cached = sampling(model, batch, args.naive_steps, args.cached_rows)
+                speeds.append(f"batch {batch}: {naive:.4f} / {cached:.3f} img/s ({cached / naive:.0f}x)")
+        rows.append(
+            f"| `{source}` | {model.num_parameters():,} | {size_mb:.0f} MB | {seconds:.1f} s | "
+            f"{peak / 2**20:.0f} MiB | {'; '.join(speeds)} |"
+        )
+        print(rows[-1], flush=True)
+    table = "\n".join(
+        [
+            f"Measured by `python -m benchmarks.converted` on {cpu_model()} ({os.cpu_count()} cores), torch "
+            f"{torch.__version__}, fp32; load average {load_before} before, {load_average()} after. Conversion: "
+            "`pixelar convert` in a fresh process, a random checkpoint of the published shapes written by the "
+            f"authors' code. Sampling: naive extrapolated from {args.naive_steps} full passes, cached from "
+            f"{args.cached_rows} rows, on the threads `model.sample` chooses.",
+            "",
+            "| source | parameters | file | conversion time | conversion peak memory | sampling naive / cached |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print(table)
+    if args.write:
+        write_table("converted-speed", table, PAGE)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"{time.perf_counter() - t0:.0f} s in all")
