@@ -1,5 +1,4 @@
-"""Command-line interface: `pixelar train | eval | sample | complete | probe | score | compress | decompress |
-recipes | plot | export | convert | models | pretrained`.
+"""Command-line interface: `pixelar train | eval | sample | complete | probe | models | recipes | pretrained`.
 
 The only place that turns command-line input into objects; all work happens in the library.
 """
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 # codec.compress(...), models.load_model(...): looked up at each call, so they can be replaced (tests do)
-from . import codec, converters, distributed, models, pretrained
+from . import codec, distributed, models, pretrained
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
@@ -795,33 +794,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-# ----- convert ----------------------------------------------------------------------------------------------
-def cmd_convert(args) -> int:
-    if args.source is None or args.checkpoint is None:  # `pixelar convert` alone: the sources
-        print("checkpoint sources (pixelar convert SOURCE CHECKPOINT --out DIR):")
-        for src in converters.sources():
-            print(f"  {src.name}: {src.paper}; reads {src.reads}")
-            print(f"    paper: {src.paper_bpd}; download: {src.download}")
-            for opt, text in src.options.items():
-                print(f"    --{opt.replace('_', '-')}: {text}")
-        return 0
-    if args.out is None:
-        raise ValueError("--out DIR is required: the model directory to write")
-    out = Path(args.out)
-    _writable(out / "config.json", "--out")
-    model = converters.convert_to_dir(args.source, args.checkpoint, out, overwrite=args.force, image=args.image)
-    card = read_json(out / converters.CARD_NAME, "model card")
-    print(f"wrote {out}: {model.name}, {card['num_parameters']:,} parameters, images {_spec_text(model.image)}")
-    for note in card["conversion"]:
-        print(f"  {note}")
-    print(f"use it wherever a run directory goes: pixelar eval {out} --dataset NAME")
-    return 0
-
-
-def _spec_text(spec: ImageSpec) -> str:
-    return f"{spec.channels},{spec.height},{spec.width},{spec.num_values}"
-
-
 # ----- models -----------------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
     spec = args.image
@@ -917,7 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--dataset",
         help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, imagenet32, imagenet64, celeba[R], celeba_hq[R], "
-        "npz:PATH, folder:PATH",
+        "npz:PATH, folder:PATH (folder+convert:PATH converts what the strict image reader refuses)",
     )
     t.add_argument(
         "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
@@ -1154,7 +1126,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     x = sub.add_parser("export", help="write a dataset's images as PNG files (to try score, complete, compress)")
-    x.add_argument("dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH")
+    x.add_argument(
+        "dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH, folder+convert:PATH"
+    )
     x.add_argument("--split", default="test", choices=["test", "train", "val"], help="default test")
     x.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
     x.add_argument("--start", type=nonnegative_int, default=0, help="index of the first image in the split")
@@ -1162,20 +1136,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-dir", help="where dataset files are (as for train)")
     x.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
     x.set_defaults(func=cmd_export)
-
-    cv = sub.add_parser(
-        "convert", help="a published checkpoint of a paper's authors as a pixelar model directory (no SOURCE: list)"
-    )
-    cv.add_argument("source", nargs="?", help="the checkpoint's format, e.g. pclucas14-pixelcnn_pp (none: list them)")
-    cv.add_argument("checkpoint", nargs="?", help="the published file")
-    cv.add_argument("--out", help="the model directory to write (config.json, model.safetensors, card.json)")
-    cv.add_argument(
-        "--image",
-        type=_image_spec,
-        help="C,H,W,NUM_VALUES where the checkpoint does not fix the image size (default: its dataset's)",
-    )
-    cv.add_argument("--force", action="store_true", help="replace --out if it exists")
-    cv.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("models", help="list every model and size with its parameter count")
     m.add_argument("--image", type=_image_spec, default="3,32,32,256", help="C,H,W,NUM_VALUES (default 3,32,32,256)")
