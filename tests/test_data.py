@@ -19,6 +19,7 @@ import struct
 import tarfile
 import threading
 import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from pixelar.data import (
     DatasetNotFoundError,
     ImageDataset,
     UnsafePickleError,
+    cifar,
     download,
     iterate_batches,
     list_datasets,
@@ -383,6 +385,41 @@ def test_cifar_corrupt(tmp_path):
     write_cifar_tar(tmp_path / "c" / "cifar-10-python.tar.gz", blobs)
     with pytest.raises(ValueError, match="test_batch"):
         load_dataset("cifar10", "test", data_dir=tmp_path / "c", download=False)
+
+
+def test_cifar_batch_larger_than_a_batch_can_be_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A small tarball can unpack to gigabytes: the member's size in its header is compared with what a batch can
+    be before a byte of it is read (here a 4 MiB member of zeros against a limit lowered to 1 MiB, so that the
+    file stays small: the peak of Python's allocations shows it was never read). An extracted batch file is
+    checked by its size on disk (a sparse file over the real limit)."""
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 2**20)
+    blobs = {name: cifar_pickle(d, l) for name, (d, l) in cifar_batches().items()}
+    blobs["test_batch"] = bytes(4 * 2**20)
+    write_cifar_tar(tmp_path / "a" / "cifar-10-python.tar.gz", blobs)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"test_batch is 4,194,304 bytes, more than a CIFAR-10 batch can be "):
+            load_dataset("cifar10", "test", data_dir=tmp_path / "a", download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    monkeypatch.undo()
+    folder = tmp_path / "b" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    with open(folder / "test_batch", "wb") as f:
+        f.truncate(cifar.MAX_BATCH_BYTES + 1)
+    with pytest.raises(ValueError, match=rf"test_batch is {cifar.MAX_BATCH_BYTES + 1:,} bytes.*replace it"):
+        load_dataset("cifar10", "test", data_dir=tmp_path / "b", download=False)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_full_cifar_batch_is_within_the_limit(protocol):
+    """10,000 images, as in every batch of the release, at any protocol (2 from Python 3 stores the bytes as
+    latin-1 text: the largest)."""
+    n = 10_000
+    data = np.random.default_rng(0).integers(0, 256, (n, 3072), dtype=np.uint8)
+    assert len(cifar_pickle(data, [0] * n, protocol)) <= cifar.MAX_BATCH_BYTES
 
 
 # ---------------------------------------------------------------- npz
