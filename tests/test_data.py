@@ -39,6 +39,7 @@ from pixelar.data import (
     iterate_batches,
     list_datasets,
     load_dataset,
+    npz,
     paths,
 )
 from pixelar.data.export import file_prefix
@@ -457,6 +458,20 @@ def test_npz_splits_and_errors(tmp_path):
     np.savez(tmp_path / "nox.npz", z=x_train)
     with pytest.raises(ValueError, match="no x or images"):
         load_dataset(f"npz:{tmp_path / 'nox.npz'}")
+
+
+def test_npz_labels_beyond_any_class_count_are_refused_naming_the_file(tmp_path):
+    """num_classes is the largest label + 1, and a class-conditional model holds weights for each: a label of 2**40
+    is refused before anything is sized by it, naming the file, the array and the largest label."""
+    x = make_images(4, (5, 5), 0)
+    y_test = np.array([0, 2**40, 1, 1])
+    np.savez(tmp_path / "far.npz", x_train=x, y_train=np.array([0, 1, 2, 3]), x_test=x, y_test=y_test)
+    message = rf"far.npz: labels must be class ids 0 .. {npz.MAX_CLASSES - 1}, but 'y_test' holds {2**40}"
+    for split in ("full_train", "test"):  # the classes are counted over both splits
+        with pytest.raises(ValueError, match=message):
+            load_dataset(f"npz:{tmp_path / 'far.npz'}", split)
+    np.savez(tmp_path / "near.npz", x=x, y=np.array([0, 1, 2, npz.MAX_CLASSES - 1]))
+    assert load_dataset(f"npz:{tmp_path / 'near.npz'}", "full_train").num_classes == npz.MAX_CLASSES
 
 
 # ---------------------------------------------------------------- image folders
