@@ -19,6 +19,7 @@ import struct
 import tarfile
 import threading
 import time
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -26,20 +27,25 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from png_helpers import write_png
 
 from pixelar.data import (
     ChecksumError,
     DatasetNotFoundError,
     ImageDataset,
     UnsafePickleError,
+    cifar,
     download,
     iterate_batches,
     list_datasets,
     load_dataset,
+    npz,
     paths,
 )
+from pixelar.data.export import file_prefix
 from pixelar.data.idx import read_idx
 from pixelar.data.safe_pickle import safe_loads
+from pixelar.image_files import load_image
 from pixelar.types import ImageSpec
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -382,6 +388,41 @@ def test_cifar_corrupt(tmp_path):
         load_dataset("cifar10", "test", data_dir=tmp_path / "c", download=False)
 
 
+def test_cifar_batch_larger_than_a_batch_can_be_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A small tarball can unpack to gigabytes: the member's size in its header is compared with what a batch can
+    be before a byte of it is read (here a 4 MiB member of zeros against a limit lowered to 1 MiB, so that the
+    file stays small: the peak of Python's allocations shows it was never read). An extracted batch file is
+    checked by its size on disk (a sparse file over the real limit)."""
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 2**20)
+    blobs = {name: cifar_pickle(d, l) for name, (d, l) in cifar_batches().items()}
+    blobs["test_batch"] = bytes(4 * 2**20)
+    write_cifar_tar(tmp_path / "a" / "cifar-10-python.tar.gz", blobs)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"test_batch is 4,194,304 bytes, more than a CIFAR-10 batch can be "):
+            load_dataset("cifar10", "test", data_dir=tmp_path / "a", download=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+    monkeypatch.undo()
+    folder = tmp_path / "b" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    with open(folder / "test_batch", "wb") as f:
+        f.truncate(cifar.MAX_BATCH_BYTES + 1)
+    with pytest.raises(ValueError, match=rf"test_batch is {cifar.MAX_BATCH_BYTES + 1:,} bytes.*replace it"):
+        load_dataset("cifar10", "test", data_dir=tmp_path / "b", download=False)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_full_cifar_batch_is_within_the_limit(protocol):
+    """10,000 images, as in every batch of the release, at any protocol (2 from Python 3 stores the bytes as
+    latin-1 text: the largest)."""
+    n = 10_000
+    data = np.random.default_rng(0).integers(0, 256, (n, 3072), dtype=np.uint8)
+    assert len(cifar_pickle(data, [0] * n, protocol)) <= cifar.MAX_BATCH_BYTES
+
+
 # ---------------------------------------------------------------- npz
 
 
@@ -419,6 +460,20 @@ def test_npz_splits_and_errors(tmp_path):
         load_dataset(f"npz:{tmp_path / 'nox.npz'}")
 
 
+def test_npz_labels_beyond_any_class_count_are_refused_naming_the_file(tmp_path):
+    """num_classes is the largest label + 1, and a class-conditional model holds weights for each: a label of 2**40
+    is refused before anything is sized by it, naming the file, the array and the largest label."""
+    x = make_images(4, (5, 5), 0)
+    y_test = np.array([0, 2**40, 1, 1])
+    np.savez(tmp_path / "far.npz", x_train=x, y_train=np.array([0, 1, 2, 3]), x_test=x, y_test=y_test)
+    message = rf"far.npz: labels must be class ids 0 .. {npz.MAX_CLASSES - 1}, but 'y_test' holds {2**40}"
+    for split in ("full_train", "test"):  # the classes are counted over both splits
+        with pytest.raises(ValueError, match=message):
+            load_dataset(f"npz:{tmp_path / 'far.npz'}", split)
+    np.savez(tmp_path / "near.npz", x=x, y=np.array([0, 1, 2, npz.MAX_CLASSES - 1]))
+    assert load_dataset(f"npz:{tmp_path / 'near.npz'}", "full_train").num_classes == npz.MAX_CLASSES
+
+
 # ---------------------------------------------------------------- image folders
 
 
@@ -448,16 +503,126 @@ def test_folder_plain_rgb_and_errors(tmp_path):
     rgb = make_images(3, (4, 6, 3), 0)
     for i in range(3):
         _save(root / f"{i}.png", rgb[i], "RGB")
-    _save(root / "gray.png", make_images(1, (4, 6), 1)[0], "L")  # promoted to RGB
     ds = load_dataset(f"folder:{root}", "full_train")
-    assert ds.spec == ImageSpec(3, 4, 6, 256) and ds.labels is None and len(ds) == 4
-    assert torch.equal(ds.images[:3], torch.from_numpy(rgb.transpose(0, 3, 1, 2)))
-    assert torch.equal(ds.images[3, 0], ds.images[3, 2])
+    assert ds.spec == ImageSpec(3, 4, 6, 256) and ds.labels is None and len(ds) == 3
+    assert torch.equal(ds.images, torch.from_numpy(rgb.transpose(0, 3, 1, 2)))
     with pytest.raises(ValueError, match="no test split"):
         load_dataset(f"folder:{root}", "test")
-    _save(root / "z_big.png", make_images(1, (5, 6), 2)[0], "L")
-    with pytest.raises(ValueError, match="z_big.png"):
+    _save(root / "z_big.png", make_images(1, (5, 6, 3), 2)[0], "RGB")
+    with pytest.raises(ValueError, match=r"z_big.png is 6x5 \(WxH\) but the dataset expects 6x4; .*that of .*0.png"):
         load_dataset(f"folder:{root}", "full_train")
+
+
+def test_folder_of_grey_and_colour_files_is_refused_unless_converted(tmp_path, capsys):
+    """A set is grey only where every file is: one grey file among colour ones is refused, not silently made
+    colour; folder+convert: repeats its grey level in R, G and B and says so."""
+    root = tmp_path / "mixed"
+    rgb, grey = make_images(3, (4, 6, 3), 0), make_images(1, (4, 6), 1)[0]
+    for i in range(3):
+        _save(root / f"{i}.png", rgb[i], "RGB")
+    _save(root / "gray.png", grey, "L")
+    with pytest.raises(
+        ValueError, match=r"mixes greyscale and colour files \(gray.png is greyscale, 0.png colour\).*'folder\+convert:"
+    ):
+        load_dataset(f"folder:{root}", "full_train")
+    capsys.readouterr()
+    ds = load_dataset(f"folder+convert:{root}", "full_train")
+    assert ds.spec == ImageSpec(3, 4, 6, 256) and file_prefix(ds.name) == "mixed"  # exported as mixed-*.png
+    assert torch.equal(ds.images[:3], torch.from_numpy(rgb.transpose(0, 3, 1, 2)))
+    assert all(torch.equal(ds.images[3, c], torch.from_numpy(grey)) for c in range(3))
+    assert f"grey repeated in R, G and B in 1 image(s) ({root / 'gray.png'})" in capsys.readouterr().err
+
+    # the splits agree: grey training files become colour where a test file is colour
+    split = tmp_path / "split"
+    for i in range(2):
+        _save(split / "train" / f"{i}.png", make_images(1, (4, 6), i)[0], "L")
+    _save(split / "test" / "c.png", rgb[0], "RGB")
+    assert load_dataset(f"folder:{split}", "full_train").spec.channels == 1  # each split is of one kind
+    capsys.readouterr()
+    assert load_dataset(f"folder+convert:{split}", "full_train").spec.channels == 3
+    assert load_dataset(f"folder+convert:{split}", "test").spec.channels == 3
+    err = capsys.readouterr().err
+    assert "(train): grey repeated in R, G and B in 2 image(s)" in err and "(test)" not in err  # nothing to convert
+    (split / "test" / "c.png").unlink()
+    _save(split / "test" / "g.png", grey, "L")
+    assert load_dataset(f"folder+convert:{split}", "full_train").spec.channels == 1  # all grey: grey
+    assert capsys.readouterr().err == ""
+
+
+def test_folder_16_bit_images_are_refused_unless_converted(tmp_path, capsys):
+    """16-bit grey PNGs (Pillow's I;16) were read as all 255: now refused, or their high byte kept on request."""
+    root = tmp_path / "deep"
+    root.mkdir()
+    deep = np.random.default_rng(0).integers(0, 65536, (3, 4, 6)).astype(np.uint16)
+    for i in range(3):
+        Image.fromarray(deep[i]).save(root / f"{i}.png")
+    with pytest.raises(
+        ValueError,
+        match=r"0.png has 16-bit samples but the dataset reads 8-bit ones: pass the dataset name "
+        r"'folder\+convert:.*' to keep each sample's high 8 bits",
+    ):
+        load_dataset(f"folder:{root}", "full_train")
+    capsys.readouterr()
+    ds = load_dataset(f"folder+convert:{root}", "full_train")
+    assert ds.spec == ImageSpec(1, 4, 6, 256) and torch.equal(ds.images[:, 0], torch.from_numpy(deep >> 8).byte())
+    assert "16-bit samples reduced to their high 8 bits in 3 image(s)" in capsys.readouterr().err
+
+
+def _hostile(path: Path, kind: str, rgb: np.ndarray) -> None:
+    if kind == "alpha":
+        rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=2)
+        rgba[0, 0, 3] = 0
+        Image.fromarray(rgba).save(path)
+    elif kind == "palette transparency":
+        Image.fromarray(rgb).quantize(colors=4).save(path, transparency=0)
+    elif kind == "cmyk":
+        Image.fromarray(rgb).convert("CMYK").save(path, quality=95)
+    else:  # two frames (APNG)
+        frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
+@pytest.mark.parametrize("kind", ["alpha", "palette transparency", "cmyk", "frames"])
+def test_folder_files_are_read_as_strictly_as_a_single_image(tmp_path, kind):
+    """What load_image refuses, a folder refuses (naming the file); what folder+convert: reads is what
+    load_image(convert=True) reads: one reader for both."""
+    root = tmp_path / kind.replace(" ", "_")
+    rgb = make_images(2, (4, 6, 3), 0)
+    _save(root / "a.png", rgb[0], "RGB")
+    path = root / ("b.jpg" if kind == "cmyk" else "b.png")
+    _hostile(path, kind, rgb[1])
+    spec = ImageSpec(3, 4, 6, 256)
+    if kind == "frames":
+        for name in (f"folder:{root}", f"folder+convert:{root}"):
+            with pytest.raises(ValueError, match=r"b.png has 2 frames"):
+                load_dataset(name, "full_train")
+        with pytest.raises(ValueError, match=r"b.png has 2 frames"):
+            load_image(path, spec, convert=True)
+        return
+    with pytest.raises(ValueError, match=rf"{path.name}.*: pass the dataset name 'folder\+convert:{root}' to"):
+        load_dataset(f"folder:{root}", "full_train")
+    with pytest.raises(ValueError, match="pass convert=True"):
+        load_image(path, spec)
+    ds = load_dataset(f"folder+convert:{root}", "full_train")
+    assert torch.equal(ds.images[1].long(), load_image(path, spec, convert=True)[0])
+    assert torch.equal(ds.images[0], torch.from_numpy(rgb[0].transpose(2, 0, 1)))
+
+
+def test_folder_image_sizes_are_checked_from_the_headers(tmp_path):
+    """Headers claiming huge images over a few bytes of pixels (decoding them would fail): the size error proves
+    nothing was decoded; beyond Pillow's decompression-bomb limit, a message naming the file."""
+    root = tmp_path / "huge"
+    _save(root / "a.png", make_images(1, (8, 8), 0)[0], "L")
+    write_png(root / "b.png", 10000, 10000, 8, 0, b"\0" * 10)
+    with pytest.raises(ValueError, match=r"b.png is 10000x10000 \(WxH\) but the dataset expects 8x8; .*a.png"):
+        load_dataset(f"folder:{root}", "full_train")
+    write_png(root / "b.png", 20000, 20000, 8, 0, b"\0" * 10)
+    with pytest.raises(ValueError, match=r"b.png is too large to open \(.*\); the dataset expects 8x8"):
+        load_dataset(f"folder:{root}", "full_train")
+    (root / "a.png").unlink()  # the first file: no size to compare with yet
+    for name in (f"folder:{root}", f"folder+convert:{root}"):
+        with pytest.raises(ValueError, match=r"b.png is too large to open \(.*\); resize it first"):
+            load_dataset(name, "full_train")
 
 
 def test_empty_and_one_image_datasets_say_so(tmp_path):

@@ -1,13 +1,13 @@
 """Reading image files (pixelar.image_files.load_image): exact or refused by default, converted only when asked,
 deep files never reduced silently, the size checked from the header before any pixel is decoded."""
 
-import struct
-import zlib
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from png_helpers import write_png, write_png16
 
 from pixelar import ImageSpec
 from pixelar.errors import ArgumentValueError
@@ -16,26 +16,6 @@ from pixelar.sampling.complete import keep_mask
 
 GREY, COLOUR = ImageSpec(1, 3, 4, 256), ImageSpec(3, 3, 4, 256)  # 4 wide, 3 high
 rng = np.random.default_rng(0)
-
-
-def write_png(path, width, height, bit_depth, colour_type, raw: bytes) -> None:
-    """A PNG written chunk by chunk, for what Pillow cannot write (16-bit colour) or should not decode (a large
-    header over a few bytes of pixels)."""
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
-
-
-def write_png16(path, arr: np.ndarray) -> None:
-    """uint16 (H, W, C) as a 16-bit PNG: C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA."""
-    H, W, C = arr.shape
-    rows = arr.astype(">u2").reshape(H, -1)
-    write_png(path, W, H, 16, {1: 0, 2: 4, 3: 2, 4: 6}[C], b"".join(b"\0" + r.tobytes() for r in rows))
 
 
 def chw(arr: np.ndarray) -> torch.Tensor:
@@ -130,6 +110,8 @@ def test_refusals_name_the_argument_that_allows_the_conversion(tmp_path):
         load_image(tmp_path / "rgb.png", GREY)
     assert e.value.argument == "convert" and "--" not in str(e.value)
     assert e.value.naming("--convert") == str(e.value).replace("convert=True", "--convert")
+    again = pickle.loads(pickle.dumps(e.value))  # as torchrun's processes pass errors on
+    assert str(again) == str(e.value) and again.naming("--convert") == e.value.naming("--convert")
     with pytest.raises(ArgumentValueError, match="^keep must be one of") as e:
         keep_mask(str(tmp_path / "no such mask.png"), 3, 4)
     assert e.value.argument == "keep"

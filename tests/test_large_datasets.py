@@ -267,6 +267,29 @@ def test_celeba_without_partition_and_celeba_hq(tmp_path):
         load_dataset("celeba_hq", "test", data_dir=tmp_path / "nothing")
 
 
+def test_celeba_refuses_a_file_of_another_size_or_kind(tmp_path):
+    """An aligned CelebA image is 178x218 (a CelebA-HQ image the size of the first): another size is refused with
+    the file's name and the size expected, not resized; files are read as strictly as any image file."""
+    d = tmp_path / "celeba" / "img_align_celeba"
+    names = [f"{i:06d}" for i in range(1, 11)]
+    write_faces(d, names)
+    write_faces(d, ["000004"], size=(100, 100))
+    with pytest.raises(ValueError, match=r"000004.jpg is 100x100 \(WxH\) but CelebA expects 178x218"):
+        load_dataset("celeba", "train", data_dir=tmp_path)
+    write_faces(d, ["000004"])
+    grey = Image.fromarray(np.full((218, 178), 90, np.uint8))
+    grey.save(d / "000005.jpg")
+    with pytest.raises(ValueError, match=r"000005.jpg is greyscale but CelebA codes colour; replace or remove it"):
+        load_dataset("celeba", "train", data_dir=tmp_path)
+    assert not list((tmp_path / "celeba").glob("pixelar-*"))  # no cache of a refused set
+
+    hq = tmp_path / "celeba_hq" / "CelebA-HQ-img"
+    write_faces(hq, [str(i) for i in range(10)], size=(64, 64), suffix=".png")
+    write_faces(hq, ["7"], size=(32, 32), suffix=".png")
+    with pytest.raises(ValueError, match=r"7.png is 32x32 \(WxH\) but CelebA-HQ expects 64x64; .*that of .*0.png"):
+        load_dataset("celeba_hq16", "train", data_dir=tmp_path)
+
+
 def test_train_on_imagenet32_from_the_command_line(tmp_path, capsys):
     write_imagenet(tmp_path / "data", 32)
     run = tmp_path / "run"

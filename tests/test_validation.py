@@ -148,6 +148,24 @@ def test_a_malformed_config_is_a_valueerror_naming_the_file(tmp_path, how):
         load_model(tmp_path)
 
 
+def test_an_oversized_or_too_deeply_nested_config_is_a_valueerror_naming_the_file(tmp_path, capsys):
+    """Valid JSON padded past the size any pixelar JSON file has is refused by its size, before it is read; JSON
+    nested deeper than Python's parser goes is called malformed (not "maximum recursion depth exceeded")."""
+    create_model("pixelcnn_pp", FMNIST).save(tmp_path)
+    path = tmp_path / "config.json"
+    text, limit = path.read_text(), pixelar.io.MAX_JSON_BYTES
+    path.write_text(" " * (limit - len(text)) + text)  # at the limit: read
+    load_model(tmp_path)
+    path.write_text(" " * (limit - len(text) + 1) + text)
+    with pytest.raises(ValueError, match=rf"config.json is corrupt: {limit + 1:,} bytes, more than"):
+        load_model(tmp_path)
+    path.write_text(text.replace('"hparams": {', '"hparams": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1))
+    with pytest.raises(ValueError, match=r"config.json is corrupt \(malformed: its JSON is nested too deeply"):
+        load_model(tmp_path)
+    assert main(["sample", str(tmp_path), "--n", "1", "--out", str(tmp_path / "g.png")]) == 2
+    assert "config.json" in _one_line_error(capsys, "sample")
+
+
 def test_image_spec_from_dict_converts_nothing_silently():
     assert ImageSpec.from_dict(SPEC.to_dict()) == SPEC
     for bad in (

@@ -917,7 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--dataset",
         help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, imagenet32, imagenet64, celeba[R], celeba_hq[R], "
-        "npz:PATH, folder:PATH",
+        "npz:PATH, folder:PATH (folder+convert:PATH converts what the strict image reader refuses)",
     )
     t.add_argument(
         "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
@@ -1154,7 +1154,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     x = sub.add_parser("export", help="write a dataset's images as PNG files (to try score, complete, compress)")
-    x.add_argument("dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH")
+    x.add_argument(
+        "dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH, folder+convert:PATH"
+    )
     x.add_argument("--split", default="test", choices=["test", "train", "val"], help="default test")
     x.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
     x.add_argument("--start", type=nonnegative_int, default=0, help="index of the first image in the split")

@@ -82,31 +82,20 @@ def load_image(path, image: ImageSpec, convert: bool = False, deep_ok: bool = Tr
     """Read an image file as int64 (C, H, W) in the model's value range [0, K), and the conversions made.
 
     Strict by default: a file whose pixels the model cannot take exactly is refused with a ValueError that names
-    `convert=True` (an ArgumentValueError), never converted silently. Exact, so always done: palette and 1-bit
+    `convert=True` (a ConversionNeeded), never converted silently. Exact, so always done: palette and 1-bit
     images (their colours are 8-bit values), alpha that is fully opaque (dropped), colour files whose every pixel is
     grey, into a greyscale model. With convert=True, and each listed in the returned notes: colour -> grey (ITU-R
     601 luma, Pillow's "L"), grey -> colour (the grey level in R, G and B), alpha that is not opaque (dropped:
     transparent pixels keep their stored colour), other colour spaces (CMYK, YCbCr, ...: Pillow's RGB), and, where
     deep_ok, 16-bit samples (their high byte, as Pillow reads 16-bit colour PNGs). Never read: float or 32-bit
-    samples, files of several frames. The size is checked from the header before any pixel is decoded.
+    samples, files of several frames. The size is checked from the header before any pixel is decoded
+    (open_image, then read_pixels: the reader that dataset folders use too).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
     if image.channels not in (1, 3):
         raise ValueError(f"the model codes {image.channels} channels; image files give 1 (grey) or 3 (colour)")
-    try:
-        with warnings.catch_warnings():  # the size is checked against the model below, before decoding
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ValueError(
-            f"image {path} is too large to open ({e}); the model expects {image.width}x{image.height}"
-        ) from None
-    except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    with img:
-        x, notes = _read(img, path, image, convert, deep_ok)
+    with open_image(path, (image.width, image.height)) as img:
+        arr, notes = read_pixels(img, Path(path), image.channels, convert, deep_ok)
+    x = torch.from_numpy(arr).long().permute(2, 0, 1)
     # 8-bit -> K values (identity for K = 256)
     return torch.div(x * (image.num_values - 1) + 127, 255, rounding_mode="floor"), notes
 
@@ -118,19 +107,70 @@ def load_mask(path, height: int, width: int, convert: bool = False) -> tuple[tor
     return m[0] >= 128, notes
 
 
-def _needs_convert(problem: str, remedy: str) -> ArgumentValueError:
-    """'PROBLEM: pass convert=True REMEDY', naming the argument `convert`."""
-    return ArgumentValueError("convert", "convert=True", f"{problem}: pass ", f" {remedy}")
+class ConversionNeeded(ArgumentValueError):
+    """A file that is read only converted: 'PROBLEM: pass convert=True REMEDY', naming the argument `convert`.
+    `problem` and `remedy` are the two halves, for a reader that offers the conversion under another name (a
+    dataset name) or not at all."""
+
+    def __init__(self, problem: str, remedy: str):
+        self.problem, self.remedy = problem, remedy
+        super().__init__("convert", "convert=True", f"{problem}: pass ", f" {remedy}")
+
+    def __reduce__(self):
+        return type(self), (self.problem, self.remedy)
 
 
-def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok: bool):
-    if img.size != (image.width, image.height):
-        raise ValueError(
-            f"image {path} is {img.size[0]}x{img.size[1]} (WxH) but the model expects "
-            f"{image.width}x{image.height}; resize or crop it first"
-        )
-    if getattr(img, "n_frames", 1) > 1:
-        raise ValueError(f"image {path} has {img.n_frames} frames; give one image per file")
+# what Pillow raises for a file it cannot parse (a broken PNG chunk is a SyntaxError, a zTXt chunk too large to
+# decompress a ValueError); DecompressionBombError is none of these
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)
+# modes of files that hold grey levels (1-bit, 8-bit with alpha, 16- and 32-bit integers); every other mode is
+# colour (palette images included: their palette holds colours)
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+
+
+def open_image(path, size: tuple[int, int] | None = None, reader: str = "the model", remedy: str = "") -> Image.Image:
+    """Open an image file, reading only its header: Pillow's image, no pixel decoded yet (use it in a `with` block
+    and read it with read_pixels). Checked here, from the header: the file exists and Pillow reads its format, it
+    is not too large for Pillow to open (its decompression-bomb limit), it is one frame, and where `size` (W, H) is
+    given it has that size. Errors: FileNotFoundError, or a ValueError naming the file (and the size `reader`
+    expects; `remedy` replaces "resize or crop it first")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    expects = f"{reader} expects {size[0]}x{size[1]}" if size is not None else ""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {path} is too large to open ({e}); {expects or 'resize it first'}") from None
+    except _UNREADABLE as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    try:
+        if size is not None and img.size != tuple(size):
+            raise ValueError(
+                f"image {path} is {img.size[0]}x{img.size[1]} (WxH) but {expects}; "
+                f"{remedy or 'resize or crop it first'}"
+            )
+        if getattr(img, "n_frames", 1) > 1:
+            raise ValueError(f"image {path} has {img.n_frames} frames; give one image per file")
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def image_channels(img: Image.Image) -> int:
+    """1 for a file of grey levels, 3 for a colour file, from its mode (the header: nothing is decoded)."""
+    return 1 if img.mode in _GREY_MODES or img.mode.startswith("I;16") else 3
+
+
+def read_pixels(
+    img: Image.Image, path: Path, channels: int, convert: bool = False, deep_ok: bool = True, reader: str = "the model"
+) -> tuple[np.ndarray, list[str]]:
+    """The pixels of an image opened by open_image as uint8 (H, W, channels), channels 1 or 3, and the conversions
+    made: exact, or converted only with convert=True, else a ConversionNeeded (the rules: load_image). `reader`
+    is who takes the pixels, in messages ("the model", "the dataset")."""
     bits, notes = _stored_bits(img), []
     if img.mode == "F" or bits > 16:
         raise ValueError(
@@ -144,14 +184,14 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
                 "8-bit files: reduce it to 8 bits yourself first if losing the low bits is acceptable"
             )
         if not convert:
-            raise _needs_convert(
-                f"image {path} has {bits}-bit samples but the model reads 8-bit ones",
+            raise ConversionNeeded(
+                f"image {path} has {bits}-bit samples but {reader} reads 8-bit ones",
                 "to keep each sample's high 8 bits",
             )
         notes.append(f"{bits}-bit samples reduced to their high 8 bits")
     try:
         img.load()
-    except OSError as e:
+    except _UNREADABLE as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     if img.mode.startswith("I"):  # 16-bit grey (32-bit was refused above)
         arr = (np.asarray(img).astype(np.int64) >> 8).astype(np.uint8)[..., None]
@@ -163,9 +203,8 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
             mode = ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
         else:  # CMYK, YCbCr, LAB, HSV, premultiplied alpha: Pillow's RGB is not the same numbers
             if not convert:
-                raise _needs_convert(
-                    f"image {path} is in mode {img.mode}; the model codes "
-                    f"{'grey' if image.channels == 1 else 'RGB'} values",
+                raise ConversionNeeded(
+                    f"image {path} is in mode {img.mode}; {reader} codes {'grey' if channels == 1 else 'RGB'} values",
                     "to convert it with Pillow",
                 )
             notes.append(f"mode {img.mode} converted to RGB")
@@ -176,28 +215,28 @@ def _read(img: Image.Image, path: Path, image: ImageSpec, convert: bool, deep_ok
         opaque = arr[..., -1] == 255
         if not opaque.all():
             if not convert:
-                raise _needs_convert(
-                    f"image {path} has {int((~opaque).sum())} pixel(s) that are not fully opaque but the "
-                    "model codes no alpha",
+                raise ConversionNeeded(
+                    f"image {path} has {int((~opaque).sum())} pixel(s) that are not fully opaque but "
+                    f"{reader} codes no alpha",
                     "to drop the alpha channel (transparent pixels keep their stored colour)",
                 )
             notes.append("alpha channel dropped")
         arr = arr[..., :-1]
-    if image.channels == 1 and arr.shape[2] == 3:
+    if channels == 1 and arr.shape[2] == 3:
         if not (arr == arr[..., :1]).all():
             if not convert:
-                raise _needs_convert(
-                    f"image {path} has colour pixels but the model codes greyscale", "to turn it grey (ITU-R 601 luma)"
+                raise ConversionNeeded(
+                    f"image {path} has colour pixels but {reader} codes greyscale", "to turn it grey (ITU-R 601 luma)"
                 )
             notes.append("colour converted to grey")
             arr = np.asarray(Image.fromarray(arr).convert("L"))[..., None]
         else:  # every pixel grey: the grey levels are the image, exactly
             arr = arr[..., :1]
-    elif image.channels == 3 and arr.shape[2] == 1:
+    elif channels == 3 and arr.shape[2] == 1:
         if not convert:
-            raise _needs_convert(
-                f"image {path} is greyscale but the model codes colour", "to repeat the grey level in R, G and B"
+            raise ConversionNeeded(
+                f"image {path} is greyscale but {reader} codes colour", "to repeat the grey level in R, G and B"
             )
         notes.append("grey repeated in R, G and B")
         arr = np.repeat(arr, 3, axis=2)
-    return torch.from_numpy(arr.copy()).long().permute(2, 0, 1), notes
+    return arr.copy(), notes  # C-contiguous and writable (np.asarray of an image is read-only)

@@ -103,15 +103,30 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+# pixelar's JSON files (model and run configs, training state records, model cards) are a few kB; a larger one
+# is refused from its size before it is read (a 1 GB file of spaces is valid JSON and would take gigabytes)
+MAX_JSON_BYTES = 4 * 2**20
+
+
 def read_json(path, what: str = "file") -> dict:
+    """The JSON object in `path`, a file of at most MAX_JSON_BYTES; a ValueError naming the file (and `what` it
+    is) where it is larger, not JSON, nested too deeply for Python's parser, or not an object."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{what} {path} is corrupt: {size:,} bytes, more than the {MAX_JSON_BYTES:,} bytes a pixelar JSON file "
+            "may have"
+        )
     try:
         with open(path) as f:
             obj = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} {path} is corrupt (not valid JSON: {e})") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is corrupt (malformed: its JSON is nested too deeply to read)") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{what} {path} is corrupt (expected a JSON object)")
     return obj

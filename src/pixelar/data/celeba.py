@@ -1,8 +1,9 @@
 """CelebA (Liu et al. 2015) and CelebA-HQ (Karras et al. 2018) from folders of images, at a chosen resolution.
 
 ``celeba`` (64x64) or ``celebaR`` (RxR, R <= 178): the aligned faces, ``img_align_celeba/000001.jpg`` ...
-``202599.jpg`` (178 wide, 218 high). Each image is cut to its centred square (178x178: rows 20..197 of the
-aligned images), then resized to RxR with Pillow's Lanczos filter (antialiased when it shrinks).
+``202599.jpg`` (178 wide, 218 high; a file of another size is refused). Each image is cut to its centred
+square (178x178: rows 20..197 of the aligned images), then resized to RxR with Pillow's Lanczos filter
+(antialiased when it shrinks).
 Splits: with ``list_eval_partition.txt`` beside the folder (lines ``000001.jpg 0``; the Kaggle copy's
 ``list_eval_partition.csv`` works too), its 0 / 1 / 2 images (162,770 / 19,867 / 19,962) are pixelar's
 "train" / "val" / "test", and "full_train" is 0 and 1. Without it: file names in sorted order, the last
@@ -10,11 +11,15 @@ tenth is "test" and the rest the training images, "val" carved from them as for 
 
 ``celeba_hq`` (256x256) or ``celeba_hqR`` (R <= 1024): a folder of 30,000 1024x1024 images
 (``CelebA-HQ-img/0.jpg`` ... ``29999.jpg`` as CelebAMask-HQ ships them, or the images directly in the
-dataset's folder), cut to a centred square if not square and resized like CelebA. Splits: names in numeric
-order, the first 90% are the training images and the last 10% "test" (27,000 / 3,000 for the full set).
+dataset's folder), all of one size (that of the first; another is refused), cut to a centred square if not
+square and resized like CelebA. Splits: names in numeric order, the first 90% are the training images and
+the last 10% "test" (27,000 / 3,000 for the full set).
 
-Images are decoded and resized once into a memory-mapped cache (cache.py); training images are stored so
-that "train" and "val" are views of the mapping. No labels (the attributes are not classes).
+Every file is read by pixelar.image_files, the strict reader of every image file: its size checked from the
+header before it is decoded, 8-bit RGB taken exactly (opaque alpha dropped), anything else (grey, 16-bit,
+transparency, CMYK, several frames) refused with the file's name. Images are decoded and resized once into a
+memory-mapped cache (cache.py); training images are stored so that "train" and "val" are views of the
+mapping. No labels (the attributes are not classes).
 """
 
 from __future__ import annotations
@@ -24,18 +29,20 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pixelar.data import cache, paths
 from pixelar.data.dataset import RawSplit
 from pixelar.data.download import not_found_error
 from pixelar.data.folder import IMAGE_SUFFIXES
 from pixelar.data.splits import val_permutation
+from pixelar.image_files import ConversionNeeded, open_image, read_pixels
 
 CELEBA = "celeba"
 CELEBA_HQ = "celeba_hq"
 DEFAULT_RESOLUTION = {CELEBA: 64, CELEBA_HQ: 256}
 MAX_RESOLUTION = {CELEBA: 178, CELEBA_HQ: 1024}
+ALIGNED_SIZE = (178, 218)  # (W, H) of every aligned CelebA image
 MIN_RESOLUTION = 4
 IMAGES_DIR = {CELEBA: "img_align_celeba", CELEBA_HQ: "CelebA-HQ-img"}
 PARTITION_FILES = ("list_eval_partition.txt", "Eval/list_eval_partition.txt", "list_eval_partition.csv")
@@ -79,6 +86,11 @@ def load_celeba(kind: str, resolution: int, part: str, data_dir: str | os.PathLi
     settings = {"resolution": resolution, "crop": "centred square", "filter": "lanczos", "order": order}
     key = cache.source_key(where, sources, settings)
     shape = (3, resolution, resolution)
+    if kind == CELEBA:
+        size, remedy = ALIGNED_SIZE, "replace it with the original aligned image"
+    else:  # the first file's size (checked from its header), for both parts alike
+        with open_image(files[0], reader=_TITLE[kind]) as img:
+            size, remedy = img.size, f"all {_TITLE[kind]} images must have one size, that of {files[0]}"
 
     def build(tmp: Path) -> None:
         n = len(chosen)
@@ -87,7 +99,7 @@ def load_celeba(kind: str, resolution: int, part: str, data_dir: str | os.PathLi
             dest[val_permutation(n).numpy()] = np.arange(n)
         out = cache.new_image_file(tmp, n, shape)
         for i, f in enumerate(chosen):
-            out[dest[i]] = _read_resized(f, resolution)
+            out[dest[i]] = _read_resized(f, resolution, size, _TITLE[kind], remedy)
         out.flush()
         del out
         return None
@@ -161,13 +173,14 @@ def _read_partition(path: Path, files: list[Path], image_dir: Path) -> dict[str,
     return parts
 
 
-def _read_resized(path: Path, resolution: int) -> np.ndarray:
-    """One image file -> uint8 (3, R, R): its centred square, resized with Lanczos."""
+def _read_resized(path: Path, resolution: int, size: tuple[int, int], title: str, remedy: str) -> np.ndarray:
+    """One image file of `size` (W, H) -> uint8 (3, R, R): its centred square, resized with Lanczos."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read image ({e}); replace or remove the file") from e
+        with open_image(path, size, title, remedy) as img:  # the size from the header, before decoding
+            arr, _ = read_pixels(img, path, 3, reader=title)
+    except ConversionNeeded as e:  # no conversion is offered: the images are 8-bit RGB
+        raise ValueError(f"{e.problem}; replace or remove it") from None
+    im = Image.fromarray(arr)
     w, h = im.size
     side = min(w, h)
     if side < resolution:

@@ -24,6 +24,10 @@ FOLDER = "cifar10"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 EXTRACTED_NAME = "cifar-10-batches-py"
 NUM_CLASSES = 10
+# A batch pickle holds 10,000 images of 3,072 bytes with their labels and file names: 31.0 MB as released, up
+# to twice that re-pickled at protocol 2 by Python 3 (which stores bytes as latin-1 text). A larger member or
+# file is refused from its size, before it is read: a small tarball can hold gigabytes of zeros.
+MAX_BATCH_BYTES = 64 * 2**20
 _PART_MEMBERS = {
     "train": [f"data_batch_{i}" for i in range(1, 6)],
     "test": ["test_batch"],
@@ -50,7 +54,16 @@ def load_cifar10(part: str, data_dir: str | os.PathLike | None = None, download:
 def _read_file(path: Path) -> bytes:
     if not path.is_file():
         raise ValueError(f"{path.parent}: missing CIFAR-10 batch file {path.name}")
+    _check_size(path.stat().st_size, path, "the file is corrupt: replace it with the released one")
     return path.read_bytes()
+
+
+def _check_size(size: int, where: str | Path, remedy: str) -> None:
+    if size > MAX_BATCH_BYTES:
+        raise ValueError(
+            f"{where} is {size:,} bytes, more than a CIFAR-10 batch can be ({MAX_BATCH_BYTES:,} bytes at most; "
+            f"31 MB as released); {remedy}"
+        )
 
 
 def _read_tar_members(archive: Path, names: list[str]) -> list[tuple[str, bytes]]:
@@ -66,6 +79,8 @@ def _read_tar_members(archive: Path, names: list[str]) -> list[tuple[str, bytes]
                 f = tar.extractfile(member) if member.isfile() else None
                 if f is None:
                     raise ValueError(f"{archive}: member {name} is not a regular file")
+                # the size in the member's header: checked before anything is read
+                _check_size(member.size, f"{archive}:{name}", "the archive is corrupt: delete it and fetch it again")
                 out.append((f"{archive}:{name}", f.read()))
             return out
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:

@@ -22,9 +22,9 @@ LABELS_NAME = "labels.csv"
 
 def file_prefix(name: str) -> str:
     """The dataset part of the file names: the name of a built-in set, the file or folder name of npz:PATH and
-    folder:PATH ("npz:/data/tiny.npz" -> "tiny")."""
+    folder:PATH (or folder+convert:PATH) ("npz:/data/tiny.npz" -> "tiny")."""
     kind, sep, path = name.partition(":")
-    if sep and kind in ("npz", "folder"):
+    if sep and kind in ("npz", "folder", "folder+convert"):
         p = Path(path.rstrip("/"))
         return p.stem if kind == "npz" else p.name
     return name

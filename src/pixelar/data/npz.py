@@ -4,6 +4,7 @@ Accepted keys: ``x`` (or ``images``) and optional ``y`` (or ``labels``) for a fi
 that is all training data; or ``x_train``/``x_test`` with optional
 ``y_train``/``y_test`` (``images_*``/``labels_*`` also work) for a file with both
 splits. Images are uint8 (N, H, W), (N, H, W, C) or (N, C, H, W), C in {1, 3}.
+Labels are class ids 0 .. MAX_CLASSES - 1 (2^20), counted over every label array of the file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pixelar.data.dataset import RawSplit
 
 _IMAGE_KEYS = ("x", "images")
 _LABEL_KEYS = ("y", "labels")
+# labels are class ids 0 .. MAX_CLASSES - 1 (num_classes is the largest + 1, and a class-conditional model holds
+# a row of weights per class): far more classes than any labelled image set has
+MAX_CLASSES = 2**20
 
 
 def load_npz(path: str | Path, part: str) -> RawSplit:
@@ -49,10 +53,18 @@ def load_npz(path: str | Path, part: str) -> RawSplit:
     y = _first(arrays, [k + suffix for k in _LABEL_KEYS])
     if y is None:
         return RawSplit(images, None, None)
+    # Count classes over every label array of the file, so train and test agree; checked before anything counts
+    # on them (a model allocates a row per class).
+    all_labels = {k: v for k, v in arrays.items() if k.split("_")[0] in _LABEL_KEYS and v.dtype.kind in "iu"}
+    largest = {k: int(v.max()) for k, v in all_labels.items() if v.size}
+    key = max(largest, key=largest.get, default=None)
+    if key is not None and largest[key] >= MAX_CLASSES:
+        raise ValueError(
+            f"{path}: labels must be class ids 0 .. {MAX_CLASSES - 1}, but {key!r} holds {largest[key]}; "
+            "number the classes 0, 1, 2, ..."
+        )
     labels = _to_labels(y, len(images), path)
-    # Count classes over every label array of the file, so train and test agree.
-    all_labels = [v for k, v in arrays.items() if k.split("_")[0] in _LABEL_KEYS and v.dtype.kind in "iu"]
-    num_classes = max((int(v.max()) for v in all_labels if v.size), default=0) + 1
+    num_classes = (largest[key] if key is not None else 0) + 1
     return RawSplit(images, labels, num_classes)
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pixelar.data import celeba, imagenet
+from pixelar.data import celeba, folder, imagenet
 from pixelar.data.cifar import load_cifar10
 from pixelar.data.dataset import ImageDataset, RawSplit
-from pixelar.data.folder import load_folder
 from pixelar.data.mnist import MNIST_SOURCES, load_mnist_like
 from pixelar.data.npz import load_npz
 from pixelar.data.splits import check_split, check_val_size, default_val_size, train_val_indices
@@ -29,14 +28,16 @@ for _r in imagenet.RESOLUTIONS:
 _BUILTINS[celeba.CELEBA] = ("celeba", None)
 _BUILTINS[celeba.CELEBA_HQ] = ("celeba", None)
 
-_PATH_PREFIXES = ("npz:", "folder:")
+# KIND:PATH names of the user's own files (folder+convert: an image folder read with conversions)
+_PATH_PREFIXES = ("npz:", f"{folder.KIND}:", f"{folder.CONVERT_KIND}:")
 
 
 def list_datasets() -> list[str]:
     """Names of the built-in datasets.
 
-    ``load_dataset`` also accepts ``npz:/path/to/file.npz``, ``folder:/path/to/dir`` and CelebA at another
-    resolution R, ``celebaR`` (default 64) or ``celeba_hqR`` (default 256).
+    ``load_dataset`` also accepts ``npz:/path/to/file.npz``, ``folder:/path/to/dir`` (``folder+convert:`` to
+    convert images that are read only converted) and CelebA at another resolution R, ``celebaR`` (default 64)
+    or ``celeba_hqR`` (default 256).
     """
     return sorted(_BUILTINS)
 
@@ -52,7 +53,9 @@ def load_dataset(
     (imagenet32/64, celeba, celeba_hq: see pixelar.data.cache), where every split is a view of the mapping.
 
     Args:
-        name: a name from :func:`list_datasets`, ``npz:PATH`` or ``folder:PATH``.
+        name: a name from :func:`list_datasets`, ``npz:PATH``, ``folder:PATH`` or ``folder+convert:PATH`` (an
+            image folder whose grey and colour files may mix, with 16-bit samples, alpha or CMYK: converted,
+            and what was converted reported on stderr; see pixelar.data.folder).
         split: "train", "val" (carved from the training files), "test" or
             "full_train" (train + val).
         data_dir: directory searched first for built-in datasets' files (itself and
@@ -87,11 +90,14 @@ def load_dataset(
         if not path:
             raise ValueError(f"dataset name {name!r} needs a path after '{kind}:'")
         builtin = False
-        raw = load_npz(path, part) if kind == "npz" else load_folder(path, part)
+        if kind == "npz":
+            raw = load_npz(path, part)
+        else:
+            raw = folder.load_folder(path, part, convert=kind == folder.CONVERT_KIND)
     else:
         raise ValueError(
             f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}, celebaR or celeba_hqR "
-            "(CelebA at resolution R), npz:/path/to/file.npz, folder:/path/to/dir"
+            "(CelebA at resolution R), npz:/path/to/file.npz, folder:/path/to/dir, folder+convert:/path/to/dir"
         )
 
     n = len(raw.images)
