@@ -17,6 +17,7 @@ CONFIG_VERSION = 1
 
 
 def save_model_dir(model, path) -> None:
+    pretrained.refuse_name(path, "model directory")  # before Path(): "./NAME" is a path, "NAME" a pretrained name
     path = Path(path)
     write_tensors(path / WEIGHTS_NAME, model.state_dict(), digest=True)
     write_json(path / CONFIG_NAME, model.config())
@@ -51,6 +52,7 @@ def load_model(path, map_location: str = "cpu"):
     path = pretrained.resolve(path)  # FileNotFoundError listing the pretrained names when neither exists
     cfg = read_json(path / CONFIG_NAME, "model config")
     model = model_from_config(cfg.get("model_config", cfg), str(path / CONFIG_NAME))
+    pretrained.check_weights(path)  # a pretrained model's weights against its card's sha256
     state = read_tensors(path / WEIGHTS_NAME, "model weights")  # against the digest stored in the file
     # damaged bytes or a diverged run: refuse here, or every likelihood would silently come out NaN
     bad = next((k for k in sorted(state) if state[k].is_floating_point() and not bool(state[k].isfinite().all())), None)
