@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "model.safetensors"
 FILES = ("config.json", WEIGHTS_NAME, CARD_NAME)  # what a pretrained model directory holds
-REINSTALL = "reinstall pixelar (pip install --force-reinstall pixelar, or the same install command you used)"
+# (no pip flag spelled out: only cli.py speaks in command-line flags)
+REINSTALL = "reinstall pixelar (the pip install command you used, forcing a reinstall)"
 _noted: set[str] = set()  # the shadowed names already noted in this process (a command resolves a name often)
 
 
