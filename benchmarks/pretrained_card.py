@@ -16,7 +16,6 @@ otherwise: run this on the machine that trained the model.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -26,21 +25,13 @@ import torch
 from pixelar import load_model, pretrained
 from pixelar.data import load_dataset
 from pixelar.evaluation import evaluate
-from pixelar.io import read_json, write_json
+from pixelar.io import file_sha256, read_json, write_json
 
 from .tables import cpu_model, write_table
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "pretrained.md"
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pixelar" / "pretrained"
 CHECK_IMAGES = 500  # the card's quick figure, which the tests recompute: the first 500 test images
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def measured(model_dir, dataset: str, data_dir=None) -> dict:
@@ -51,7 +42,7 @@ def measured(model_dir, dataset: str, data_dir=None) -> dict:
     res = evaluate(model, load_dataset(dataset, "test", data_dir=data_dir), batch_size=100, subset=CHECK_IMAGES)
     return {
         "num_parameters": model.num_parameters(),
-        "sha256": sha256(model_dir / "model.safetensors"),
+        "sha256": file_sha256(model_dir / "model.safetensors"),
         "test_bpd_first_500": res["bpd"],
     }
 
@@ -96,7 +87,9 @@ def make_card(run_dir, name: str, command: str, good_for: str, cpu: str, threads
         "machine": {"cpu": cpu, "threads": threads},
         "test_bpd": final["test_bpd"],
         "num_test_images": final["num_test_images"],
-        **measured(out, train["dataset"], data_dir),
+        # measured on the run's files, which the copies equal byte for byte: loading the copy would check it
+        # against its card, not written yet
+        **measured(run_dir, train["dataset"], data_dir),
         "good_for": good_for,
     }
     if final.get("bound"):  # a latent-variable model: the bits/dim are an upper bound

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,17 @@ def launch(n: int, *args: str, script: Path | None = None, restarts: int = 0, cw
         return proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
+
+
+def flip_bit(path, tensor: str | None = None, offset: int = 3, bit: int = 7) -> None:
+    """Flip one bit of a safetensors file's tensor data, `offset` bytes into the named tensor (else into the data),
+    leaving its header valid: a file damaged on disk or edited. By default the sign of a float32's first element."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")  # 8 bytes of header length, the JSON header, then the data
+    start = 8 + size + (json.loads(data[8 : 8 + size])[tensor]["data_offsets"][0] if tensor else 0)
+    data[start + offset] ^= 1 << bit
+    path.write_bytes(bytes(data))
 
 
 def tensors_equal(a: dict, b: dict) -> bool:

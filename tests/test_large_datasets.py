@@ -1,7 +1,9 @@
 """Downsampled ImageNet (npz batches) and CelebA / CelebA-HQ (image folders): read from tiny files written in the
-official formats, converted once into a memory-mapped cache, split like the papers; and `pixelar train` on them."""
+official formats, converted once into a memory-mapped cache (rebuilt when its sources change or it is damaged),
+split like the papers; and `pixelar train` on them."""
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_helpers import launch
 
 from pixelar.cli import main
 from pixelar.data import DatasetNotFoundError, cache, imagenet, iterate_batches, load_dataset, paths
@@ -156,6 +159,130 @@ def test_cache_is_built_by_one_of_several_processes(tmp_path, monkeypatch):
     assert all(torch.equal(ds.images, out[0].images) for ds in out)
 
 
+def _cache_file(d: Path, kind: str = "images.npy") -> Path:
+    (path,) = d.glob(f"pixelar-imagenet32-train-*.{kind}")
+    return path
+
+
+def _damage(path: Path, offset: int) -> None:
+    """Overwrite one byte `offset` bytes before the end of a file, in place (the file's size and name kept)."""
+    with open(path, "r+b") as f:
+        f.seek(-offset, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-offset, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_source_rewritten_with_its_size_and_mtime_restored_makes_a_new_cache(tmp_path):
+    """The key holds the status-change time and inode besides the size and mtime: a rewrite is seen even when
+    the file's size and modification time are put back (here by writing the same file with other pixels)."""
+    write_imagenet(tmp_path, 32)
+    batch = tmp_path / "imagenet32" / "train_data_batch_3.npz"
+    before = load_dataset("imagenet32", "full_train", data_dir=tmp_path).images.clone()
+    st = batch.stat()
+    with np.load(batch) as z:
+        data, labels, mean = z["data"], z["labels"], z["mean"]
+    with open(batch, "r+b") as f:  # rewritten in place: the same inode
+        np.savez(f, data=255 - data, labels=labels, mean=mean)
+    os.utime(batch, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (batch.stat().st_size, batch.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = load_dataset("imagenet32", "full_train", data_dir=tmp_path).images
+    changed = (before != after).flatten(1).any(1)
+    assert changed.sum() == N_BATCH  # the two images of batch 3, and only they
+    assert torch.equal(255 - after[changed], before[changed])  # the new pixels
+    assert torch.equal(after[~changed], before[~changed])
+
+
+@pytest.mark.parametrize(
+    "kind, damage",
+    [
+        ("images.npy", "a byte"),
+        ("images.npy", "truncated"),
+        ("labels.npy", "a byte"),
+        ("sums.json", "garbage"),
+        ("sums.json", "deleted"),
+    ],
+)
+def test_a_damaged_cache_is_rebuilt_with_a_note(tmp_path, capsys, kind, damage):
+    write_imagenet(tmp_path, 32)
+    good = load_dataset("imagenet32", "full_train", data_dir=tmp_path)
+    images, labels = good.images.clone(), good.labels.clone()
+    del good
+    path = _cache_file(tmp_path / "imagenet32", kind)
+    if damage == "a byte":
+        _damage(path, 100)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "garbage":
+        path.write_text("{not json")
+    else:
+        path.unlink()
+    capsys.readouterr()
+    again = load_dataset("imagenet32", "full_train", data_dir=tmp_path)
+    assert torch.equal(again.images, images) and torch.equal(again.labels, labels)
+    (note,) = [line for line in capsys.readouterr().err.splitlines() if " is damaged " in line]
+    assert note.startswith(
+        f"pixelar: the Downsampled ImageNet 32x32 train cache {_cache_file(tmp_path / 'imagenet32')}"
+    )
+    assert note.endswith("; rebuilding it")
+    capsys.readouterr()
+    load_dataset("imagenet32", "full_train", data_dir=tmp_path)  # whole again: used as it is
+    assert capsys.readouterr().err == ""
+
+
+def test_a_cache_is_checked_on_a_sample_of_its_blocks_or_in_full(tmp_path, monkeypatch, capsys):
+    """Each open checks the first and last blocks and SAMPLE_BLOCKS others, drawn alike in all processes of a
+    torchrun job (its run id); PIXELAR_CACHE_CHECK=full checks all of them."""
+    monkeypatch.setattr(cache, "BLOCK_BYTES", 1024)  # 20 images of 3,072 bytes: 60 blocks
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    write_imagenet(tmp_path, 32)
+    images = load_dataset("imagenet32", "full_train", data_dir=tmp_path).images.clone()
+    sample = cache._sample(60, full=False)
+    assert sample == cache._sample(60, full=False) and len(sample) == cache.SAMPLE_BLOCKS + 2
+    assert {0, 59} <= set(sample) and cache._sample(60, full=True) == list(range(60))
+    unchecked = next(i for i in range(60) if i not in sample)
+    path = _cache_file(tmp_path / "imagenet32")
+    header = path.stat().st_size - images.numel()
+    with open(path, "r+b") as f:  # one byte of a block the sample leaves out
+        f.seek(header + unchecked * 1024 + 5)
+        f.write(bytes([images.flatten()[unchecked * 1024 + 5].item() ^ 0xFF]))
+    capsys.readouterr()
+    assert not torch.equal(load_dataset("imagenet32", "full_train", data_dir=tmp_path).images, images)
+    assert " is damaged " not in capsys.readouterr().err  # a sample can miss it
+    monkeypatch.setenv(cache.CHECK_ENV, "full")
+    assert torch.equal(load_dataset("imagenet32", "full_train", data_dir=tmp_path).images, images)
+    assert f"(block {unchecked} of 60 does not match its checksum); rebuilding it" in capsys.readouterr().err
+    monkeypatch.setenv(cache.CHECK_ENV, "every")
+    with pytest.raises(ValueError, match="PIXELAR_CACHE_CHECK='every': expected one of sample, full"):
+        load_dataset("imagenet32", "full_train", data_dir=tmp_path)
+
+
+def test_a_damaged_cache_is_rebuilt_by_one_of_several_processes(tmp_path, monkeypatch):
+    """Processes (threads with their own lock descriptors) that find the cache damaged at once: one rebuilds it
+    under the lock, the others wait, check it again and map the rebuilt file; none maps a half-written one."""
+    write_imagenet(tmp_path, 32)
+    images = load_dataset("imagenet32", "full_train", data_dir=tmp_path).images.clone()
+    _damage(_cache_file(tmp_path / "imagenet32"), 100)
+    builds = []
+    build = cache._build
+    monkeypatch.setattr(cache, "_build", lambda *a: builds.append(1) or build(*a))
+    out, errors = [], []
+
+    def load():
+        try:
+            out.append(load_dataset("imagenet32", "full_train", data_dir=tmp_path))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(out) == 4 and len(builds) == 1
+    assert all(torch.equal(ds.images, images) for ds in out)
+
+
 def test_imagenet_missing_and_corrupt_files(tmp_path):
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("imagenet64", "test", data_dir=tmp_path / "nothing")
@@ -299,3 +426,21 @@ def test_train_on_imagenet32_from_the_command_line(tmp_path, capsys):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     final = metrics[-1]
     assert final["num_test_images"] == N_VAL and 0 < final["test_bpd"] < 10
+
+
+def test_torchrun_processes_build_and_rebuild_one_cache(tmp_path):
+    """Two torchrun processes that need a missing cache, then a damaged one: one converts (or rebuilds, with
+    the note) while the other waits, and both train on the same images."""
+    write_imagenet(tmp_path / "data", 32)
+    args = ["train", "--dataset", "imagenet32", "--data-dir", str(tmp_path / "data"), "--model", "pixelcnn"]
+    args += ["--size", "tiny", "--batch-size", "4", "--steps", "2", "--sample-n", "0", "--no-progress"]
+    out = launch(2, *args, "--run-dir", "a", cwd=tmp_path)
+    assert out.count("converting the Downsampled ImageNet 32x32 train images") == 1
+    images = load_dataset("imagenet32", "full_train", data_dir=tmp_path / "data").images.clone()
+    _damage(_cache_file(tmp_path / "data" / "imagenet32"), 100)
+    out = launch(2, *args, "--run-dir", "b", cwd=tmp_path)
+    assert out.count("is damaged (block 0 of 1 does not match its checksum); rebuilding it") == 1
+    assert out.count("converting the Downsampled ImageNet 32x32 train images") == 1
+    assert torch.equal(load_dataset("imagenet32", "full_train", data_dir=tmp_path / "data").images, images)
+    a, b = (json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[-1]) for r in "ab")
+    assert a["test_bpd"] == b["test_bpd"]  # the same run on the same (rebuilt) images

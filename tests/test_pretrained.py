@@ -1,5 +1,6 @@
-"""Pretrained models: a name goes wherever a run directory goes (an existing path wins), `pixelar pretrained`
-lists and shows them, the card script, and every shipped model's card checked against its files."""
+"""Pretrained models: a name goes wherever a run directory goes (an existing path wins, with a note; a new
+directory may not take the bare name), `pixelar pretrained` lists and shows them, damaged or missing files are
+refused, the card script, and every shipped model's card checked against its files."""
 
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 from run_helpers import quiet
+from safetensors.torch import load_file, save_file
 
 import pixelar
 from benchmarks import pretrained_card
 from pixelar import pretrained
 from pixelar.cli import main
 from pixelar.config import TrainConfig
-from pixelar.io import write_json
+from pixelar.io import file_sha256, write_json
 
 NAME = "npz-pixelcnn_pp"
 
 
-def _card(name: str, model, dataset: str) -> dict:
+def _card(name: str, model, dataset: str, sha256: str) -> dict:
     return {
         "name": name,
         "model": model.name,
@@ -34,7 +36,7 @@ def _card(name: str, model, dataset: str) -> dict:
         "num_test_images": 12,
         "test_bpd_first_500": 7.5,
         "num_parameters": model.num_parameters(),
-        "sha256": "0" * 64,
+        "sha256": sha256,
         "good_for": "the tests",
     }
 
@@ -49,25 +51,77 @@ def shipped(tmp_path, monkeypatch, npz_data):
     model.save(root / NAME)
     cfg = json.loads((root / NAME / "config.json").read_text())
     write_json(root / NAME / "config.json", {**cfg, "train": TrainConfig(size="tiny", dataset=npz_data).to_dict()})
-    write_json(root / NAME / "card.json", _card(NAME, model, npz_data))
+    write_json(root / NAME / "card.json", _card(NAME, model, npz_data, file_sha256(root / NAME / "model.safetensors")))
     (root / "not_a_model").mkdir()  # a directory without the files is not listed
     monkeypatch.setattr(pretrained, "ROOT", root)
+    monkeypatch.setattr(pretrained, "_noted", set())  # the names noted as shadowed: none yet
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     return model
 
 
-def test_a_name_resolves_and_an_existing_path_wins(shipped, tmp_path):
+def test_a_name_resolves_and_an_existing_path_wins(shipped, tmp_path, capsys):
     assert pretrained.names() == [NAME]
     assert pretrained.resolve(NAME) == pretrained.ROOT / NAME
     x = torch.randint(0, 256, (2, 1, 8, 8))
     assert torch.equal(pixelar.load_model(NAME).log_prob(x), shipped.eval().log_prob(x))
-    # a run directory of the user's called like the pretrained model: the path wins
+    assert capsys.readouterr().err == ""
+    # a directory of the user's called like the pretrained model (written as a path): the path wins, and a
+    # note on stderr says so, once
     other = pixelar.create_model("pixelcnn", pixelar.ImageSpec(1, 8, 8), size="tiny")
-    other.save(Path(NAME))
+    other.save(f"./{NAME}")
     assert pretrained.resolve(NAME) == Path(NAME)
     assert pixelar.load_model(NAME).name == "pixelcnn"
     assert not pretrained.is_pretrained(NAME)
+    err = capsys.readouterr().err
+    assert err == (
+        f"pixelar: note: {NAME} is both a directory here and a pretrained model: using the directory "
+        f"{Path(NAME).resolve()} (the pretrained model is used where no such path exists)\n"
+    )
+    assert pixelar.load_model(f"./{NAME}").name == "pixelcnn"  # a path with a slash: no note
+    assert capsys.readouterr().err == ""
+
+
+def test_a_new_directory_may_not_take_a_pretrained_name(shipped, cfg, capsys):
+    model = pixelar.create_model("pixelcnn", pixelar.ImageSpec(1, 8, 8), size="tiny")
+    for save in (lambda: model.save(NAME), lambda: model.save(Path(NAME)), lambda: quiet(cfg, NAME)):
+        with pytest.raises(ValueError, match=f"'{NAME}' is the name of a pretrained model.*another name.*./{NAME}"):
+            save()
+    assert main(["train", "--run-dir", NAME, "--size", "tiny", "--dataset", cfg.dataset, "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"pixelar train: error: run directory '{NAME}' is the name of a pretrained model" in err
+    assert not Path(NAME).exists()  # refused before anything was written
+    # written as a path, it is a run directory like any other; the bare name then means it, with the note
+    quiet(cfg, f"./{NAME}")
+    assert (Path(NAME) / "training_state.json").is_file()
+    assert main(["eval", NAME, "--json", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["run_dir"] == NAME
+    assert err.count(f"pixelar: note: {NAME} is both a directory here and a pretrained model") == 1
+
+
+def test_damaged_pretrained_weights_are_refused(shipped, capsys):
+    """Weights that are not the card's file (here every weight's sign flipped, in a valid safetensors file)."""
+    weights = pretrained.ROOT / NAME / "model.safetensors"
+    save_file({k: -v for k, v in load_file(weights).items()}, weights)
+    with pytest.raises(ValueError, match=f"pretrained model '{NAME}': .*model.safetensors does not match the sha256"):
+        pixelar.load_model(NAME)
+    assert main(["eval", NAME, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the sha256 in its card.json" in err and "reinstall pixelar" in err
+
+
+@pytest.mark.parametrize("missing", ["model.safetensors", "config.json", "card.json"])
+def test_an_incomplete_pretrained_model_says_which_file_is_missing(shipped, missing, capsys):
+    (pretrained.ROOT / NAME / missing).unlink()
+    assert pretrained.names() == [NAME]  # still listed, and refused as incomplete
+    with pytest.raises(FileNotFoundError, match=f"pretrained model '{NAME}' is installed incompletely: {missing} "):
+        pixelar.load_model(NAME)
+    for command in (["sample", NAME, "--n", "1", "--out", "s.png"], ["pretrained", NAME]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"'{NAME}' is installed incompletely: {missing} missing" in err and "reinstall pixelar" in err
+        assert "not a pretrained model" not in err
 
 
 def test_an_unknown_reference_is_refused_with_the_names(shipped):
@@ -93,7 +147,7 @@ def test_pretrained_lists_and_shows_cards(shipped, npz_data, capsys):
     assert main(["pretrained", NAME]) == 0
     out = capsys.readouterr().out
     assert f"pixelar train --size tiny --dataset {npz_data}" in out and "Test CPU, 1 threads" in out
-    assert "0" * 64 in out and f"pixelar sample {NAME}" in out
+    assert file_sha256(pretrained.ROOT / NAME / "model.safetensors") in out and f"pixelar sample {NAME}" in out
     assert main(["pretrained", NAME, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_parameters"] == shipped.num_parameters()
     assert main(["pretrained", "nope"]) == 2
@@ -137,7 +191,7 @@ def test_card_script_derives_the_card_from_a_run(cfg, tmp_path, monkeypatch):
     assert (card["steps"], card["test_bpd"], card["num_test_images"]) == (6, final["test_bpd"], 12)
     shipped_dir = tmp_path / "package" / NAME
     assert (shipped_dir / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
-    assert card["sha256"] == pretrained_card.sha256(run / "model.safetensors")
+    assert card["sha256"] == file_sha256(run / "model.safetensors")
     assert card["num_parameters"] == pixelar.load_model(run).num_parameters()
     # all 12 test images are in the first 500: the measured figure is the run's own
     assert card["test_bpd_first_500"] == pytest.approx(final["test_bpd"], abs=1e-9)

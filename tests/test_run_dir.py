@@ -1,5 +1,5 @@
 """Tests of a training run directory under stress: a second writer, kill -9, stale temporary files, file modes,
-a full disk, identical files from identical runs, metrics across a resume.
+a full disk, identical files from identical runs, metrics across a resume, damaged weights, older formats.
 
 Runs use tiny PixelCNN++ models on an 8x8 npz dataset (as in test_training.py); one test trains in a child
 process and kills it with SIGKILL.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import quiet, stop_after
+from run_helpers import flip_bit, quiet, stop_after
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -29,7 +29,7 @@ from pixelar.cli import main
 from pixelar.config import TrainConfig
 from pixelar.io import DiskFullError, read_json, write_json
 from pixelar.training import train
-from pixelar.training.checkpoint import RunDir, RunDirBusy
+from pixelar.training.checkpoint import RunDir, RunDirBusy, _fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 SRC = str(Path(pixelar.__file__).parents[1])  # the pixelar the child processes import: this one
@@ -222,24 +222,51 @@ def test_resumed_metrics_equal_uninterrupted_ones(cfg, tmp_path):
     assert same_bytes(cut, full)
 
 
-def test_a_checkpoint_of_the_previous_format_resumes(cfg, tmp_path):
-    """Metadata {"format", "step", "fingerprint"} and no metrics window in the record: still resumable."""
+@pytest.mark.parametrize("version", ["random fingerprint", "content fingerprint"])
+def test_a_checkpoint_of_a_previous_format_resumes(cfg, tmp_path, version):
+    """What older versions wrote: no metrics window in the record, model.safetensors with metadata
+    {"fingerprint"} (no digest); with a random fingerprint and metadata {"format", "step", "fingerprint"} (it
+    cannot be checked), or with a content fingerprint of that record (it is checked). Both resume and load."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     quiet(dataclasses.replace(cfg, max_steps=3), run)
     quiet(cfg, ref)
     record = read_json(run / "training_state.json")
     del record["metrics_window"]
-    write_json(run / "training_state.json", record)
     path = run / "training_state.safetensors"
-    save_file(
-        load_file(path),
-        path,
-        metadata={"format": "pixelar-training-state", "step": "3", "fingerprint": record["fingerprint"]},
-    )
+    tensors = load_file(path)
+    if version == "random fingerprint":
+        record["fingerprint"] = "3-0123456789abcdef"
+        metadata = {"format": "pixelar-training-state", "step": "3", "fingerprint": record["fingerprint"]}
+    else:
+        hashed = {k: v for k, v in record.items() if k not in ("fingerprint", "elapsed_s")}
+        record["fingerprint"] = _fingerprint(3, tensors, hashed)
+        metadata = {"pixelar-training-state": record["fingerprint"]}
+    write_json(run / "training_state.json", record)
+    save_file(tensors, path, metadata=metadata)
+    save_file(load_file(run / "model.safetensors"), run / "model.safetensors", {"fingerprint": record["fingerprint"]})
+    assert pixelar.load_model(run).name == "pixelcnn_pp"
     quiet(cfg, run, resume=True, max_steps=6)
     for name in ("model.safetensors", "training_state.safetensors"):
         a, b = load_file(run / name), load_file(ref / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_damaged_weights_are_refused_when_loaded(cfg, tmp_path, capsys):
+    """A run's model.safetensors and a saved model's carry the digest of their tensors: a flipped bit (here the
+    sign of a weight) is refused by every command that loads them, naming the file."""
+    run, saved = tmp_path / "run", tmp_path / "saved"
+    quiet(dataclasses.replace(cfg, max_steps=3), run)
+    pixelar.load_model(run).save(saved)
+    for d in (run, saved):
+        pixelar.load_model(d)  # whole: loads
+        flip_bit(d / "model.safetensors")
+        with pytest.raises(ValueError, match=f"model weights {d / 'model.safetensors'} is damaged: its tensors do not"):
+            pixelar.load_model(d)
+    assert main(["eval", str(run), "--no-progress"]) == 2
+    assert "do not match the checksum stored in the file" in capsys.readouterr().err
+    # the training state is whole: resuming rewrites the run's model.safetensors from it
+    quiet(TrainConfig(), run, resume=True, max_steps=3)
+    pixelar.load_model(run)
 
 
 def test_disk_full_error_is_an_oserror_with_a_sentence(tmp_path):

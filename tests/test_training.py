@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from run_helpers import quiet, stop_after, tensors_equal
+from run_helpers import flip_bit, quiet, stop_after, tensors_equal
 
 import pixelar
+from pixelar.cli import main
 from pixelar.config import TrainConfig
 from pixelar.data import ImageDataset
 from pixelar.evaluation import evaluate
@@ -308,6 +309,27 @@ def test_damaged_checkpoint_files_are_named(finished_run, name, damage, match):
         shutil.copy(ref / name, path)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         quiet(TrainConfig(), run, resume=True, max_steps=6)
+
+
+@pytest.mark.parametrize("damage", ["model.", "ema.", "optim.", "rng.torch", "record"])
+def test_a_damaged_checkpoint_is_not_resumed(finished_run, damage, capsys):
+    """A bit flipped in the training state's tensors (a raw or EMA weight's sign, an Adam moment, a generator
+    state), or a value edited in its record: refused at resume, naming the file, and nothing is written."""
+    run, _ = finished_run
+    if damage == "record":
+        record = read_json(run / "training_state.json")
+        write_json(run / "training_state.json", {**record, "bad_steps": 1})
+    else:
+        names = sorted(read_tensors(run / "training_state.safetensors"))
+        flip_bit(run / "training_state.safetensors", next(n for n in names if n.startswith(damage)))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    match = "training_state.safetensors does not match its checkpoint fingerprint .* cannot be resumed from it"
+    with pytest.raises(ValueError, match=match):
+        quiet(TrainConfig(), run, resume=True, max_steps=6)
+    assert main(["train", "--resume", str(run), "--steps", "6", "--no-progress"]) == 2
+    assert "does not match its checkpoint fingerprint" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    pixelar.load_model(run)  # model.safetensors is whole, and checked on its own
 
 
 def test_interrupted_save_resumes_from_the_previous_checkpoint(finished_run, tmp_path):

@@ -1,4 +1,5 @@
-"""Saving and loading a model directory: config.json (architecture) + model.safetensors (weights)."""
+"""Saving and loading a model directory: config.json (architecture) + model.safetensors (weights, with their
+digest, checked by every load; see pixelar.io.read_tensors)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ CONFIG_VERSION = 1
 
 
 def save_model_dir(model, path) -> None:
+    pretrained.refuse_name(path, "model directory")  # before Path(): "./NAME" is a path, "NAME" a pretrained name
     path = Path(path)
-    write_tensors(path / WEIGHTS_NAME, model.state_dict())
+    write_tensors(path / WEIGHTS_NAME, model.state_dict(), digest=True)
     write_json(path / CONFIG_NAME, model.config())
 
 
@@ -50,7 +52,8 @@ def load_model(path, map_location: str = "cpu"):
     path = pretrained.resolve(path)  # FileNotFoundError listing the pretrained names when neither exists
     cfg = read_json(path / CONFIG_NAME, "model config")
     model = model_from_config(cfg.get("model_config", cfg), str(path / CONFIG_NAME))
-    state = read_tensors(path / WEIGHTS_NAME, "model weights")
+    pretrained.check_weights(path)  # a pretrained model's weights against its card's sha256
+    state = read_tensors(path / WEIGHTS_NAME, "model weights")  # against the digest stored in the file
     # damaged bytes or a diverged run: refuse here, or every likelihood would silently come out NaN
     bad = next((k for k in sorted(state) if state[k].is_floating_point() and not bool(state[k].isfinite().all())), None)
     if bad is not None:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed, image_files  # image_files.save_grid: looked up at each call (tests replace it)
+from .. import distributed, image_files, pretrained  # image_files.save_grid: looked up at each call (tests replace it)
 from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
 from ..data import ImageDataset, first_images, iterate_batches, load_dataset
@@ -104,10 +104,13 @@ def train(
             checkpoint).
         RunDirBusy: another process is training in run_dir (nothing is read or written).
         DiskFullError: a write failed for lack of space or quota; the last checkpoint is kept.
-        ValueError: run_dir holds a checkpoint and resume is False; bad settings or data; a corrupt run file.
+        ValueError: run_dir holds a checkpoint and resume is False, or is a pretrained model's bare name; bad
+            settings or data; a corrupt or damaged run file.
         FileNotFoundError: a missing run file (the message names it).
     """
     distributed.init()  # under torchrun: join its processes (nothing happens in one process)
+    if not resume:
+        pretrained.refuse_name(run_dir)  # before RunDir(): "./NAME" is a path, "NAME" a pretrained model's name
     rundir = RunDir(run_dir)
     main = distributed.is_main()  # rank 0 writes the run's files and reports; the others compute
     if not main:
