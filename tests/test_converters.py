@@ -17,7 +17,8 @@ import torch
 import pixelar
 from pixelar import converters
 from pixelar.cli import main
-from pixelar.converters.checkpoint import fold_weight_norm, sha256_file
+from pixelar.converters.checkpoint import fold_weight_norm
+from pixelar.io import file_sha256
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PCLUCAS14 = FIXTURES / "pclucas14_pixelcnn_pp"
@@ -68,7 +69,7 @@ def test_convert_to_dir_writes_a_model_directory_with_its_card(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["card.json", "config.json", "model.safetensors"]
     card = json.loads((out / "card.json").read_text())
     assert card["source"] == "pclucas14-pixelcnn_pp" and card["source_file"] == "grey_current.pth"
-    assert card["source_sha256"] == sha256_file(src) and card["sha256"] == sha256_file(out / "model.safetensors")
+    assert card["source_sha256"] == file_sha256(src) and card["sha256"] == file_sha256(out / "model.safetensors")
     assert card["image"] == {"channels": 1, "height": 28, "width": 28, "num_values": 256}
     assert card["paper_bpd"].startswith("2.95") and card["num_parameters"] == model.num_parameters()
     assert any("weight norm folded" in n for n in card["conversion"])
@@ -81,6 +82,8 @@ def test_convert_to_dir_writes_a_model_directory_with_its_card(tmp_path):
     converters.convert_to_dir("pclucas14-pixelcnn_pp", PCLUCAS14 / "colour_published_layout.pth", out, overwrite=True)
     assert json.loads((out / "card.json").read_text())["source_file"] == "colour_published_layout.pth"
     assert [p.name for p in tmp_path.iterdir()] == ["pcnn"]  # no temporary directory left
+    with pytest.raises(ValueError, match="is the name of a pretrained model"):
+        converters.convert_to_dir("pclucas14-pixelcnn_pp", src, "fashion_mnist-pixelcnn_pp")
 
 
 def test_colour_card_notes_the_prefix_and_the_plain_layers(tmp_path):

@@ -26,10 +26,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import pretrained
 from ..errors import ArgumentValueError
-from ..io import write_json
+from ..io import file_sha256, write_json
 from ..types import ImageSpec
-from .checkpoint import sha256_file
 
 CARD_NAME = "card.json"
 
@@ -127,7 +127,7 @@ def card(src: Source, path: Path, model, notes: list[str], options: dict, weight
         "name": path.stem,
         "source": src.name,
         "source_file": path.name,
-        "source_sha256": sha256_file(path),
+        "source_sha256": file_sha256(path),
         "paper": src.paper,
         "paper_bpd": src.paper_bpd,
         "download": src.download,
@@ -145,6 +145,7 @@ def convert_to_dir(source_name: str, path, out, overwrite: bool = False, **optio
     card.json. Written whole into a temporary directory beside `out` and renamed at the end, so an interrupted
     or failed conversion leaves nothing at `out`; an existing `out` is replaced only with overwrite=True (and
     only once the new directory is whole). -> the model."""
+    pretrained.refuse_name(out, "model directory")  # a bare pretrained name would shadow the pretrained model
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file: give a directory to write the model into")
@@ -156,7 +157,7 @@ def convert_to_dir(source_name: str, path, out, overwrite: bool = False, **optio
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the directory the mode a new one gets
         model.save(tmp)
-        weights_sha256 = sha256_file(tmp / "model.safetensors")
+        weights_sha256 = file_sha256(tmp / "model.safetensors")
         write_json(tmp / CARD_NAME, card(src, Path(path), model, notes, options, weights_sha256))
         if out.exists():
             old = out.with_name(f".{out.name}.old")

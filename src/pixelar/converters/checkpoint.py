@@ -9,21 +9,11 @@ part). `fold_weight_norm` turns weight normalisation's (g, v) into the plain wei
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
 
 import torch
-
-
-def sha256_file(path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_torch_state(path) -> dict:
