@@ -189,6 +189,34 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(a, loaded.elbo(x)["rate"])
 
 
+def test_encoder_input_normalisation_and_configs_saved_before_it(tmp_path):
+    spec = ImageSpec(3, 4, 4, 256)
+    model = perturbed_tiny(spec, input_mean=-0.05, input_std=0.5)
+    plain = perturbed_tiny(spec)  # no normalisation, and the same weights:
+    plain.load_state_dict(model.state_dict())
+    u = torch.rand(2, 3, 4, 4) * 2 - 1
+    for a, b in zip(model.encoder(u), plain.encoder((u + 0.05) / 0.5)):
+        torch.testing.assert_close(a, b)
+    x = torch.randint(0, 256, (3, 3, 4, 4))
+    torch.manual_seed(0)
+    normalised = model.elbo(x)["rate"]
+    torch.manual_seed(0)
+    assert not torch.allclose(normalised, plain.elbo(x)["rate"])  # the posterior sees the normalised input
+    # a config written before the option existed loads as the model it described: no normalisation
+    plain.save(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["hparams"]["input_mean"], cfg["hparams"]["input_std"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    old = pixelar.load_model(tmp_path / "old")
+    assert (old.hparams["input_mean"], old.hparams["input_std"]) == (0.0, 1.0)
+    torch.manual_seed(0)
+    a = old.elbo(x)["rate"]
+    torch.manual_seed(0)
+    assert torch.equal(a, plain.elbo(x)["rate"])
+    with pytest.raises(ValueError, match="input_std .* must be > 0"):
+        pixelar.create_model("vdvae", spec, "tiny", input_std=0.0)
+
+
 # ----- evaluation, training, CLI ----------------------------------------------------------------------------
 def test_evaluate_reports_the_bounds_and_describe_says_upper_bound():
     model = perturbed_tiny()

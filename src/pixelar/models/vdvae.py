@@ -30,7 +30,10 @@ Differences from the released code (openai/vdvae): the per-resolution block list
 "1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21"); downsampling is average pooling to the next resolution's size
 (the same as its pooling by the rate where that divides); the output distribution is pixelar's (its mixture
 computes bin masses in log space); class labels or a conditioning vector, where given, add a learned bias to
-the top-down state at the top.
+the top-down state at the top. The released code normalises the encoder's input per dataset (a shift and scale
+of the 0..255 values): `input_mean` and `input_std` do the same on the [-1, 1] scale (the converter of its
+checkpoints sets them, pixelar.converters.openai_vdvae); its likelihood's targets are the [-1, 1] values, as
+here.
 """
 
 from __future__ import annotations
@@ -118,10 +121,21 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """The bottom-up pass: x scaled to [-1, 1] (B, C, H, W) -> the activation at each level, [(B, width, h, w)]."""
+    """The bottom-up pass: x scaled to [-1, 1] (B, C, H, W) -> the activation at each level, [(B, width, h, w)].
+    The input is first normalised to (x - input_mean) / input_std (the identity by default)."""
 
-    def __init__(self, channels: int, width: int, mid: int, levels: list[tuple[int, int]], counts: list[int]):
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        mid: int,
+        levels: list[tuple[int, int]],
+        counts: list[int],
+        input_mean: float = 0.0,
+        input_std: float = 1.0,
+    ):
         super().__init__()
+        self.input_mean, self.input_std = input_mean, input_std
         self.in_conv = _conv(channels, width, 3)
         scale = math.sqrt(1.0 / sum(counts))
         self.blocks = nn.ModuleList()
@@ -133,7 +147,8 @@ class Encoder(nn.Module):
         self.num_levels = len(levels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.in_conv(x)
+        # normalised here, not folded into in_conv: its zero padding pads the normalised input with zeros
+        x = self.in_conv((x - self.input_mean) / self.input_std)
         acts: list[torch.Tensor | None] = [x] + [None] * (self.num_levels - 1)
         for block, (i, down) in zip(self.blocks, self.plan):
             x = block(x)
@@ -195,6 +210,8 @@ def gaussian_kl(qm, qlogs, pm, plogs) -> torch.Tensor:
             output={"kind": "logistic_mixture", "nr_mix": 2},
             num_classes=0,
             cond_dim=0,
+            input_mean=0.0,
+            input_std=1.0,
         ),
         # small: a few minutes of CPU training on Fashion-MNIST (28, 14, 7, 1 px: 10 latent layers)
         "small": dict(
@@ -206,6 +223,8 @@ def gaussian_kl(qm, qlogs, pm, plogs) -> torch.Tensor:
             output={"kind": "logistic_mixture", "nr_mix": 5},
             num_classes=0,
             cond_dim=0,
+            input_mean=0.0,
+            input_std=1.0,
         ),
         # the paper's CIFAR-10 model: width 384, zdim 16, 43 latent layers (1, 3, 6, 11, 22 at 1, 4, 8, 16, 32 px)
         "paper": dict(
@@ -217,8 +236,11 @@ def gaussian_kl(qm, qlogs, pm, plogs) -> torch.Tensor:
             output={"kind": "logistic_mixture", "nr_mix": 10},
             num_classes=0,
             cond_dim=0,
+            input_mean=0.0,
+            input_std=1.0,
         ),
     },
+    added={"input_mean": 0.0, "input_std": 1.0},
 )
 class VDVAE(LatentImageModel):
     """Very Deep VAE (see the module docstring).
@@ -231,6 +253,9 @@ class VDVAE(LatentImageModel):
             docstring for how they adapt to the image); each decoder block holds one latent layer.
         output: the pixel distribution p(x | z), {"kind": ..., **options}.
         num_classes, cond_dim: conditioning (a learned bias of the top-down state at the top).
+        input_mean, input_std: the encoder sees (x - input_mean) / input_std, x scaled to [-1, 1]: the data's
+            mean and standard deviation on that scale normalise it, as the released code does per dataset
+            (0 and 1, the default, leave it as it is). p(x | z) is unaffected.
     """
 
     def __init__(
@@ -244,8 +269,12 @@ class VDVAE(LatentImageModel):
         output: dict,
         num_classes: int = 0,
         cond_dim: int = 0,
+        input_mean: float = 0.0,
+        input_std: float = 1.0,
     ):
         super().__init__(image, output, num_classes, cond_dim)
+        if not input_std > 0:
+            raise ValueError(f"input_std (the encoder input's standard deviation) must be > 0, got {input_std}")
         if not 0 < bottleneck <= 1:
             raise ValueError(
                 f"bottleneck (the blocks' inner width as a fraction of width) must be in (0, 1], got {bottleneck}"
@@ -254,7 +283,7 @@ class VDVAE(LatentImageModel):
         self.levels = resolutions(image.height, image.width)
         enc = blocks_per_level(list(enc_blocks), len(self.levels), "enc_blocks")
         dec = blocks_per_level(list(dec_blocks), len(self.levels), "dec_blocks")
-        self.encoder = Encoder(image.channels, width, mid, self.levels, enc)
+        self.encoder = Encoder(image.channels, width, mid, self.levels, enc, input_mean, input_std)
         scale = math.sqrt(1.0 / sum(dec))
         # decoder: levels from 1x1 up to full resolution; self.dec_level[k] is the level of block k
         self.dec_blocks = nn.ModuleList()
