@@ -4,7 +4,8 @@
 containers of them, never an object whose unpickling runs code (a file that needs one is refused, naming it).
 `Tensors` hands a converter the tensors of a file one name at a time and, at the end, refuses a file that
 holds tensors the converter did not use (another layout, or a model this converter would convert only in
-part). `fold_weight_norm` turns weight normalisation's (g, v) into the plain weight it stands for.
+part). `fold_weight_norm` turns weight normalisation's (g, v) into the plain weight it stands for, and
+`output_rows` reorders a discretized logistic mixture's output rows from the TF PixelCNN++ layout.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def fold_weight_norm(g: torch.Tensor, v: torch.Tensor, dim: int = 0) -> torch.Te
     axes = [d for d in range(v.dim()) if d != dim]
     v64 = v.double()
     return (g.double() * v64 / v64.square().sum(dim=axes, keepdim=True).sqrt()).to(v.dtype)
+
+
+def output_rows(channels: int, nr_mix: int) -> torch.Tensor:
+    """Index of each pixelar mixture output row in the rows of the PixelCNN++ TF code's layout (openai/pixel-cnn,
+    which its ports and openai/vdvae keep): pixelar_row[i] = their_row[index[i]]. Theirs per pixel: [logits (M)
+    | per channel c: means (M), log-scales (M), coefficients (M)], channel c's coefficients the c-th of (G<-R,
+    B<-R, B<-G); pixelar's: [logits | means of every channel | log-scales of every channel | coefficients]."""
+    M, C = nr_mix, channels
+    if C == 1:  # [logits | means | log-scales]: the same in both
+        return torch.arange(3 * M)
+    per = 3 * M  # their rows per channel after the logits: means, log-scales, coefficients
+    means = [M + c * per + m for c in range(C) for m in range(M)]
+    log_scales = [M + c * per + M + m for c in range(C) for m in range(M)]
+    coeffs = [M + k * per + 2 * M + m for k in range(C) for m in range(M)]  # (G<-R, B<-R, B<-G) in rows c = 0, 1, 2
+    return torch.tensor([*range(M), *means, *log_scales, *coeffs])
 
 
 # how a module's weight is stored: plain, or weight normalised by torch's old hook (weight_g, weight_v) or by

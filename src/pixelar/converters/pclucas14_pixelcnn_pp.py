@@ -17,9 +17,8 @@ layers and transposed convolutions were weight-normalised (`weight_g`, `weight_v
 Weight norm is folded as torch's `weight_norm(dim=0)` computes it: per output filter of a Conv2d or Linear,
 but per INPUT channel of a ConvTranspose2d (its weight is (in, out, kh, kw)).
 
-The mixture's output rows: the port (as the TF original) lays out per pixel [logits (M) | per channel c:
-means (M), log-scales (M), coefficients (M)] where channel c's coefficients are the c-th of (G<-R, B<-R,
-B<-G); pixelar's is [logits | means of every channel | log-scales of every channel | coefficients].
+The mixture's output rows are in the TF original's per-channel layout, permuted to pixelar's
+(checkpoint.output_rows).
 
 The checkpoint fixes the channels (1: the port's MNIST models, 3: CIFAR-10), filters, resnets per stage and
 mixture components, not the image size: image= (default 1x28x28 or 3x32x32, the datasets the port trains on).
@@ -28,26 +27,12 @@ The port's loss uses bins of width 2/255 (256 values), so other value counts are
 
 from __future__ import annotations
 
-import torch
-
 from ..models import create_model
 from ..types import ImageSpec
 from . import register_source
-from .checkpoint import Tensors, load_weights, read_torch_state, strip_prefix
+from .checkpoint import Tensors, load_weights, output_rows, read_torch_state, strip_prefix
 
 DEFAULT_IMAGES = {1: ImageSpec(1, 28, 28, 256), 3: ImageSpec(3, 32, 32, 256)}  # MNIST, CIFAR-10
-
-
-def output_rows(channels: int, nr_mix: int) -> torch.Tensor:
-    """Index of each pixelar output row in the port's rows: pixelar_row[i] = port_row[index[i]]."""
-    M, C = nr_mix, channels
-    if C == 1:  # [logits | means | log-scales]: the same in both
-        return torch.arange(3 * M)
-    per = 3 * M  # the port's rows per channel after the logits: means, log-scales, coefficients
-    means = [M + c * per + m for c in range(C) for m in range(M)]
-    log_scales = [M + c * per + M + m for c in range(C) for m in range(M)]
-    coeffs = [M + k * per + 2 * M + m for k in range(C) for m in range(M)]  # (G<-R, B<-R, B<-G) in rows c = 0, 1, 2
-    return torch.tensor([*range(M), *means, *log_scales, *coeffs])
 
 
 @register_source(
