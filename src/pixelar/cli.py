@@ -809,7 +809,9 @@ def cmd_convert(args) -> int:
         raise ValueError("--out DIR is required: the model directory to write")
     out = Path(args.out)
     _writable(out / "config.json", "--out")
-    model = converters.convert_to_dir(args.source, args.checkpoint, out, overwrite=args.force, image=args.image)
+    model = converters.convert_to_dir(
+        args.source, args.checkpoint, out, overwrite=args.force, image=args.image, hps=args.hps
+    )
     card = read_json(out / converters.CARD_NAME, "model card")
     print(f"wrote {out}: {model.name}, {card['num_parameters']:,} parameters, images {_spec_text(model.image)}")
     for note in card["conversion"]:
@@ -1176,6 +1178,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_image_spec,
         help="C,H,W,NUM_VALUES where the checkpoint does not fix the image size (default: its dataset's)",
     )
+    cv.add_argument(
+        "--hps",
+        help="openai-vdvae: the hyperparameters the checkpoint was trained with, cifar10, imagenet32 or imagenet64 "
+        "(openai/vdvae's hps.py sets) or FILE.json of its hyperparameter names (width, zdim, enc_blocks, ...)",
+    )
     cv.add_argument("--force", action="store_true", help="replace --out if it exists")
     cv.set_defaults(func=cmd_convert)
 
@@ -1202,6 +1209,7 @@ FLAGS = {
     "compile": "--compile",
     "threads": "--threads N",
     "num_samples": "--num-samples",
+    "hps": "--hps NAME",
 }
 
 
