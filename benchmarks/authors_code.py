@@ -3,10 +3,14 @@ random checkpoints in their layouts (test fixtures, conversion benchmarks). Noth
 checkout's path is given on the command line, and its modules are loaded from there.
 
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
+    git clone https://github.com/openai/vdvae /tmp/vdvae
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -60,3 +64,60 @@ def pclucas14_published_layout(net: nn.Module) -> dict:
         if type(m).__name__ in ("down_shifted_conv2d", "down_right_shifted_conv2d"):
             nn.utils.remove_weight_norm(m.conv)
     return nn.DataParallel(net).state_dict()
+
+
+def _placeholder(attr: str):
+    """What a stubbed module gives for a name imported from it (ImageFolder, train_test_split, ...)."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    return object
+
+
+def stub_missing(*names: str) -> None:
+    """Empty modules for what a checkout imports at its top but the code run here does not use, where missing."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            module = types.ModuleType(name)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # what importlib asks a module for
+            module.__getattr__ = _placeholder
+            sys.modules[name] = module
+
+
+def vdvae(path: Path):
+    """(data, hps, vae) modules of openai/vdvae, runnable on a CPU. They are imported from the checkout (they
+    import each other by their flat names, and torch.jit.script reads their source files); data.py's imports
+    of torchvision and sklearn, unused here, are stubbed where missing; its .cuda() calls are made no-ops."""
+    sys.path.insert(0, str(Path(path).resolve()))
+    stub_missing("torchvision", "torchvision.datasets", "torchvision.transforms", "sklearn", "sklearn.model_selection")
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    return tuple(importlib.import_module(name) for name in ("data", "hps", "vae"))
+
+
+def vdvae_hyperparameters(hps, shape: dict):
+    """openai/vdvae's Hyperparams: its argument defaults (as train.py starts from), then `shape` over them."""
+    H = hps.Hyperparams()
+    H.update(vars(hps.add_vae_arguments(argparse.ArgumentParser()).parse_args([])))
+    H.update(shape)
+    return H
+
+
+def vdvae_preprocess(data, H, nhwc) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder input, loss target) of uint8 images (N, H, W, C) by openai/vdvae's data.py for H.dataset: its
+    set_up_data with the dataset's loader replaced by these images (H keeps its own image_size)."""
+    size = H.image_size
+    if H.dataset == "cifar10":
+        data.cifar10 = lambda data_root, one_hot: ((nhwc, None),) * 3  # (images, labels) per split
+    else:
+        setattr(data, H.dataset, lambda data_root: (nhwc,) * 3)
+    H, _, _, preprocess = data.set_up_data(H)  # sets image_size from the dataset
+    H.image_size = size or H.image_size
+    return preprocess([torch.as_tensor(nhwc)])
+
+
+def perturb_all(model: nn.Module, gen: torch.Generator, scale: float) -> None:
+    """Move every parameter by scale * N(0, 1) noise (zero-initialised biases, outputs and constants included)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))

@@ -4,10 +4,12 @@ For each source whose authors' code is given (a checkout of its public repositor
 committed): a random checkpoint of the published shapes, written by the authors' code in the published
 layout into a temporary directory; `pixelar convert` on it in a fresh process (wall time, peak resident
 memory); then cached and naive sampling of the converted model (images/s at batch 1 and 16, naive
-extrapolated from a few full passes, cached from a few rows, as benchmarks/sampling_speed does).
+extrapolated from a few full passes, cached from a few rows, as benchmarks/sampling_speed does; a VAE's
+ancestral sampling, one pass through its decoder, timed whole).
 
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
-    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp [--write]
+    git clone https://github.com/openai/vdvae /tmp/vdvae
+    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae [--write]
 """
 
 from __future__ import annotations
@@ -25,28 +27,41 @@ import torch
 import pixelar
 from pixelar.threads import step_work, threads_for
 
-from .authors_code import pclucas14, pclucas14_published_layout, perturb
+from .authors_code import pclucas14, pclucas14_published_layout, perturb, perturb_all, vdvae, vdvae_hyperparameters
 from .sampling_speed import cached_image_time, naive_step_time
 from .tables import cpu_model, load_average, write_table
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "converted.md"
 
 
-def pclucas14_checkpoint(port: Path, out: Path) -> str:
-    """The port's CIFAR-10 model (160 filters, 5 resnets, 10 mixtures), random, in the published layout."""
+def pclucas14_checkpoint(port: Path, out: Path) -> tuple[str, list[str]]:
+    """The port's CIFAR-10 model (160 filters, 5 resnets, 10 mixtures), random, in the published layout.
+    -> (source, further `pixelar convert` arguments)."""
     model, _ = pclucas14(port)
     torch.manual_seed(0)
     net = model.PixelCNN(nr_resnet=5, nr_filters=160, nr_logistic_mix=10, input_channels=3).eval()
     perturb(net, torch.Generator().manual_seed(0))
     torch.save(pclucas14_published_layout(net), out)
-    return "pclucas14-pixelcnn_pp"
+    return "pclucas14-pixelcnn_pp", []
 
 
-def convert_in_child(source: str, path: Path, out: Path) -> tuple[float, int]:
+def vdvae_checkpoint(code: Path, out: Path) -> tuple[str, list[str]]:
+    """openai/vdvae's CIFAR-10 model (hps cifar10: width 384, 43 latent layers), random, saved as its published
+    -model-ema.th files are (the unwrapped VAE's state dict)."""
+    _, hps, vae = vdvae(code)
+    H = vdvae_hyperparameters(hps, {**hps.HPARAMS_REGISTRY["cifar10"], "image_size": 32, "image_channels": 3})
+    torch.manual_seed(0)
+    model = vae.VAE(H).eval()
+    perturb_all(model, torch.Generator().manual_seed(0), 0.02)
+    torch.save(model.state_dict(), out)
+    return "openai-vdvae", ["--hps", "cifar10"]
+
+
+def convert_in_child(source: str, path: Path, out: Path, extra: list[str]) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of `pixelar convert` in a fresh process."""
     code = (
         "import resource, sys, time; t = time.perf_counter(); from pixelar.cli import main; "
-        f"rc = main(['convert', {source!r}, {str(path)!r}, '--out', {str(out)!r}]); "
+        f"rc = main(['convert', {source!r}, {str(path)!r}, '--out', {str(out)!r}, *{extra!r}]); "
         "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
         "sys.exit(rc)"
     )
@@ -54,6 +69,18 @@ def convert_in_child(source: str, path: Path, out: Path) -> tuple[float, int]:
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
     _, seconds, kib = line.split()
     return float(seconds), int(kib) * 1024
+
+
+def ancestral(model, batch: int, repeats: int = 3) -> float:
+    """images/s of a latent-variable model's sampling at `batch` (one decoder pass), the best of `repeats`, fp32,
+    on the threads model.sample picks."""
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.sample(batch)
+            best = min(best, time.perf_counter() - t)
+    return batch / best
 
 
 def sampling(model, batch: int, naive_steps: int, cached_rows: int) -> tuple[float, float]:
@@ -70,24 +97,29 @@ def sampling(model, batch: int, naive_steps: int, cached_rows: int) -> tuple[flo
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pclucas14", type=Path, help="checkout of pclucas14/pixel-cnn-pp")
+    ap.add_argument("--vdvae", type=Path, help="checkout of openai/vdvae")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--naive-steps", type=int, default=3, help="full passes measured per naive figure")
     ap.add_argument("--cached-rows", type=int, default=4, help="rows measured per cached figure")
     ap.add_argument("--write", action="store_true", help="write the table into docs/converted.md")
     args = ap.parse_args(argv)
-    makers = [(pclucas14_checkpoint, args.pclucas14)] if args.pclucas14 else []
+    given = ((pclucas14_checkpoint, args.pclucas14), (vdvae_checkpoint, args.vdvae))
+    makers = [(make, code) for make, code in given if code is not None]
     if not makers:
-        raise SystemExit("give the authors' code of at least one source (--pclucas14 PATH)")
+        raise SystemExit("give the authors' code of at least one source (--pclucas14 PATH, --vdvae PATH)")
     load_before, rows = load_average(), []
     for make, code in makers:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "published.pth"
-            source = make(code, path)
+            source, extra = make(code, path)
             size_mb = os.path.getsize(path) / 2**20
-            seconds, peak = convert_in_child(source, path, Path(tmp) / "converted")
+            seconds, peak = convert_in_child(source, path, Path(tmp) / "converted", extra)
             model = pixelar.load_model(Path(tmp) / "converted")
             speeds = []
             for batch in (int(b) for b in args.batches.split(",")):
+                if model.likelihood == "bound":  # a VAE: ancestral, one pass whatever the method
+                    speeds.append(f"batch {batch}: ancestral {ancestral(model, batch):.2f} img/s")
+                    continue
                 naive, cached = sampling(model, batch, args.naive_steps, args.cached_rows)
                 speeds.append(f"batch {batch}: {naive:.4f} / {cached:.3f} img/s ({cached / naive:.0f}x)")
         rows.append(
@@ -101,7 +133,8 @@ def main(argv=None) -> None:
             f"{torch.__version__}, fp32; load average {load_before} before, {load_average()} after. Conversion: "
             "`pixelar convert` in a fresh process, a random checkpoint of the published shapes written by the "
             f"authors' code. Sampling: naive extrapolated from {args.naive_steps} full passes, cached from "
-            f"{args.cached_rows} rows, on the threads `model.sample` chooses.",
+            f"{args.cached_rows} rows, on the threads `model.sample` chooses; a VAE's ancestral sampling timed "
+            "whole (best of 3).",
             "",
             "| source | parameters | file | conversion time | conversion peak memory | sampling naive / cached |",
             "|---|---|---|---|---|---|",
