@@ -567,3 +567,30 @@ def test_decompress_writes_its_images_together_or_not_at_all(tmp_path, capsys, m
     assert main(["decompress", str(m), str(damaged), "--out-dir", str(tmp_path / "d"), "--no-progress"]) == 2
     assert "fail the stream's checksum" in capsys.readouterr().err
     assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def _pixelar(*args: str, **kw):
+    """`python -m pixelar ARGS` in a new process, with this pixelar."""
+    import os
+    import subprocess
+    import sys
+
+    import pixelar
+
+    env = {**os.environ, "PYTHONPATH": str(Path(pixelar.__file__).parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "pixelar", *args], env=env, **kw)
+
+
+@pytest.mark.parametrize("command", ["score", "pretrained"])
+def test_a_closed_pipe_ends_a_command_quietly(command, tmp_path):
+    """`pixelar score ... | head -1`: the reader has gone before the lines are written. The command ends with
+    status 141 (as SIGPIPE ends a program) and no traceback; it used to print a BrokenPipeError's."""
+    import subprocess
+
+    m = _grey_model_and_images(tmp_path)
+    args = ["score", str(m), str(tmp_path / "grey.png")] if command == "score" else ["pretrained"]
+    proc = _pixelar(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes at once, before the command has printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err

@@ -1190,12 +1190,36 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+# the exit status of a command whose stdout was closed before it finished printing (`pixelar score ... | head
+# -1`): 128 + SIGPIPE, what the shell reports for a program that a closed pipe ends
+BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
-        distributed.init()
-        return _as_one_of_several(args)
-    return _run(args)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
+                distributed.init()
+                return _as_one_of_several(args)
+            return _run(args)
+        finally:
+            sys.stdout.flush()  # a closed pipe is found here, not as a traceback when Python exits
+    except BrokenPipeError:
+        # the reader has gone (head, less quit early): end quietly, as a program that SIGPIPE ends does, with
+        # stdout pointed at /dev/null so that Python's own flush at exit finds no closed pipe either
+        _stdout_to_devnull()
+        return BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): nothing is flushed at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 # the commands whose work torchrun's processes share (the others run on rank 0 alone)
