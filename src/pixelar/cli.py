@@ -30,7 +30,7 @@ from .image_files import Grid, image_format, load_image, save_grid, save_image
 from .inference import inference
 from .io import DiskFullError, read_json, write_atomic, write_folder
 from .models import SIZES, create_model, list_models
-from .progress import tracking
+from .progress import LOG_INTERVAL, tracking
 from .recipes import OPTIONAL_TRAINING_FIELDS, TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
 from .sampling import CHUNK_IMAGES, sample_chunks
 from .sampling.complete import complete, keep_mask
@@ -157,14 +157,18 @@ def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False) 
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar on stderr (default: shown when stderr is a terminal)",
+        help="progress bar on stderr (default: a bar when stderr is a terminal, else a plain line every "
+        f"{LOG_INTERVAL:.0f} s of a long job; --no-progress: neither)",
     )
 
 
-def _progress(args) -> bool:
-    """Whether to show progress bars: as --progress / --no-progress say, else when stderr is a terminal (a log
-    file or a pipe gets none of a bar's carriage returns)."""
-    return args.progress if args.progress is not None else sys.stderr.isatty()
+def _progress(args) -> bool | str:
+    """The library's `progress` (pixelar.progress): bars or none as --progress / --no-progress say, else bars
+    when stderr is a terminal and plain occasional lines ("log") when it is a log file or a pipe, which get
+    none of a bar's carriage returns but should still hear from a long job."""
+    if args.progress is not None:
+        return args.progress
+    return True if sys.stderr.isatty() else "log"
 
 
 # ----- train ------------------------------------------------------------------------------------------------
