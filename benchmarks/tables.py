@@ -27,7 +27,8 @@ def write_table(name: str, text: str, path: Path = PAGE) -> None:
 
 def show_progress() -> bool:
     """Whether a benchmark shows progress bars (its training runs', its configurations'): when stderr is a
-    terminal, as the pixelar commands do."""
+    terminal, as the pixelar commands do (where they print plain progress lines into a log file, a benchmark
+    stays silent: its result lines are what it logs)."""
     return sys.stderr.isatty()
 
 

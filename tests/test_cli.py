@@ -310,7 +310,7 @@ def test_destinations_are_checked_before_coding_and_never_overwritten_silently(t
         raise AssertionError("the destination should have been refused before coding")
 
     monkeypatch.setattr(pixelar.codec, "compress", no_coding)
-    monkeypatch.setattr(pixelar.codec, "decompress", no_coding)
+    monkeypatch.setattr(pixelar.codec, "decompress_segments", no_coding)
     assert main(["compress", str(m), grey, "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert main(["compress", str(m), grey, "--out", str(packed)]) == 2
@@ -472,3 +472,125 @@ def test_resume_refuses_flags_that_contradict_the_run(tmp_path, capsys):
         == 0
     )
     assert json.loads((run / "training_state.json").read_text())["step"] == 4
+
+
+# ----- outputs: streamed, written whole, quiet on a closed pipe --------------------------------------------------
+def test_sample_fills_its_grid_chunk_by_chunk_as_one_batch_would(tmp_path, capsys):
+    from pixelar import load_model
+    from pixelar.image_files import save_grid
+    from pixelar.sampling import sample_seeded
+
+    m = _grey_model_and_images(tmp_path)
+    argv = ["sample", str(m), "--n", "7", "--batch-size", "3", "--nrow", "4", "--seed", "2", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "grid.png")]) == 0
+    model = load_model(m)
+    save_grid(sample_seeded(model, 7, 2, batch_size=3, method="cached"), model.data_image, tmp_path / "ref.png", 4)
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert np.array_equal(grid, np.asarray(Image.open(tmp_path / "ref.png")))
+    assert not np.array_equal(grid[2:8, 2:7], grid[10:16, 2:7])  # images 0 and 4 (chunks 0 and 1) differ
+
+
+def test_sample_memory_does_not_grow_with_the_number_of_samples(tmp_path, monkeypatch):
+    """The heap in use when chunk 40 is drawn is within a small margin of when chunk 2 is (the grid's 8-bit
+    pixels are allocated once, up front). Keeping every chunk's int64 images until the end (the old way)
+    grows by 0.5 MiB a chunk of 16 64x64 images here: 19 MiB by chunk 40."""
+    import torch
+    from memory_helpers import heap_in_use
+
+    import pixelar.models
+    from pixelar import ImageSpec, create_model
+
+    in_use = heap_in_use()
+    if in_use is None:
+        pytest.skip("needs glibc's mallinfo2 to read the heap in use")
+    torch.manual_seed(0)
+    model = create_model("pixelcnn_pp", ImageSpec(1, 64, 64, 256), "tiny").eval()
+    heap = []
+
+    def draw(n, generator=None, **kw):  # images at once: the memory around the sampler, not the sampler's own
+        heap.append(in_use())
+        return torch.randint(0, 256, (n, 1, 64, 64), generator=generator)
+
+    model.sample = draw
+    monkeypatch.setattr(pixelar.models, "load_model", lambda *a, **k: model)
+    argv = ["sample", "m", "--n", str(16 * 40), "--batch-size", "16", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "grid.png")]) == 0
+    assert len(heap) == 40
+    growth = heap[-1] - heap[1]
+    assert growth < 2 * 2**20, f"the heap grew by {growth / 2**20:.1f} MiB from chunk 2 to chunk 40"
+    assert Image.open(tmp_path / "grid.png").size == (2 + 8 * 66, 2 + 80 * 66)
+
+
+def test_decompress_writes_its_images_together_or_not_at_all(tmp_path, capsys, monkeypatch):
+    import pixelar.cli
+    from pixelar.image_files import save_image
+
+    m = _grey_model_and_images(tmp_path)
+    grey, packed, out = str(tmp_path / "grey.png"), tmp_path / "g.pxar", tmp_path / "out"
+    assert main(["compress", str(m), *[grey] * 20, "--out", str(packed), "--no-progress"]) == 0  # 2 segments
+    calls = []
+
+    def interrupted(img, spec, path):
+        calls.append(path)
+        if len(calls) == 18:  # in the second segment: 17 files written by then
+            raise KeyboardInterrupt
+        save_image(img, spec, path)
+
+    monkeypatch.setattr(pixelar.cli, "save_image", interrupted)
+    argv = ["decompress", str(m), str(packed), "--out-dir", str(out), "--no-progress"]
+    assert main(argv) == 130
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))  # used to leave 17 of the 20 files
+    monkeypatch.undo()
+    assert main(argv) == 0  # no --force needed: nothing was left
+    assert sorted(p.name for p in out.iterdir()) == [f"image_{k:03d}.png" for k in range(20)]
+    assert (out / "image_019.png").read_bytes() == (out / "image_000.png").read_bytes()
+
+    # into a folder that exists: the other files are kept, the images replaced with --force once all are whole
+    (out / "notes.txt").write_text("mine")
+    (out / "image_000.png").write_bytes(b"old")
+    calls.clear()
+    monkeypatch.setattr(pixelar.cli, "save_image", interrupted)
+    assert main([*argv, "--force"]) == 130
+    assert (out / "image_000.png").read_bytes() == b"old" and not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main([*argv, "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "image_000.png").read_bytes() == (out / "image_001.png").read_bytes() != b"old"
+    assert not list(out.glob(".*.tmp"))
+
+    # a checksum that fails: found after the last segment is decoded, and no image appears
+    data = bytearray(packed.read_bytes())
+    data[27] ^= 0xFF  # the header's CRC-32 of the images
+    damaged = tmp_path / "damaged.pxar"
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["decompress", str(m), str(damaged), "--out-dir", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "fail the stream's checksum" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def _pixelar(*args: str, **kw):
+    """`python -m pixelar ARGS` in a new process, with this pixelar."""
+    import os
+    import subprocess
+    import sys
+
+    import pixelar
+
+    env = {**os.environ, "PYTHONPATH": str(Path(pixelar.__file__).parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "pixelar", *args], env=env, **kw)
+
+
+@pytest.mark.parametrize("command", ["score", "pretrained"])
+def test_a_closed_pipe_ends_a_command_quietly(command, tmp_path):
+    """`pixelar score ... | head -1`: the reader has gone before the lines are written. The command ends with
+    status 141 (as SIGPIPE ends a program) and no traceback; it used to print a BrokenPipeError's."""
+    import subprocess
+
+    m = _grey_model_and_images(tmp_path)
+    args = ["score", str(m), str(tmp_path / "grey.png")] if command == "score" else ["pretrained"]
+    proc = _pixelar(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes at once, before the command has printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err

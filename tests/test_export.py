@@ -85,3 +85,45 @@ def test_unlabelled_colour_images_round_trip_without_labels(tmp_path):
     paths = export_images(test, tmp_path / "out", n=3)
     assert torch.equal(read_back(paths, test.spec), test.images.long())
     assert not (tmp_path / "out" / "labels.csv").exists()
+
+
+def test_an_interrupted_export_leaves_nothing_and_an_existing_folder_keeps_its_files(npz_data, tmp_path, monkeypatch):
+    """The set is written as a whole: an export interrupted at its 5th image used to leave 4 PNGs (and no
+    labels.csv) under their final names, so that the rerun needed --force."""
+    import pixelar.data.export as export
+    from pixelar.image_files import save_image
+
+    calls = []
+
+    def interrupted(x, spec, path):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        save_image(x, spec, path)
+
+    out = tmp_path / "imgs"
+    argv = ["export", npz_data, "--split", "train", "--n", "8", "--out-dir", str(out)]
+    monkeypatch.setattr(export, "save_image", interrupted)
+    assert main(argv) == 130
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main(argv) == 0  # without --force: nothing was left behind
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([*(f"tiny-train-{i:05d}.png" for i in range(8)), "labels.csv"])
+
+    # an existing folder: another range joins the files there, which are kept, labels merged; an interrupted
+    # --force leaves the folder as it was
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    calls.clear()
+    monkeypatch.setattr(export, "save_image", interrupted)
+    assert main([*argv[:-4], "--start", "4", "--n", "8", "--out-dir", str(out), "--force"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "notes.txt"} == before
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main([*argv[:-4], "--start", "4", "--n", "8", "--out-dir", str(out), "--force"]) == 0
+    assert [r["index"] for r in labels(out)] == [str(i) for i in range(12)]
+    assert (out / "notes.txt").read_text() == "mine"
+    train = load_dataset(npz_data, "train")
+    paths = [out / f"tiny-train-{i:05d}.png" for i in range(12)]
+    assert torch.equal(read_back(paths, train.spec), train.images[:12].long())

@@ -297,6 +297,55 @@ def test_a_terminal_gets_the_bar_unless_no_progress(cli_setup, tmp_path, capsys,
     assert "evaluating" in capsys.readouterr().err
 
 
+def test_a_long_job_logs_plain_lines_where_stderr_is_no_terminal(monkeypatch, capsys):
+    """progress="log": a line every LOG_INTERVAL seconds (here a clock that moves 10 s a step) and one at the
+    end, with the count, the time and the figures; no carriage returns."""
+    now = [0.0]
+    monkeypatch.setattr(pixelar.progress.time, "monotonic", lambda: now[0])
+    with tracking("log", 12, "evaluating", "img") as p:
+        for _ in range(12):
+            now[0] += 10.0
+            p.advance(bpd=2.5)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "evaluating: 3/12 img (25%) after 0:30, about 1:30 left; bpd 2.5000",
+        "evaluating: 6/12 img (50%) after 1:00, about 1:00 left; bpd 2.5000",
+        "evaluating: 9/12 img (75%) after 1:30, about 0:30 left; bpd 2.5000",
+        "evaluating: done, 12/12 img (100%) in 2:00; bpd 2.5000",
+    ]
+    with tracking("log", 12, "evaluating", "img") as p:  # a job shorter than the interval: silent
+        p.advance(12)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", list(BAR))
+def test_every_long_command_logs_lines_into_a_file_unless_no_progress(
+    command, cli_setup, tmp_path, capsys, monkeypatch
+):
+    """stderr captured (not a terminal) and no flag: plain lines (here every report, the interval made 0);
+    --no-progress: none. A log file used to hear nothing from these jobs, however long they ran."""
+    monkeypatch.setattr(pixelar.progress, "LOG_INTERVAL", 0.0)
+    args = _commands(cli_setup, tmp_path)[command]
+    assert main([*args, "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"{BAR[command]}: done, " in err and "\r" not in err, err
+    assert main([*args, "--threads", "1", "--no-progress"]) == 0
+    assert BAR[command] not in capsys.readouterr().err
+
+
+def test_training_logs_its_evaluation_and_samples_into_a_file(cfg, tmp_path, capsys, monkeypatch):
+    """`pixelar train` into a log file: the step lines it always printed, and now lines of its final evaluation
+    and samples too (that evaluation once ran 6.5 minutes without a word)."""
+    monkeypatch.setattr(pixelar.progress, "LOG_INTERVAL", 0.0)
+    argv = ["train", "--dataset", cfg.dataset, "--size", "tiny", "--batch-size", "8", "--steps", "2"]
+    argv += ["--sample-n", "2", "--log-every", "1", "--run-dir", str(tmp_path / "run"), "--threads", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "step 2/2: train" in captured.out
+    assert "evaluating: done, " in captured.err and "sampling: done, " in captured.err
+    assert "\r" not in captured.err
+
+
 def test_threads_flag_sets_the_count_for_the_command(cli_setup, tmp_path, step_threads):
     before = torch.get_num_threads()
     args = _commands(cli_setup, tmp_path)["sample"]

@@ -27,13 +27,13 @@ from .errors import NamesArgument
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.bpd import seeded_latents
 from .evaluation.probe import linear_probe
-from .image_files import image_format, load_image, save_grid, save_image
+from .image_files import Grid, image_format, load_image, save_grid, save_image
 from .inference import inference
-from .io import DiskFullError, read_json, write_atomic
+from .io import DiskFullError, read_json, write_atomic, write_folder
 from .models import SIZES, create_model, list_models
-from .progress import tracking
+from .progress import LOG_INTERVAL, tracking
 from .recipes import OPTIONAL_TRAINING_FIELDS, TRAINING_FIELDS, get_recipe, list_recipes, num_parameters, recipe_config
-from .sampling import CHUNK_IMAGES, sample_seeded
+from .sampling import CHUNK_IMAGES, sample_chunks
 from .sampling.complete import complete, keep_mask
 from .threads import num_threads
 from .training import train
@@ -158,14 +158,18 @@ def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False) 
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar on stderr (default: shown when stderr is a terminal)",
+        help="progress bar on stderr (default: a bar when stderr is a terminal, else a plain line every "
+        f"{LOG_INTERVAL:.0f} s of a long job; --no-progress: neither)",
     )
 
 
-def _progress(args) -> bool:
-    """Whether to show progress bars: as --progress / --no-progress say, else when stderr is a terminal (a log
-    file or a pipe gets none of a bar's carriage returns)."""
-    return args.progress if args.progress is not None else sys.stderr.isatty()
+def _progress(args) -> bool | str:
+    """The library's `progress` (pixelar.progress): bars or none as --progress / --no-progress say, else bars
+    when stderr is a terminal and plain occasional lines ("log") when it is a log file or a pipe, which get
+    none of a bar's carriage returns but should still hear from a long job."""
+    if args.progress is not None:
+        return args.progress
+    return True if sys.stderr.isatty() else "log"
 
 
 # ----- train ------------------------------------------------------------------------------------------------
@@ -500,9 +504,14 @@ def _cond(model, n: int, cls: int | None):
 
 def _load_images(args, spec, deep_ok: bool = True) -> torch.Tensor:
     """The command's image files as one batch (n, C, H, W), read strictly (--convert allows the conversions
-    load_image lists); each conversion made is reported on stderr."""
-    paths = [args.image] if args.command == "complete" else args.images
-    return torch.stack([_load_image(args, path, spec, deep_ok) for path in paths])
+    load_image lists); each conversion made is reported on stderr. uint8 where the values fit (8-bit files
+    always do for models of up to 256 values): many images in an eighth of int64's memory, widened a batch at
+    a time by the work that reads them."""
+    dtype = torch.uint8 if spec.num_values <= 256 else torch.long
+    x = torch.empty(len(args.images), *spec.shape, dtype=dtype)
+    for k, path in enumerate(args.images):
+        x[k] = _load_image(args, path, spec, deep_ok)
+    return x
 
 
 def _load_image(args, path, spec, deep_ok: bool = True) -> torch.Tensor:
@@ -548,11 +557,20 @@ def cmd_sample(args) -> int:
     model = models.load_model(args.run_dir)
     t = time.time()
     method = model.sampling_method(args.method)
+    # the grid's 8-bit pixels, filled chunk by chunk: memory of the PNG, not of n int64 images (rank 0 writes)
+    grid = Grid(args.n, model.data_image, nrow=args.nrow) if distributed.is_main() else None
+    device = next(model.parameters()).device
+
+    def place(rows: slice, x: torch.Tensor) -> None:
+        if grid is not None:
+            grid.paste(rows.start, model.decode(x.to(device)))  # tokens -> colours where tokenized
+
     # chunks of images with generators of their own: the same images on any number of processes
-    x = sample_seeded(
+    sample_chunks(
         model,
         args.n,
         args.seed,
+        place,
         cond=_cond(model, args.n, args.cls),
         temperature=args.temperature,
         method=method,
@@ -560,8 +578,8 @@ def cmd_sample(args) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
     )
-    if distributed.is_main():
-        save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
+    if grid is not None:
+        grid.save(args.out)
     print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
 
@@ -570,7 +588,7 @@ def cmd_complete(args) -> int:
     _check_out_image(Path(args.out), args.force)  # before the slow sampling
     model = models.load_model(args.run_dir)
     spec = model.data_image  # the images the user gives and gets back (8-bit colours for tokenized models)
-    x = _load_images(args, spec)[0]
+    x = _load_image(args, args.image, spec)
     mask_notes = []
     keep = keep_mask(args.keep, spec.height, spec.width, convert=args.convert, notes=mask_notes)
     _notes(args, args.keep, mask_notes)
@@ -619,7 +637,7 @@ def cmd_score(args) -> int:
     cond = _cond(model, len(args.images), args.cls)
     bound = model.likelihood == "bound"
     with seeded_latents(model):  # the same draws on every call (under torchrun: per process, as evaluation)
-        nats = _shared_nats(model, model.encode(x), cond, _progress(args), num_samples=args.num_samples)
+        nats = _shared_nats(model, x, cond, _progress(args), num_samples=args.num_samples)
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = bits_per_dim(nats, model.image).tolist()
     le = "<= " if bound else ""
@@ -644,17 +662,18 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _shared_nats(model, x: torch.Tensor, cond, progress: bool = False, num_samples: int | None = None) -> torch.Tensor:
-    """-log p of each image (n,) float64, as image_log_prob scores it (a bound for latent-variable models, with
-    num_samples importance samples), SCORE_BATCH images at a time; under torchrun each process scores its
-    contiguous share and every process gets all n, in order."""
+def _shared_nats(model, x: torch.Tensor, cond, progress=False, num_samples: int | None = None) -> torch.Tensor:
+    """-log p of each data image x (n,) float64, as image_log_prob scores it (a bound for latent-variable models,
+    with num_samples importance samples), SCORE_BATCH images at a time (each encoded to the model's input on its
+    own); under torchrun each process scores its contiguous share and every process gets all n, in order."""
     mine = distributed.share(len(x))
     parts = [torch.zeros(0, dtype=torch.float64)]  # more processes than images: some score none
     with distributed.together("scoring"), tracking(progress, mine.stop - mine.start, "scoring", "img") as bar:
         for k in range(mine.start, mine.stop, SCORE_BATCH):
             rows = slice(k, min(mine.stop, k + SCORE_BATCH))
             part = None if cond is None else cond[rows]
-            parts.append(-image_log_prob(model, x[rows], part, num_samples=num_samples).cpu())
+            batch = model.encode(x[rows].long())
+            parts.append(-image_log_prob(model, batch, part, num_samples=num_samples).cpu())
             bar.advance(rows.stop - rows.start)
     return torch.cat(distributed.gather_objects(torch.cat(parts)))
 
@@ -673,7 +692,7 @@ def cmd_compress(args) -> int:
     if distributed.is_main():
         write_atomic(args.out, lambda tmp: Path(tmp).write_bytes(data))  # whole or not at all
     dims = x.numel()
-    nats = _shared_nats(model, model.encode(x), cond).sum().item()
+    nats = _shared_nats(model, x, cond).sum().item()
     source = sum(Path(p).stat().st_size for p in args.images)
     what = "bound on -log2 p(x)" if model.likelihood == "bound" else "-log2 p(x)"
     print(
@@ -719,13 +738,20 @@ def cmd_decompress(args) -> int:
             "overwrite them, or choose another --out-dir"
         )
     model = models.load_model(args.run_dir)
-    # under torchrun: each process decodes its share of the segments
-    x = codec.decompress(model, data, _cond(model, n, args.cls), progress=_progress(args), threads=args.threads)
-    if distributed.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        for name, img in zip(names, x):
-            save_image(img, model.data_image, name)
-    print(f"wrote {len(x)} image(s) to {out}/image_000.png ...")
+    # rank 0 writes the images as each segment is decoded, into a temporary folder whose files appear in --out-dir
+    # together once the stream's checksum has passed (a damaged stream or an interruption leaves none)
+    with write_folder(out) if distributed.is_main() else contextlib.nullcontext() as tmp:
+
+        def write(rows: slice, images: torch.Tensor) -> None:
+            if tmp is not None:
+                for k, img in zip(range(rows.start, rows.stop), images):
+                    save_image(img, model.data_image, tmp / names[k].name)
+
+        # under torchrun: the processes decode the segments in rounds
+        codec.decompress_segments(
+            model, data, write, _cond(model, n, args.cls), progress=_progress(args), threads=args.threads
+        )
+    print(f"wrote {n} image(s) to {out}/image_000.png ...")
     return 0
 
 
@@ -1220,12 +1246,36 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+# the exit status of a command whose stdout was closed before it finished printing (`pixelar score ... | head
+# -1`): 128 + SIGPIPE, what the shell reports for a program that a closed pipe ends
+BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
-        distributed.init()
-        return _as_one_of_several(args)
-    return _run(args)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
+                distributed.init()
+                return _as_one_of_several(args)
+            return _run(args)
+        finally:
+            sys.stdout.flush()  # a closed pipe is found here, not as a traceback when Python exits
+    except BrokenPipeError:
+        # the reader has gone (head, less quit early): end quietly, as a program that SIGPIPE ends does, with
+        # stdout pointed at /dev/null so that Python's own flush at exit finds no closed pipe either
+        _stdout_to_devnull()
+        return BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): nothing is flushed at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 # the commands whose work torchrun's processes share (the others run on rank 0 alone)

@@ -6,13 +6,17 @@ leaves it. Without torchrun (no WORLD_SIZE, or 1) nothing is initialised and eve
 a single process, so library code calls them unconditionally.
 
 Work is split in contiguous shares (`share`): rank r of N takes items [r*n//N, (r+1)*n//N), so the shares
-cover every item exactly once, in order, whatever n and N. Sums are reduced in float64 (`all_sum`).
+cover every item exactly once, in order, whatever n and N. A job whose results go to a file as they come
+(samples, decoded images) is shared in rounds instead (`each_in_order`): round t's items t*N .. t*N + N - 1,
+one per process, so that the results arrive in order and only one round's are held. Sums are reduced in
+float64 (`all_sum`).
 Lives below every package, like inference.py, so that training/, evaluation/ and the CLI can use it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -136,6 +140,38 @@ def agree(ok: bool, what: str) -> None:
     calling this, after calling it with ok=False (see `together`)."""
     if active() and all_sum(torch.tensor([0.0 if ok else 1.0])).item() > 0 and ok:
         raise RuntimeError(f"another process failed while {what}; see its error")
+
+
+def each_in_order(n: int, work: Callable[[int], object], use: Callable[[int, object], None], what: str) -> None:
+    """work(k) for every item k in range(n), shared out in rounds, and use(k, result) on every process for every
+    k, in order: the way to stream a job's results (to a file that rank 0 writes) holding one round's results
+    rather than all n.
+
+    Round t is items t*N .. t*N + N - 1 of N processes, item t*N + r computed by rank r (one item per round
+    without torchrun); after each round every process gets the round's results (gather_objects: picklable,
+    on the CPU) and calls use on each in order. An error in one process's work or use stops every process at
+    the end of that round, the failing one with its own error, the others with a RuntimeError naming `what`
+    (none waits for it at the next round).
+    """
+    world, me = world_size(), rank()
+    for first in range(0, n, world):
+        k = first + me
+        try:
+            result = work(k) if k < n else None
+        except BaseException:
+            if active():
+                gather_objects((False, None))  # the others are waiting for this round: tell them
+            raise
+        results = gather_objects((True, result))
+        if not all(ok for ok, _ in results):
+            raise RuntimeError(f"another process failed while {what}; see its error")
+        try:
+            for j, (_, r) in enumerate(results[: n - first]):
+                use(first + j, r)
+        except BaseException:
+            agree(False, what)
+            raise
+        agree(True, what)
 
 
 class together:

@@ -23,22 +23,41 @@ def to_uint8(images: torch.Tensor, image: ImageSpec) -> np.ndarray:
     return x.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+class Grid:
+    """A PNG grid of n images, nrow per row with `pad` grey pixels between them, filled as the images come
+    (`paste`) and written once whole (`save`). It holds the grid's 8-bit pixels only, so a grid of many images
+    costs what the file shows, not the images' int64 values."""
+
+    def __init__(self, n: int, image: ImageSpec, nrow: int = 8, pad: int = 2):
+        if not isinstance(nrow, int) or isinstance(nrow, bool) or nrow < 1:
+            raise ValueError(f"nrow (images per row of the grid) must be an integer >= 1, got {nrow!r}")
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+            raise ValueError(f"pad (pixels between the images) must be an integer >= 0, got {pad!r}")
+        self.n, self.image, self.nrow, self.pad = int(n), image, nrow, pad
+        rows, cols = (self.n + nrow - 1) // nrow, min(self.n, nrow)
+        H, W, C = image.height, image.width, image.channels
+        self.canvas = np.full((pad + rows * (H + pad), pad + cols * (W + pad), C), 128, dtype=np.uint8)
+
+    def paste(self, start: int, images: torch.Tensor) -> None:
+        """Place images (m, C, H, W) of the model's values as grid images start .. start + m - 1."""
+        arr = to_uint8(images, self.image)
+        if start < 0 or start + len(arr) > self.n:
+            raise ValueError(f"images {start} .. {start + len(arr) - 1} do not fit a grid of {self.n}")
+        H, W, pad = self.image.height, self.image.width, self.pad
+        for k in range(len(arr)):
+            r, c = divmod(start + k, self.nrow)
+            y, x = pad + r * (H + pad), pad + c * (W + pad)
+            self.canvas[y : y + H, x : x + W] = arr[k]
+
+    def save(self, path) -> None:
+        _write(self.canvas, path)
+
+
 def save_grid(images: torch.Tensor, image: ImageSpec, path, nrow: int = 8, pad: int = 2) -> None:
     """Write images (N, C, H, W) as one PNG grid, nrow images per row, `pad` grey pixels between them."""
-    if not isinstance(nrow, int) or isinstance(nrow, bool) or nrow < 1:
-        raise ValueError(f"nrow (images per row of the grid) must be an integer >= 1, got {nrow!r}")
-    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
-        raise ValueError(f"pad (pixels between the images) must be an integer >= 0, got {pad!r}")
-    arr = to_uint8(images, image)
-    N, H, W, C = arr.shape
-    rows = (N + nrow - 1) // nrow
-    cols = min(N, nrow)
-    canvas = np.full((pad + rows * (H + pad), pad + cols * (W + pad), C), 128, dtype=np.uint8)
-    for k in range(N):
-        r, c = divmod(k, nrow)
-        y, x = pad + r * (H + pad), pad + c * (W + pad)
-        canvas[y : y + H, x : x + W] = arr[k]
-    _write(canvas, path)
+    grid = Grid(len(images), image, nrow, pad)
+    grid.paste(0, images)
+    grid.save(path)
 
 
 def save_image(x: torch.Tensor, image: ImageSpec, path) -> None:

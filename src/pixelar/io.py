@@ -1,13 +1,17 @@
-"""Atomic file writes and safe reads shared by model and training checkpoints and image files (no pickle anywhere)."""
+"""Atomic writes of files and of folders of files, and safe reads, shared by model and training checkpoints,
+image files and every command's output (no pickle anywhere)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -80,6 +84,67 @@ def _new_temp_file(path: Path) -> Path:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp
         except FileExistsError:  # another temp file has this name: draw another
+            continue
+
+
+@contextlib.contextmanager
+def write_folder(path) -> Iterator[Path]:
+    """`with write_folder(out_dir) as tmp:` write a set of files as a whole: the block writes them into `tmp`,
+    a new temporary folder (.NAME.<random>.tmp), and only once it ends without an error do they appear under
+    `path`, all together:
+
+    - a new folder `path` (its parents made as needed): tmp, made beside it, is renamed to it, one atomic
+      rename;
+    - an existing folder `path`: tmp, made inside it, has its files renamed into `path`, replacing files of
+      the same names (whether they may be replaced is the caller's to check first, e.g. with --force), after
+      every file is whole. Files in `path` that the block did not write are kept: a command adds its files
+      to the folder it is given, it does not own it.
+
+    An error or an interruption in the block removes tmp and leaves `path` as it was (no file under its final
+    name); a full disk raises DiskFullError naming `path`. The block writes files (or folders that `path`
+    does not have); a name that is a folder in `path` is refused before any file is moved.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write a folder of files at {path}: it is a file, not a folder")
+    fresh = not path.is_dir()
+    where = path.parent if fresh else path
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    try:
+        tmp = _new_temp_folder(where, path.resolve().name or "folder")
+        yield tmp
+        if fresh:
+            try:
+                os.rename(tmp, path)  # onto nothing (or a folder made empty meanwhile): atomic
+                return
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        names = sorted(os.listdir(tmp))  # path appeared meanwhile, with files: add ours to it, as below
+        taken = [name for name in names if (path / name).is_dir() and not (tmp / name).is_dir()]
+        if taken:
+            raise ValueError(f"cannot write {path / taken[0]}: it is a folder; move it away or choose another folder")
+        for name in names:
+            os.replace(tmp / name, path / name)
+        os.rmdir(tmp)
+    except BaseException as e:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            raise disk_full(path, e) from None
+        raise
+
+
+def _new_temp_folder(where: Path, name: str) -> Path:
+    """Create an empty, new temp folder .NAME.<random>.tmp in `where`, its mode the umask's (as any new folder:
+    tempfile.mkdtemp's 0700 would stay with the folder it becomes)."""
+    while True:
+        tmp = where / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:  # another temp folder has this name: draw another
             continue
 
 

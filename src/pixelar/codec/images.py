@@ -17,9 +17,12 @@ The stream (version 2): a 33-byte header (magic, version, image count n and shap
 model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
 then the segments: images 0..S-1 arithmetic-coded together (per step the segment's images in turn), then the
 next S, and so on (S = 16 when compressing). The model runs on one segment's images at a time, so compression
-and decompression memory stay those of a batch of S images however many images a stream holds. Under
-torchrun every process codes (decodes) its contiguous share of the segments and every process gets the
-whole stream (all images): the bytes are those of one process, since a segment depends only on its images.
+and decompression memory stay those of a batch of S images however many images a stream holds: compress
+checks and checksums its input a segment at a time (uint8 input holds the images in an eighth of int64's
+memory), and `decompress_segments` hands the decoded images over segment by segment (to be written out as
+they come) where `decompress` returns them all. Under torchrun the segments are coded (decoded) in rounds,
+segment k by rank k % N, and every process gets the whole stream (all images): the bytes are those of one
+process, since a segment depends only on its images.
 
 The lengths make the stream's end exact: trailing bytes (two files concatenated) or a truncated file are
 errors, and a decoder that ends inside its segment or short of its end is one too. They also bound the image
@@ -83,9 +86,10 @@ def fingerprint(model) -> bytes:
     return h.digest()[:8]
 
 
-def _crc(images: torch.Tensor) -> int:
-    """CRC-32 of the data images' values (int64, C order): decompress checks what it decoded against it."""
-    return zlib.crc32(images.detach().cpu().long().contiguous().numpy().tobytes())
+def _crc(images: torch.Tensor, value: int = 0) -> int:
+    """CRC-32 of the data images' values (int64, C order): decompress checks what it decoded against it. Taken
+    segment by segment: `value` is the CRC of the images before these (the CRC of their concatenation)."""
+    return zlib.crc32(images.detach().cpu().long().contiguous().numpy().tobytes(), value)
 
 
 def _stages(model, cond, n: int) -> list[tuple]:
@@ -153,6 +157,7 @@ def _model_input(model, images: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"images must be int64 (n, {d.channels}, {d.height}, {d.width}) with values in [0, {d.num_values})"
         )
+    images = images.long()  # uint8 images (held compactly by the caller) as the tokenizer takes them
     tokens = model.encode(images)
     if not torch.equal(model.decode(tokens), images):
         raise ValueError(
@@ -163,7 +168,8 @@ def _model_input(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def compress(model, x: torch.Tensor, cond=None, progress=None, threads: int | None = None) -> bytes:
-    """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes.
+    """Losslessly compress images x, integers (n, C, H, W) of the model's data image (int64, or uint8 to hold
+    many images in less memory: each segment is widened to int64 on its own), to bytes.
 
     progress: report the sub-pixels coded (pixelar.progress: True for a bar, or a callable on_progress(done,
     total, images=, bpd=) with the images and bits/dim of the segments finished so far). threads: CPU threads
@@ -184,33 +190,39 @@ def _threads(threads, model, stages, n: int, device):
 def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     model.coding_scheme()  # refuses a model the codec cannot drive, saying why
     device = next(model.parameters()).device
-    tokens = _model_input(model, x).to(device)
-    n = tokens.shape[0]
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        _model_input(model, x)  # raises, saying what the images must be
+    n = x.shape[0]
     if n == 0:
         raise ValueError("no images to compress: give at least one")
-    crc = _crc(x)
+    S = segment_images(model)
+    count = -(-n // S)
+    # every image checked, and the checksum taken, before any coding, a segment at a time: the model's
+    # int64 input (or tokens) of one segment is held, never of all n images
+    crc = 0
+    for k in range(count):
+        _model_input(model, x[k * S : (k + 1) * S])
+        crc = _crc(x[k * S : (k + 1) * S], crc)
     stages = _stages(model, cond, n)
     # the latent model's own cond, for coding_latents / coding_params (the stages hold their coders')
     cond = model.check_cond(cond, n) if model.coding_scheme() in ("latent", "bits-back") else None
-    S = segment_images(model)
-    count = -(-n // S)
-    share = range(count)[distributed.share(count)]  # under torchrun, this process's segments
-    mine, done = [], 0
-    total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)
+    mine = range(distributed.rank(), count, distributed.world_size())  # this process's segments (in rounds)
+    total = sum(min(S, n - k * S) for k in mine) * _symbols(model, stages)
+    segments, coded = [], [0, 0]  # the stream's segments in order; this process's images and bytes
     with (
-        distributed.together("compressing"),  # an error in one process stops all (none waits for it)
         _threads(threads, model, stages, n, device),
         tracking(progress, total, "compressing", "sub-pixel") as bar,
     ):
-        for k in share:  # one segment at a time: memory of S images, not n
-            part = slice(k * S, (k + 1) * S)
-            mine.append(_encode_segment(model, stages, tokens, cond, part, bar))
-            done += len(tokens[part])
-            bar.update(images=done, bpd=8 * sum(map(len, mine)) / (done * model.data_image.dims))
-    # under torchrun each process coded its contiguous share of the segments: in rank order, segment order
-    segments = [seg for share in distributed.gather_objects(mine) for seg in share]
-    if len(segments) != count:
-        raise RuntimeError(f"compress gathered {len(segments)} segments of {count}: the processes' shares are wrong")
+
+        def encode(k: int) -> bytes:  # one segment at a time: memory of S images, not n
+            part = slice(k * S, min(n, (k + 1) * S))
+            segment = _encode_segment(model, stages, _model_input(model, x[part]).to(device), cond, part, bar)
+            coded[0], coded[1] = coded[0] + part.stop - part.start, coded[1] + len(segment)
+            bar.update(images=coded[0], bpd=8 * coded[1] / (coded[0] * model.data_image.dims))
+            return segment
+
+        # under torchrun segment k is coded by rank k % N; every process gets every segment's bytes, in order
+        distributed.each_in_order(count, encode, lambda k, segment: segments.append(segment), "compressing")
     d = model.data_image
     header = _HEADER.pack(MAGIC, VERSION, n, d.channels, d.height, d.width, d.num_values, fingerprint(model), crc, S)
     return header + struct.pack(f">{len(segments)}I", *map(len, segments)) + b"".join(segments)
@@ -227,11 +239,11 @@ def _encode_symbols(enc: Encoder, cum: torch.Tensor, v: torch.Tensor) -> None:
         enc.encode(a, b, TOTAL)
 
 
-def _encode_segment(model, stages, tokens: torch.Tensor, cond, part: slice, bar) -> bytes:
-    """One segment: the images tokens[part] (m, C, H, W) coded together; bar (a pixelar.progress.Progress)
-    counts the sub-pixels coded. Stepwise: per step each image in turn. Latent: each latent image z(x) so, with
-    its prior's conditionals, then x given them, one channel of all pixels per step."""
-    images = tokens[part]
+def _encode_segment(model, stages, images: torch.Tensor, cond, part: slice, bar) -> bytes:
+    """One segment: the model's inputs `images` (m, C, H, W) of the stream's images `part`, coded together; bar
+    (a pixelar.progress.Progress) counts the sub-pixels coded. Stepwise: per step each image in turn. Latent:
+    each latent image z(x) so, with its prior's conditionals, then x given them, one channel of all pixels per
+    step."""
     m = len(images)
     if model.coding_scheme() == "bits-back":
         return bits_back.encode_segment(model, images, _part(cond, part), bar)
@@ -307,8 +319,28 @@ def stream_info(data: bytes) -> dict:
 def decompress(model, data: bytes, cond=None, progress=None, threads: int | None = None) -> torch.Tensor:
     """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model.
     progress and threads: as compress's."""
+    out = None
+
+    def keep(rows: slice, images: torch.Tensor) -> None:
+        nonlocal out
+        if out is None:
+            out = images.new_empty((stream_info(data)["n"], *images.shape[1:]))
+        out[rows] = images
+
+    decompress_segments(model, data, keep, cond, progress, threads)
+    return out.to(next(model.parameters()).device)
+
+
+def decompress_segments(model, data: bytes, use, cond=None, progress=None, threads: int | None = None) -> None:
+    """The images of decompress(model, data, ...) handed over as they are decoded: use(rows, images) for each
+    segment in order, rows a slice of range(n) and images (m, C, H, W) int64 on the CPU, on every process under
+    torchrun. Memory: one round of segments (one per process), not n images.
+
+    The stream's checksum covers all its images, so a damaged stream may be found only after the last use:
+    the ValueError comes then, and a caller that wrote images out must discard them (pixelar.io.write_folder
+    does when the error leaves its block)."""
     with inference(model):
-        return _decompress(model, data, cond, progress, threads)
+        _decompress(model, data, use, cond, progress, threads)
 
 
 def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k: int, bar) -> torch.Tensor:
@@ -343,7 +375,7 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
     return x
 
 
-def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
+def _decompress(model, data: bytes, use, cond, progress, threads) -> None:
     info = stream_info(data)
     n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
     model.coding_scheme()  # refuses a model the codec cannot drive, saying why
@@ -364,28 +396,32 @@ def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
     device = next(model.parameters()).device
     S, lengths = info["segment_images"], info["segments"]
     starts = [_HEADER.size + _LENGTH * len(lengths) + sum(lengths[:k]) for k in range(len(lengths))]
-    share = range(len(lengths))[distributed.share(len(lengths))]  # under torchrun, this process's segments
-    mine, done, coded = [], 0, 0
-    total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)  # symbols of what is coded
+    mine = range(distributed.rank(), len(lengths), distributed.world_size())  # this process's segments (rounds)
+    total = sum(min(S, n - k * S) for k in mine) * _symbols(model, stages)  # symbols of what is coded
+    decoded, crc = [0, 0], 0  # this process's images and coded bytes; the CRC of the images so far, in order
     with (
-        distributed.together("decompressing"),  # a damaged segment in one process's share stops all
         _threads(threads, model, stages, n, device),
         tracking(progress, total, "decompressing", "sub-pixel") as bar,
     ):
-        for k in share:  # one segment at a time: S images' memory
-            m = min(S, n - k * S)
+
+        def decode(k: int) -> torch.Tensor:  # one segment at a time: S images' memory
+            part = slice(k * S, min(n, (k + 1) * S))
             seg = data[starts[k] : starts[k] + lengths[k]]
-            part = slice(k * S, k * S + m)
-            mine.append(_decode_segment(model, stages, seg, cond, part, device, k, bar).cpu())
-            done, coded = done + m, coded + lengths[k]
-            bar.update(images=done, bpd=8 * coded / (done * d.dims))
-    # under torchrun each process decoded its contiguous share of the segments: in rank order, segment order
-    x = torch.cat([part for share in distributed.gather_objects(mine) for part in share]).to(device)
-    images = model.decode(x)
-    if _crc(images) != info["crc32"]:
+            x = _decode_segment(model, stages, seg, cond, part, device, k, bar)
+            decoded[0], decoded[1] = decoded[0] + part.stop - part.start, decoded[1] + lengths[k]
+            bar.update(images=decoded[0], bpd=8 * decoded[1] / (decoded[0] * d.dims))
+            return model.decode(x).cpu()  # tokens -> data images where tokenized
+
+        def take(k: int, images: torch.Tensor) -> None:
+            nonlocal crc
+            crc = _crc(images, crc)
+            use(slice(k * S, k * S + len(images)), images)
+
+        # under torchrun segment k is decoded by rank k % N; every process gets every segment, in order
+        distributed.each_in_order(len(lengths), decode, take, "decompressing")
+    if crc != info["crc32"]:
         raise ValueError(
             "the decoded images fail the stream's checksum: the stream is damaged, or this machine "
             "computes the model's probabilities differently (decompress with the platform, device "
             "and settings that compressed it)"
         )
-    return images

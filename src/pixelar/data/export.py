@@ -2,7 +2,9 @@
 
 Files are named `<dataset>-<split>-<index>.png` (index: 5 digits, the image's position in the split), so that
 exporting other ranges of the same split adds files beside them; labels go to `labels.csv` in the same directory
-(one row per file: file,index,label), merged with the rows already there.
+(one row per file: file,index,label), merged with the rows already there. The set is written as a whole
+(pixelar.io.write_folder): an interrupted export leaves no file under its final name, and the files it did not
+write (other ranges, anything else in the directory) are kept.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ArgumentValueError
 from ..image_files import save_image
-from ..io import write_text
+from ..io import write_folder, write_text
 from ..types import ImageSpec
 from .dataset import ImageDataset
 
@@ -60,19 +62,21 @@ def export_images(ds: ImageDataset, out_dir, start: int = 0, n: int = 8, overwri
             " to replace them, or choose another directory",
         )
     spec = ImageSpec(*ds.spec.shape, 256) if ds.stochastic_binarize else ds.spec
-    for i, path in zip(range(start, start + n), paths):
-        save_image(ds.images[i].long(), spec, path)
-    if ds.labels is not None:
-        rows = {p.name: (i, int(ds.labels[i])) for i, p in zip(range(start, start + n), paths)}
-        _merge_labels(out_dir / LABELS_NAME, rows)
+    with write_folder(out_dir) as tmp:  # the files appear together, once all are written
+        for i, path in zip(range(start, start + n), paths):
+            save_image(ds.images[i].long(), spec, tmp / path.name)
+        if ds.labels is not None:
+            rows = {p.name: (i, int(ds.labels[i])) for i, p in zip(range(start, start + n), paths)}
+            _merge_labels(out_dir / LABELS_NAME, tmp / LABELS_NAME, rows)
     return paths
 
 
-def _merge_labels(path: Path, rows: dict[str, tuple[int, int]]) -> None:
-    """labels.csv with `rows` ({file: (index, label)}) added or replaced, the other rows kept, sorted by file."""
+def _merge_labels(old: Path, new: Path, rows: dict[str, tuple[int, int]]) -> None:
+    """Write `new`: the labels.csv `old` (where it exists) with `rows` ({file: (index, label)}) added or replaced,
+    the other rows kept, sorted by file."""
     merged: dict[str, tuple[str, str]] = {}
-    if path.is_file():
-        with open(path, newline="") as f:
+    if old.is_file():
+        with open(old, newline="") as f:
             for row in csv.DictReader(f):
                 if row.get("file"):
                     merged[row["file"]] = (row.get("index", ""), row.get("label", ""))
@@ -82,4 +86,4 @@ def _merge_labels(path: Path, rows: dict[str, tuple[int, int]]) -> None:
     w.writerow(["file", "index", "label"])
     for name in sorted(merged):
         w.writerow([name, *merged[name]])
-    write_text(path, out.getvalue())
+    write_text(new, out.getvalue())

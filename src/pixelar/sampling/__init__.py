@@ -11,7 +11,7 @@ from ..distributions.base import check_temperature
 from ..inference import inference
 from .cached import sample_cached
 from .naive import sample_naive
-from .seeded import CHUNK_IMAGES, sample_seeded
+from .seeded import CHUNK_IMAGES, sample_chunks, sample_seeded
 
 METHODS = ("cached", "naive")
 
@@ -85,6 +85,7 @@ __all__ = [
     "sample_naive",
     "sample_cached",
     "sample_seeded",
+    "sample_chunks",
     "CHUNK_IMAGES",
     "METHODS",
 ]

@@ -65,7 +65,7 @@ def train(
     cfg: TrainConfig,
     run_dir,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     log=print,
     on_step=None,
     max_steps: int | None = None,
@@ -79,8 +79,10 @@ def train(
         run_dir: the run directory (see pixelar.training.checkpoint for its files). A new run refuses a
             directory that already holds a checkpoint.
         resume: continue the run in run_dir exactly where its last checkpoint left it.
-        progress: show a tqdm bar with live train bits/dim and images/s, then bars of the test evaluation and
-            the samples (rank 0 only).
+        progress: True: a tqdm bar with live train bits/dim and images/s, then bars of the test evaluation and
+            the samples (rank 0 only); False: no bars, a log line every log_every steps instead of the bar;
+            "log": as False, and plain lines of the evaluation's and samples' progress (pixelar.progress), so
+            a log file hears from a long final evaluation too.
         log: called with one string per message (start, skipped steps, checkpoints, the final result).
         on_step: called as on_step(step) after every step (after that step's checkpoint, if any).
         max_steps: when given, replaces the number of steps: of cfg for a new run, of the saved run when
@@ -115,7 +117,8 @@ def train(
     main = distributed.is_main()  # rank 0 writes the run's files and reports; the others compute
     if not main:
         progress, log = False, _quiet
-    emit = tqdm.write if progress and log is print else log  # keep the bar intact while it is shown
+    bars = progress is True  # else log lines take the bar's place ("log": and the later jobs' progress lines)
+    emit = tqdm.write if bars and log is print else log  # keep the bar intact while it is shown
     with contextlib.ExitStack() as held:
         with distributed.together("locking the run directory"):
             if main:
@@ -130,7 +133,7 @@ def train(
             with tqdm(
                 total=None if run.budget is not None else run.cfg.max_steps,
                 initial=run.step,
-                disable=not progress,
+                disable=not bars,
                 unit="step",
                 dynamic_ncols=True,
             ) as bar:
@@ -138,8 +141,8 @@ def train(
                     lr = _step(run)
                     if run.budget is not None:
                         _choose_steps(run, bar)
-                    _report(run, lr, bar, progress)
-                    _checkpoint(run, progress)
+                    _report(run, lr, bar, bars)
+                    _checkpoint(run, bars)
                     if on_step is not None:
                         on_step(run.step)
             run.train_s = run.elapsed()
@@ -624,7 +627,7 @@ def _checkpoint(run: _Run, progress: bool) -> None:
             run.emit(f"checkpoint at step {run.step}")
 
 
-def _finish(run: _Run, log, progress: bool) -> dict:
+def _finish(run: _Run, log, progress: bool | str) -> dict:
     """After the last step: the EMA weights into the model, the test evaluation (its metrics line and log
     message), samples; returns train()'s result."""
     cfg, model, step = run.cfg, run.model, run.step
@@ -930,7 +933,7 @@ def _restore(
     return batches
 
 
-def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path, progress: bool = False) -> None:
+def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path, progress: bool | str = False) -> None:
     """cfg.sample_n samples (class-conditional: labels 0, 1, ..., K-1, 0, 1, ...) as an 8-wide PNG grid, drawn
     from cfg.seed in chunks (pixelar.sampling.sample_seeded): shared by the processes under torchrun, the same
     images on any number of them; rank 0 writes the file."""

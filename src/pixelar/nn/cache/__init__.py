@@ -31,7 +31,9 @@ in three layers: description (graph.py), planning (plan.py, once per sampling ca
    - Memory. Each map keeps a ring of a few rows (plus zero margins for padding); the number of rows is
      computed at compile time from the consumers' windows and how far ahead the producer can run (at most
      one input row is committed per internal step). Row tags detect any read of an evicted row. Rings are
-     channels-last and repeat their first rows after the last, so every window is one strided view.
+     channels-last and repeat their first rows after the last, so every window is one strided view. The
+     graph and the runtime hold no reference cycles (back references are weak), so the rings are freed as
+     soon as a sampling or coding call drops its state, not at the cycle collector's next full run.
    - Few operations per step (a step is a handful of small tensor operations per layer, so their number
      sets the speed): a convolution with a single-map `pre` reads pre(map) from a ring kept beside the map
      and written with it (pre once per position, not once per window); a `Skip` (a 1x1 convolution of

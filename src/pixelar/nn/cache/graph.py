@@ -3,6 +3,7 @@ operations (see pixelar.nn.cache), and each convolution states its geometry."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -136,7 +137,10 @@ class Node:
     """One map (B, channels, H, W) of a CausalGraph. Created by the CausalGraph methods, not directly."""
 
     def __init__(self, graph: CausalGraph, kind: str, H: int, W: int, name: str | None):
-        self.graph, self.kind, self.H, self.W = graph, kind, int(H), int(W)
+        # the graph weakly: graph.nodes holds the node, and a reference back would make a cycle, which keeps a
+        # sampling call's graph (and the image it reads) alive until Python's cycle collector runs
+        self._graph = weakref.ref(graph)
+        self.kind, self.H, self.W = kind, int(H), int(W)
         self.name = name or f"{kind}{len(graph.nodes)}"
         self.srcs: list[Node] = []  # read through windows (concatenated over channels for convolutions)
         self.extras: list[Node] = []  # read at the node's own positions, passed to post
@@ -149,6 +153,11 @@ class Node:
         self.x: torch.Tensor | None = None  # input
         self.transform: Callable | None = None
         self.box: tuple[int, int, int, int] | None = None  # conv: rows / columns of the active taps
+
+    @property
+    def graph(self) -> CausalGraph | None:
+        """The CausalGraph the node belongs to (None once that graph is gone)."""
+        return self._graph()
 
     @property
     def stored(self) -> bool:

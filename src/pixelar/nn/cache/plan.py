@@ -245,11 +245,13 @@ def _rings(graph: CausalGraph, tables, output: Node | None, W: int):
     input_rows = [0, 0]
 
     def resolve(src: Node, consumer: Node, lo, hi, cmin, cmax):
-        if src.kind == "shift":  # a shift stores nothing: its reader reads the shifted source
+        # a loop, not recursion: a nested function that calls itself is a reference cycle (through its
+        # closure), which would keep the graph alive until Python's cycle collector runs
+        while src.kind == "shift":  # a shift stores nothing: its reader reads the shifted source
             dy, dx = src.offset
             hi = torch.clamp(hi, max=src.H - 1)
-            resolve(src.srcs[0], consumer, lo - dy, hi - dy, cmin - dx, min(cmax, src.W - 1) - dx)
-        elif src.stored or src.kind == "input":
+            src, lo, hi, cmin, cmax = src.srcs[0], lo - dy, hi - dy, cmin - dx, min(cmax, src.W - 1) - dx
+        if src.stored or src.kind == "input":
             if src.stored:
                 reads[src.name].append((consumer, lo, hi))
             else:

@@ -3,6 +3,7 @@ input frontier, the positions that became computable (see pixelar.nn.cache)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -154,7 +155,9 @@ class _Derived(_Ring):
 
     def __init__(self, base: _Map, pre: Callable):
         super().__init__(base.node)
-        self.base, self.pre = base, pre
+        # the map weakly: it lists this ring in base.derived, and a reference back would make a cycle, which
+        # keeps the rings (megabytes per sampling call) alive until Python's cycle collector runs
+        self._base, self.pre = weakref.ref(base), pre
         self.R, self.padL, self.tags, self._index = base.R, base.padL, base.tags, {}
         self.mirror, self.zero = base.mirror, base.zero
         B, _, _, C = base.nhwc.shape
@@ -163,7 +166,7 @@ class _Derived(_Ring):
 
     @property
     def front(self):
-        return self.base.front
+        return self._base().front
 
     @front.setter
     def front(self, value):  # set by _Map.__init__ only
