@@ -82,6 +82,9 @@ def test_convert_to_dir_writes_a_model_directory_with_its_card(tmp_path):
     converters.convert_to_dir("pclucas14-pixelcnn_pp", PCLUCAS14 / "colour_published_layout.pth", out, overwrite=True)
     assert json.loads((out / "card.json").read_text())["source_file"] == "colour_published_layout.pth"
     assert [p.name for p in tmp_path.iterdir()] == ["pcnn"]  # no temporary directory left
+    (out / "training_state.safetensors").write_bytes(b"")  # a run directory's files are never mixed in
+    with pytest.raises(ValueError, match=r"holds files other than a model directory's \(training_state"):
+        converters.convert_to_dir("pclucas14-pixelcnn_pp", src, out, overwrite=True)
     with pytest.raises(ValueError, match="is the name of a pretrained model"):
         converters.convert_to_dir("pclucas14-pixelcnn_pp", src, "fashion_mnist-pixelcnn_pp")
 

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from .. import pretrained
 from ..errors import ArgumentValueError
-from ..io import file_sha256, write_json
+from ..io import file_sha256, write_folder, write_json
 from ..types import ImageSpec
 
 CARD_NAME = "card.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_FILES = ("config.json", WEIGHTS_NAME, CARD_NAME)  # what a converted model directory holds
 
 # the modules that register a source each (imported when a source is first looked up)
 _MODULES = ("openai_vdvae", "pclucas14_pixelcnn_pp")
@@ -142,41 +141,28 @@ def card(src: Source, path: Path, model, notes: list[str], options: dict, weight
 
 def convert_to_dir(source_name: str, path, out, overwrite: bool = False, **options):
     """Convert `path` (as `convert`) and write the model directory `out`: config.json, model.safetensors and
-    card.json. Written whole into a temporary directory beside `out` and renamed at the end, so an interrupted
-    or failed conversion leaves nothing at `out`; an existing `out` is replaced only with overwrite=True (and
-    only once the new directory is whole). -> the model."""
+    card.json, written whole (pixelar.io.write_folder: a failed or interrupted conversion leaves `out` as it
+    was). An existing `out` is written over only with overwrite=True, and only where it holds nothing but a
+    model directory's files: the weights of a training run beside its training state would be a run that is
+    neither. -> the model."""
     pretrained.refuse_name(out, "model directory")  # a bare pretrained name would shadow the pretrained model
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file: give a directory to write the model into")
-    if out.exists() and not overwrite:
-        raise ArgumentValueError("overwrite", "overwrite=True", f"{out} exists: pass ", " to replace it")
+    if out.exists():
+        if not overwrite:
+            raise ArgumentValueError("overwrite", "overwrite=True", f"{out} exists: pass ", " to replace it")
+        others = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES)
+        if others:
+            raise ValueError(
+                f"{out} holds files other than a model directory's ({', '.join(others[:3])}): write the converted "
+                "model into a new or empty directory"
+            )
     src, model, notes, options = _convert(source_name, path, **options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the directory the mode a new one gets
+    with write_folder(out) as tmp:
         model.save(tmp)
-        weights_sha256 = file_sha256(tmp / "model.safetensors")
-        write_json(tmp / CARD_NAME, card(src, Path(path), model, notes, options, weights_sha256))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / CARD_NAME, card(src, Path(path), model, notes, options, file_sha256(tmp / WEIGHTS_NAME)))
     return model
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 __all__ = ["CARD_NAME", "Source", "card", "convert", "convert_to_dir", "register_source", "source", "sources"]
