@@ -5,7 +5,7 @@ and on the images drawn beside it. `sample_seeded(model, n, seed)` instead split
 `batch_size` images (CHUNK_IMAGES by default; the last one shorter) and draws chunk k with its own generator,
 seeded from (seed, k) (`chunk_seed`): a chunk's images depend only on the seed, k, n, batch_size and the
 arguments, never on which process draws it or which other chunks it draws. Under torchrun each process
-draws its contiguous share of the chunks (pixelar.distributed.share) and every process gets all n images, in
+draws its contiguous share of the chunks (pixelar.distributed.chunks) and every process gets all n images, in
 order; so 1, 2 or 7 processes return the same images (on the same device type: CPU and CUDA generators
 give different streams).
 
@@ -27,12 +27,9 @@ CHUNK_IMAGES = 64  # default batch_size: images drawn together from one generato
 
 
 def chunk_seed(seed: int, k: int) -> int:
-    """The seed of chunk k's generator: derived from (seed, k), apart from the other chunks' streams."""
+    """The seed of stream k of `seed`: derived from (seed, k), apart from the other streams (chunk k's generator
+    here; an image's k-th latent draw in pixelar.models.noise)."""
     return int(np.random.SeedSequence([int(seed), 0x5A3, int(k)]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def num_chunks(n: int, batch_size: int = CHUNK_IMAGES) -> int:
-    return -(-n // batch_size)
 
 
 def _chunk_progress(bar, index: int, count: int, n: int):
@@ -79,14 +76,13 @@ def sample_seeded(
             raise ValueError(f"{name} must have one row per image, n={n}; got shape {tuple(t.shape)}")
     device = next(model.parameters()).device
     mine = []
-    chunks = range(num_chunks(n, batch_size))[distributed.share(num_chunks(n, batch_size))]
+    chunks = distributed.chunks(n, batch_size)  # this process's chunks of images
     with (
         distributed.together("sampling"),  # an error in one process stops all (none waits for it)
         tracking(progress, 0, "sampling", "step") as bar,
     ):
-        for index, k in enumerate(chunks):
-            rows = slice(k * batch_size, min(n, (k + 1) * batch_size))
-            g = torch.Generator(device=device).manual_seed(chunk_seed(seed, k))
+        for index, rows in enumerate(chunks):
+            g = torch.Generator(device=device).manual_seed(chunk_seed(seed, rows.start // batch_size))
             part = [t[rows] if isinstance(t, torch.Tensor) else t for t in (cond, x_known, known)]
             x = model.sample(
                 rows.stop - rows.start,
