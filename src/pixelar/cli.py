@@ -945,7 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-num-samples",
         type=positive_int,
         metavar="K",
-        help="latent-variable models: importance samples per test image in the final evaluation (default: ELBO)",
+        help="latent-variable models with a stochastic posterior (vdvae): importance samples per test image in the "
+        "final evaluation (default: ELBO)",
     )
     t.add_argument(
         "--augment",
@@ -1087,7 +1088,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         type=positive_int,
         metavar="K",
-        help="latent-variable models: the K-sample importance-weighted bound (default: the ELBO)",
+        help="latent-variable models with a stochastic posterior (vdvae): the K-sample importance-weighted bound "
+        "(default: the ELBO)",
     )
     _add_job_options(sc)
     sc.set_defaults(func=cmd_score)

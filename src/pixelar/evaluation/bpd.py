@@ -92,7 +92,8 @@ def image_seeds(x: torch.Tensor, cond: torch.Tensor | None = None, seed: int = E
 
 
 def _check_num_samples(model, num_samples) -> int | None:
-    """num_samples for a latent-variable model (None: the ELBO); refused for a model with an exact likelihood."""
+    """num_samples for a latent-variable model with a stochastic posterior (None: the ELBO); refused for a model
+    with an exact likelihood, and for one with a deterministic posterior, where it changes nothing."""
     if num_samples is None:
         return None
     if model.likelihood != "bound":
@@ -102,6 +103,14 @@ def _check_num_samples(model, num_samples) -> int | None:
             "",
             f" (importance samples) applies to latent-variable models; the likelihood of model {model.name!r} is "
             "exact, so leave it out",
+        )
+    if not model.stochastic_posterior:
+        raise ArgumentValueError(
+            "num_samples",
+            "num_samples",
+            "",
+            f" (importance samples) changes nothing for model {model.name!r}: its posterior is deterministic (one "
+            "code map per image), so every importance sample is the same and the bound is the ELBO; leave it out",
         )
     return check_num_samples(num_samples)
 
@@ -170,7 +179,8 @@ def evaluate(
     bound, and "num_samples"; "bpd" (and "nats_per_image") is the tightest of them: "bpd_iw" when K > 1, else
     "bpd_elbo". Each image's latents are drawn from generators seeded by its content (image_seeds), so the
     numbers repeat from call to call and do not depend on the batches or the processes. num_samples is refused
-    for models with an exact likelihood.
+    for models with an exact likelihood and for a deterministic posterior (the VQ-VAE's), where it changes
+    nothing.
 
     The figures depend on the weights, the images, batch_size (float rounding) and the device, not on the
     number of processes: the images are scored in chunks of batch_size by index, shared out as whole chunks,
@@ -182,7 +192,7 @@ def evaluate(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     num_samples = _check_num_samples(model, num_samples)
     bound = model.likelihood == "bound"
-    importance = bound and num_samples is not None and num_samples > 1 and model.stochastic_posterior
+    importance = bound and num_samples is not None and num_samples > 1
     # models over tokens (Image GPT's palette) are built for data images other than their inputs
     data_image, tokenizer = model.data_image, model.tokenizer
     if dataset.spec != data_image:
