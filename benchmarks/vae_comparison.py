@@ -48,7 +48,7 @@ from pixelar.codec import compress, decompress
 from pixelar.config import TrainConfig
 from pixelar.data import DatasetNotFoundError, first_images, load_dataset
 from pixelar.evaluation import evaluate
-from pixelar.evaluation.bpd import seeded_latents
+from pixelar.evaluation.bpd import image_seeds
 from pixelar.inference import inference
 from pixelar.threads import num_threads
 from pixelar.training import train
@@ -91,12 +91,13 @@ def resolve_dataset(name: str, data_dir, shared: Path, tmp: Path) -> tuple[str, 
 # ----- measurements ------------------------------------------------------------------------------------------
 def iw_bpd(model, images: torch.Tensor, k: int, batch: int = EVAL_BATCH) -> float:
     """The K-sample importance-weighted bound, model.log_prob(x, num_samples=k), in bits/dim over images (int64
-    (N, C, H, W)), its draws seeded as evaluate seeds them. With K = 1 a Monte-Carlo estimate of the ELBO
-    (evaluate's bpd_elbo has the KL in closed form)."""
+    (N, C, H, W)), each image's draws seeded by its content as evaluate seeds them. With K = 1 a Monte-Carlo
+    estimate of the ELBO (evaluate's bpd_elbo has the KL in closed form)."""
     nats = 0.0
-    with inference(model), seeded_latents(model):
+    with inference(model):
         for i in range(0, len(images), batch):
-            nats -= model.log_prob(images[i : i + batch], num_samples=k).double().sum().item()
+            x = images[i : i + batch]
+            nats -= model.log_prob(x, num_samples=k, seeds=image_seeds(x)).double().sum().item()
     return nats / (len(images) * model.image.dims * math.log(2))
 
 

@@ -1,9 +1,10 @@
 """Training and evaluation under torchrun: 2 processes on the CPU (gloo), a tiny model, seconds per launch.
 
 N processes at global batch B take the steps of one process at batch B (equal up to float summation order,
-dropout off); resume works across numbers of processes; evaluation scores every image once (a test set of 13
-images shared by 2 and 3 processes); a NaN on one process skips the step on all; a process killed mid-run is
-restarted by torchrun and the run continues from its checkpoint.
+dropout off); resume works across numbers of processes; evaluation scores every image once and reports one
+process's figure to the last digit (a test set of 13 images shared by 2 and 3 processes); a NaN on one
+process skips the step on all; a process killed mid-run is restarted by torchrun and the run continues from
+its checkpoint.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def test_evaluation_scores_every_image_once_whatever_the_number_of_processes(two
         out = launch(n, "eval", str(two), "--json", "--batch-size", "4", cwd=tmp_path)
         res = json.loads(out.strip().splitlines()[-1])
         assert res["num_images"] == 13
-        assert res["bpd"] == pytest.approx(single["bpd"], rel=1e-6)
+        assert res["bpd"] == single["bpd"]  # the same batches, the sums added exactly: to the last digit
 
 
 def test_resume_from_two_processes_in_one_and_from_one_in_two(two, one, data, tmp_path):

@@ -1,9 +1,12 @@
-"""Sampling, completion, scoring and compression under torchrun: 2 processes on the CPU (gloo), tiny models.
+"""Sampling, completion, scoring, evaluation and compression under torchrun: 2 processes on the CPU (gloo), tiny
+models.
 
-Each process does its share (chunks of samples, images to score, segments of the stream) and rank 0 writes;
-the files and printed lines must equal one process's, byte for byte. One launch runs every command through
-`pixelar.cli.main` in one process group (its `finish` kept from leaving the group between commands), so the
-whole command-line path runs as under `torchrun -m pixelar`, for the price of one start of the processes.
+Each process does its share (chunks of samples, of images to score or evaluate, segments of the stream) and
+rank 0 writes; the files and printed lines (full float digits in --json) must equal one process's, byte for
+byte, for an exact model and for a VAE, whose draws must not depend on the process that makes them. One
+launch runs every command through `pixelar.cli.main` in one process group (its `finish` kept from leaving the
+group between commands), so the whole command-line path runs as under `torchrun -m pixelar`, for the price of
+one start of the processes.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from pixelar.sampling import sample_seeded
 
 CHUNK = 16  # --batch-size of the sampling commands
 N_SAMPLES = 2 * CHUNK + 3  # 3 chunks: rank 0 draws 1 of them, rank 1 the other 2 (16 + 3 images)
-N_FILES = 35  # 3 segments of the stream: 1 coded by rank 0, 2 by rank 1; 17 + 18 files scored
+N_FILES = 35  # 3 segments of the stream: 1 coded by rank 0, 2 by rank 1
+# 18 files: one process scores them in one batch; two processes in halves of 9 would round differently
+N_ROUNDING = 18
 
 
-def commands(run: str, files: list[str], out: str) -> list[list[str]]:
-    """The command lines to compare, each writing into directory `out` (score: its printed lines)."""
+def commands(d: str, files: list[str], out: str) -> list[list[str]]:
+    """The command lines to compare, each writing into directory `out` (score, eval: their printed lines); d is
+    setup's directory (model, vae, data.npz)."""
+    run, vae, data = f"{d}/model", f"{d}/vae", f"npz:{d}/data.npz"
     return [
         [
             "sample",
@@ -51,6 +58,11 @@ def commands(run: str, files: list[str], out: str) -> list[list[str]]:
         ["score", run, *files, "--json"],
         ["compress", run, *files, "--out", f"{out}/imgs.pxar"],
         ["decompress", run, f"{out}/imgs.pxar", "--out-dir", f"{out}/decoded"],
+        ["score", run, *files[:N_ROUNDING], "--json"],
+        # 40 images in chunks of 17 + 17 + 6; halves of 20 in batches of 17 + 3 would round differently
+        ["eval", run, "--dataset", data, "--json", "--batch-size", "17"],
+        ["eval", vae, "--dataset", data, "--json", "--subset", "13", "--batch-size", "4", "--num-samples", "3"],
+        ["score", vae, *files[:3], "--json"],
     ]
 
 
@@ -76,11 +88,18 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A tiny PixelCNN++ for 8x8 greyscale images, saved as a model directory, and N_FILES PNG files."""
+    """A tiny PixelCNN++ and a tiny VDVAE for 8x8 greyscale images, saved as model directories, N_FILES PNG
+    files and a dataset of 40 such images (data.npz)."""
     d = tmp_path_factory.mktemp("inference")
     torch.manual_seed(0)
     pixelar.create_model("pixelcnn_pp", pixelar.ImageSpec(1, 8, 8, 256), "tiny").save(d / "model")
+    pixelar.create_model("vdvae", pixelar.ImageSpec(1, 8, 8, 256), "tiny").save(d / "vae")
     rng = np.random.default_rng(0)
+    np.savez(
+        d / "data.npz",
+        x_train=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+    )
     files = []
     for k in range(N_FILES):
         files.append(str(d / f"img{k:02d}.png"))
@@ -112,10 +131,10 @@ def test_two_processes_write_the_files_and_lines_of_one(setup, tmp_path):
     d, files = setup
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    run_here(commands(str(d / "model"), files, str(one)), one)
+    run_here(commands(str(d), files, str(one)), one)
     script = tmp_path / "commands.py"
     script.write_text(SCRIPT)
-    launch(2, json.dumps(commands(str(d / "model"), files, str(two))), str(two), script=script, cwd=tmp_path)
+    launch(2, json.dumps(commands(str(d), files, str(two))), str(two), script=script, cwd=tmp_path)
     for name in ("samples.png", "complete.png", "imgs.pxar"):
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     decoded = sorted(p.name for p in (two / "decoded").iterdir())
@@ -138,3 +157,15 @@ def test_sample_seeded_images_do_not_depend_on_the_chunks_drawn_beside_them(setu
     assert not torch.equal(sample_seeded(model, 2, 8, temperature=0.9, batch_size=CHUNK), x[:2])
     with pytest.raises(ValueError, match="cond must have one row per image"):
         sample_seeded(model, 3, 0, cond=torch.zeros(2, dtype=torch.long))
+
+
+def test_chunks_are_the_batches_of_one_process_whatever_the_number_of_processes(monkeypatch):
+    one = distributed.chunks(13, 4)
+    assert one == [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 13)]
+    for world in (2, 3, 5):  # 5 processes for 4 chunks: one gets none
+        got = []
+        for r in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+            monkeypatch.setattr(distributed, "world_size", lambda world=world: world)
+            got.append(distributed.chunks(13, 4))
+        assert [c for share in got for c in share] == one, world  # every chunk once, in order

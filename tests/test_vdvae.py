@@ -236,6 +236,49 @@ def test_evaluate_reports_the_bounds_and_describe_says_upper_bound():
         evaluate(exact, ds, num_samples=4)
 
 
+def test_evaluation_ties_every_draw_to_the_image_not_to_the_batch():
+    """Each image's latents (the ELBO's draw and the K importance samples) come from generators seeded by its
+    content: alone, beside other images, twice in one batch, in any batch size and however the K samples are
+    split into passes, an image gets the same draws, so its value differs by float rounding of the batch only
+    and evaluate's figure is the sum of score's."""
+    model = perturbed_tiny()
+    x = all_images(BINARY)[::4099]  # 16 different images
+    state = torch.get_rng_state()
+    for k in (None, 8):
+        together = image_log_prob(model, x, num_samples=k)
+        alone = torch.cat([image_log_prob(model, x[i : i + 1], num_samples=k) for i in range(len(x))])
+        torch.testing.assert_close(alone, together, rtol=1e-6, atol=0)
+        twice = image_log_prob(model, torch.cat([x[3:4], x[:3], x[3:4]]), num_samples=k)
+        assert twice[0] == twice[-1]
+        torch.testing.assert_close(twice[1:4], together[:3], rtol=1e-6, atol=0)
+    model.iw_batch = 1  # one importance sample per pass instead of all 8 at once: the same draws
+    torch.testing.assert_close(image_log_prob(model, x, num_samples=8), together, rtol=1e-6, atol=0)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn from the caller's generator
+    ds = ImageDataset(x.to(torch.uint8), None, BINARY, "some", "test")
+    res = [evaluate(model, ds, batch_size=b, num_samples=4) for b in (16, 5, 1)]
+    for key in ("bpd", "bpd_elbo", "bpd_iw", "bpd_rate"):
+        assert res[1][key] == pytest.approx(res[0][key], rel=1e-6) == res[2][key], key
+    scored = -image_log_prob(model, x, num_samples=4).sum().item() / (len(x) * BINARY.dims * math.log(2))
+    assert scored == pytest.approx(res[0]["bpd_iw"], rel=1e-9)
+
+
+def test_per_image_seeds_fix_the_draws_of_elbo_and_log_prob():
+    model = perturbed_tiny()
+    x = all_images(BINARY)[::4099][:6]
+    seeds = torch.tensor([5, 0, 7, 7, 2**62, 3])
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    a = model.elbo(x, seeds=seeds)
+    b = model.elbo(x[perm], seeds=seeds[perm].tolist())  # a list works too
+    for key in ("distortion", "rate"):
+        torch.testing.assert_close(b[key], a[key][perm], rtol=1e-6, atol=0)
+    iw = model.log_prob(x, num_samples=4, seeds=seeds)
+    torch.testing.assert_close(model.log_prob(x[perm], num_samples=4, seeds=seeds[perm]), iw[perm], rtol=1e-6, atol=0)
+    assert not torch.equal(model.log_prob(x, num_samples=4, seeds=seeds + 1), iw)  # other seeds, other draws
+    for bad in (seeds[:5], seeds.float(), [-1, 0, 0, 0, 0, 0], seeds[None], [True] * 6):
+        with pytest.raises(ValueError, match="seeds must be one integer >= 0 per image, 6 in all"):
+            model.elbo(x, seeds=bad)
+
+
 def test_training_maximises_the_elbo_and_resumes_bitwise(cfg, tmp_path):
     cfg = dataclasses.replace(cfg, model="vdvae", eval_num_samples=4, sample_n=2, skip_threshold=1e6)
     full, cut = tmp_path / "full", tmp_path / "cut"

@@ -17,8 +17,9 @@ from run_helpers import checkpoint_differences, quiet, stop_after
 import pixelar
 from pixelar import ImageSpec
 from pixelar.cli import main
+from pixelar.config import TrainConfig
 from pixelar.data import ImageDataset, codes_dataset
-from pixelar.evaluation import evaluate
+from pixelar.evaluation import evaluate, image_log_prob
 from pixelar.io import read_tensors
 from pixelar.models import vqvae
 from pixelar.models.vqvae import VectorQuantizer, codebook_perplexity
@@ -553,6 +554,18 @@ def test_bad_options_are_refused_with_what_to_do():
         create_vqvae(BINARY, codes=4)
 
 
+def test_importance_samples_are_refused_where_the_posterior_is_deterministic():
+    model = create_vqvae(BINARY).eval()
+    x = all_images(BINARY)[:3]
+    ds = ImageDataset(x.to(torch.uint8), None, BINARY, "some", "test")
+    for call in (lambda: evaluate(model, ds, num_samples=8), lambda: image_log_prob(model, x, num_samples=8)):
+        with pytest.raises(ValueError, match="changes nothing for model 'vqvae': its posterior is deterministic"):
+            call()
+    with pytest.raises(ValueError, match="eval_num_samples changes nothing for 'vqvae'"):
+        TrainConfig(model="vqvae", eval_num_samples=4).validate()
+    assert evaluate(model, ds)["bpd"] == pytest.approx(evaluate(model, ds, batch_size=1)["bpd"], rel=1e-6)
+
+
 # ----- training and the command line ------------------------------------------------------------------------------
 @pytest.mark.usefixtures("one_thread")
 def test_training_resumes_bitwise_and_the_cli_reports_the_bound(cfg, tmp_path, capsys):
@@ -585,6 +598,8 @@ def test_training_resumes_bitwise_and_the_cli_reports_the_bound(cfg, tmp_path, c
     assert main(["eval", str(full)]) == 0
     out = capsys.readouterr().out
     assert "<= " in out and "upper bound" in out and "distortion" in out
+    assert main(["eval", str(full), "--num-samples", "8"]) == 2  # importance sampling would change nothing
+    assert "--num-samples" in (err := capsys.readouterr().err) and "posterior is deterministic" in err, err
     png = tmp_path / "s.png"
     assert main(["sample", str(full), "--n", "2", "--out", str(png)]) == 0
     assert png.exists() and "method ancestral" in capsys.readouterr().out

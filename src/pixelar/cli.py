@@ -25,7 +25,6 @@ from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
 from .errors import NamesArgument
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
-from .evaluation.bpd import seeded_latents
 from .evaluation.probe import linear_probe
 from .image_files import Grid, image_format, load_image, save_grid, save_image
 from .inference import inference
@@ -636,8 +635,8 @@ def cmd_score(args) -> int:
     x = _load_images(args, model.data_image)
     cond = _cond(model, len(args.images), args.cls)
     bound = model.likelihood == "bound"
-    with seeded_latents(model):  # the same draws on every call (under torchrun: per process, as evaluation)
-        nats = _shared_nats(model, x, cond, _progress(args), num_samples=args.num_samples)
+    # a latent-variable model's draws are seeded by each image's content: the same value in any call
+    nats = _shared_nats(model, x, cond, _progress(args), num_samples=args.num_samples)
     unit = "bits/token" if model.tokenizer is not None else "bits/dim"
     bpd = bits_per_dim(nats, model.image).tolist()
     le = "<= " if bound else ""
@@ -662,15 +661,16 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _shared_nats(model, x: torch.Tensor, cond, progress=False, num_samples: int | None = None) -> torch.Tensor:
+def _shared_nats(model, x: torch.Tensor, cond, progress: bool = False, num_samples: int | None = None) -> torch.Tensor:
     """-log p of each data image x (n,) float64, as image_log_prob scores it (a bound for latent-variable models,
-    with num_samples importance samples), SCORE_BATCH images at a time (each encoded to the model's input on its
-    own); under torchrun each process scores its contiguous share and every process gets all n, in order."""
-    mine = distributed.share(len(x))
-    parts = [torch.zeros(0, dtype=torch.float64)]  # more processes than images: some score none
-    with distributed.together("scoring"), tracking(progress, mine.stop - mine.start, "scoring", "img") as bar:
-        for k in range(mine.start, mine.stop, SCORE_BATCH):
-            rows = slice(k, min(mine.stop, k + SCORE_BATCH))
+    with num_samples importance samples), in chunks of SCORE_BATCH images by position, each encoded to the
+    model's input on its own; under torchrun each process scores its share of the chunks (so every image is
+    computed in the batch one process computes it in) and every process gets all n, in order."""
+    chunks = distributed.chunks(len(x), SCORE_BATCH)
+    parts = [torch.zeros(0, dtype=torch.float64)]  # more processes than chunks: some score none
+    count = sum(c.stop - c.start for c in chunks)
+    with distributed.together("scoring"), tracking(progress, count, "scoring", "img") as bar:
+        for rows in chunks:
             part = None if cond is None else cond[rows]
             batch = model.encode(x[rows].long())
             parts.append(-image_log_prob(model, batch, part, num_samples=num_samples).cpu())
@@ -1001,7 +1001,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-num-samples",
         type=positive_int,
         metavar="K",
-        help="latent-variable models: importance samples per test image in the final evaluation (default: ELBO)",
+        help="latent-variable models with a stochastic posterior (vdvae): importance samples per test image in the "
+        "final evaluation (default: ELBO)",
     )
     t.add_argument(
         "--augment",
@@ -1143,7 +1144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         type=positive_int,
         metavar="K",
-        help="latent-variable models: the K-sample importance-weighted bound (default: the ELBO)",
+        help="latent-variable models with a stochastic posterior (vdvae): the K-sample importance-weighted bound "
+        "(default: the ELBO)",
     )
     _add_job_options(sc)
     sc.set_defaults(func=cmd_score)

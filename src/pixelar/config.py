@@ -158,6 +158,11 @@ class TrainConfig:
                 f"eval_num_samples applies to latent-variable models; the likelihood of {self.model!r} is exact "
                 "(leave it unset)"
             )
+        if self.eval_num_samples is not None and not model_class(self.model).stochastic_posterior:
+            raise ValueError(
+                f"eval_num_samples changes nothing for {self.model!r}: its posterior is deterministic, so every "
+                "importance sample is the same and the bound is the ELBO (leave it unset)"
+            )
         betas = self.betas
         if (
             not isinstance(betas, (tuple, list))

@@ -6,7 +6,10 @@ leaves it. Without torchrun (no WORLD_SIZE, or 1) nothing is initialised and eve
 a single process, so library code calls them unconditionally.
 
 Work is split in contiguous shares (`share`): rank r of N takes items [r*n//N, (r+1)*n//N), so the shares
-cover every item exactly once, in order, whatever n and N. A job whose results go to a file as they come
+cover every item exactly once, in order, whatever n and N. Work done in batches is shared as whole chunks
+(`chunks`): chunk k is always items [k*size, (k+1)*size), whichever process computes it, so every item is
+computed in the same batch as on one process (a batch's float rounding depends on its size: the same image
+scored in a batch of 4 and of 64 differs in the 7th digit). A job whose results go to a file as they come
 (samples, decoded images) is shared in rounds instead (`each_in_order`): round t's items t*N .. t*N + N - 1,
 one per process, so that the results arrive in order and only one round's are held. Sums are reduced in
 float64 (`all_sum`).
@@ -87,6 +90,14 @@ def share(n: int, r: int | None = None, world: int | None = None) -> slice:
     r = rank() if r is None else r
     world = world_size() if world is None else world
     return slice(r * n // world, (r + 1) * n // world)
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """This process's chunks of n items in chunks of `size` (chunk k: items [k*size, min(n, (k+1)*size))), as a
+    contiguous share of the chunks: the same chunks, and so the same batches, whatever the number of
+    processes (some may get none)."""
+    count = -(-n // size)
+    return [slice(k * size, min(n, (k + 1) * size)) for k in range(count)[share(count)]]
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,23 @@
 """Exact bits/dim of a model on a dataset (an upper bound for latent-variable models): every image counted once,
 the sum kept in float64.
 
-Under torchrun every process scores its own contiguous share of the images (pixelar.distributed.share) and
-the float64 sums are added over the processes, so N processes report the bits/dim of one (up to the float
-rounding of batches of other shapes) and the image count is checked against the dataset."""
+What a figure depends on: the weights, the images (and labels), the batch size and the device, never the
+number of processes. The images are scored in chunks of batch_size by their index in the set (chunk k:
+images [k*batch_size, (k+1)*batch_size)); under torchrun each process scores a contiguous share of the chunks
+(pixelar.distributed.chunks), so every image is computed in the same batch as on one process, and the chunks'
+float64 sums are gathered and added exactly (math.fsum): 1, 2 or 7 processes give the same figure, to the
+last digit. Another batch size rounds differently (about 1e-7 of the figure, float32 arithmetic).
+
+A latent-variable model's random draws are tied to the image, not to the batch or the process: each image's
+draws come from generators seeded from a hash of its content (its sub-pixels and label) and EVAL_LATENT_SEED
+(`image_seeds`), so an image gets the same draws in any call, in any batch, beside any other images, on any
+process; an image given twice gets the same value twice. Its bound then differs between batch sizes by
+float rounding only."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 
 import torch
@@ -59,13 +69,31 @@ def order_mixture(per_order: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(per_order, dim=1) - math.log(per_order.shape[1])
 
 
-# Latent-variable models draw their latents from torch's global generator: evaluation forks it and seeds it
-# with this (plus the process's rank), so an evaluation gives the same bound every time
+# Latent-variable models draw each image's latents from generators seeded from this and the image's content
+# (image_seeds), so an evaluation gives the same bound every time, whatever the batch or the process
 EVAL_LATENT_SEED = 0
 
 
+def image_seeds(x: torch.Tensor, cond: torch.Tensor | None = None, seed: int = EVAL_LATENT_SEED) -> torch.Tensor:
+    """One seed per image, (B,) int64 >= 0, from its content: a hash of `seed`, the image's values x[i] (the
+    model's int inputs) and its cond (a label or a vector), where given. The same image and cond give the
+    same seed in any call; images that differ in one sub-pixel get unrelated ones."""
+    values = x.detach().to("cpu", torch.int64).contiguous().numpy()
+    conds = None if cond is None else cond.detach().cpu().contiguous().numpy()
+    out = []
+    for i in range(len(values)):
+        h = hashlib.blake2b(int(seed).to_bytes(8, "little"), digest_size=8)
+        h.update(repr(values.shape[1:]).encode())
+        h.update(values[i].tobytes())
+        if conds is not None:  # the label (or vector) is part of what is scored: log p(x | y)
+            h.update(b"cond" + str(conds.dtype).encode() + conds[i].tobytes())
+        out.append(int.from_bytes(h.digest(), "little") >> 1)
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def _check_num_samples(model, num_samples) -> int | None:
-    """num_samples for a latent-variable model (None: the ELBO); refused for a model with an exact likelihood."""
+    """num_samples for a latent-variable model with a stochastic posterior (None: the ELBO); refused for a model
+    with an exact likelihood, and for one with a deterministic posterior, where it changes nothing."""
     if num_samples is None:
         return None
     if model.likelihood != "bound":
@@ -76,39 +104,36 @@ def _check_num_samples(model, num_samples) -> int | None:
             f" (importance samples) applies to latent-variable models; the likelihood of model {model.name!r} is "
             "exact, so leave it out",
         )
+    if not model.stochastic_posterior:
+        raise ArgumentValueError(
+            "num_samples",
+            "num_samples",
+            "",
+            f" (importance samples) changes nothing for model {model.name!r}: its posterior is deterministic (one "
+            "code map per image), so every importance sample is the same and the bound is the ELBO; leave it out",
+        )
     return check_num_samples(num_samples)
 
 
-@contextlib.contextmanager
-def seeded_latents(model):
-    """A block in which a latent-variable model's draws (from torch's generator) repeat from call to call:
-    the generator forked and seeded with EVAL_LATENT_SEED + rank, the caller's state left as it was. Nothing
-    for models with an exact likelihood."""
-    if model.likelihood != "bound":
-        yield
-        return
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(EVAL_LATENT_SEED + distributed.rank())
-        yield
-
-
-def _elbo(model, x, cond) -> torch.Tensor:
-    terms = model.elbo(x, cond)
-    return -(terms["distortion"] + terms["rate"])
+def _elbo(model, x, cond, seeds) -> dict[str, torch.Tensor]:
+    """A latent-variable model's ELBO of each image and its rate, (B,) nats each, with the KL in closed form."""
+    terms = model.elbo(x, cond, seeds=seeds)
+    return {"elbo": -(terms["distortion"] + terms["rate"]), "rate": terms["rate"]}
 
 
 def image_log_prob(model, x: torch.Tensor, cond=None, num_samples: int | None = None) -> torch.Tensor:
     """log p(x) of each image in nats, (B,), as `evaluate` scores it (eval mode, no autograd): x are the
     model's inputs (encode data images of tokenized models first); models with several generation orders give
     the mixture over them. Latent-variable models give a lower bound: the ELBO (num_samples None or 1), or the
-    importance-weighted bound with num_samples > 1 (each call draws afresh)."""
+    importance-weighted bound with num_samples > 1, each image's draws seeded by its content (image_seeds):
+    an image gets the same value in any call and beside any other images (up to float rounding of the batch)."""
     num_samples = _check_num_samples(model, num_samples)
     with inference(model):
         if model.likelihood == "bound":
+            seeds = image_seeds(x, cond)
             if num_samples is None or num_samples == 1:
-                return _elbo(model, x, cond).double()
-            return model.log_prob(x, cond, num_samples=num_samples).double()
+                return _elbo(model, x, cond, seeds)["elbo"].double()
+            return model.log_prob(x, cond, num_samples=num_samples, seeds=seeds).double()
         if model.num_orders > 1:
             return order_mixture(model.log_prob_per_order(x, cond).double())
         return model.log_prob(x, cond).double()
@@ -152,8 +177,14 @@ def evaluate(
     has "bound": True, "bpd_elbo" (the ELBO with its KL in closed form, always), "bpd_rate" and
     "bpd_distortion" (its two parts), and with num_samples K > 1 also "bpd_iw", the K-sample importance-weighted
     bound, and "num_samples"; "bpd" (and "nats_per_image") is the tightest of them: "bpd_iw" when K > 1, else
-    "bpd_elbo". The latents are drawn from torch's generator, forked and seeded (EVAL_LATENT_SEED + rank), so
-    the numbers repeat from call to call. num_samples is refused for models with an exact likelihood.
+    "bpd_elbo". Each image's latents are drawn from generators seeded by its content (image_seeds), so the
+    numbers repeat from call to call and do not depend on the batches or the processes. num_samples is refused
+    for models with an exact likelihood and for a deterministic posterior (the VQ-VAE's), where it changes
+    nothing.
+
+    The figures depend on the weights, the images, batch_size (float rounding) and the device, not on the
+    number of processes: the images are scored in chunks of batch_size by index, shared out as whole chunks,
+    and the chunks' sums added exactly (see the module docstring).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -161,7 +192,7 @@ def evaluate(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     num_samples = _check_num_samples(model, num_samples)
     bound = model.likelihood == "bound"
-    importance = bound and num_samples is not None and num_samples > 1 and model.stochastic_posterior
+    importance = bound and num_samples is not None and num_samples > 1
     # models over tokens (Image GPT's palette) are built for data images other than their inputs
     data_image, tokenizer = model.data_image, model.tokenizer
     if dataset.spec != data_image:
@@ -171,64 +202,73 @@ def evaluate(
     ds = first_images(dataset, subset)
     if len(ds) == 0:
         raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) has no images to evaluate")
-    if len(ds) < distributed.world_size():
-        raise ValueError(f"{len(ds)} images cannot be shared by {distributed.world_size()} processes: use fewer")
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     # one fixed binarization of a dynamically binarized split, drawn before it is shared out
     ds = fixed_binarization(ds, torch.Generator().manual_seed(EVAL_BINARIZATION_SEED))
-    mine = select(ds, distributed.share(len(ds)))  # this process's images: every image in exactly one share
+    # this process's chunks of batch_size images by index in the set, as one contiguous run of images that starts
+    # at a chunk: its batches are those chunks, the batches one process scores (some processes may get none)
+    chunks = distributed.chunks(len(ds), batch_size)
+    mine = select(ds, slice(chunks[0].start, chunks[-1].stop) if chunks else slice(0, 0))
     K = model.num_orders
     with_parts = model.has_parts and K == 1
-    # float64 sums of this share, added over the processes at the end: nats, images, non-finite images,
-    # nats per order, the palette's reconstruction error and the parts (in the model's order of parts)
-    sums = {"nats": 0.0, "images": 0.0, "non_finite": 0.0, "nats_iw": 0.0, "rate": 0.0}
-    per_order = torch.zeros(K, dtype=torch.float64)
-    recon = {"sq_err_sum": 0.0, "exact_pixels": 0.0, "pixels": 0.0, "sub_pixels": 0.0}
-    parts: dict[str, float] = {}
+    # per chunk, the float64 sums of its images: nats, images, non-finite images, the importance-weighted nats
+    # and the rate (latent-variable models), the palette's reconstruction error, the parts (in the model's
+    # order) and the nats per order; gathered over the processes and added exactly at the end
+    rows: list[dict] = []
+    done = {"nats": 0.0, "images": 0}  # this process's, for the progress bar
     dims_ln2 = model.image.dims * math.log(2)
     with (
+        distributed.together("evaluating"),  # an error in one process stops all (none waits for it)
         inference(model),  # eval mode, no autograd (else every batch's graph stays alive through the sums)
-        seeded_latents(model),
         tracking(progress, len(mine), "evaluating", "img") as bar,
     ):
         for x, y in iterate_batches(mine, batch_size, shuffle=False):
+            row = {"nats_iw": 0.0, "rate": 0.0, "non_finite": 0.0, "parts": {}, "per_order": [0.0] * K}
             cond = y.to(device) if model.num_classes else None
             if tokenizer is not None:  # data images -> tokens; how lossy that is, summed over the split
-                for k, v in tokenizer.reconstruction_error(x.to(device)).items():
-                    recon[k] += v
+                row.update(tokenizer.reconstruction_error(x.to(device)))
                 x = model.encode(x.to(device))
+            x = x.to(device)
             with autocast:
                 if K > 1:
-                    per = model.log_prob_per_order(x.to(device), cond).double()  # (B, K) nats
+                    per = model.log_prob_per_order(x, cond).double()  # (B, K) nats
                     lp = order_mixture(per)  # (B,) the mixture over orders
-                    per_order += -per.sum(0).cpu()
+                    row["per_order"] = (-per.sum(0)).tolist()
                 elif with_parts:
-                    named = model.log_prob_parts(x.to(device), cond)  # {part: (B,) nats}, summing to log p(x)
-                    for name, v in named.items():
-                        parts[name] = parts.get(name, 0.0) - v.double().sum().item()
+                    named = model.log_prob_parts(x, cond)  # {part: (B,) nats}, summing to log p(x)
+                    row["parts"] = {name: -v.double().sum().item() for name, v in named.items()}
                     lp = sum(named.values())
                 elif bound:
-                    terms = model.elbo(x.to(device), cond)  # the ELBO, KL in closed form
-                    lp = -(terms["distortion"] + terms["rate"])
-                    sums["rate"] += terms["rate"].double().sum().item()
+                    seeds = image_seeds(x, cond)  # each image's draws from its content
+                    terms = _elbo(model, x, cond, seeds)  # the ELBO, KL in closed form
+                    lp = terms["elbo"]
+                    row["rate"] = terms["rate"].double().sum().item()
                     if importance:
-                        iw = model.log_prob(x.to(device), cond, num_samples=num_samples)
-                        sums["nats_iw"] += -iw.double().sum().item()
-                        sums["non_finite"] += int((~torch.isfinite(iw)).sum())
+                        iw = model.log_prob(x, cond, num_samples=num_samples, seeds=seeds)
+                        row["nats_iw"] = -iw.double().sum().item()
+                        row["non_finite"] += int((~torch.isfinite(iw)).sum())
                 else:
-                    lp = model.log_prob(x.to(device), cond)  # (B,) nats
-            sums["nats"] += -lp.double().sum().item()
-            sums["images"] += len(x)
-            sums["non_finite"] += int((~torch.isfinite(lp)).sum())
-            bar.advance(len(x), bpd=sums["nats"] / (sums["images"] * dims_ln2))
-    packed = torch.tensor([*sums.values(), *recon.values(), *parts.values()], dtype=torch.float64)
-    packed = distributed.all_sum(torch.cat([packed, per_order]))
-    values = iter(packed.tolist())
-    sums = {k: next(values) for k in sums}
-    recon = {k: next(values) for k in recon}
-    parts = {k: next(values) for k in parts}
-    per_order = list(values)
+                    lp = model.log_prob(x, cond)  # (B,) nats
+            row["nats"] = -lp.double().sum().item()
+            row["images"] = len(x)
+            row["non_finite"] += int((~torch.isfinite(lp)).sum())
+            rows.append(row)
+            done["nats"] += row["nats"]
+            done["images"] += len(x)
+            bar.advance(len(x), bpd=done["nats"] / (done["images"] * dims_ln2))
+    rows = [row for share in distributed.gather_objects(rows) for row in share]  # every chunk, in order
+
+    def total(values) -> float:
+        """The exactly rounded sum (the same whatever the order or grouping of the chunks); where a value is not
+        finite, the plain sum (NaN or inf, which the check below reports)."""
+        values = list(values)
+        return math.fsum(values) if all(map(math.isfinite, values)) else sum(values)
+
+    sums = {k: total(row[k] for row in rows) for k in ("nats", "images", "non_finite", "nats_iw", "rate")}
+    recon = {k: total(row.get(k, 0.0) for row in rows) for k in ("sq_err_sum", "exact_pixels", "pixels", "sub_pixels")}
+    parts = {k: total(row["parts"][k] for row in rows) for k in rows[0]["parts"]}
+    per_order = [total(row["per_order"][k] for row in rows) for k in range(K)]
     n, nats, non_finite = len(ds), sums["nats"], int(sums["non_finite"])
     if int(sums["images"]) != n:  # every image scored exactly once, whatever the number of processes
         raise RuntimeError(f"evaluation scored {int(sums['images'])} images of {n}: the processes' shares are wrong")

@@ -34,6 +34,7 @@ from ..sampling import sample as sample_images
 from ..threads import step_work, threads_for
 from ..tracing import is_tracing
 from ..types import ImageSpec
+from .noise import LatentNoise, check_seeds
 from .persistence import CONFIG_FORMAT, CONFIG_VERSION, save_model_dir
 
 
@@ -399,10 +400,11 @@ class LatentImageModel(ImageModel):
     A subclass calls `super().__init__(image, output, num_classes, cond_dim)` (output: {"kind": ..., **options}
     of the decoder's pixel distribution p(x | z), `self.distribution`) and implements, on checked inputs:
 
-    - `log_weight(x, cond) -> (B,)`: log p(x, z) - log q(z | x) for one draw z ~ q(z | x) per image. A model with
-      a deterministic posterior (VQ-VAE) sets `stochastic_posterior = False`: log_prob then draws once,
-      whatever num_samples.
-    - `elbo_terms(x, cond) -> dict` as `elbo` returns it.
+    - `log_weight(x, cond, noise) -> (B,)`: log p(x, z) - log q(z | x) for one draw z ~ q(z | x) per image, its
+      standard normal draws from `noise.randn(like)` (a LatentNoise: per-image generators where the caller
+      gave seeds, else torch's). A model with a deterministic posterior (VQ-VAE) sets
+      `stochastic_posterior = False`: log_prob then draws once, whatever num_samples.
+    - `elbo_terms(x, cond, noise) -> dict` as `elbo` returns it, its draws from `noise` likewise.
     - `ancestral_sample(n, cond, temperature, generator) -> (n, C, H, W)` int64: z from the prior, x from
       p(x | z); temperature is what the model accepts (a number, or e.g. a per-layer list), checked there.
     """
@@ -429,10 +431,10 @@ class LatentImageModel(ImageModel):
         return x.to(dtype) * (2.0 / (self.image.num_values - 1)) - 1.0
 
     # ----- to implement -------------------------------------------------------------------------------------
-    def log_weight(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def log_weight(self, x: torch.Tensor, cond: torch.Tensor | None, noise: LatentNoise) -> torch.Tensor:
         raise NotImplementedError
 
-    def elbo_terms(self, x: torch.Tensor, cond: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, cond: torch.Tensor | None, noise: LatentNoise) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def ancestral_sample(self, n: int, cond, temperature, generator) -> torch.Tensor:
@@ -440,10 +442,17 @@ class LatentImageModel(ImageModel):
 
     # ----- the bounds ---------------------------------------------------------------------------------------
     def log_prob(
-        self, x: torch.Tensor, cond: torch.Tensor | None = None, reduce: bool = True, num_samples: int = 1
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        reduce: bool = True,
+        num_samples: int = 1,
+        seeds=None,
     ) -> torch.Tensor:
         """log (1/K sum_k p(x, z_k) / q(z_k | x)), z_k ~ q(z | x), K = num_samples: (B,) nats, a stochastic lower
-        bound of log p(x | cond) (its exp is unbiased for p(x)); draws from torch's global generator."""
+        bound of log p(x | cond) (its exp is unbiased for p(x)). The draws come from torch's global generator,
+        or with seeds (one integer >= 0 per image) sample k of image i from a generator of its own seeded from
+        (seeds[i], 1 + k): then an image's value depends on its seed, not on the batch (pixelar.models.noise)."""
         if not reduce:
             raise NotImplementedError(
                 f"model {self.name!r} is a latent-variable model: its likelihood has no per-sub-pixel "
@@ -455,21 +464,26 @@ class LatentImageModel(ImageModel):
         x = self.check_input(x)
         cond = self.check_cond(cond, x.shape[0])
         B = x.shape[0]
+        seeds = check_seeds(seeds, B)
         per_pass = max(1, min(K, self.iw_batch // max(B, 1)))  # samples per pass through the model
         weights, done = [], 0
         while done < K:
             m = min(per_pass, K - done)
             xr = x.repeat(m, 1, 1, 1)  # (m*B, C, H, W), sample-major
             cr = None if cond is None else cond.repeat(m, *([1] * (cond.dim() - 1)))
-            weights.append(self.log_weight(xr, cr).float().view(m, B))
+            weights.append(self.log_weight(xr, cr, LatentNoise.for_samples(seeds, done, m)).float().view(m, B))
             done += m
         return torch.logsumexp(torch.cat(weights), dim=0) - math.log(K)  # (B,)
 
-    def elbo(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def elbo(self, x: torch.Tensor, cond: torch.Tensor | None = None, seeds=None) -> dict[str, torch.Tensor]:
         """The evidence lower bound in parts, nats: {"distortion": (B,) -log p(x | z), "rate": (B,) the total KL,
-        "rate_per_layer": (B, L) the KL of each latent layer}; ELBO = -(distortion + rate) <= log p(x)."""
+        "rate_per_layer": (B, L) the KL of each latent layer}; ELBO = -(distortion + rate) <= log p(x). z is drawn
+        from torch's global generator, or with seeds (one integer >= 0 per image) image i's from a generator of
+        its own seeded from (seeds[i], 0)."""
         x = self.check_input(x)
-        return self.elbo_terms(x, self.check_cond(cond, x.shape[0]))
+        seeds = check_seeds(seeds, x.shape[0])
+        noise = LatentNoise() if seeds is None else LatentNoise(seeds, torch.zeros_like(seeds))
+        return self.elbo_terms(x, self.check_cond(cond, x.shape[0]), noise)
 
     def objective(self, x: torch.Tensor, cond: torch.Tensor | None = None, **kw) -> torch.Tensor:
         """The ELBO, -(distortion + rate), (B,) nats: what training maximises."""

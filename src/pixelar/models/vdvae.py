@@ -332,14 +332,14 @@ class VDVAE(LatentImageModel):
             x = block.update(x, choose(k, (pm, plogs), posterior))
         return self.out(x * self.gain + self.bias)
 
-    def _encode_decode(self, x: torch.Tensor, cond):
-        """z ~ q(z | x) layer by layer: (output params, per layer (z, posterior mean, log-std, prior mean,
-        log-std))."""
+    def _encode_decode(self, x: torch.Tensor, cond, noise):
+        """z ~ q(z | x) layer by layer, its standard normal draws from noise (a LatentNoise): (output params, per
+        layer (z, posterior mean, log-std, prior mean, log-std))."""
         layers = []
 
         def draw(k, prior, posterior):
             qm, qlogs = posterior
-            z = qm + torch.exp(qlogs) * torch.randn_like(qm)
+            z = qm + torch.exp(qlogs) * noise.randn(qm)
             layers.append((z, qm, qlogs, *prior))
             return z
 
@@ -347,8 +347,8 @@ class VDVAE(LatentImageModel):
         return self._top_down(x.shape[0], cond, draw, acts), layers
 
     # ----- the contract -------------------------------------------------------------------------------------
-    def elbo_terms(self, x: torch.Tensor, cond) -> dict[str, torch.Tensor]:
-        params, layers = self._encode_decode(x, cond)
+    def elbo_terms(self, x: torch.Tensor, cond, noise) -> dict[str, torch.Tensor]:
+        params, layers = self._encode_decode(x, cond, noise)
         distortion = -self.distribution.log_prob(params, x).flatten(1).sum(1)
         per_layer = torch.stack(
             [
@@ -359,8 +359,8 @@ class VDVAE(LatentImageModel):
         )  # (B, L)
         return {"distortion": distortion, "rate": per_layer.sum(1), "rate_per_layer": per_layer}
 
-    def log_weight(self, x: torch.Tensor, cond) -> torch.Tensor:
-        params, layers = self._encode_decode(x, cond)
+    def log_weight(self, x: torch.Tensor, cond, noise) -> torch.Tensor:
+        params, layers = self._encode_decode(x, cond, noise)
         lw = self.distribution.log_prob(params, x).flatten(1).sum(1)
         for z, qm, qlogs, pm, plogs in layers:
             z, qm, qlogs, pm, plogs = (upcast(t) for t in (z, qm, qlogs, pm, plogs))

@@ -561,16 +561,17 @@ class VQVAE(LatentImageModel):
         return -(terms["distortion"] + terms["rate"]) - (aux - aux.detach())
 
     # ----- the contract -------------------------------------------------------------------------------------
-    def elbo_terms(self, x: torch.Tensor, cond) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, cond, noise=None) -> dict[str, torch.Tensor]:
         """distortion -log p(x | z(x)), rate -log p(z(x)) (the KL of the one-hot posterior to the prior),
-        rate_per_layer (B, levels) bottom first; no codebook update (whatever the mode)."""
+        rate_per_layer (B, levels) bottom first; no codebook update (whatever the mode). Nothing is drawn (the
+        posterior is a point mass), so noise goes unused."""
         levels = self._encode(x)
         params = self._decoder_params([z_q for _, z_q, _, _ in levels])
         distortion = -self.distribution.log_prob(params, x).flatten(1).sum(1)
         per_level = self._rates([c for _, _, c, _ in levels], cond)
         return {"distortion": distortion, "rate": per_level.sum(1), "rate_per_layer": per_level}
 
-    def log_weight(self, x: torch.Tensor, cond) -> torch.Tensor:
+    def log_weight(self, x: torch.Tensor, cond, noise=None) -> torch.Tensor:
         """log p(x | z(x)) + log p(z(x)): with log q(z(x) | x) = 0 the weight of the single draw is the bound."""
         terms = self.elbo_terms(x, cond)
         return -(terms["distortion"] + terms["rate"])

@@ -31,7 +31,8 @@ CHUNK_IMAGES = 64  # default batch_size: images drawn together from one generato
 
 
 def chunk_seed(seed: int, k: int) -> int:
-    """The seed of chunk k's generator: derived from (seed, k), apart from the other chunks' streams."""
+    """The seed of stream k of `seed`: derived from (seed, k), apart from the other streams (chunk k's generator
+    here; an image's k-th latent draw in pixelar.models.noise)."""
     return int(np.random.SeedSequence([int(seed), 0x5A3, int(k)]).generate_state(1, np.uint64)[0] >> 1)
 
 
