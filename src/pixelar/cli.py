@@ -551,9 +551,9 @@ def cmd_sample(args) -> int:
     # chunks of images with generators of their own: the same images on any number of processes
     x = sample_seeded(
         model,
-        args.n,
+        args.count,
         args.seed,
-        cond=_cond(model, args.n, args.cls),
+        cond=_cond(model, args.count, args.cls),
         temperature=args.temperature,
         method=method,
         progress=_progress(args),
@@ -562,7 +562,7 @@ def cmd_sample(args) -> int:
     )
     if distributed.is_main():
         save_grid(model.decode(x), model.data_image, args.out, nrow=args.nrow)  # tokens -> colours where tokenized
-    print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
+    print(f"wrote {args.count} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
 
 
@@ -576,7 +576,7 @@ def cmd_complete(args) -> int:
     _notes(args, args.keep, mask_notes)
     if bool(keep.all()):
         raise ValueError("the mask keeps every pixel: nothing to complete (white = keep, black = hidden)")
-    cond = _cond(model, args.n, args.cls)
+    cond = _cond(model, args.count, args.cls)
     if args.score:
         with inference(model):  # NotImplementedError where the model generates in one fixed order
             nats = -model.conditional_log_prob(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
@@ -590,7 +590,7 @@ def cmd_complete(args) -> int:
         model,
         model.encode(x[None])[0],
         keep,
-        n=args.n,
+        n=args.count,
         seed=args.seed,  # the same completions on any number of processes
         batch_size=args.batch_size,
         cond=cond,
@@ -604,8 +604,8 @@ def cmd_complete(args) -> int:
         x = model.decode(model.encode(x[None]))[0]
     shown = x * keep  # the kept part, hidden pixels black
     if distributed.is_main():
-        save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.n + 2)
-    print(f"wrote original, kept pixels and {args.n} completion(s) to {args.out} (method {method})")
+        save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.count + 2)
+    print(f"wrote original, kept pixels and {args.count} completion(s) to {args.out} (method {method})")
     return 0
 
 
@@ -788,7 +788,7 @@ def cmd_plot(args) -> int:
 def cmd_export(args) -> int:
     out = _out_dir(args.out_dir, "image.png")
     ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
-    paths = export_images(ds, out, start=args.start, n=args.n, overwrite=args.force)
+    paths = export_images(ds, out, start=args.start, n=args.count, overwrite=args.force)
     shown = paths[0].name if len(paths) == 1 else f"{paths[0].name} .. {paths[-1].name}"
     labels = f"; labels in {out / 'labels.csv'}" if ds.labels is not None else ""
     print(f"wrote {len(paths)} {args.split} image(s) of {args.dataset} to {out}: {shown}{labels}")
@@ -877,7 +877,7 @@ def cmd_pretrained(args) -> int:
         for key, label in CARD_FIELDS:
             if key in card:
                 print(f"  {label + ':':<40} {_card_value(key, card[key])}")
-        print(f"\nuse it wherever a run directory goes: pixelar sample {args.name} --n 16 --out samples.png")
+        print(f"\nuse it wherever a run directory goes: pixelar sample {args.name} --count 16 --out samples.png")
         return 0
     if args.json:
         print(json.dumps([pretrained.card(n) for n in names], indent=2))
@@ -898,6 +898,10 @@ def cmd_pretrained(args) -> int:
     return 0
 
 
+# torchrun's parser reads its options from the whole command line, ours included, abbreviations allowed, and
+# refuses an ambiguous prefix of them: --n (--nnodes, --nproc-per-node, ...) and --start (--start-method). Each
+# such option has a spelling torchrun lets through (--count, --offset); tests/test_cli.py checks every option.
+COUNT_HELP = " (--n also works, but not under torchrun, which takes --n for a prefix of its own options)"
 RUN_DIR_HELP = "a run directory (or saved model), or a pretrained model's name (see `pixelar pretrained`)"
 CONVERT_HELP = (
     "convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
@@ -1049,7 +1053,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "complete":
             s.add_argument("--image", required=True, help="PNG/JPEG of the model's size")
             s.add_argument("--keep", required=True, help="top-half, left-half, or a mask image (white = keep)")
-            s.add_argument("--n", type=positive_int, default=4, help="number of completions")
+            s.add_argument(
+                "--count", "--n", type=positive_int, metavar="N", default=4, help="number of completions" + COUNT_HELP
+            )
             s.add_argument(
                 "--score",
                 action="store_true",
@@ -1057,7 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
             s.add_argument("--convert", action="store_true", help=CONVERT_HELP)
         else:
-            s.add_argument("--n", type=positive_int, default=64)
+            s.add_argument(
+                "--count", "--n", type=positive_int, metavar="N", default=64, help="number of samples" + COUNT_HELP
+            )
             s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
         s.add_argument("--out", required=True, help="the PNG file to write")
         s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -1158,8 +1166,19 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH, folder+convert:PATH"
     )
     x.add_argument("--split", default="test", choices=["test", "train", "val"], help="default test")
-    x.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
-    x.add_argument("--start", type=nonnegative_int, default=0, help="index of the first image in the split")
+    x.add_argument(
+        "--count", "--n", type=positive_int, metavar="N", default=8, help="number of images (default 8)" + COUNT_HELP
+    )
+    x.add_argument(
+        "--offset",
+        "--start",
+        dest="start",
+        type=nonnegative_int,
+        default=0,
+        metavar="I",
+        help="index of the first image in the split (--start also works, but not under torchrun, whose "
+        "--start-method takes it)",
+    )
     x.add_argument("--out-dir", required=True, help="where DATASET-SPLIT-INDEX.png and labels.csv go")
     x.add_argument("--data-dir", help="where dataset files are (as for train)")
     x.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
