@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from . import codec, converters, distributed, models, pretrained
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
-from .errors import NamesArgument
+from .errors import SHORT_LIMIT, NamesArgument, shown
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.bpd import seeded_latents
 from .evaluation.probe import linear_probe
@@ -910,7 +912,7 @@ CONVERT_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixelar", description="Autoregressive image models with exact bits/dim.")
+    p = _Parser(prog="pixelar", description="Autoregressive image models with exact bits/dim.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
@@ -1231,47 +1233,79 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+def _short(message: str, given=()) -> str:
+    """message with each user-given string longer than SHORT_LIMIT characters cut as errors.shown cuts it: the
+    strings of the command line `given` (spaces and all), then any other run of that many non-space characters
+    (a path made from one, as pathlib normalised it)."""
+    for text in sorted({t for t in given if len(t) > SHORT_LIMIT}, key=len, reverse=True):
+        message = message.replace(text, shown(text, quote=False))
+    return re.sub(rf"\S{{{SHORT_LIMIT + 1},}}", lambda m: shown(m.group(), quote=False), message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors (an invalid choice, an unrecognized argument) echoing long strings cut (_short)."""
+
+    given: tuple[str, ...] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = tuple(sys.argv[1:] if args is None else args)  # a subcommand's parser: its own arguments
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        super().error(_short(message, self.given))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(given)
     if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
         distributed.init()
-        return _as_one_of_several(args)
-    return _run(args)
+        return _as_one_of_several(args, given)
+    return _run(args, given)
 
 
 # the commands whose work torchrun's processes share (the others run on rank 0 alone)
 SHARED_COMMANDS = ("train", "eval", "sample", "complete", "score", "compress", "decompress")
 
 
-def _as_one_of_several(args) -> int:
+def _as_one_of_several(args, given: list[str]) -> int:
     """Run the command as one process of a torchrun job: the others' output is silenced (their errors still
     show, marked with their rank), and the group is left at the end."""
     rank, code = distributed.rank(), 1
     try:
         if rank == 0:
-            code = _run(args)
+            code = _run(args, given)
         elif args.command not in SHARED_COMMANDS:  # the others run on rank 0 alone
             code = 0
         else:
             with contextlib.redirect_stdout(io.StringIO()):
-                code = _run(args, prefix=f"[rank {rank}] ")
+                code = _run(args, given, prefix=f"[rank {rank}] ")
         return code
     finally:
         distributed.finish(wait=code == 0)
 
 
-def _run(args, prefix: str = "") -> int:
+def _run(args, given=(), prefix: str = "") -> int:
+    """Run the command; an error becomes one line on stderr (a long string of `given`, the command line, cut)
+    and an exit code: 2 for bad input, 1 for a failure, 130 for Ctrl-C."""
     try:
         with num_threads(getattr(args, "threads", None)):  # --threads N for the whole command, restored after
             return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"{prefix}pixelar {args.command}: error: {_message(e)}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: error: {_short(_message(e), given)}", file=sys.stderr)
         return 2
     except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
         # what happened and what was kept
         hint = f" (pixelar train --resume {e.run_dir})" if isinstance(e, DiskFullError) and e.run_dir else ""
-        print(f"{prefix}pixelar {args.command}: error: {e}{hint}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: error: {_short(f'{e}{hint}', given)}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        # a path given that no file system takes (a name over its limit, typically 255 bytes): bad input
+        what = _short(shown(e.filename or "", quote=False), given)
+        print(f"{prefix}pixelar {args.command}: error: file name too long for the file system: {what}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         hint = " (continue with: pixelar train --resume RUN_DIR)" if args.command == "train" else ""
         print(f"{prefix}pixelar {args.command}: interrupted{hint}", file=sys.stderr)

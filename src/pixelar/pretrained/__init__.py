@@ -12,8 +12,10 @@ FileNotFoundError listing the pretrained names. Knows no model: it deals in dire
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+from ..errors import shown
 from ..io import read_json
 
 # the package's own directory (a module attribute so that tests can point it at a directory of their own)
@@ -29,7 +31,7 @@ def names() -> list[str]:
 
 def _unknown(name: str) -> str:
     shipped = ", ".join(names()) or "none are installed"
-    return f"{name!r} is not a pretrained model (pretrained models: {shipped})"
+    return f"{shown(name)} is not a pretrained model (pretrained models: {shipped})"
 
 
 def directory(name: str) -> Path:
@@ -48,13 +50,23 @@ def resolve(ref) -> Path:
     """The model directory that `ref` names: an existing path (it wins over a pretrained model of the same
     name), else the pretrained model `ref`; FileNotFoundError saying neither exists, with the names."""
     path = Path(ref)
-    if path.exists():
+    if _exists(path):
         return path
     if str(ref) in names():
         return ROOT / str(ref)
     raise FileNotFoundError(
-        f"no model directory at {path} (a run directory or a saved model), and {_unknown(str(ref))}"
+        f"no model directory at {shown(path, quote=False)} (a run directory or a saved model), and {_unknown(str(ref))}"
     )
+
+
+def _exists(path: Path) -> bool:
+    """path.exists(), False for a name too long to be a file's (where exists() raises instead)."""
+    try:
+        return path.exists()
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        return False
 
 
 def is_pretrained(ref) -> bool:
