@@ -521,3 +521,41 @@ def test_resume_refuses_flags_that_contradict_the_run(tmp_path, capsys):
         == 0
     )
     assert json.loads((run / "training_state.json").read_text())["step"] == 4
+
+
+def test_ctrl_c_in_train_says_what_there_is_to_resume(npz_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a new run reads (or caches) its dataset leaves no checkpoint: nothing to resume, and the same
+    command starts the run again; after a checkpoint the message names it and the run to resume."""
+    import functools
+
+    from run_helpers import stop_after
+
+    import pixelar.cli
+    import pixelar.training.loop
+
+    run = tmp_path / "run"
+    argv = ["train", "--size", "tiny", "--dataset", npz_data, "--batch-size", "8", "--steps", "4"]
+    argv += ["--checkpoint-every", "2", "--sample-n", "0", "--no-progress", "--run-dir", str(run)]
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(pixelar.training.loop, "load_dataset", ctrl_c)
+        assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"pixelar train: interrupted before the first checkpoint: none was saved in {run}, so there is nothing "
+        "to resume; start the run again"
+    )
+    train = pixelar.cli.train
+    monkeypatch.setattr(pixelar.cli, "train", functools.partial(train, on_step=stop_after(3)))
+    assert main(argv) == 130  # started again; Ctrl-C after step 3, the checkpoint of step 2 kept
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"pixelar train: interrupted: the last good checkpoint in {run} (step 2) is kept (continue with: "
+        f"pixelar train --resume {run})"
+    )
+    monkeypatch.setattr(pixelar.cli, "train", train)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "training_state.json").read_text())["step"] == 4

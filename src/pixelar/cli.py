@@ -1306,9 +1306,10 @@ def _run(args, given=(), prefix: str = "") -> int:
         what = _short(shown(e.filename or "", quote=False), given)
         print(f"{prefix}pixelar {args.command}: error: file name too long for the file system: {what}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = " (continue with: pixelar train --resume RUN_DIR)" if args.command == "train" else ""
-        print(f"{prefix}pixelar {args.command}: interrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train's TrainingInterrupted says what was kept, and the run to resume if any
+        run_dir = getattr(e, "run_dir", None)
+        hint = f" (continue with: pixelar train --resume {run_dir})" if run_dir is not None else ""
+        print(f"{prefix}pixelar {args.command}: {_short((str(e) or 'interrupted') + hint, given)}", file=sys.stderr)
         return 130
 
 
