@@ -105,6 +105,55 @@ def test_models_lists_every_model_with_parameter_counts(capsys):
         assert name in out
 
 
+def _torchrun_passes(argv: list[str]) -> str:
+    """'' where torchrun's own parser hands `-m pixelar ARGV` on unchanged, else what it did instead."""
+    import argparse
+    import contextlib
+    import io
+
+    from torch.distributed.run import get_args_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            ns = get_args_parser().parse_args(["--standalone", "--nproc_per_node=2", "-m", "pixelar", *argv])
+    except SystemExit:
+        return err.getvalue().strip().splitlines()[-1]
+    except argparse.ArgumentError as e:
+        return str(e)
+    got = [ns.training_script, *ns.training_script_args]
+    return "" if got == ["pixelar", *argv] else f"torchrun passed on {got}"
+
+
+def test_torchrun_hands_every_option_of_every_command_on_to_pixelar():
+    """torchrun reads its options from the whole command line, pixelar's included, and refuses an ambiguous prefix
+    of them (--n: --nnodes, --nproc-per-node, ...; --start: --start-method): every option's first spelling (the
+    one the help and the docs give) must pass through, written as `--opt V` and as `--opt=V`."""
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    refused = []
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            flag = action.option_strings[0]
+            for form in ([flag, "1"], [f"{flag}=1"]):
+                why = _torchrun_passes([command, "RUN", *form])
+                if why:
+                    refused.append(f"{command} {' '.join(form)}: {why}")
+    assert refused == []
+    # the old spellings, kept for one process, are what torchrun refuses
+    assert "ambiguous option: --n could match --nnodes" in _torchrun_passes(["sample", "RUN", "--n", "3"])
+    assert "ambiguous option: --start could match" in _torchrun_passes(["export", "mnist", "--start", "3"])
+    new, old = (
+        parser.parse_args(["export", "mnist", *f, "--out-dir", "d"])
+        for f in (["--count", "2", "--offset", "3"], ["--n", "2", "--start", "3"])
+    )
+    assert (new.count, new.start) == (old.count, old.start) == (2, 3)
+
+
 def test_score_compress_decompress_round_trip_and_errors(tmp_path, capsys):
     import torch
 
@@ -594,3 +643,41 @@ def test_a_closed_pipe_ends_a_command_quietly(command, tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+
+
+def test_ctrl_c_in_train_says_what_there_is_to_resume(npz_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a new run reads (or caches) its dataset leaves no checkpoint: nothing to resume, and the same
+    command starts the run again; after a checkpoint the message names it and the run to resume."""
+    import functools
+
+    from run_helpers import stop_after
+
+    import pixelar.cli
+    import pixelar.training.loop
+
+    run = tmp_path / "run"
+    argv = ["train", "--size", "tiny", "--dataset", npz_data, "--batch-size", "8", "--steps", "4"]
+    argv += ["--checkpoint-every", "2", "--sample-n", "0", "--no-progress", "--run-dir", str(run)]
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(pixelar.training.loop, "load_dataset", ctrl_c)
+        assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"pixelar train: interrupted before the first checkpoint: none was saved in {run}, so there is nothing "
+        "to resume; start the run again"
+    )
+    train = pixelar.cli.train
+    monkeypatch.setattr(pixelar.cli, "train", functools.partial(train, on_step=stop_after(3)))
+    assert main(argv) == 130  # started again; Ctrl-C after step 3, the checkpoint of step 2 kept
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"pixelar train: interrupted: the last good checkpoint in {run} (step 2) is kept (continue with: "
+        f"pixelar train --resume {run})"
+    )
+    monkeypatch.setattr(pixelar.cli, "train", train)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "training_state.json").read_text())["step"] == 4

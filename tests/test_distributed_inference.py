@@ -169,3 +169,18 @@ def test_chunks_are_the_batches_of_one_process_whatever_the_number_of_processes(
             monkeypatch.setattr(distributed, "world_size", lambda world=world: world)
             got.append(distributed.chunks(13, 4))
         assert [c for share in got for c in share] == one, world  # every chunk once, in order
+
+
+@pytest.mark.parametrize("command", ["sample", "complete"])
+def test_torchrun_command_lines_set_the_count_with_count(command, setup, tmp_path):
+    """The documented `torchrun ... -m pixelar sample|complete RUN --count N` (torchrun's own parser refuses --n,
+    an ambiguous prefix of its options): two processes draw the images that one process draws with --n."""
+    d, files = setup
+    argv = [command, str(d / "model"), "--count", "3", "--batch-size", "2", "--seed", "3"]  # 2 chunks: 1 each
+    if command == "complete":
+        argv += ["--image", files[0], "--keep", "top-half"]
+    two, one = tmp_path / "two.png", tmp_path / "one.png"
+    out = launch(2, *argv, "--out", str(two), cwd=tmp_path)
+    assert ("wrote 3 samples" if command == "sample" else "and 3 completion(s)") in out
+    run_here([[a if a != "--count" else "--n" for a in argv] + ["--out", str(one)]], tmp_path)
+    assert two.read_bytes() == one.read_bytes()

@@ -2,6 +2,7 @@
 or a silently wrong number."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -228,14 +229,15 @@ def test_library_counts_refuse_negatives():
         (["eval", "R", "--subset", "-5"], "--subset"),
         (["eval", "R", "--subset", "0"], "--subset"),
         (["eval", "R", "--batch-size", "0"], "--batch-size"),
-        (["sample", "R", "--out", "o.png", "--n", "0"], "--n"),
+        (["sample", "R", "--out", "o.png", "--n", "0"], "--count/--n"),
+        (["sample", "R", "--out", "o.png", "--count", "0"], "--count/--n"),
         (["sample", "R", "--out", "o.png", "--nrow", "0"], "--nrow"),
         (["sample", "R", "--out", "o.png", "--seed", "-1"], "--seed"),
         (["sample", "R", "--out", "o.png", "--class", "-1"], "--class"),
         (["sample", "R", "--out", "o.png", "--temperature", "-0.5"], "--temperature"),
         (["sample", "R", "--out", "o.png", "--temperature", "nan"], "--temperature"),
         (["sample", "R", "--out", "o.png", "--temperature", "inf"], "--temperature"),
-        (["complete", "R", "--image", "i.png", "--keep", "top-half", "--out", "o.png", "--n", "-2"], "--n"),
+        (["complete", "R", "--image", "i.png", "--keep", "top-half", "--out", "o.png", "--count", "-2"], "--count/--n"),
         (["train", "--steps", "0"], "--steps"),
         (["train", "--batch-size", "-1"], "--batch-size"),
         (["train", "--lr", "0"], "--lr"),
@@ -353,3 +355,64 @@ def test_dotted_set_options_nest_and_conflicts_are_refused():
     assert model.hparams["output"] == {"kind": "logistic_mixture", "nr_mix": 3}
     model = create_model("pixelcnn_pp", ImageSpec(1, 4, 4, 4), "tiny", output="categorical")
     assert model.hparams["output"] == {"kind": "categorical"}
+
+
+# ----- a huge user-given string is echoed cut, never whole ------------------------------------------------------
+HUGE = "x" * 10**6
+
+
+def _cut(message: str) -> None:
+    """A message that echoes HUGE (or a name made from it) as its first 60 characters and its length."""
+    assert len(message) < 1000, message[:300]
+    assert "x" * 60 + "..." in message and re.search(r"\(1,000,00\d characters\)", message), message
+
+
+def test_library_errors_echo_a_huge_name_cut(npz_data):
+    from pixelar.config import TrainConfig
+    from pixelar.data import load_dataset
+    from pixelar.recipes import get_recipe
+
+    for call, error in (
+        (lambda: create_model(HUGE, SPEC), ValueError),
+        (lambda: create_model("pixelcnn", SPEC, HUGE), ValueError),
+        (lambda: create_model("pixelcnn", SPEC, **{HUGE: 1}), ValueError),
+        (lambda: TrainConfig(model=HUGE).validate(), ValueError),
+        (lambda: TrainConfig(dataset=npz_data, precision=HUGE).validate(), ValueError),
+        (lambda: get_recipe(HUGE), ValueError),
+        (lambda: load_dataset(HUGE, "test"), ValueError),
+        (lambda: load_model(HUGE), FileNotFoundError),  # a name too long for a file: no directory, no OSError
+        (lambda: pixelar.pretrained.card(HUGE), ValueError),
+    ):
+        with pytest.raises(error) as e:
+            call()
+        _cut(str(e.value))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", HUGE],  # used to be an OSError traceback (file name too long)
+        ["train", "--model", HUGE, "--steps", "1"],
+        ["train", "--recipe", HUGE],
+        ["pretrained", HUGE],
+        ["eval", "fashion_mnist-pixelcnn_pp", "--dataset", HUGE],
+        ["sample", "fashion_mnist-pixelcnn_pp", "--out", HUGE + ".png"],  # an OSError traceback too
+        ["score", "fashion_mnist-pixelcnn_pp", HUGE + ".png"],
+        ["train", "--set", HUGE + "=1", "--steps", "1"],
+    ],
+)
+def test_the_cli_echoes_a_huge_argument_cut_in_one_line_and_exit_2(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    _cut(_one_line_error(capsys, argv[0]))
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    "argv", [["train", "--size", HUGE], ["sample", "R", "--out", "o.png", "--count", HUGE], ["eval", "R", "--x", HUGE]]
+)
+def test_argparse_errors_echo_a_huge_argument_cut(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    _cut(capsys.readouterr().err.splitlines()[-1])

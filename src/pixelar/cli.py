@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from . import codec, converters, distributed, models, pretrained
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
-from .errors import NamesArgument
+from .errors import SHORT_LIMIT, NamesArgument, shown
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.probe import linear_probe
 from .image_files import Grid, image_format, load_image, save_grid, save_image
@@ -557,7 +559,7 @@ def cmd_sample(args) -> int:
     t = time.time()
     method = model.sampling_method(args.method)
     # the grid's 8-bit pixels, filled chunk by chunk: memory of the PNG, not of n int64 images (rank 0 writes)
-    grid = Grid(args.n, model.data_image, nrow=args.nrow) if distributed.is_main() else None
+    grid = Grid(args.count, model.data_image, nrow=args.nrow) if distributed.is_main() else None
     device = next(model.parameters()).device
 
     def place(rows: slice, x: torch.Tensor) -> None:
@@ -567,10 +569,10 @@ def cmd_sample(args) -> int:
     # chunks of images with generators of their own: the same images on any number of processes
     sample_chunks(
         model,
-        args.n,
+        args.count,
         args.seed,
         place,
-        cond=_cond(model, args.n, args.cls),
+        cond=_cond(model, args.count, args.cls),
         temperature=args.temperature,
         method=method,
         progress=_progress(args),
@@ -579,7 +581,7 @@ def cmd_sample(args) -> int:
     )
     if grid is not None:
         grid.save(args.out)
-    print(f"wrote {args.n} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
+    print(f"wrote {args.count} samples to {args.out} ({time.time() - t:.1f} s, method {method})")
     return 0
 
 
@@ -593,7 +595,7 @@ def cmd_complete(args) -> int:
     _notes(args, args.keep, mask_notes)
     if bool(keep.all()):
         raise ValueError("the mask keeps every pixel: nothing to complete (white = keep, black = hidden)")
-    cond = _cond(model, args.n, args.cls)
+    cond = _cond(model, args.count, args.cls)
     if args.score:
         with inference(model):  # NotImplementedError where the model generates in one fixed order
             nats = -model.conditional_log_prob(model.encode(x[None]), keep, None if cond is None else cond[:1]).item()
@@ -607,7 +609,7 @@ def cmd_complete(args) -> int:
         model,
         model.encode(x[None])[0],
         keep,
-        n=args.n,
+        n=args.count,
         seed=args.seed,  # the same completions on any number of processes
         batch_size=args.batch_size,
         cond=cond,
@@ -621,8 +623,8 @@ def cmd_complete(args) -> int:
         x = model.decode(model.encode(x[None]))[0]
     shown = x * keep  # the kept part, hidden pixels black
     if distributed.is_main():
-        save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.n + 2)
-    print(f"wrote original, kept pixels and {args.n} completion(s) to {args.out} (method {method})")
+        save_grid(torch.cat([x[None], shown[None], out]), spec, args.out, nrow=args.count + 2)
+    print(f"wrote original, kept pixels and {args.count} completion(s) to {args.out} (method {method})")
     return 0
 
 
@@ -814,7 +816,7 @@ def cmd_plot(args) -> int:
 def cmd_export(args) -> int:
     out = _out_dir(args.out_dir, "image.png")
     ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir)
-    paths = export_images(ds, out, start=args.start, n=args.n, overwrite=args.force)
+    paths = export_images(ds, out, start=args.start, n=args.count, overwrite=args.force)
     shown = paths[0].name if len(paths) == 1 else f"{paths[0].name} .. {paths[-1].name}"
     labels = f"; labels in {out / 'labels.csv'}" if ds.labels is not None else ""
     print(f"wrote {len(paths)} {args.split} image(s) of {args.dataset} to {out}: {shown}{labels}")
@@ -905,7 +907,7 @@ def cmd_pretrained(args) -> int:
         for key, label in CARD_FIELDS:
             if key in card:
                 print(f"  {label + ':':<40} {_card_value(key, card[key])}")
-        print(f"\nuse it wherever a run directory goes: pixelar sample {args.name} --n 16 --out samples.png")
+        print(f"\nuse it wherever a run directory goes: pixelar sample {args.name} --count 16 --out samples.png")
         return 0
     if args.json:
         print(json.dumps([pretrained.card(n) for n in names], indent=2))
@@ -926,6 +928,10 @@ def cmd_pretrained(args) -> int:
     return 0
 
 
+# torchrun's parser reads its options from the whole command line, ours included, abbreviations allowed, and
+# refuses an ambiguous prefix of them: --n (--nnodes, --nproc-per-node, ...) and --start (--start-method). Each
+# such option has a spelling torchrun lets through (--count, --offset); tests/test_cli.py checks every option.
+COUNT_HELP = " (--n also works, but not under torchrun, which takes --n for a prefix of its own options)"
 RUN_DIR_HELP = "a run directory (or saved model), or a pretrained model's name (see `pixelar pretrained`)"
 CONVERT_HELP = (
     "convert images the model cannot take exactly (colour <-> grey, transparency, other colour spaces, "
@@ -934,7 +940,7 @@ CONVERT_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixelar", description="Autoregressive image models with exact bits/dim.")
+    p = _Parser(prog="pixelar", description="Autoregressive image models with exact bits/dim.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
@@ -1078,7 +1084,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "complete":
             s.add_argument("--image", required=True, help="PNG/JPEG of the model's size")
             s.add_argument("--keep", required=True, help="top-half, left-half, or a mask image (white = keep)")
-            s.add_argument("--n", type=positive_int, default=4, help="number of completions")
+            s.add_argument(
+                "--count", "--n", type=positive_int, metavar="N", default=4, help="number of completions" + COUNT_HELP
+            )
             s.add_argument(
                 "--score",
                 action="store_true",
@@ -1086,7 +1094,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
             s.add_argument("--convert", action="store_true", help=CONVERT_HELP)
         else:
-            s.add_argument("--n", type=positive_int, default=64)
+            s.add_argument(
+                "--count", "--n", type=positive_int, metavar="N", default=64, help="number of samples" + COUNT_HELP
+            )
             s.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
         s.add_argument("--out", required=True, help="the PNG file to write")
         s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -1188,8 +1198,19 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH, folder+convert:PATH"
     )
     x.add_argument("--split", default="test", choices=["test", "train", "val"], help="default test")
-    x.add_argument("--n", type=positive_int, default=8, help="number of images (default 8)")
-    x.add_argument("--start", type=nonnegative_int, default=0, help="index of the first image in the split")
+    x.add_argument(
+        "--count", "--n", type=positive_int, metavar="N", default=8, help="number of images (default 8)" + COUNT_HELP
+    )
+    x.add_argument(
+        "--offset",
+        "--start",
+        dest="start",
+        type=nonnegative_int,
+        default=0,
+        metavar="I",
+        help="index of the first image in the split (--start also works, but not under torchrun, whose "
+        "--start-method takes it)",
+    )
     x.add_argument("--out-dir", required=True, help="where DATASET-SPLIT-INDEX.png and labels.csv go")
     x.add_argument("--data-dir", help="where dataset files are (as for train)")
     x.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
@@ -1248,19 +1269,42 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+def _short(message: str, given=()) -> str:
+    """message with each user-given string longer than SHORT_LIMIT characters cut as errors.shown cuts it: the
+    strings of the command line `given` (spaces and all), then any other run of that many non-space characters
+    (a path made from one, as pathlib normalised it)."""
+    for text in sorted({t for t in given if len(t) > SHORT_LIMIT}, key=len, reverse=True):
+        message = message.replace(text, shown(text, quote=False))
+    return re.sub(rf"\S{{{SHORT_LIMIT + 1},}}", lambda m: shown(m.group(), quote=False), message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors (an invalid choice, an unrecognized argument) echoing long strings cut (_short)."""
+
+    given: tuple[str, ...] = ()
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = tuple(sys.argv[1:] if args is None else args)  # a subcommand's parser: its own arguments
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        super().error(_short(message, self.given))
+
+
 # the exit status of a command whose stdout was closed before it finished printing (`pixelar score ... | head
 # -1`): 128 + SIGPIPE, what the shell reports for a program that a closed pipe ends
 BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = build_parser().parse_args(given)
             if distributed.launched():  # torchrun: join the other processes; rank 0 alone prints results
                 distributed.init()
-                return _as_one_of_several(args)
-            return _run(args)
+                return _as_one_of_several(args, given)
+            return _run(args, given)
         finally:
             sys.stdout.flush()  # a closed pipe is found here, not as a traceback when Python exits
     except BrokenPipeError:
@@ -1284,38 +1328,48 @@ def _stdout_to_devnull() -> None:
 SHARED_COMMANDS = ("train", "eval", "sample", "complete", "score", "compress", "decompress")
 
 
-def _as_one_of_several(args) -> int:
+def _as_one_of_several(args, given: list[str]) -> int:
     """Run the command as one process of a torchrun job: the others' output is silenced (their errors still
     show, marked with their rank), and the group is left at the end."""
     rank, code = distributed.rank(), 1
     try:
         if rank == 0:
-            code = _run(args)
+            code = _run(args, given)
         elif args.command not in SHARED_COMMANDS:  # the others run on rank 0 alone
             code = 0
         else:
             with contextlib.redirect_stdout(io.StringIO()):
-                code = _run(args, prefix=f"[rank {rank}] ")
+                code = _run(args, given, prefix=f"[rank {rank}] ")
         return code
     finally:
         distributed.finish(wait=code == 0)
 
 
-def _run(args, prefix: str = "") -> int:
+def _run(args, given=(), prefix: str = "") -> int:
+    """Run the command; an error becomes one line on stderr (a long string of `given`, the command line, cut)
+    and an exit code: 2 for bad input, 1 for a failure, 130 for Ctrl-C."""
     try:
         with num_threads(getattr(args, "threads", None)):  # --threads N for the whole command, restored after
             return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        print(f"{prefix}pixelar {args.command}: error: {_message(e)}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: error: {_short(_message(e), given)}", file=sys.stderr)
         return 2
     except (RuntimeError, DiskFullError) as e:  # TrainingDiverged, RunDirBusy, a full disk: the message says
         # what happened and what was kept
         hint = f" (pixelar train --resume {e.run_dir})" if isinstance(e, DiskFullError) and e.run_dir else ""
-        print(f"{prefix}pixelar {args.command}: error: {e}{hint}", file=sys.stderr)
+        print(f"{prefix}pixelar {args.command}: error: {_short(f'{e}{hint}', given)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        hint = " (continue with: pixelar train --resume RUN_DIR)" if args.command == "train" else ""
-        print(f"{prefix}pixelar {args.command}: interrupted{hint}", file=sys.stderr)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        # a path given that no file system takes (a name over its limit, typically 255 bytes): bad input
+        what = _short(shown(e.filename or "", quote=False), given)
+        print(f"{prefix}pixelar {args.command}: error: file name too long for the file system: {what}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # train's TrainingInterrupted says what was kept, and the run to resume if any
+        run_dir = getattr(e, "run_dir", None)
+        hint = f" (continue with: pixelar train --resume {run_dir})" if run_dir is not None else ""
+        print(f"{prefix}pixelar {args.command}: {_short((str(e) or 'interrupted') + hint, given)}", file=sys.stderr)
         return 130
 
 

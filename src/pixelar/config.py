@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from .augment import TRANSFORM_TYPES
+from .errors import shown
 from .models import SIZES, list_models  # the registry only; no model family is named here
 from .models.registry import check_hparams, merge_hparams, model_class, preset
 
@@ -102,9 +103,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the first bad setting; return self so calls can chain."""
         if self.model not in list_models():
-            raise ValueError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
+            raise ValueError(f"model must be one of {', '.join(list_models())}, got {shown(self.model)}")
         if self.size not in SIZES:
-            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {shown(self.size)}")
         if not isinstance(self.model_overrides, dict):
             raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
         # the model's options, checked now rather than after the data are loaded
@@ -115,16 +116,16 @@ class TrainConfig:
         for name in ("augment", "distaug"):
             types = getattr(self, name)
             if not isinstance(types, list) or not all(isinstance(t, (str, dict)) for t in types):
-                raise ValueError(f"{name} must be a list of transformation names, got {types!r}")
+                raise ValueError(f"{name} must be a list of transformation names, got {shown(types)}")
             bad = [t for t in types if (t if isinstance(t, str) else t.get("name")) not in TRANSFORM_TYPES]
             if bad:
-                raise ValueError(f"{name}: unknown transformation(s) {bad}; valid: {', '.join(TRANSFORM_TYPES)}")
+                raise ValueError(f"{name}: unknown transformation(s) {shown(bad)}; valid: {', '.join(TRANSFORM_TYPES)}")
         if self.augment and self.distaug:
             raise ValueError(
                 "choose augment (plain, unconditioned) or distaug (conditioned on the transformation), not both"
             )
         if not isinstance(self.class_conditional, bool):
-            raise ValueError(f"class_conditional must be true or false, got {self.class_conditional!r}")
+            raise ValueError(f"class_conditional must be true or false, got {shown(self.class_conditional)}")
         for name in (
             "batch_size",
             "grad_accum",
@@ -148,7 +149,9 @@ class TrainConfig:
         if self.minutes is not None:
             _check_float(self, "minutes", lambda v: v > 0, "> 0 (or None for a number of steps)")
         if self.budget is not None and (not isinstance(self.budget, dict) or self.minutes is None):
-            raise ValueError(f"budget is the record of a time budget (a dict, with minutes set), got {self.budget!r}")
+            raise ValueError(
+                f"budget is the record of a time budget (a dict, with minutes set), got {shown(self.budget)}"
+            )
         if self.grad_clip is not None:
             _check_float(self, "grad_clip", lambda v: v > 0, "> 0 (or None for no clipping)")
         if self.skip_threshold is not None:
@@ -169,19 +172,19 @@ class TrainConfig:
             or len(betas) != 2
             or not all(_is_number(b) and 0 <= b < 1 for b in betas)
         ):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+            raise ValueError(f"betas must be two numbers in [0, 1), got {shown(betas)}")
         for flag in ("compile", "channels_last", "tensorboard"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+                raise ValueError(f"{flag} must be true or false, got {shown(getattr(self, flag))}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {shown(self.precision)}")
         _check_str(self, "device")
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except RuntimeError:
                 raise ValueError(
-                    f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {self.device!r}"
+                    f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {shown(self.device)}"
                 ) from None
         return self
 
@@ -193,17 +196,17 @@ def _is_number(v) -> bool:
 def _check_str(cfg, name: str) -> None:
     v = getattr(cfg, name)
     if not isinstance(v, str) or not v:
-        raise ValueError(f"{name} must be a non-empty string, got {v!r}")
+        raise ValueError(f"{name} must be a non-empty string, got {shown(v)}")
 
 
 def _check_int(cfg, name: str, low: int, high: int | None = None) -> None:
     v = getattr(cfg, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {bound}, got {v!r}")
+        raise ValueError(f"{name} must be an integer {bound}, got {shown(v)}")
 
 
 def _check_float(cfg, name: str, ok, requirement: str) -> None:
     v = getattr(cfg, name)
     if not _is_number(v) or not ok(v):
-        raise ValueError(f"{name} must be a number {requirement}, got {v!r}")
+        raise ValueError(f"{name} must be a number {requirement}, got {shown(v)}")

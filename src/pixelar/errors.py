@@ -1,10 +1,32 @@
-"""Errors whose message names an argument of the call that would change the outcome ("pass convert=True to ...").
+"""Errors whose message names an argument of the call that would change the outcome ("pass convert=True to ..."),
+and the one rule for echoing a user-given string in a message (`shown`).
 
 The library names its own arguments, never a command-line flag; a front end that spells the argument another
 way (the CLI: `--convert`) asks the error for its message with that spelling instead (`naming`).
 """
 
 from __future__ import annotations
+
+import os
+
+# a user-given string (a name, a path, a value) is echoed whole up to SHORT_LIMIT characters (any real path
+# fits), else as its first SHORT_HEAD characters and its length: a 10 MB name must not become a 10 MB message
+SHORT_LIMIT = 200
+SHORT_HEAD = 60
+
+
+def shown(value, quote: bool = True) -> str:
+    """`value` as an error message echoes it: as repr() writes it (a string or path without quotes where quote
+    is False), cut to its first SHORT_HEAD characters and its length where longer than SHORT_LIMIT:
+    'xxxx...' (10,000,000 characters)."""
+    if isinstance(value, (str, os.PathLike)):
+        text = str(value)
+        if len(text) <= SHORT_LIMIT:
+            return repr(text) if quote else text
+        head = repr(text[:SHORT_HEAD] + "...") if quote else text[:SHORT_HEAD] + "..."
+        return f"{head} ({len(text):,} characters)"
+    text = repr(value)
+    return text if len(text) <= SHORT_LIMIT else f"{text[:SHORT_HEAD]}... ({len(text):,} characters)"
 
 
 class NamesArgument:

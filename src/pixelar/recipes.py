@@ -22,6 +22,7 @@ from importlib import resources
 import torch
 
 from .config import TrainConfig
+from .errors import shown
 from .models import create_model
 from .models.distaug import create_distaug_model
 from .types import ImageSpec
@@ -156,7 +157,7 @@ def list_recipes() -> list[str]:
 def get_recipe(name: str) -> Recipe:
     recipes = _load()
     if name not in recipes:
-        raise ValueError(f"unknown recipe {name!r}; valid recipes: {', '.join(recipes)}")
+        raise ValueError(f"unknown recipe {shown(name)}; valid recipes: {', '.join(recipes)}")
     return recipes[name]
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import shown
 from ..tracing import is_tracing
 from ..types import ImageSpec
 
@@ -141,7 +142,7 @@ def make_transform(spec: ImageSpec, name: str, **options) -> Transform:
         options: randperm only: num (permutations besides the identity, default 3), seed (default 0).
     """
     if name not in TRANSFORM_TYPES:
-        raise ValueError(f"unknown transformation {name!r}; valid: {', '.join(TRANSFORM_TYPES)}")
+        raise ValueError(f"unknown transformation {shown(name)}; valid: {', '.join(TRANSFORM_TYPES)}")
     if name != "randperm" and options:
         raise ValueError(f"transformation {name!r} takes no options, got {sorted(options)}")
     C, H, W = spec.shape

@@ -10,6 +10,7 @@ from pixelar.data.dataset import ImageDataset, RawSplit
 from pixelar.data.mnist import MNIST_SOURCES, load_mnist_like
 from pixelar.data.npz import load_npz
 from pixelar.data.splits import check_split, check_val_size, default_val_size, train_val_indices
+from pixelar.errors import shown
 from pixelar.types import ImageSpec
 
 # Pixel >= this is 1 in the fixed binarization of "*_binary" sets.
@@ -96,7 +97,7 @@ def load_dataset(
             raw = folder.load_folder(path, part, convert=kind == folder.CONVERT_KIND)
     else:
         raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}, celebaR or celeba_hqR "
+            f"unknown dataset {shown(name)}; valid names: {', '.join(list_datasets())}, celebaR or celeba_hqR "
             "(CelebA at resolution R), npz:/path/to/file.npz, folder:/path/to/dir, folder+convert:/path/to/dir"
         )
 

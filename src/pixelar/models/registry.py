@@ -15,6 +15,7 @@ import numbers
 
 import torch
 
+from ..errors import shown
 from ..types import ImageSpec
 
 SIZES = ("tiny", "small", "paper")
@@ -102,7 +103,7 @@ def list_models() -> list[str]:
 
 def _lookup(name: str):
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {shown(name)}; valid models: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
@@ -115,7 +116,7 @@ def preset(name: str, size: str) -> dict:
     """The hyperparameters of a registered size, deep-copied."""
     _, sizes, _ = _lookup(name)
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r} for model {name!r}; valid sizes: {', '.join(SIZES)}")
+        raise ValueError(f"unknown size {shown(size)} for model {name!r}; valid sizes: {', '.join(SIZES)}")
     return copy.deepcopy(sizes[size])
 
 
@@ -126,7 +127,7 @@ def merge_hparams(base: dict, overrides: dict, name: str) -> dict:
     out = copy.deepcopy(base)
     for k, v in overrides.items():
         if k not in out:
-            raise ValueError(f"unknown option {k!r} for model {name!r}; valid options: {', '.join(sorted(out))}")
+            raise ValueError(f"unknown option {shown(k)} for model {name!r}; valid options: {', '.join(sorted(out))}")
         out[k] = _merge_option(out[k], v)
     return out
 
@@ -207,7 +208,7 @@ def check_hparams(name: str, hparams: dict) -> dict:
     unknown = sorted(set(hparams) - set(reference), key=str)
     if unknown:
         raise ValueError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for model {name!r}; valid options: "
+            f"unknown option(s) {', '.join(shown(k) for k in unknown)} for model {name!r}; valid options: "
             f"{', '.join(sorted(reference))}"
         )
     hparams = {**{k: v for k, v in _ADDED.get(name, {}).items() if k not in hparams}, **hparams}

@@ -17,10 +17,12 @@ directories, files and JSON only.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
 from .. import distributed
+from ..errors import shown
 from ..io import file_sha256, read_json
 
 # the package's own directory (a module attribute so that tests can point it at a directory of their own)
@@ -41,7 +43,7 @@ def names() -> list[str]:
 
 def _unknown(name: str) -> str:
     shipped = ", ".join(names()) or "none are installed"
-    return f"{name!r} is not a pretrained model (pretrained models: {shipped})"
+    return f"{shown(name)} is not a pretrained model (pretrained models: {shipped})"
 
 
 def _complete(name: str) -> Path:
@@ -73,7 +75,7 @@ def resolve(ref) -> Path:
     name, with a note on stderr), else the pretrained model `ref`; FileNotFoundError saying neither exists,
     with the names, or which file of the pretrained model is missing."""
     path = Path(ref)
-    if path.exists():
+    if _exists(path):
         if str(ref) in names() and str(ref) not in _noted:
             _noted.add(str(ref))
             if distributed.is_main():  # once, not from every process of a torchrun job
@@ -86,14 +88,24 @@ def resolve(ref) -> Path:
     if str(ref) in names():
         return _complete(str(ref))
     raise FileNotFoundError(
-        f"no model directory at {path} (a run directory or a saved model), and {_unknown(str(ref))}"
+        f"no model directory at {shown(path, quote=False)} (a run directory or a saved model), and {_unknown(str(ref))}"
     )
+
+
+def _exists(path: Path) -> bool:
+    """path.exists(), False for a name too long to be a file's (where exists() raises instead)."""
+    try:
+        return path.exists()
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        return False
 
 
 def is_pretrained(ref) -> bool:
     """Whether `ref` names a directory inside this package (read-only in an installed package), complete or not."""
     path = Path(ref)
-    if path.exists():
+    if _exists(path):
         return path.resolve().parent == ROOT.resolve()
     return str(ref) in names()
 

@@ -61,6 +61,15 @@ class TrainingDiverged(RuntimeError):
     """max_bad_steps consecutive steps had a non-finite loss or gradient; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a KeyboardInterrupt) stopped train(); the message says what was kept. run_dir is the run to
+    resume, or None where no checkpoint was written yet (nothing to resume: the run starts again)."""
+
+    def __init__(self, message: str, run_dir: Path | None = None):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
 def train(
     cfg: TrainConfig,
     run_dir,
@@ -109,6 +118,8 @@ def train(
         ValueError: run_dir holds a checkpoint and resume is False, or is a pretrained model's bare name; bad
             settings or data; a corrupt or damaged run file.
         FileNotFoundError: a missing run file (the message names it).
+        TrainingInterrupted: Ctrl-C (a KeyboardInterrupt); its run_dir is the run to resume, None before the
+            first checkpoint.
     """
     distributed.init()  # under torchrun: join its processes (nothing happens in one process)
     if not resume:
@@ -119,34 +130,47 @@ def train(
         progress, log = False, _quiet
     bars = progress is True  # else log lines take the bar's place ("log": and the later jobs' progress lines)
     emit = tqdm.write if bars and log is print else log  # keep the bar intact while it is shown
-    with contextlib.ExitStack() as held:
-        with distributed.together("locking the run directory"):
-            if main:
-                held.enter_context(rundir.lock())
-                removed = rundir.remove_temp_files()
-                if removed:
-                    emit(f"removed {removed} temporary file(s) left in {rundir.path} by an interrupted run")
-        with _disk_full_hint(rundir):
-            with distributed.together("setting up the run"):
-                run = _setup(cfg, rundir, resume, max_steps, emit, shard)
-            held.callback(run.metrics.close)
-            with tqdm(
-                total=None if run.budget is not None else run.cfg.max_steps,
-                initial=run.step,
-                disable=not bars,
-                unit="step",
-                dynamic_ncols=True,
-            ) as bar:
-                while run.budget is not None or run.step < run.cfg.max_steps:
-                    lr = _step(run)
-                    if run.budget is not None:
-                        _choose_steps(run, bar)
-                    _report(run, lr, bar, bars)
-                    _checkpoint(run, bars)
-                    if on_step is not None:
-                        on_step(run.step)
-            run.train_s = run.elapsed()
-            return _finish(run, log, progress)
+    try:
+        with contextlib.ExitStack() as held:
+            with distributed.together("locking the run directory"):
+                if main:
+                    held.enter_context(rundir.lock())
+                    removed = rundir.remove_temp_files()
+                    if removed:
+                        emit(f"removed {removed} temporary file(s) left in {rundir.path} by an interrupted run")
+            with _disk_full_hint(rundir):
+                with distributed.together("setting up the run"):
+                    run = _setup(cfg, rundir, resume, max_steps, emit, shard)
+                held.callback(run.metrics.close)
+                with tqdm(
+                    total=None if run.budget is not None else run.cfg.max_steps,
+                    initial=run.step,
+                    disable=not bars,
+                    unit="step",
+                    dynamic_ncols=True,
+                ) as bar:
+                    while run.budget is not None or run.step < run.cfg.max_steps:
+                        lr = _step(run)
+                        if run.budget is not None:
+                            _choose_steps(run, bar)
+                        _report(run, lr, bar, bars)
+                        _checkpoint(run, bars)
+                        if on_step is not None:
+                            on_step(run.step)
+                run.train_s = run.elapsed()
+                return _finish(run, log, progress)
+    except KeyboardInterrupt:  # Ctrl-C; the lock is released by now
+        raise _interrupted(rundir) from None
+
+
+def _interrupted(rundir: RunDir) -> TrainingInterrupted:
+    """What a Ctrl-C left: the run to resume, or (before the first checkpoint) nothing to resume."""
+    if rundir.has_checkpoint():
+        return TrainingInterrupted(f"interrupted: {_kept(rundir)}", rundir.path)
+    return TrainingInterrupted(
+        f"interrupted before the first checkpoint: none was saved in {rundir.path}, so there is nothing to "
+        "resume; start the run again"
+    )
 
 
 def _quiet(message: str) -> None:
@@ -189,12 +213,12 @@ def _disk_full_hint(rundir: RunDir):
 
 
 def _kept(rundir: RunDir) -> str:
-    last = rundir.checkpoint_step
-    return (
-        f"the last good checkpoint in {rundir.path} (step {last}) is kept"
-        if last is not None
-        else f"no checkpoint had been written to {rundir.path} yet"
-    )
+    last = rundir.checkpoint_step  # None before this session saved or loaded one (maybe while loading it)
+    if last is not None:
+        return f"the last good checkpoint in {rundir.path} (step {last}) is kept"
+    if rundir.has_checkpoint():
+        return f"the last checkpoint in {rundir.path} is kept"
+    return f"no checkpoint had been written to {rundir.path} yet"
 
 
 @dataclasses.dataclass

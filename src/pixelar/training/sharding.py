@@ -69,9 +69,31 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, device: torch.device, p
     inside = {id(m) for m in model.modules()}
     if any(id(u) not in inside or u is model for u in units):
         raise ValueError(f"{type(model).__name__}.shard_units() must list submodules of the model, not itself")
-    for unit in units:
+    for unit in (*units, root):
+        # registered before fully_shard's own hook, so that FSDP hooks the fresh tensors for the backward
+        unit.register_forward_hook(_no_views)
         fully_shard(unit, **kw)
-    fully_shard(root, **kw)
+
+
+def _no_views(module: torch.nn.Module, args, output):
+    """A forward hook: the output with each tensor that is a view of another (a crop, a matmul's result
+    reshaped) replaced by a copy. FSDP2 hooks a unit's outputs to gather its weights again for the backward,
+    and since an in-place op on a view would drop that hook, it warns at every view output. The copy changes no
+    value, and the tensor it was cut from, which the backward does not keep, is freed."""
+    return _copied_views(output)
+
+
+def _copied_views(out):
+    """out (a tensor, or tuples, lists and dicts of them) with the views that require grad copied."""
+    if isinstance(out, torch.Tensor):
+        return out.clone() if out.requires_grad and out._base is not None else out
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a named tuple
+        return type(out)(*map(_copied_views, out))
+    if isinstance(out, (tuple, list)):
+        return type(out)(map(_copied_views, out))
+    if isinstance(out, dict):
+        return {k: _copied_views(v) for k, v in out.items()}
+    return out
 
 
 def is_sharded(t) -> bool:
