@@ -10,7 +10,7 @@ Differences from the released code: by default the centres are rounded to 8-bit 
 nearest *rounded* centre, so encoding a decoded token gives the token back exactly. That is consistent for
 a model trained on its own palette, but not the released tokenizer, which encodes to the nearest *float*
 centre: rounding moves a centre by up to half a level per channel, which changes the nearest centre of
-0.5% to 3.2% of pixels (3.2% of CIFAR-10's with 512 k-means centres of its training pixels; see
+0.5% to 3.3% of pixels (3.3% of CIFAR-10's with 512 k-means centres of its training pixels; see
 docs/converted.md and benchmarks/palette_rounding.py). With `float_centres=True` the palette keeps the
 float centres too (`clusters`, (k, C) float32 on the [-1, 1] scale, as the released `kmeans_centers.npy`
 and transformers' `clusters`): `encode` uses them, as the released code does, and `decode` still gives the
@@ -136,8 +136,8 @@ class Palette(nn.Module):
 
         Ties go to the lower token. Distances are computed on the 0..255 scale (nearest in [-1, 1] is the same:
         the scaling is uniform): to the rounded centres in float32, exact for these integers, or to the float
-        centres in float64 (where the released code's float32 search can differ, on 0 to 4 pixels in a
-        million: near-ties within its rounding).
+        centres in float64 (where the released code's float32 search can differ, on up to 13 pixels in
+        a million: near-ties within its rounding).
         """
         if not self.fitted:
             raise ValueError(
