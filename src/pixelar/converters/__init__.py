@@ -36,7 +36,7 @@ from .checkpoint import sha256_file
 CARD_NAME = "card.json"
 
 # the modules that register a source each (imported when a source is first looked up)
-_MODULES = ("pclucas14_pixelcnn_pp",)
+_MODULES = ("pclucas14_pixelcnn_pp", "hf_imagegpt")
 
 
 @dataclasses.dataclass(frozen=True)
