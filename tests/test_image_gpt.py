@@ -117,6 +117,52 @@ def test_palette_is_saved_with_the_model(tmp_path):
     torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x))
 
 
+def test_float_centres_encode_to_the_nearest_float_centre(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    clusters = torch.rand(512, 3, generator=g, dtype=torch.float64) * 2 - 1  # iGPT's: (k, 3) on [-1, 1]
+    imgs = random_rgb(20, size=16, seed=5)
+    pts = imgs.permute(0, 2, 3, 1).reshape(-1, 3).double() / 127.5 - 1
+    nearest = torch.cdist(pts, clusters).argmin(1).view(20, 1, 16, 16)  # the released code's tokens
+    exact = Palette(512, 3, float_centres=True).set_centres(clusters)
+    rounded = Palette(512, 3).set_centres(clusters)  # the same centres held as 8-bit colours
+    assert torch.equal(exact.encode(imgs), nearest)
+    changed = (rounded.encode(imgs) != nearest).double().mean().item()
+    assert 0.001 < changed < 0.1  # what rounding the centres would cost (here: 2.7% of the pixels)
+    colours = torch.round(127.5 * (clusters + 1)).long()  # both decode to the released rounding
+    tokens = torch.arange(512).view(1, 1, 16, 32)
+    assert torch.equal(exact.decode(tokens), colours.T.reshape(1, 3, 16, 32))
+    assert torch.equal(rounded.decode(tokens), exact.decode(tokens))
+    # in a model: saved and loaded with its float centres (model.safetensors), encoding as before
+    model = create_model("image_gpt", ImageSpec(3, 16, 16, 256), "tiny", palette=512, float_centres=True)
+    model.tokenizer.set_centres(clusters)
+    model.save(tmp_path / "m")
+    loaded = pixelar.load_model(tmp_path / "m")
+    assert torch.equal(loaded.encode(imgs.long()), nearest)
+    with pytest.raises(ValueError, match="float_centres is an option of the palette"):
+        create_model("image_gpt", ImageSpec(3, 4, 4, 256), "tiny", float_centres=True)
+    with pytest.raises(ValueError, match=r"centres must have shape \(n, 3\) with 1 <= n <= 512"):
+        exact.set_centres(torch.zeros(513, 3))
+
+
+def test_models_saved_before_bias_and_float_centres_load_as_they_were(tmp_path):
+    model = create_model("image_gpt", ImageSpec(3, 4, 4, 256), "tiny", palette=16)
+    model.tokenizer.fit(random_rgb(size=4), steps=5)
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["hparams"]["bias"], config["hparams"]["float_centres"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = pixelar.load_model(tmp_path / "m")
+    assert loaded.hparams["bias"] is False and loaded.hparams["float_centres"] is False
+    x = model.encode(random_rgb(2, size=4).long())
+    torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x), rtol=0, atol=0)
+
+
+def test_bias_option_gives_zero_initialised_biases():
+    model = create_model("image_gpt", ImageSpec(3, 4, 4, 256), "tiny", palette=16, bias=True)
+    biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]
+    assert len(biases) == 4 * 2 + 1 and all(not bool(b.any()) for b in biases)  # 4 per block, the head's
+
+
 # ----- model -------------------------------------------------------------------------------------------------
 def test_parameter_counts_match_the_paper():
     image = ImageSpec(3, 32, 32, 256)

@@ -1220,7 +1220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="a published checkpoint of a paper's authors as a pixelar model directory (no SOURCE: list)"
     )
     cv.add_argument("source", nargs="?", help="the checkpoint's format, e.g. pclucas14-pixelcnn_pp (none: list them)")
-    cv.add_argument("checkpoint", nargs="?", help="the published file")
+    cv.add_argument("checkpoint", nargs="?", help="the published file (or model directory, for hf-imagegpt)")
     cv.add_argument("--out", help="the model directory to write (config.json, model.safetensors, card.json)")
     cv.add_argument(
         "--image",

@@ -4,13 +4,15 @@
     pixelar.converters.convert_to_dir("pclucas14-pixelcnn_pp", "pcnn.pth", "pcnn_pp")  # + config.json, card.json
 
 A source is one published file format (the authors' code that wrote it, and the layout the published files
-really have); each lives in its own module here and registers itself with `register_source`. A converter
-reads the file without executing code (pixelar.converters.checkpoint), maps every tensor to a pixelar
-weight (every tensor of the file used, every weight of the model filled: a file of another layout is refused,
-never half converted), and says what it did in notes that go into the card. The directory it writes holds
+really have), a single file or a directory of files (a Hugging Face model directory); each lives in its own
+module here and registers itself with `register_source`. A converter reads the file without executing code
+(pixelar.converters.checkpoint), maps every tensor to a pixelar weight (every tensor of the file used, every
+weight of the model filled: a file of another layout is refused, never half converted), and says what it did
+in notes that go into the card. The directory it writes holds
 config.json and model.safetensors, exactly what `model.save` writes, so every command that takes a run
-directory takes it, and card.json: the source, the file's name and sha256, the paper and its figure, the
-options and notes of the conversion, and the sha256 of the weights written.
+directory takes it, and card.json: the source, the file's name and sha256 (a directory's: the sha256 of each
+file read), the paper and its figure, the options and notes of the conversion, and the sha256 of the weights
+written.
 
 Knows the model families it converts to (it builds them by name through the registry) but nothing above:
 training, evaluation and the CLI know no converter.
@@ -33,7 +35,7 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_FILES = ("config.json", WEIGHTS_NAME, CARD_NAME)  # what a converted model directory holds
 
 # the modules that register a source each (imported when a source is first looked up)
-_MODULES = ("openai_vdvae", "pclucas14_pixelcnn_pp")
+_MODULES = ("hf_imagegpt", "openai_vdvae", "pclucas14_pixelcnn_pp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,8 @@ class Source:
     name: the SOURCE of `pixelar convert`; paper: the paper and the code that wrote the files; paper_bpd: the
     figure the authors report for their published model (text, with its dataset); reads: what file it takes;
     download: where the authors publish it; options: the keyword options `convert` takes for it (name ->
-    description); build(path, **options) -> (model, notes)."""
+    description); build(path, **options) -> (model, notes); files: None for a source that reads the one file
+    it is given, else files(directory) -> the files it reads there (for the card)."""
 
     name: str
     paper: str
@@ -52,18 +55,29 @@ class Source:
     download: str
     options: dict[str, str]
     build: Callable
+    files: Callable | None = None
 
 
 _SOURCES: dict[str, Source] = {}
 
 
-def register_source(name: str, *, paper: str, paper_bpd: str, reads: str, download: str, options: dict[str, str]):
-    """Decorator of a converter function build(path, **options) -> (model, notes: list[str])."""
+def register_source(
+    name: str,
+    *,
+    paper: str,
+    paper_bpd: str,
+    reads: str,
+    download: str,
+    options: dict[str, str],
+    files: Callable | None = None,
+):
+    """Decorator of a converter function build(path, **options) -> (model, notes: list[str]). A source that
+    reads a directory gives files(directory) -> the files it reads there."""
 
     def deco(fn):
         if name in _SOURCES:
             raise ValueError(f"checkpoint source {name!r} is registered twice")
-        _SOURCES[name] = Source(name, paper, paper_bpd, reads, download, dict(options), fn)
+        _SOURCES[name] = Source(name, paper, paper_bpd, reads, download, dict(options), fn, files)
         return fn
 
     return deco
@@ -104,8 +118,12 @@ def _convert(source_name: str, path, **options):
     src = source(source_name)
     options = _checked_options(src, options)
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if src.files is None and not path.is_file():
+        raise ValueError(f"{src.name} reads one checkpoint file ({src.reads}); {path} is a directory")
+    if src.files is not None and not path.is_dir():
+        raise ValueError(f"{src.name} reads a model directory ({src.reads}); {path} is a file: give its directory")
     model, notes = src.build(path, **options)
     return src, model.eval(), notes, options
 
@@ -113,25 +131,29 @@ def _convert(source_name: str, path, **options):
 def convert(source_name: str, path, **options):
     """The model a published checkpoint holds, as a pixelar model in eval mode (see the module docstring).
 
-    source_name: one of `sources()`; path: the checkpoint file; options: the source's (e.g. image=ImageSpec(...)
-    where the checkpoint does not fix the image size). Raises ValueError naming the file for a file of another
-    layout, FileNotFoundError for a missing one; never executes code from the file."""
+    source_name: one of `sources()`; path: the checkpoint file (or directory); options: the source's (e.g.
+    image=ImageSpec(...) where the checkpoint does not fix the image size). Raises ValueError naming the file
+    for a file of another layout, FileNotFoundError for a missing one; never executes code from the file."""
     return _convert(source_name, path, **options)[1]
 
 
 def card(src: Source, path: Path, model, notes: list[str], options: dict, weights_sha256: str) -> dict:
     """The card of a converted model (card.json)."""
     shown = {k: (v.to_dict() if isinstance(v, ImageSpec) else v) for k, v in options.items()}
+    if src.files is None:
+        hashes = {"source_sha256": file_sha256(path)}
+    else:  # a directory: each file read, by its name there
+        hashes = {"source_files": {str(f.relative_to(path)): file_sha256(f) for f in src.files(path)}}
     return {
-        "name": path.stem,
+        "name": path.stem if src.files is None else path.name,
         "source": src.name,
         "source_file": path.name,
-        "source_sha256": file_sha256(path),
+        **hashes,
         "paper": src.paper,
         "paper_bpd": src.paper_bpd,
         "download": src.download,
         "model": model.name,
-        "image": model.image.to_dict(),
+        "image": model.data_image.to_dict(),  # the images it reads (image_gpt: not its token grid)
         "num_parameters": model.num_parameters(),
         "options": shown,
         "conversion": notes,

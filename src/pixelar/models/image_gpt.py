@@ -12,7 +12,7 @@ A GPT-2 style decoder over the pixels of an image as one sequence in raster orde
   right by one position;
 - pre-norm blocks with the released RMS-style norm (divide by sqrt(mean(x^2) + 1e-5), learned gain, no mean
   subtraction, no bias), x * sigmoid(1.702 x) in the 4d-wide MLP, dense causal attention, no biases in any
-  linear map;
+  linear map (`bias=True` adds them, for checkpoints trained with transformers' ImageGPT, which has them);
 - an untied output head (`wtet`) initialised to zero; q/k/v initialised with std 1/sqrt(d), the attention
   output projection (`c_proj`) with 1/sqrt(d * n_layer), MLP weights and token embeddings 0.02, positions
   0.01, SOS 0.02.
@@ -26,10 +26,12 @@ Linear probe features (`features`): the normalised input of a block (what its at
 over positions; layer n_layer is the final norm's output.
 
 Differences from the paper: the palette's centres are rounded to 8-bit colours (a token decodes to that
-colour, as in the released code), and data with at most k distinct colours (grayscale) get those colours
-(lossless); no BERT objective and no fine-tuning head (`L_CLF`); sizes M / L / XL are overrides of `paper`
-(IGPT_M, IGPT_L, IGPT_XL below), the registry's sizes being tiny / small / paper (= iGPT-S, 24 layers,
-d 512, 8 heads: 76.5M parameters at 32x32 with k = 512).
+colour, as in the released code) and pixels are encoded to the nearest rounded colour, unless
+`float_centres=True` (encoding to the nearest float centre, as the released tokenizer: what a converted
+iGPT needs); data with at most k distinct colours (grayscale) get those colours (lossless); no BERT
+objective and no fine-tuning head (`L_CLF`); sizes M / L / XL are overrides of `paper` (IGPT_M, IGPT_L,
+IGPT_XL below), the registry's sizes being tiny / small / paper (= iGPT-S, 24 layers, d 512, 8 heads: 76.5M
+parameters at 32x32 with k = 512).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def _preset(n_layer, d_model, n_head, palette):
         output={"kind": "categorical"},
         num_classes=0,
         cond_dim=0,
+        bias=False,
+        float_centres=False,
     )
 
 
@@ -76,6 +80,7 @@ def _preset(n_layer, d_model, n_head, palette):
         # iGPT-S: 24 layers, d 512, 8 heads, 9-bit palette (76M)
         "paper": _preset(24, 512, 8, 512),
     },
+    added={"bias": False, "float_centres": False},
 )
 class ImageGPT(SequenceTransformer):
     """Args:
@@ -86,15 +91,33 @@ class ImageGPT(SequenceTransformer):
     checkpoint: recompute each block in the backward pass (training memory).
     output: output distribution (categorical over the tokens; with palette=0 any kind).
     num_classes, cond_dim: conditioning, summed into the start token.
+    bias: biases in the linear maps and the head (the released model has none; transformers' ImageGPT has
+        them in its attention and MLP: a checkpoint trained there needs them).
+    float_centres: the palette keeps its float centres and encodes to the nearest of them, as the released
+        tokenizer does (a converted iGPT); decoding gives 8-bit colours either way (models/palette.py).
     """
 
     def __init__(
-        self, image, n_layer, d_model, n_head, palette, dropout, checkpoint, output, num_classes=0, cond_dim=0
+        self,
+        image,
+        n_layer,
+        d_model,
+        n_head,
+        palette,
+        dropout,
+        checkpoint,
+        output,
+        num_classes=0,
+        cond_dim=0,
+        bias=False,
+        float_centres=False,
     ):
         if not isinstance(image, ImageSpec):
             raise ValueError(f"image must be a pixelar.ImageSpec, got {type(image).__name__}")
         if not isinstance(palette, int) or isinstance(palette, bool) or palette < 0 or palette == 1:
             raise ValueError(f"palette must be 0 (no palette) or a number of colours >= 2, got {palette!r}")
+        if float_centres and not palette:
+            raise ValueError("float_centres is an option of the palette: it needs palette=k (k >= 2)")
         if int(n_layer) < 1 or int(d_model) < 1 or int(n_head) < 1 or d_model % n_head:
             raise ValueError(f"need n_layer >= 1 and d_model divisible by n_head, got {n_layer}, {d_model}, {n_head}")
         tokens = image
@@ -130,12 +153,12 @@ class ImageGPT(SequenceTransformer):
             num_classes=num_classes,
             cond_dim=cond_dim,
             norm_layer="rms",
-            bias=False,
+            bias=bool(bias),
             positions="sequence",
             cond_at="start",
         )
         if palette:
-            self.tokenizer = Palette(palette, image.channels)
+            self.tokenizer = Palette(palette, image.channels, float_centres=bool(float_centres))
             self.data_image = image
 
     def _init_weights(self, d_model: int, n_layer: int):
@@ -151,6 +174,9 @@ class ImageGPT(SequenceTransformer):
         if self.cond_emb is not None:
             nn.init.zeros_(self.cond_emb.weight)
         nn.init.zeros_(self.head.weight)  # wtet
+        for m in self.modules():  # bias=True: biases start at zero (as transformers' Conv1D)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     # ----- linear probe ----------------------------------------------------------------------------------------
     @property

@@ -5,11 +5,18 @@ References:
        palette: k-means with k = 512 on RGB values scaled to [-1, 1]; each pixel becomes its nearest centre).
     2. Sculley 2010, "Web-Scale K-Means Clustering" (mini-batch k-means with per-centre learning rates 1/n).
 
-Differences from the released code: the centres are rounded to 8-bit colours and kept as uint8 (a token
-decodes to the stored colour, as `round(127.5 * (c + 1))` there), so encoding a decoded token gives the
-token back exactly. When the data have no more distinct colours than k (e.g. grayscale images: at most 256
-grey levels), the palette is those colours and is lossless; the remaining entries repeat colour 0 and are
-never produced by `encode`.
+Differences from the released code: by default the centres are rounded to 8-bit colours and kept as uint8
+(a token decodes to the stored colour, as `round(127.5 * (c + 1))` there) and pixels are encoded to the
+nearest *rounded* centre, so encoding a decoded token gives the token back exactly. That is consistent for
+a model trained on its own palette, but not the released tokenizer, which encodes to the nearest *float*
+centre: rounding moves a centre by up to half a level per channel, which changes the nearest centre of
+0.5% to 3.3% of pixels (3.3% of CIFAR-10's with 512 k-means centres of its training pixels; see
+docs/converted.md and benchmarks/palette_rounding.py). With `float_centres=True` the palette keeps the
+float centres too (`clusters`, (k, C) float32 on the [-1, 1] scale, as the released `kmeans_centers.npy`
+and transformers' `clusters`): `encode` uses them, as the released code does, and `decode` still gives the
+rounded colour (a converted iGPT needs this: its model was trained on the float centres' tokens). When the
+data have no more distinct colours than k (e.g. grayscale images: at most 256 grey levels), the palette is
+those colours and is lossless; the remaining entries repeat colour 0 and are never produced by `encode`.
 
 The Palette is an nn.Module with buffers only, so it is saved with the model's weights (safetensors), never
 pickled.
@@ -25,22 +32,27 @@ _CHUNK_ELEMENTS = 1 << 21
 
 
 class Palette(nn.Module):
-    """k colours of C channels: centres uint8 (k, C).
+    """k colours of C channels: centres uint8 (k, C) (and, with float_centres, clusters float32 (k, C)).
 
     Args:
         k: number of colours (tokens).
         channels: 1 (grayscale) or 3 (RGB).
+        float_centres: keep the float centres and encode to the nearest of them (the released tokenizer;
+            see the module doc); decoding gives the rounded colours either way.
     """
 
-    def __init__(self, k: int, channels: int):
+    def __init__(self, k: int, channels: int, float_centres: bool = False):
         super().__init__()
         if not isinstance(k, int) or isinstance(k, bool) or k < 2:
             raise ValueError(f"palette size k must be an int >= 2, got {k!r}")
         if channels not in (1, 3):
             raise ValueError(f"palette channels must be 1 or 3, got {channels!r}")
-        self.k, self.channels = k, channels
+        self.k, self.channels, self.float_centres = k, channels, bool(float_centres)
         self.register_buffer("centres", torch.zeros(k, channels, dtype=torch.uint8))  # (k, C)
-        # distinct colours in use: tokens [0, num_colours) decode to distinct colours; 0 = not fitted yet
+        if self.float_centres:  # (k, C) on the [-1, 1] scale; centres = round(127.5 * (clusters + 1))
+            self.register_buffer("clusters", torch.zeros(k, channels, dtype=torch.float32))
+        # centres in use: tokens [0, num_colours) are the palette's colours (distinct, unless float centres
+        # round to one colour); the rest pad and are never produced by encode; 0 = not fitted yet
         self.register_buffer("num_colours", torch.zeros((), dtype=torch.long))
 
     @property
@@ -57,25 +69,43 @@ class Palette(nn.Module):
         The distinct colours are counted first (exact, one bincount). If there are at most k of them, they are
         the palette (lossless). Otherwise: k-means++ seeding on a weighted sample, `steps` mini-batch updates
         of `batch_size` pixels drawn from the data, then `refine` full Lloyd iterations over the distinct
-        colours weighted by their counts (the exact k-means objective on all pixels).
+        colours weighted by their counts (the exact k-means objective on all pixels). The centres are then
+        rounded to 8-bit colours and duplicates merged, or, with float centres, kept as they are.
         """
         colours, counts = self._distinct_colours(images)  # (D, C) uint8, (D,) int64
         D = len(colours)
+        pts = colours.double() / 127.5 - 1.0  # (D, C) in [-1, 1], the paper's scale
         if D <= self.k:
-            centres = colours
+            c = pts
         else:
             g = torch.Generator().manual_seed(int(seed))
-            pts = colours.double() / 127.5 - 1.0  # (D, C) in [-1, 1], the paper's scale
             w = counts.double()
             c = _kmeans_pp(pts, w, self.k, g)
             c = _minibatch_kmeans(pts, w, c, steps, batch_size, g)
             for _ in range(refine):
                 c = _lloyd_step(pts, w, c)
-            centres = torch.round(127.5 * (c + 1.0)).clamp(0, 255).to(torch.uint8)
-        # distinct rounded centres first (sorted, so the token order is reproducible), padding repeats colour 0
-        centres = torch.unique(centres, dim=0)
-        n = len(centres)
-        self.centres.copy_(torch.cat([centres, centres[:1].expand(self.k - n, -1)]).to(self.centres.device))
+        if not self.float_centres:
+            # distinct rounded centres (sorted, so the token order is reproducible)
+            c = torch.unique(_rounded(c), dim=0).double() / 127.5 - 1.0
+        return self.set_centres(c)
+
+    @torch.no_grad()
+    def set_centres(self, clusters: torch.Tensor) -> Palette:
+        """Use the given centres, (n, C) floats on the [-1, 1] scale with n <= k, in token order: token t is
+        centre t (the padding tokens n..k-1 repeat centre 0). A palette without float centres keeps them
+        rounded to 8-bit colours (as `fit` does)."""
+        clusters = torch.as_tensor(clusters, dtype=torch.float64).cpu()
+        n = len(clusters) if clusters.dim() == 2 else 0
+        if n == 0 or clusters.shape[1] != self.channels or n > self.k:
+            raise ValueError(
+                f"centres must have shape (n, {self.channels}) with 1 <= n <= {self.k}, got {tuple(clusters.shape)}"
+            )
+        if not bool(torch.isfinite(clusters).all()):
+            raise ValueError("centres must be finite numbers on the [-1, 1] scale")
+        padded = torch.cat([clusters, clusters[:1].expand(self.k - n, -1)])  # (k, C)
+        self.centres.copy_(_rounded(padded).to(self.centres.device))
+        if self.float_centres:
+            self.clusters.copy_(padded.to(self.clusters))
         self.num_colours.fill_(n)
         return self
 
@@ -104,8 +134,10 @@ class Palette(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """8-bit images (B, C, H, W) (uint8 or int64) -> tokens int64 (B, 1, H, W): the nearest centre.
 
-        Ties go to the lower token. Distances are computed on the integer 0..255 scale in float32, which is
-        exact for these values (nearest in [-1, 1] is the same: the scaling is uniform).
+        Ties go to the lower token. Distances are computed on the 0..255 scale (nearest in [-1, 1] is the same:
+        the scaling is uniform): to the rounded centres in float32, exact for these integers, or to the float
+        centres in float64 (where the released code's float32 search can differ, on up to 13 pixels in
+        a million: near-ties within its rounding).
         """
         if not self.fitted:
             raise ValueError(
@@ -122,13 +154,15 @@ class Palette(nn.Module):
 
     def _nearest_centre(self, p: torch.Tensor) -> torch.Tensor:
         """Pixels (n, C) of 8-bit values -> token (n,) int64, chunked."""
-        p = p.float()
-        c = self.centres.float()  # (k, C)
+        if self.float_centres:
+            p, c = p.double(), 127.5 * (self.clusters.double() + 1.0)  # (k, C) on the 0..255 scale
+        else:
+            p, c = p.float(), self.centres.float()  # (k, C)
         c2 = (c * c).sum(1)  # (k,)
         out = torch.empty(p.shape[0], dtype=torch.long, device=p.device)
         chunk = max(1, _CHUNK_ELEMENTS // self.k)
         for i in range(0, p.shape[0], chunk):
-            d = c2.unsqueeze(0) - 2.0 * p[i : i + chunk] @ c.T  # (n, k): |p - c|^2 - |p|^2, exact integers
+            d = c2.unsqueeze(0) - 2.0 * p[i : i + chunk] @ c.T  # (n, k): |p - c|^2 - |p|^2
             out[i : i + chunk] = d.argmin(1)
         return out
 
@@ -178,7 +212,13 @@ class Palette(nn.Module):
         return images
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, channels={self.channels}, colours in use={int(self.num_colours)}"
+        kind = ", float centres" if self.float_centres else ""
+        return f"k={self.k}, channels={self.channels}, colours in use={int(self.num_colours)}{kind}"
+
+
+def _rounded(c: torch.Tensor) -> torch.Tensor:
+    """Centres on the [-1, 1] scale -> the 8-bit colours they decode to (the released `round(127.5 * (c + 1))`)."""
+    return torch.round(127.5 * (c.double() + 1.0)).clamp(0, 255).to(torch.uint8)
 
 
 # ----- k-means pieces (float64 points (D, C), weights (D,)) ------------------------------------------------------
