@@ -7,13 +7,14 @@ import struct
 
 import pytest
 import torch
-from codec_helpers import perturbed
+from codec_helpers import differs_on_two_threads, perturbed, random_images, round_trip_across_thread_counts
 
 import pixelar
 from pixelar import ImageSpec
 from pixelar.codec import compress, decompress, stream_info
 from pixelar.codec.arithmetic import TOTAL, Decoder, Encoder, quantize
-from pixelar.codec.images import _HEADER, SEGMENT_IMAGES
+from pixelar.codec.images import _HEADER, SEGMENT_IMAGES, _coding_steps
+from pixelar.errors import ArgumentValueError
 from pixelar.models.distaug import create_distaug_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -147,6 +148,31 @@ def test_bad_streams_and_models_are_refused():
     images_for(gpt)  # fits a palette of black and white
     with pytest.raises(ValueError, match="palette does not reproduce"):
         compress(gpt, torch.full((1, 3, 4, 4), 100))
+
+
+def first_tables(model, x: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """The frequency tables of the first `steps` coding steps of the images x, as the coder builds them."""
+    work, tables = torch.zeros_like(x), []
+    for _, (i, j, c, cum) in zip(range(steps), _coding_steps(model, work, None)):
+        tables.append(cum)
+        work[:, c, i, j] = x[:, c, i, j]
+    return tables
+
+
+def test_a_stream_decodes_on_any_thread_count():
+    """Coding runs on codec.images.CODING_THREADS whatever the caller's count (torch's or threads=), so the
+    bytes are the same on 1 and 2 threads and a stream decodes on either. PixelSNAIL small's fused attention
+    splits its sums by the thread count: its tables move by a count on 2 threads (checked here on 4 images),
+    and streams so coded on one count did not decode on the other; 17 images also code a last segment of one."""
+    spec = ImageSpec(1, 8, 8, 256)
+    model = perturbed("pixelsnail", spec, 0.05, size="small")
+    x = random_images(spec, SEGMENT_IMAGES + 1)
+    round_trip_across_thread_counts(model, x)
+    assert differs_on_two_threads(lambda: first_tables(model, x[:4], 14)), (
+        "this model's tables no longer depend on the thread count: the test would prove nothing"
+    )
+    with pytest.raises(ArgumentValueError, match="threads must be None"):  # still checked
+        compress(model, x[:1], threads=0)
 
 
 def _with_count(data: bytes, n: int) -> bytes:

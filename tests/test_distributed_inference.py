@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from codec_helpers import perturbed
 from PIL import Image
 from run_helpers import launch
 
@@ -31,8 +32,10 @@ N_SAMPLES = 2 * CHUNK + 3  # 3 chunks: rank 0 draws 1 of them, rank 1 the other 
 N_FILES = 35  # 3 segments of the stream: 1 coded by rank 0, 2 by rank 1; 17 + 18 files scored
 
 
-def commands(run: str, files: list[str], out: str) -> list[list[str]]:
-    """The command lines to compare, each writing into directory `out` (score: its printed lines)."""
+def commands(run: str, files: list[str], out: str, threads: int = 1) -> list[list[str]]:
+    """The command lines to compare, each writing into directory `out` (score: its printed lines); the VQ-VAE's
+    compress and decompress on `threads` threads (the model directory beside `run`)."""
+    vq = str(Path(run).parent / "vqvae")
     return [
         [
             "sample",
@@ -51,6 +54,8 @@ def commands(run: str, files: list[str], out: str) -> list[list[str]]:
         ["score", run, *files, "--json"],
         ["compress", run, *files, "--out", f"{out}/imgs.pxar"],
         ["decompress", run, f"{out}/imgs.pxar", "--out-dir", f"{out}/decoded"],
+        ["compress", vq, *files, "--out", f"{out}/vq.pxar", "--threads", str(threads)],
+        ["decompress", vq, f"{out}/vq.pxar", "--out-dir", f"{out}/vq", "--threads", str(threads)],
     ]
 
 
@@ -76,10 +81,12 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A tiny PixelCNN++ for 8x8 greyscale images, saved as a model directory, and N_FILES PNG files."""
+    """A tiny PixelCNN++ for 8x8 greyscale images and a tiny VQ-VAE (random weights: its decoder's floats on
+    the last segment's 3 images differ on 2 threads), saved as model directories, and N_FILES PNG files."""
     d = tmp_path_factory.mktemp("inference")
     torch.manual_seed(0)
     pixelar.create_model("pixelcnn_pp", pixelar.ImageSpec(1, 8, 8, 256), "tiny").save(d / "model")
+    perturbed("vqvae", pixelar.ImageSpec(1, 8, 8, 256)).save(d / "vqvae")
     rng = np.random.default_rng(0)
     files = []
     for k in range(N_FILES):
@@ -89,8 +96,8 @@ def setup(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def run_here(cmds: list[list[str]], out: Path) -> None:
-    """The commands in this process, one thread (as each launched process), printed lines kept as the script
-    keeps them."""
+    """The commands in this process, one thread (as each launched process) unless a command's --threads says
+    otherwise, printed lines kept as the script keeps them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -112,16 +119,18 @@ def test_two_processes_write_the_files_and_lines_of_one(setup, tmp_path):
     d, files = setup
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    run_here(commands(str(d / "model"), files, str(one)), one)
+    # the VQ-VAE's stream: one process on 2 threads against 2 of one, so it depends on neither count
+    run_here(commands(str(d / "model"), files, str(one), threads=2), one)
     script = tmp_path / "commands.py"
     script.write_text(SCRIPT)
     launch(2, json.dumps(commands(str(d / "model"), files, str(two))), str(two), script=script, cwd=tmp_path)
-    for name in ("samples.png", "complete.png", "imgs.pxar"):
+    for name in ("samples.png", "complete.png", "imgs.pxar", "vq.pxar"):
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     decoded = sorted(p.name for p in (two / "decoded").iterdir())
     assert decoded == [f"image_{k:03d}.png" for k in range(N_FILES)]
     for k, path in enumerate(files):  # lossless, in the files' order
-        assert np.array_equal(np.asarray(Image.open(two / "decoded" / decoded[k])), np.asarray(Image.open(path)))
+        for images in (two / "decoded", two / "vq", one / "vq"):
+            assert np.array_equal(np.asarray(Image.open(images / decoded[k])), np.asarray(Image.open(path)))
     for k in range(len(commands("", files, ""))):
         assert printed(two, k) == printed(one, k), k
     lines = (two / "stdout2.txt").read_text().splitlines()

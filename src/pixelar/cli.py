@@ -144,15 +144,21 @@ def _types(text: str | None) -> list[str]:
 
 
 # ----- options of every command that runs a long job: --threads N, --progress / --no-progress ----------------
-def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False) -> None:
-    """--threads and --progress/--no-progress, the same on every command that has a progress bar."""
+def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False, codes: bool = False) -> None:
+    """--threads and --progress/--no-progress, the same on every command that has a progress bar (codes: the
+    codec's commands, which code on one thread whatever --threads says)."""
     default = (
-        "chosen for the work: one thread for the small steps of cached sampling and coding, torch's default "
-        "for large ones"
+        "chosen for the work: one thread for the small steps of cached sampling, torch's default for large ones"
         if chooses_threads
         else "torch's default"
     )
-    p.add_argument("--threads", type=positive_int, metavar="N", help=f"CPU threads (default: {default})")
+    threads_help = (
+        "accepted as on the other commands; the coding itself runs on one thread, so that a file decodes "
+        "whatever the thread count"
+        if codes
+        else f"CPU threads (default: {default})"
+    )
+    p.add_argument("--threads", type=positive_int, metavar="N", help=threads_help)
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -1103,7 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spaces; never more than 8 bits): decompress then returns the converted images",
     )
     z.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    _add_job_options(z, chooses_threads=True)
+    _add_job_options(z, codes=True)
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir", help=RUN_DIR_HELP)
@@ -1111,7 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
     u.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
-    _add_job_options(u, chooses_threads=True)
+    _add_job_options(u, codes=True)
     u.set_defaults(func=cmd_decompress)
 
     rc = sub.add_parser("recipes", help="list the papers' CIFAR-10 training recipes, or show one in full")

@@ -9,9 +9,11 @@ The decoder must see exactly the probabilities the encoder used, so both run one
 values, the decoder with the decoded ones), each step's parameters come from the model's incremental forward
 (the cached sampler's; naive forward passes where a model has none), and the distribution's log-probabilities
 of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are turned into an integer
-frequency table (`arithmetic.quantize`). Decode with the same model, weights, device and precision settings:
-another platform may round the network's floats differently (the checksum then says so); the header's
-fingerprint catches another model or other weights.
+frequency table (`arithmetic.quantize`). Coding computes on CODING_THREADS CPU threads whatever the caller's
+count (see there), so the bytes do not depend on the thread count nor on the number of torchrun processes.
+Decode with the same model, weights, device and precision settings: another platform may round the network's
+floats differently (the checksum then says so); the header's fingerprint catches another model or
+other weights.
 
 The stream (version 2): a 33-byte header (magic, version, image count n and shape, number of values, the
 model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
@@ -53,7 +55,7 @@ from .. import distributed
 from ..inference import inference
 from ..progress import tracking
 from ..sampling.naive import generation_steps
-from ..threads import step_work, threads_for
+from ..threads import check_threads, num_threads
 from . import bits_back
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
 from .pixels import pixel_steps
@@ -67,6 +69,15 @@ SEGMENT_IMAGES = 16  # images coded together: the model's batch when coding, and
 # bits-back coding chains a segment's images (each takes back bits the one before left): a segment pays the
 # start-up cost once (bits_back.py), so it holds many images; the model still runs on one image at a time
 SEGMENT_IMAGES_BITS_BACK = 16384
+# The CPU threads that compress and decompress run on, whatever the caller's count: a frequency table that moves
+# by one count breaks the stream, and torch's CPU kernels split their sums by the thread count, so that on 2
+# threads they add in another order than on 1 (measured, torch 2.13: the fused attention of PixelSNAIL and the
+# Image Transformer at 16 images, a 5x384 by 384x64 matrix product of PixelCNN++ small's cached step, a
+# VQ-VAE decoder's 1x1 and transposed convolutions at 4 images, a VDVAE's output convolution at 1). Tiny models
+# survived by luck: none of their operations had a size or shape that the kernels split. One thread never
+# splits a sum (and is what the codec chose for small steps anyway); a fixed count also frees the bytes from
+# the number of torchrun processes, each with its own thread count.
+CODING_THREADS = 1
 
 
 def segment_images(model) -> int:
@@ -166,22 +177,21 @@ def compress(model, x: torch.Tensor, cond=None, progress=None, threads: int | No
     """Losslessly compress images x, int64 (n, C, H, W) of the model's data image, to bytes.
 
     progress: report the sub-pixels coded (pixelar.progress: True for a bar, or a callable on_progress(done,
-    total, images=, bpd=) with the images and bits/dim of the segments finished so far). threads: CPU threads
-    for the coding, restored after (None chooses: pixelar.threads). Neither changes the bytes."""
-    with inference(model):
-        return _compress(model, x, cond, progress, threads)
+    total, images=, bpd=) with the images and bits/dim of the segments finished so far). threads: None or an
+    integer >= 1, checked as by the other long jobs, but coding always runs on CODING_THREADS CPU threads (the
+    caller's count restored after), so that neither changes the bytes."""
+    with inference(model), _coding_threads(threads):
+        return _compress(model, x, cond, progress)
 
 
-def _threads(threads, model, stages, n: int, device):
-    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images (the first stage's; bits-back:
-    whole passes of the model on one image)."""
-    if not stages:
-        return threads_for(threads, step_work(model, 1, False), device)
-    coder = stages[0][0]
-    return threads_for(threads, step_work(coder, min(n, SEGMENT_IMAGES), coder.has_incremental_forward), device)
+def _coding_threads(threads):
+    """The block of a whole compress or decompress call (the model's input, its latents, every table):
+    CODING_THREADS CPU threads whatever `threads` (checked) asks, the caller's count restored after."""
+    check_threads(threads)
+    return num_threads(CODING_THREADS)
 
 
-def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
+def _compress(model, x: torch.Tensor, cond, progress) -> bytes:
     model.coding_scheme()  # refuses a model the codec cannot drive, saying why
     device = next(model.parameters()).device
     tokens = _model_input(model, x).to(device)
@@ -199,7 +209,6 @@ def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)
     with (
         distributed.together("compressing"),  # an error in one process stops all (none waits for it)
-        _threads(threads, model, stages, n, device),
         tracking(progress, total, "compressing", "sub-pixel") as bar,
     ):
         for k in share:  # one segment at a time: memory of S images, not n
@@ -307,8 +316,8 @@ def stream_info(data: bytes) -> dict:
 def decompress(model, data: bytes, cond=None, progress=None, threads: int | None = None) -> torch.Tensor:
     """The images compress() coded, int64 (n, C, H, W). Raises ValueError for another format or model.
     progress and threads: as compress's."""
-    with inference(model):
-        return _decompress(model, data, cond, progress, threads)
+    with inference(model), _coding_threads(threads):
+        return _decompress(model, data, cond, progress)
 
 
 def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k: int, bar) -> torch.Tensor:
@@ -343,7 +352,7 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
     return x
 
 
-def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
+def _decompress(model, data: bytes, cond, progress) -> torch.Tensor:
     info = stream_info(data)
     n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
     model.coding_scheme()  # refuses a model the codec cannot drive, saying why
@@ -369,7 +378,6 @@ def _decompress(model, data: bytes, cond, progress, threads) -> torch.Tensor:
     total = sum(min(S, n - k * S) for k in share) * _symbols(model, stages)  # symbols of what is coded
     with (
         distributed.together("decompressing"),  # a damaged segment in one process's share stops all
-        _threads(threads, model, stages, n, device),
         tracking(progress, total, "decompressing", "sub-pixel") as bar,
     ):
         for k in share:  # one segment at a time: S images' memory
