@@ -22,7 +22,7 @@ from . import codec, distributed, models, pretrained
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
-from .errors import NamesArgument
+from .errors import ArgumentValueError, NamesArgument
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.bpd import seeded_latents
 from .evaluation.probe import linear_probe
@@ -709,13 +709,26 @@ def _out_dir(path: str, probe: str) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _about(path: Path):
+    """A ValueError of the block names the file it is about first (an argument it names still spelled as its
+    flag by _message)."""
+    try:
+        yield
+    except ArgumentValueError as e:
+        raise ArgumentValueError(e.argument, e.spelled, f"{path}: {e.before}", e.after) from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def cmd_decompress(args) -> int:
     out = _out_dir(args.out_dir, "image_000.png")
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed file at {path}")
     data = path.read_bytes()
-    n = codec.stream_info(data)["n"]  # checks the stream's structure before any decoding
+    with _about(path):
+        n = codec.stream_info(data)["n"]  # checks the stream's structure before any decoding
     names = [out / f"image_{k:03d}.png" for k in range(n)]
     existing = [p for p in names if p.exists()]
     if existing and not args.force:
@@ -725,7 +738,9 @@ def cmd_decompress(args) -> int:
         )
     model = models.load_model(args.run_dir)
     # under torchrun: each process decodes its share of the segments
-    x = codec.decompress(model, data, _cond(model, n, args.cls), progress=_progress(args), threads=args.threads)
+    cond = _cond(model, n, args.cls)
+    with _about(path):
+        x = codec.decompress(model, data, cond, progress=_progress(args), threads=args.threads)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         for name, img in zip(names, x):
@@ -1164,6 +1179,7 @@ FLAGS = {
     "compile": "--compile",
     "threads": "--threads N",
     "num_samples": "--num-samples",
+    "cond": "--class K",
 }
 
 

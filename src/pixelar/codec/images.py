@@ -12,7 +12,7 @@ of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are
 frequency table (`arithmetic.quantize`). Coding computes on CODING_THREADS CPU threads whatever the caller's
 count (see there), so the bytes do not depend on the thread count nor on the number of torchrun processes.
 Decode with the same model, weights, device and precision settings: another platform may round the network's
-floats differently (the checksum then says so); the header's fingerprint catches another model or
+floats differently (the error then names the settings); the header's fingerprint catches another model or
 other weights.
 
 The stream (version 2): a 33-byte header (magic, version, image count n and shape, number of values, the
@@ -52,6 +52,7 @@ import zlib
 import torch
 
 from .. import distributed
+from ..errors import ArgumentValueError
 from ..inference import inference
 from ..progress import tracking
 from ..sampling.naive import generation_steps
@@ -328,12 +329,12 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
         try:
             return bits_back.decode_segment(model, segment, m, _part(cond, part), device, bar)
         except ValueError as e:
-            raise ValueError(f"the stream is damaged: segment {k}'s bits-back coding fails ({e})") from None
+            raise _undecodable(model, f"segment {k}'s bits-back coding fails ({e})") from None
     dec = Decoder(segment)
     decoded = []
-    for k, (coder, _) in enumerate(stages):
+    for stage, (coder, _) in enumerate(stages):  # (k is the segment's index, which the errors name)
         x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
-        for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, k, decoded, cond, part, m)):
+        for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, stage, decoded, cond, part, m)):
             x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
             bar.advance(m)
         decoded.append(x)
@@ -345,11 +346,29 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
             x[:, c] = values.view(m, *model.image.shape[1:])
             bar.advance(m * model.image.height * model.image.width)
     if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
-        raise ValueError(
-            f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
-            f"sub-pixels end after {dec.bytes_used()}"
+        raise _undecodable(
+            model, f"segment {k}'s coded data is {len(segment)} bytes, but its sub-pixels end after {dec.bytes_used()}"
         )
     return x
+
+
+def _undecodable(model, what: str) -> ValueError:
+    """The error of a stream that does not decode (a segment that ends elsewhere, a bits-back stack that does
+    not unwind, images that fail the checksum): `what`, then the causes, the inputs that must be compress's
+    named (the model is the header's fingerprint's; the thread count is none: CODING_THREADS)."""
+    where = (
+        "on the device and platform (torch build, CPU or GPU kind) that compress ran on, whose floats the "
+        "model's probabilities depend on; the thread count does not matter"
+    )
+    if not (model.num_classes or model.cond_dim or model.cond_channels):
+        return ValueError(f"{what}: the stream is damaged, or it is decoded elsewhere than coded: decode {where}")
+    kind = "class labels" if model.num_classes else "cond vectors" if model.cond_dim else "cond maps"
+    return ArgumentValueError(
+        "cond",
+        "cond",
+        f"{what}: the stream is damaged, or decompress is not given what compress was: pass the same ",
+        f" ({kind}), {where}",
+    )
 
 
 def _decompress(model, data: bytes, cond, progress) -> torch.Tensor:
@@ -391,9 +410,5 @@ def _decompress(model, data: bytes, cond, progress) -> torch.Tensor:
     x = torch.cat([part for share in distributed.gather_objects(mine) for part in share]).to(device)
     images = model.decode(x)
     if _crc(images) != info["crc32"]:
-        raise ValueError(
-            "the decoded images fail the stream's checksum: the stream is damaged, or this machine "
-            "computes the model's probabilities differently (decompress with the platform, device "
-            "and settings that compressed it)"
-        )
+        raise _undecodable(model, "the decoded images fail the stream's checksum")
     return images
