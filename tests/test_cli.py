@@ -192,6 +192,32 @@ def test_score_compress_decompress_round_trip_and_errors(tmp_path, capsys):
     assert "not a pixelar compressed stream" in capsys.readouterr().err
 
 
+def test_decompress_with_another_class_names_the_file_and_the_flag(tmp_path, capsys):
+    """A stream decoded with another --class than compress was given: the error names the file and --class,
+    not only damage; --threads on either side changes nothing (the codec codes on one thread)."""
+    import torch
+
+    from pixelar import ImageSpec, create_model
+
+    torch.manual_seed(0)
+    model = create_model("pixelcnn_pp", ImageSpec(1, 6, 5, 256), "tiny", num_classes=3)
+    with torch.no_grad():  # random weights: the class bias starts at zero
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    model.save(tmp_path / "m")
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 5), dtype=np.uint8)).save(path)
+    m, packed = str(tmp_path / "m"), str(tmp_path / "one.pxar")
+    assert main(["compress", m, str(path), "--out", packed, "--class", "1", "--threads", "2"]) == 0
+    assert main(["decompress", m, packed, "--out-dir", str(tmp_path / "a"), "--class", "1", "--threads", "1"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "image_000.png")), np.asarray(Image.open(path)))
+    capsys.readouterr()
+    assert main(["decompress", m, packed, "--out-dir", str(tmp_path / "b"), "--class", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {packed}: " in err and "pass the same --class K (class labels)" in err, err
+    assert not (tmp_path / "b").exists()  # nothing written
+
+
 def test_complete_with_lmconv_an_arbitrary_mask_and_the_region_score(tmp_path, capsys):
     """No training needed: a saved tiny LMConv on 8x8 images; the mask is an arbitrary region."""
     import torch

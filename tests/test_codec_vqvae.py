@@ -8,7 +8,13 @@ import math
 
 import pytest
 import torch
-from codec_helpers import perturbed, random_images
+from codec_helpers import (
+    differs_on_two_threads,
+    perturbed,
+    pixel_tables,
+    random_images,
+    round_trip_across_thread_counts,
+)
 
 from pixelar import ImageSpec
 from pixelar.codec import compress, decompress, stream_info
@@ -110,6 +116,22 @@ def test_a_segment_depends_only_on_its_images():
     table = _HEADER.size + 4 * 2
     parts = [compress(model, x[:16]), compress(model, x[16:])]
     assert whole[table:] == b"".join(p[_HEADER.size + 4 :] for p in parts)
+
+
+def test_a_stream_decodes_on_any_thread_count():
+    """The codes' priors, the encoder and the decoder all run on codec.images.CODING_THREADS, whatever the
+    caller's count: the same bytes on 1 and 2 threads, each stream decoding on the other. At 28x28 the
+    decoder's transposed convolutions on the last segment's 4 images add in another order on 2 threads, which
+    moves its tables (checked here): streams so coded on one count did not decode on the other."""
+    spec = ImageSpec(1, 28, 28, 256)
+    model = tiny_vqvae(spec)
+    x = random_images(spec, SEGMENT_IMAGES + 4)
+    round_trip_across_thread_counts(model, x)
+    last = x[SEGMENT_IMAGES:]
+    latents = model.coding_latents(last, None)
+    assert differs_on_two_threads(lambda: pixel_tables(model, model.coding_params(latents, None), last)), (
+        "this model's tables no longer depend on the thread count: the test would prove nothing"
+    )
 
 
 def test_damaged_streams_and_other_models_are_refused():

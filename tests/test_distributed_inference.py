@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from codec_helpers import perturbed
 from PIL import Image
 from run_helpers import launch
 
@@ -36,10 +37,10 @@ N_FILES = 35  # 3 segments of the stream: 1 coded by rank 0, 2 by rank 1
 N_ROUNDING = 18
 
 
-def commands(d: str, files: list[str], out: str) -> list[list[str]]:
+def commands(d: str, files: list[str], out: str, threads: int = 1) -> list[list[str]]:
     """The command lines to compare, each writing into directory `out` (score, eval: their printed lines); d is
-    setup's directory (model, vae, data.npz)."""
-    run, vae, data = f"{d}/model", f"{d}/vae", f"npz:{d}/data.npz"
+    setup's directory (model, vae, vqvae, data.npz); the VQ-VAE's compress and decompress on `threads` threads."""
+    run, vae, vq, data = f"{d}/model", f"{d}/vae", f"{d}/vqvae", f"npz:{d}/data.npz"
     return [
         [
             "sample",
@@ -63,6 +64,8 @@ def commands(d: str, files: list[str], out: str) -> list[list[str]]:
         ["eval", run, "--dataset", data, "--json", "--batch-size", "17"],
         ["eval", vae, "--dataset", data, "--json", "--subset", "13", "--batch-size", "4", "--num-samples", "3"],
         ["score", vae, *files[:3], "--json"],
+        ["compress", vq, *files, "--out", f"{out}/vq.pxar", "--threads", str(threads)],
+        ["decompress", vq, f"{out}/vq.pxar", "--out-dir", f"{out}/vq", "--threads", str(threads)],
     ]
 
 
@@ -88,12 +91,14 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A tiny PixelCNN++ and a tiny VDVAE for 8x8 greyscale images, saved as model directories, N_FILES PNG
+    """A tiny PixelCNN++ and a tiny VDVAE for 8x8 greyscale images and a tiny VQ-VAE (random weights: its
+    decoder's floats on the last segment's 3 images differ on 2 threads), saved as model directories, N_FILES PNG
     files and a dataset of 40 such images (data.npz)."""
     d = tmp_path_factory.mktemp("inference")
     torch.manual_seed(0)
     pixelar.create_model("pixelcnn_pp", pixelar.ImageSpec(1, 8, 8, 256), "tiny").save(d / "model")
     pixelar.create_model("vdvae", pixelar.ImageSpec(1, 8, 8, 256), "tiny").save(d / "vae")
+    perturbed("vqvae", pixelar.ImageSpec(1, 8, 8, 256)).save(d / "vqvae")
     rng = np.random.default_rng(0)
     np.savez(
         d / "data.npz",
@@ -108,8 +113,8 @@ def setup(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def run_here(cmds: list[list[str]], out: Path) -> None:
-    """The commands in this process, one thread (as each launched process), printed lines kept as the script
-    keeps them."""
+    """The commands in this process, one thread (as each launched process) unless a command's --threads says
+    otherwise, printed lines kept as the script keeps them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -131,16 +136,18 @@ def test_two_processes_write_the_files_and_lines_of_one(setup, tmp_path):
     d, files = setup
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    run_here(commands(str(d), files, str(one)), one)
+    # the VQ-VAE's stream: one process on 2 threads against 2 of one, so it depends on neither count
+    run_here(commands(str(d), files, str(one), threads=2), one)
     script = tmp_path / "commands.py"
     script.write_text(SCRIPT)
     launch(2, json.dumps(commands(str(d), files, str(two))), str(two), script=script, cwd=tmp_path)
-    for name in ("samples.png", "complete.png", "imgs.pxar"):
+    for name in ("samples.png", "complete.png", "imgs.pxar", "vq.pxar"):
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     decoded = sorted(p.name for p in (two / "decoded").iterdir())
     assert decoded == [f"image_{k:03d}.png" for k in range(N_FILES)]
     for k, path in enumerate(files):  # lossless, in the files' order
-        assert np.array_equal(np.asarray(Image.open(two / "decoded" / decoded[k])), np.asarray(Image.open(path)))
+        for images in (two / "decoded", two / "vq", one / "vq"):
+            assert np.array_equal(np.asarray(Image.open(images / decoded[k])), np.asarray(Image.open(path)))
     for k in range(len(commands("", files, ""))):
         assert printed(two, k) == printed(one, k), k
     lines = (two / "stdout2.txt").read_text().splitlines()

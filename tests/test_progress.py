@@ -214,7 +214,7 @@ def test_the_thread_count_is_restored_when_sampling_raises(model, two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_the_codec_chooses_threads_and_restores_them(model, two_threads, monkeypatch):
+def test_the_codec_codes_on_one_thread_whatever_threads_says_and_restores_the_count(model, two_threads, monkeypatch):
     seen = []
     steps = codec.images._coding_steps
 
@@ -224,9 +224,9 @@ def test_the_codec_chooses_threads_and_restores_them(model, two_threads, monkeyp
 
     monkeypatch.setattr(codec.images, "_coding_steps", recording)
     x = torch.randint(0, 256, (2, *GREY.shape))
-    data = codec.compress(model, x)
+    data = codec.compress(model, x, threads=3)
     assert torch.equal(codec.decompress(model, data, threads=2), x)
-    assert seen == [1, 2] and torch.get_num_threads() == 2
+    assert seen == [codec.images.CODING_THREADS] * 2 == [1, 1] and torch.get_num_threads() == 2
 
 
 def test_auto_threads_rule():

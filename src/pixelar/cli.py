@@ -25,7 +25,7 @@ from . import codec, converters, distributed, models, pretrained
 from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
-from .errors import SHORT_LIMIT, NamesArgument, shown
+from .errors import SHORT_LIMIT, ArgumentValueError, NamesArgument, shown
 from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.probe import linear_probe
 from .image_files import Grid, image_format, load_image, save_grid, save_image
@@ -146,15 +146,21 @@ def _types(text: str | None) -> list[str]:
 
 
 # ----- options of every command that runs a long job: --threads N, --progress / --no-progress ----------------
-def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False) -> None:
-    """--threads and --progress/--no-progress, the same on every command that has a progress bar."""
+def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False, codes: bool = False) -> None:
+    """--threads and --progress/--no-progress, the same on every command that has a progress bar (codes: the
+    codec's commands, which code on one thread whatever --threads says)."""
     default = (
-        "chosen for the work: one thread for the small steps of cached sampling and coding, torch's default "
-        "for large ones"
+        "chosen for the work: one thread for the small steps of cached sampling, torch's default for large ones"
         if chooses_threads
         else "torch's default"
     )
-    p.add_argument("--threads", type=positive_int, metavar="N", help=f"CPU threads (default: {default})")
+    threads_help = (
+        "accepted as on the other commands; the coding itself runs on one thread, so that a file decodes "
+        "whatever the thread count"
+        if codes
+        else f"CPU threads (default: {default})"
+    )
+    p.add_argument("--threads", type=positive_int, metavar="N", help=threads_help)
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -725,13 +731,26 @@ def _out_dir(path: str, probe: str) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _about(path: Path):
+    """A ValueError of the block names the file it is about first (an argument it names still spelled as its
+    flag by _message)."""
+    try:
+        yield
+    except ArgumentValueError as e:
+        raise ArgumentValueError(e.argument, e.spelled, f"{path}: {e.before}", e.after) from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def cmd_decompress(args) -> int:
     out = _out_dir(args.out_dir, "image_000.png")
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"no compressed file at {path}")
     data = path.read_bytes()
-    n = codec.stream_info(data)["n"]  # checks the stream's structure before any decoding
+    with _about(path):
+        n = codec.stream_info(data)["n"]  # checks the stream's structure before any decoding
     names = [out / f"image_{k:03d}.png" for k in range(n)]
     existing = [p for p in names if p.exists()]
     if existing and not args.force:
@@ -750,9 +769,10 @@ def cmd_decompress(args) -> int:
                     save_image(img, model.data_image, tmp / names[k].name)
 
         # under torchrun: the processes decode the segments in rounds
-        codec.decompress_segments(
-            model, data, write, _cond(model, n, args.cls), progress=_progress(args), threads=args.threads
-        )
+        with _about(path):
+            codec.decompress_segments(
+                model, data, write, _cond(model, n, args.cls), progress=_progress(args), threads=args.threads
+            )
     print(f"wrote {n} image(s) to {out}/image_000.png ...")
     return 0
 
@@ -1171,7 +1191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spaces; never more than 8 bits): decompress then returns the converted images",
     )
     z.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    _add_job_options(z, chooses_threads=True)
+    _add_job_options(z, codes=True)
     z.set_defaults(func=cmd_compress)
     u = sub.add_parser("decompress", help="restore images compressed with the same model")
     u.add_argument("run_dir", help=RUN_DIR_HELP)
@@ -1179,7 +1199,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out-dir", required=True, help="where image_000.png, image_001.png, ... go")
     u.add_argument("--class", dest="cls", type=nonnegative_int, help="the class label given to compress")
     u.add_argument("--force", action="store_true", help="overwrite image files that exist in --out-dir")
-    _add_job_options(u, chooses_threads=True)
+    _add_job_options(u, codes=True)
     u.set_defaults(func=cmd_decompress)
 
     rc = sub.add_parser("recipes", help="list the papers' CIFAR-10 training recipes, or show one in full")
@@ -1259,6 +1279,7 @@ FLAGS = {
     "threads": "--threads N",
     "num_samples": "--num-samples",
     "hps": "--hps NAME",
+    "cond": "--class K",
 }
 
 

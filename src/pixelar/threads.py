@@ -1,6 +1,6 @@
-"""How many CPU threads a sampling or coding job runs on: one for small steps, torch's setting for large ones.
+"""How many CPU threads a sampling job runs on: one for small steps, torch's setting for large ones.
 
-Cached sampling and the codec run thousands of generation steps, each a handful of small operations on a
+Cached sampling runs thousands of generation steps, each a handful of small operations on a
 few pixels of every image. Splitting such an operation over threads costs more (waking the threads, waiting
 for the slowest) than it saves, and far more when another process keeps a core busy: PixelCNN++ small, 16
 images of 32x32x3, cached, took 4.7 s on one thread and 27.1 s on two beside a busy core. Large steps (a
@@ -10,8 +10,9 @@ full pass); below STEP_WORK_THRESHOLD one thread, else torch's setting is left a
 the measurements behind the threshold (`python -m benchmarks.sampling_threads`).
 
 `threads_for(threads, work, device)` applies the choice for a block and restores torch's thread count after
-it, also when the block raises; an explicit `threads` wins. Lives below every package, like inference.py,
-so that models/ (sample), sampling/ and codec/ can use it.
+it, also when the block raises; an explicit `threads` wins. The codec does not choose: its bytes must not
+depend on the count, so it codes on one thread whatever `threads` says (`num_threads`; codec/images.py). Lives
+below every package, like inference.py, so that models/ (sample), sampling/ and codec/ can use it.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ The decoder must see exactly the probabilities the encoder used, so both run one
 values, the decoder with the decoded ones), each step's parameters come from the model's incremental forward
 (the cached sampler's; naive forward passes where a model has none), and the distribution's log-probabilities
 of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are turned into an integer
-frequency table (`arithmetic.quantize`). Decode with the same model, weights, device and precision settings:
-another platform may round the network's floats differently (the checksum then says so); the header's
-fingerprint catches another model or other weights.
+frequency table (`arithmetic.quantize`). Coding computes on CODING_THREADS CPU threads whatever the caller's
+count (see there), so the bytes do not depend on the thread count nor on the number of torchrun processes.
+Decode with the same model, weights, device and precision settings: another platform may round the network's
+floats differently (the error then names the settings); the header's fingerprint catches another model or
+other weights.
 
 The stream (version 2): a 33-byte header (magic, version, image count n and shape, number of values, the
 model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
@@ -53,10 +55,11 @@ import zlib
 import torch
 
 from .. import distributed
+from ..errors import ArgumentValueError
 from ..inference import inference
 from ..progress import tracking
 from ..sampling.naive import generation_steps
-from ..threads import step_work, threads_for
+from ..threads import check_threads, num_threads
 from . import bits_back
 from .arithmetic import TOTAL, Decoder, Encoder, quantize
 from .pixels import pixel_steps
@@ -70,6 +73,15 @@ SEGMENT_IMAGES = 16  # images coded together: the model's batch when coding, and
 # bits-back coding chains a segment's images (each takes back bits the one before left): a segment pays the
 # start-up cost once (bits_back.py), so it holds many images; the model still runs on one image at a time
 SEGMENT_IMAGES_BITS_BACK = 16384
+# The CPU threads that compress and decompress run on, whatever the caller's count: a frequency table that moves
+# by one count breaks the stream, and torch's CPU kernels split their sums by the thread count, so that on 2
+# threads they add in another order than on 1 (measured, torch 2.13: the fused attention of PixelSNAIL and the
+# Image Transformer at 16 images, a 5x384 by 384x64 matrix product of PixelCNN++ small's cached step, a
+# VQ-VAE decoder's 1x1 and transposed convolutions at 4 images, a VDVAE's output convolution at 1). Tiny models
+# survived by luck: none of their operations had a size or shape that the kernels split. One thread never
+# splits a sum (and is what the codec chose for small steps anyway); a fixed count also frees the bytes from
+# the number of torchrun processes, each with its own thread count.
+CODING_THREADS = 1
 
 
 def segment_images(model) -> int:
@@ -172,22 +184,21 @@ def compress(model, x: torch.Tensor, cond=None, progress=None, threads: int | No
     many images in less memory: each segment is widened to int64 on its own), to bytes.
 
     progress: report the sub-pixels coded (pixelar.progress: True for a bar, or a callable on_progress(done,
-    total, images=, bpd=) with the images and bits/dim of the segments finished so far). threads: CPU threads
-    for the coding, restored after (None chooses: pixelar.threads). Neither changes the bytes."""
-    with inference(model):
-        return _compress(model, x, cond, progress, threads)
+    total, images=, bpd=) with the images and bits/dim of the segments finished so far). threads: None or an
+    integer >= 1, checked as by the other long jobs, but coding always runs on CODING_THREADS CPU threads (the
+    caller's count restored after), so that neither changes the bytes."""
+    with inference(model), _coding_threads(threads):
+        return _compress(model, x, cond, progress)
 
 
-def _threads(threads, model, stages, n: int, device):
-    """threads_for the coding steps of segments of up to SEGMENT_IMAGES images (the first stage's; bits-back:
-    whole passes of the model on one image)."""
-    if not stages:
-        return threads_for(threads, step_work(model, 1, False), device)
-    coder = stages[0][0]
-    return threads_for(threads, step_work(coder, min(n, SEGMENT_IMAGES), coder.has_incremental_forward), device)
+def _coding_threads(threads):
+    """The block of a whole compress or decompress call (the model's input, its latents, every table):
+    CODING_THREADS CPU threads whatever `threads` (checked) asks, the caller's count restored after."""
+    check_threads(threads)
+    return num_threads(CODING_THREADS)
 
 
-def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
+def _compress(model, x: torch.Tensor, cond, progress) -> bytes:
     model.coding_scheme()  # refuses a model the codec cannot drive, saying why
     device = next(model.parameters()).device
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -209,10 +220,7 @@ def _compress(model, x: torch.Tensor, cond, progress, threads) -> bytes:
     mine = range(distributed.rank(), count, distributed.world_size())  # this process's segments (in rounds)
     total = sum(min(S, n - k * S) for k in mine) * _symbols(model, stages)
     segments, coded = [], [0, 0]  # the stream's segments in order; this process's images and bytes
-    with (
-        _threads(threads, model, stages, n, device),
-        tracking(progress, total, "compressing", "sub-pixel") as bar,
-    ):
+    with tracking(progress, total, "compressing", "sub-pixel") as bar:
 
         def encode(k: int) -> bytes:  # one segment at a time: memory of S images, not n
             part = slice(k * S, min(n, (k + 1) * S))
@@ -334,13 +342,13 @@ def decompress(model, data: bytes, cond=None, progress=None, threads: int | None
 def decompress_segments(model, data: bytes, use, cond=None, progress=None, threads: int | None = None) -> None:
     """The images of decompress(model, data, ...) handed over as they are decoded: use(rows, images) for each
     segment in order, rows a slice of range(n) and images (m, C, H, W) int64 on the CPU, on every process under
-    torchrun. Memory: one round of segments (one per process), not n images.
+    torchrun. Memory: one round of segments (one per process), not n images. threads: as compress's.
 
     The stream's checksum covers all its images, so a damaged stream may be found only after the last use:
     the ValueError comes then, and a caller that wrote images out must discard them (pixelar.io.write_folder
     does when the error leaves its block)."""
-    with inference(model):
-        _decompress(model, data, use, cond, progress, threads)
+    with inference(model), _coding_threads(threads):
+        _decompress(model, data, use, cond, progress)
 
 
 def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k: int, bar) -> torch.Tensor:
@@ -351,12 +359,12 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
         try:
             return bits_back.decode_segment(model, segment, m, _part(cond, part), device, bar)
         except ValueError as e:
-            raise ValueError(f"the stream is damaged: segment {k}'s bits-back coding fails ({e})") from None
+            raise _undecodable(model, f"segment {k}'s bits-back coding fails ({e})") from None
     dec = Decoder(segment)
     decoded = []
-    for k, (coder, _) in enumerate(stages):
+    for stage, (coder, _) in enumerate(stages):  # (k is the segment's index, which the errors name)
         x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
-        for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, k, decoded, cond, part, m)):
+        for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, stage, decoded, cond, part, m)):
             x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
             bar.advance(m)
         decoded.append(x)
@@ -368,14 +376,32 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
             x[:, c] = values.view(m, *model.image.shape[1:])
             bar.advance(m * model.image.height * model.image.width)
     if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
-        raise ValueError(
-            f"the stream is damaged: segment {k}'s coded data is {len(segment)} bytes, but its "
-            f"sub-pixels end after {dec.bytes_used()}"
+        raise _undecodable(
+            model, f"segment {k}'s coded data is {len(segment)} bytes, but its sub-pixels end after {dec.bytes_used()}"
         )
     return x
 
 
-def _decompress(model, data: bytes, use, cond, progress, threads) -> None:
+def _undecodable(model, what: str) -> ValueError:
+    """The error of a stream that does not decode (a segment that ends elsewhere, a bits-back stack that does
+    not unwind, images that fail the checksum): `what`, then the causes, the inputs that must be compress's
+    named (the model is the header's fingerprint's; the thread count is none: CODING_THREADS)."""
+    where = (
+        "on the device and platform (torch build, CPU or GPU kind) that compress ran on, whose floats the "
+        "model's probabilities depend on; the thread count does not matter"
+    )
+    if not (model.num_classes or model.cond_dim or model.cond_channels):
+        return ValueError(f"{what}: the stream is damaged, or it is decoded elsewhere than coded: decode {where}")
+    kind = "class labels" if model.num_classes else "cond vectors" if model.cond_dim else "cond maps"
+    return ArgumentValueError(
+        "cond",
+        "cond",
+        f"{what}: the stream is damaged, or decompress is not given what compress was: pass the same ",
+        f" ({kind}), {where}",
+    )
+
+
+def _decompress(model, data: bytes, use, cond, progress) -> None:
     info = stream_info(data)
     n, C, H, W, K, fp = (info[k] for k in ("n", "channels", "height", "width", "num_values", "fingerprint"))
     model.coding_scheme()  # refuses a model the codec cannot drive, saying why
@@ -399,10 +425,7 @@ def _decompress(model, data: bytes, use, cond, progress, threads) -> None:
     mine = range(distributed.rank(), len(lengths), distributed.world_size())  # this process's segments (rounds)
     total = sum(min(S, n - k * S) for k in mine) * _symbols(model, stages)  # symbols of what is coded
     decoded, crc = [0, 0], 0  # this process's images and coded bytes; the CRC of the images so far, in order
-    with (
-        _threads(threads, model, stages, n, device),
-        tracking(progress, total, "decompressing", "sub-pixel") as bar,
-    ):
+    with tracking(progress, total, "decompressing", "sub-pixel") as bar:
 
         def decode(k: int) -> torch.Tensor:  # one segment at a time: S images' memory
             part = slice(k * S, min(n, (k + 1) * S))
@@ -420,8 +443,4 @@ def _decompress(model, data: bytes, use, cond, progress, threads) -> None:
         # under torchrun segment k is decoded by rank k % N; every process gets every segment, in order
         distributed.each_in_order(len(lengths), decode, take, "decompressing")
     if crc != info["crc32"]:
-        raise ValueError(
-            "the decoded images fail the stream's checksum: the stream is damaged, or this machine "
-            "computes the model's probabilities differently (decompress with the platform, device "
-            "and settings that compressed it)"
-        )
+        raise _undecodable(model, "the decoded images fail the stream's checksum")
