@@ -22,7 +22,7 @@ from PIL import Image
 import pixelar
 from pixelar import converters
 from pixelar.cli import main
-from pixelar.converters.checkpoint import sha256_file
+from pixelar.io import file_sha256
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 K = 512  # the Hub models' palette
@@ -158,8 +158,8 @@ def test_published_layout_zero_biases_and_mask_buffers(tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["source"] == "hf-imagegpt" and card["source_file"] == "igpt" and card["name"] == "igpt"
     files = ("config.json", "preprocessor_config.json", "pytorch_model.bin")
-    assert card["source_files"] == {f: sha256_file(directory / f) for f in files}
-    assert card["sha256"] == sha256_file(out / "model.safetensors") and "source_sha256" not in card
+    assert card["source_files"] == {f: file_sha256(directory / f) for f in files}
+    assert card["sha256"] == file_sha256(out / "model.safetensors") and "source_sha256" not in card
     assert any("biases: all zero" in n for n in card["conversion"])
     assert any("4 stored causal-mask buffers" in n for n in card["conversion"])
     assert card["paper_bpd"].startswith("none in bits/dim")
