@@ -122,7 +122,7 @@ def convert(source_name: str, path, **options):
 
 def card(src: Source, path: Path, model, notes: list[str], options: dict, weights_sha256: str) -> dict:
     """The card of a converted model (card.json)."""
-    shown = {k: (v.to_dict() if isinstance(v, ImageSpec) else v) for k, v in options.items()}
+    shown = {k: _shown(v) for k, v in options.items()}
     return {
         "name": path.stem,
         "source": src.name,
@@ -138,6 +138,13 @@ def card(src: Source, path: Path, model, notes: list[str], options: dict, weight
         "conversion": notes,
         "sha256": weights_sha256,
     }
+
+
+def _shown(value):
+    """An option as the card's JSON holds it: an ImageSpec as its dict, a path as its text."""
+    if isinstance(value, ImageSpec):
+        return value.to_dict()
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def convert_to_dir(source_name: str, path, out, overwrite: bool = False, **options):
