@@ -141,7 +141,8 @@ def test_files_of_another_layout_are_refused_not_half_converted(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         pixelar.convert("pclucas14-pixelcnn_pp", tmp_path / "none.pth")
     with pytest.raises(
-        ValueError, match="unknown checkpoint source 'pixelcnn'; sources: openai-vdvae, pclucas14-pixelcnn_pp"
+        ValueError,
+        match="unknown checkpoint source 'pixelcnn'; sources: openai-distaug, openai-vdvae, pclucas14-pixelcnn_pp",
     ):
         pixelar.convert("pixelcnn", tmp_path / "none.pth")
 

@@ -34,7 +34,7 @@ from ..types import ImageSpec
 CARD_NAME = "card.json"
 
 # the modules that register a source each (imported when a source is first looked up)
-_MODULES = ("openai_vdvae", "pclucas14_pixelcnn_pp")
+_MODULES = ("openai_distaug", "openai_vdvae", "pclucas14_pixelcnn_pp")
 
 
 @dataclasses.dataclass(frozen=True)
