@@ -4,6 +4,10 @@ checkout's path is given on the command line, and its modules are loaded from th
 
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
+
+openai/distribution_augmentation cannot run on a CPU (TensorFlow 1 and blocksparse's GPU kernels): for it
+there is only its save format, transcribed from its train.py and utils.save_params (`distaug_variables`,
+`write_distaug_npz`), which writes random files of its variable names, shapes and dtypes.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.machinery
+import math
 import sys
 import types
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -121,3 +128,92 @@ def perturb_all(model: nn.Module, gen: torch.Generator, scale: float) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+# ----- openai/distribution_augmentation: its .npz format (the code itself needs TF1 and GPU kernels) ------------
+# its augmentation types in the order of train.py's H.self_gen_types: (start-token variable, hyperparameter,
+# number of tokens)
+DISTAUG_TYPES = (
+    ("sos_rot", "use_rotation", 4),
+    ("sos_c", "use_color", 6),
+    ("sos_tr", "use_transposition", 2),
+    ("sos_rev", "use_reverse", 2),
+    ("sos_js", "use_jigsaw", 24),
+)
+
+
+def distaug_variables(h: dict, rows: int, cols: int, chans: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The trainable variables (name without ":0", shape) that train.py's model() creates for the hyperparameters
+    h (their names: n_embd, n_layer, qk_ratio, mlp_multiple, use_rotation, ...; n_vocab 256) on images of
+    rows x cols x chans: stack() (we, pos_emb_I, sos_token/...), each layer's dense or sparse attention and
+    post_attention (norm g/b, linear w/b), final_norm and get_logits."""
+    d, n_vocab = h["n_embd"], 256
+    qk, ff = int(d * h.get("qk_ratio", 1.0)), int(d * h.get("mlp_multiple", 4.0))
+    out = [("model/we", (n_vocab, d))]
+    out += [(f"model/pos_emb_{i}", (n, d)) for i, n in enumerate((rows, cols, chans))]
+    used = [(sos, n) for sos, key, n in DISTAUG_TYPES if h.get(key)]
+    if used and not h.get("use_unconditional_augmentation"):
+        out += [(f"model/sos_token/{sos}", (n, d)) for sos, n in used]
+    else:
+        out.append(("model/sos_token/sos", (1, 1, d)))
+    for i in range(h["n_layer"]):
+        p = f"model/h{i}"
+        out += [(f"{p}/attn_input/g", (d,)), (f"{p}/attn_input/b", (d,))]
+        for name, width in (("q_proj", qk), ("k_proj", qk), ("v_proj", d), ("post_proj", d)):
+            out += [(f"{p}/{name}/w", (d, width)), (f"{p}/{name}/b", (width,))]
+        out += [(f"{p}/mlp/g", (d,)), (f"{p}/mlp/b", (d,))]
+        out += [(f"{p}/mlp_proj1/w", (d, ff)), (f"{p}/mlp_proj1/b", (ff,))]
+        out += [(f"{p}/mlp_proj2/w", (ff, d)), (f"{p}/mlp_proj2/b", (d,))]
+    out += [("model/final_norm/g", (d,)), ("model/final_norm/b", (d,)), ("model/gen_logits/logits_proj", (d, n_vocab))]
+    return out
+
+
+def _distaug_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random float32 values of a plausible scale for variable `name`: gains about 1, biases about 0.3,
+    embeddings about 1, weights about 1.5 / sqrt(fan in) (attention neither uniform nor one-hot)."""
+    if name.endswith("/g"):
+        v = 1.0 + 0.3 * rng.standard_normal(shape)
+    elif name.endswith("/b"):
+        v = 0.3 * rng.standard_normal(shape)
+    elif name.endswith("/w") or name.endswith("logits_proj"):
+        v = 1.5 / math.sqrt(shape[0]) * rng.standard_normal(shape)
+    else:  # we, pos_emb_I, sos_token/...
+        v = rng.standard_normal(shape)
+    return v.astype(np.float32)
+
+
+def write_distaug_npz(path, h: dict, rows: int, cols: int, chans: int, seed: int, ema: bool = True) -> None:
+    """A random file in the layout utils.save_params writes for hyperparameters h: np.savez of every global
+    variable by its TF name (":0"): each weight (float32, the f32_storage_getter), with ema its moving average
+    X/Ema/ema:0 (blocksparse's Ema, float32; the raw weight then differs from it by noise), Adam's two moments
+    X/Adam:0 and X/Adam_1:0 (float16 for tensors of >= 8192 entries, as fp16_mean_var stores them), the
+    beta powers under adam_beta/ and the training loop's counters. Written one array at a time (as np.savez
+    does it, so that a 150M-parameter file needs no copy of itself in memory)."""
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+
+        def put(name: str, arr: np.ndarray) -> None:
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+        for name, shape in distaug_variables(h, rows, cols, chans):
+            value = _distaug_value(name, shape, rng)
+            if ema:
+                raw = value + (0.5 * value.std() + 0.1) * rng.standard_normal(shape).astype(np.float32)
+                put(f"{name}:0", raw)
+                put(f"{name}/Ema/ema:0", value)
+            else:
+                put(f"{name}:0", value)
+            dtype = np.float16 if math.prod(shape) >= 8 * 1024 else np.float32
+            put(f"{name}/Adam:0", (1e-3 * rng.standard_normal(shape)).astype(dtype))
+            put(f"{name}/Adam_1:0", (1e-6 * rng.random(shape)).astype(dtype))
+        for name, value in (
+            ("adam_beta/beta1_power:0", np.float32(0.9**1000)),
+            ("adam_beta/beta2_power:0", np.float32(0.999**1000)),
+            ("global_step:0", np.int64(1000)),
+            ("num_epochs:0", np.int64(3)),
+            ("num_examples_processed:0", np.int64(16000)),
+            ("curr_loss_scale:0", np.float32(2.0**16)),
+            ("best_val_loss:0", np.float32(2.1)),
+        ):
+            put(name, np.asarray(value))

@@ -9,7 +9,13 @@ ancestral sampling, one pass through its decoder, timed whole).
 
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
-    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae [--write]
+    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae [--distaug] [--write]
+
+`--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
+its 150M rotation + transposition model (c10-150m-rot-tr-dist-aug.npz, hyperparams.py's c10-150m-rot-tr), in
+the layout its utils.save_params writes (weights, moving averages, Adam's moments: about 1.8 GB in the
+temporary directory), written by benchmarks/authors_code.write_distaug_npz. `--no-sampling` times the
+conversions alone (a naive pass of the 150M model over 3,072 positions takes minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -27,25 +33,34 @@ import torch
 import pixelar
 from pixelar.threads import step_work, threads_for
 
-from .authors_code import pclucas14, pclucas14_published_layout, perturb, perturb_all, vdvae, vdvae_hyperparameters
+from .authors_code import (
+    pclucas14,
+    pclucas14_published_layout,
+    perturb,
+    perturb_all,
+    vdvae,
+    vdvae_hyperparameters,
+    write_distaug_npz,
+)
 from .sampling_speed import cached_image_time, naive_step_time
 from .tables import cpu_model, load_average, write_table
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "converted.md"
 
 
-def pclucas14_checkpoint(port: Path, out: Path) -> tuple[str, list[str]]:
-    """The port's CIFAR-10 model (160 filters, 5 resnets, 10 mixtures), random, in the published layout.
-    -> (source, further `pixelar convert` arguments)."""
+def pclucas14_checkpoint(port: Path, tmp: Path) -> tuple[str, Path, list[str]]:
+    """The port's CIFAR-10 model (160 filters, 5 resnets, 10 mixtures), random, in the published layout, in tmp.
+    -> (source, the file, further `pixelar convert` arguments)."""
     model, _ = pclucas14(port)
     torch.manual_seed(0)
     net = model.PixelCNN(nr_resnet=5, nr_filters=160, nr_logistic_mix=10, input_channels=3).eval()
     perturb(net, torch.Generator().manual_seed(0))
+    out = tmp / "published.pth"
     torch.save(pclucas14_published_layout(net), out)
-    return "pclucas14-pixelcnn_pp", []
+    return "pclucas14-pixelcnn_pp", out, []
 
 
-def vdvae_checkpoint(code: Path, out: Path) -> tuple[str, list[str]]:
+def vdvae_checkpoint(code: Path, tmp: Path) -> tuple[str, Path, list[str]]:
     """openai/vdvae's CIFAR-10 model (hps cifar10: width 384, 43 latent layers), random, saved as its published
     -model-ema.th files are (the unwrapped VAE's state dict)."""
     _, hps, vae = vdvae(code)
@@ -53,8 +68,20 @@ def vdvae_checkpoint(code: Path, out: Path) -> tuple[str, list[str]]:
     torch.manual_seed(0)
     model = vae.VAE(H).eval()
     perturb_all(model, torch.Generator().manual_seed(0), 0.02)
+    out = tmp / "published-model-ema.th"
     torch.save(model.state_dict(), out)
-    return "openai-vdvae", ["--hps", "cifar10"]
+    return "openai-vdvae", out, ["--hps", "cifar10"]
+
+
+def distaug_checkpoint(_, tmp: Path) -> tuple[str, Path, list[str]]:
+    """A random c10-150m-rot-tr-dist-aug.npz (hyperparams.py's c10-150m-rot-tr: n_embd 512, 16 heads, 48 layers,
+    'b,bT,b,b', rotation and transposition) in its save layout, under the published name (whose hps the
+    converter takes by default)."""
+    from pixelar.converters.openai_distaug import NAMED
+
+    out = tmp / "c10-150m-rot-tr-dist-aug.npz"
+    write_distaug_npz(out, NAMED["c10-150m-rot-tr"], 32, 32, 3, seed=0)
+    return "openai-distaug", out, []
 
 
 def convert_in_child(source: str, path: Path, out: Path, extra: list[str]) -> tuple[float, int]:
@@ -98,6 +125,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pclucas14", type=Path, help="checkout of pclucas14/pixel-cnn-pp")
     ap.add_argument("--vdvae", type=Path, help="checkout of openai/vdvae")
+    ap.add_argument("--distaug", action="store_true", help="openai-distaug's 150M model (no checkout needed)")
+    ap.add_argument("--no-sampling", action="store_true", help="time the conversions only")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--naive-steps", type=int, default=3, help="full passes measured per naive figure")
     ap.add_argument("--cached-rows", type=int, default=4, help="rows measured per cached figure")
@@ -105,18 +134,18 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     given = ((pclucas14_checkpoint, args.pclucas14), (vdvae_checkpoint, args.vdvae))
     makers = [(make, code) for make, code in given if code is not None]
+    makers += [(distaug_checkpoint, None)] if args.distaug else []
     if not makers:
-        raise SystemExit("give the authors' code of at least one source (--pclucas14 PATH, --vdvae PATH)")
+        raise SystemExit("give at least one source (--pclucas14 PATH, --vdvae PATH, --distaug)")
     load_before, rows = load_average(), []
     for make, code in makers:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "published.pth"
-            source, extra = make(code, path)
+            source, path, extra = make(code, Path(tmp))
             size_mb = os.path.getsize(path) / 2**20
             seconds, peak = convert_in_child(source, path, Path(tmp) / "converted", extra)
             model = pixelar.load_model(Path(tmp) / "converted")
             speeds = []
-            for batch in (int(b) for b in args.batches.split(",")):
+            for batch in [] if args.no_sampling else (int(b) for b in args.batches.split(",")):
                 if model.likelihood == "bound":  # a VAE: ancestral, one pass whatever the method
                     speeds.append(f"batch {batch}: ancestral {ancestral(model, batch):.2f} img/s")
                     continue
@@ -124,7 +153,7 @@ def main(argv=None) -> None:
                 speeds.append(f"batch {batch}: {naive:.4f} / {cached:.3f} img/s ({cached / naive:.0f}x)")
         rows.append(
             f"| `{source}` | {model.num_parameters():,} | {size_mb:.0f} MB | {seconds:.1f} s | "
-            f"{peak / 2**20:.0f} MiB | {'; '.join(speeds)} |"
+            f"{peak / 2**20:.0f} MiB | {'; '.join(speeds) or 'not measured'} |"
         )
         print(rows[-1], flush=True)
     table = "\n".join(
@@ -132,7 +161,8 @@ def main(argv=None) -> None:
             f"Measured by `python -m benchmarks.converted` on {cpu_model()} ({os.cpu_count()} cores), torch "
             f"{torch.__version__}, fp32; load average {load_before} before, {load_average()} after. Conversion: "
             "`pixelar convert` in a fresh process, a random checkpoint of the published shapes written by the "
-            f"authors' code. Sampling: naive extrapolated from {args.naive_steps} full passes, cached from "
+            "authors' code (openai-distaug: in its save layout, by benchmarks/authors_code.write_distaug_npz). "
+            f"Sampling: naive extrapolated from {args.naive_steps} full passes, cached from "
             f"{args.cached_rows} rows, on the threads `model.sample` chooses; a VAE's ancestral sampling timed "
             "whole (best of 3).",
             "",

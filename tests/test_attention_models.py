@@ -6,6 +6,7 @@ import pytest
 import torch
 from likelihood_checks import causality_violations, conditional_sums, total_probability
 
+import pixelar
 from pixelar import ImageSpec, create_model
 
 VARIANTS = [
@@ -17,6 +18,11 @@ VARIANTS = [
     ),
     ("sparse_transformer", {"attention": ["strided"], "stride": 5, "output": "logistic_mixture"}),
     ("sparse_transformer", {"attention": ["strided.local+strided.stride", "fixed.local+fixed.summary"], "stride": 5}),
+    (  # openai's released Sparse Transformer (the openai-distaug converter's options)
+        "sparse_transformer",
+        {"attention": ["strided.stride", "strided.local"], "stride": 5, "activation": "quick_gelu"}
+        | {"position_of": "read", "cond_at": "start", "final_norm_eps": 1e-6, "num_classes": 3},
+    ),
     ("image_transformer", {"attention": "local_1d", "block_length": 5}),
     ("image_transformer", {"attention": "local_2d", "query_shape": [1, 3], "memory_flange": [2, 1], "num_classes": 3}),
     ("image_transformer_dmol", {"attention": "local_2d", "query_shape": [3, 2], "memory_flange": [1, 1]}),
@@ -106,6 +112,41 @@ def test_bad_options_raise_value_error():
         create_model("image_transformer", spec, attention="strided")
     with pytest.raises(ValueError, match="query_shape"):
         create_model("image_transformer", spec, attention="local_2d", query_shape=[0, 2])
+
+
+def test_the_released_codes_options_change_what_they_say_and_old_configs_lack_them():
+    """position_of="read": position t carries the coordinates of sub-pixel t-1 and the start token none;
+    cond_at="start": the conditioning reaches position 0 only; quick_gelu and the final norm's epsilon are
+    used. A config saved before these options builds the model it described."""
+    spec = ImageSpec(3, 2, 3, 4)
+    kw = {"num_classes": 3}
+    read = make("sparse_transformer", spec, position_of="read", cond_at="start", **kw)
+    x = torch.randint(0, 4, (2, *spec.shape), generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([0, 2])
+    with torch.no_grad():
+        e = read.embed(x, cond)
+        units = read.unit_order  # raster: position t predicts sub-pixel unit_order[t]
+        prev = units[:-1]
+        pix, chan = prev % 6, prev // 6
+        want = read.value_emb(x.reshape(2, -1)[:, prev] + chan * 4)
+        want = want + read.row_emb(pix // 3) + read.col_emb(pix % 3) + read.chan_emb(chan)
+        torch.testing.assert_close(e[:, 1:], want)
+        torch.testing.assert_close(e[:, 0], read.start.expand(2, -1) + read.cond_emb(cond))  # no position at 0
+    hparams = dict(read.hparams)
+    for key in ("activation", "position_of", "cond_at", "final_norm_eps"):
+        del hparams[key]
+    old = pixelar.models.registry.build_model("sparse_transformer", spec, hparams)
+    assert (old.position_of, old.cond_at, old.ln_f.eps, type(old.blocks[0].act).__name__) == (
+        "predicted",
+        "all",
+        1e-5,
+        "GELU",
+    )
+    quick = create_model("sparse_transformer", spec, activation="quick_gelu", final_norm_eps=1e-6)
+    assert type(quick.blocks[0].act).__name__ == "QuickGELU" and quick.ln_f.eps == 1e-6
+    for bad, message in (({"position_of": "next"}, "position_of must be one of"), ({"final_norm_eps": 0.0}, "> 0")):
+        with pytest.raises(ValueError, match=message):
+            create_model("sparse_transformer", spec, **bad)
 
 
 @pytest.mark.parametrize(

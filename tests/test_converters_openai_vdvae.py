@@ -179,6 +179,12 @@ def test_the_published_layouts_and_the_card(tmp_path):
     assert np.abs((got_d + got_r) / (want_d + want_r) - 1).max() < 1e-5
 
 
+def test_a_path_given_as_hps_is_written_into_the_card_as_text(tmp_path):
+    hps = FIXTURES / "cifar10_small.json"  # a Path, not a str
+    converters.convert_to_dir("openai-vdvae", FIXTURES / FILES["cifar10_small"], tmp_path / "vd", hps=hps)
+    assert json.loads((tmp_path / "vd" / "card.json").read_text())["options"] == {"hps": str(hps)}
+
+
 def test_files_of_another_layout_are_refused(tmp_path):
     state = torch.load(FIXTURES / FILES["cifar10_small"], weights_only=True)
     torch.save({**state, "decoder.extra": torch.zeros(1)}, tmp_path / "extra.th")

@@ -2,6 +2,8 @@
 DistAugModel wrapper (likelihood checks of every registered model under fixed non-identity indices, identity
 equals the base with identity one-hots, generation order, sampling, saving)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -247,6 +249,52 @@ def test_sampling_through_the_base(name):
     assert torch.equal(out[:, :, :2], x[:, :, :2])
 
 
+@pytest.mark.parametrize("name", ["sparse_transformer", "image_gpt", "image_transformer_dmol"])
+def test_permute_embeddings_keeps_each_sub_pixel_s_coordinates(name, float64):
+    """The paper's permute_embeddings: the base embeds T(x)'s sub-pixel d with the coordinates of x's sub-pixel
+    table[d]; normalised and causal along the mapped order under every type, cached sampling equal to naive,
+    identity unchanged, saved with the model; refused for a base that embeds no positions."""
+    spec = ImageSpec(3, 2, 2, 2)
+    model = make(name, spec, ["rot90", "colour", "transpose", "jigsaw"], permute_embeddings=True)
+    plain = make(name, spec, ["rot90", "colour", "transpose", "jigsaw"])  # the same weights (seeded)
+    x = torch.randint(0, 2, (3, *spec.shape), generator=torch.Generator().manual_seed(3))
+    a = torch.tensor([[1, 2, 1, 5], [0, 0, 0, 0], [3, 5, 0, 23]])
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(x[1:2], aug=a[1]), plain.log_prob(x[1:2], aug=a[1]))  # identity
+        moved, kept = model.log_prob(x, aug=a), plain.log_prob(x, aug=a)
+    assert (moved - kept).abs()[[0, 2]].min() > 1e-6
+    for vec in (a[0], a[2]):
+        with model.augmentation(vec):
+            assert abs(total_probability(model, spec) - 1.0) < 1e-9
+            violations, later = causality_violations(model, x[:1])
+            assert violations == [] and later > 0
+    torch.set_default_dtype(torch.float32)
+    model = make(name, ImageSpec(3, 4, 4, 256), ["rot90", "jigsaw"], permute_embeddings=True)
+    aug = torch.tensor([[1, 7], [3, 22]])
+    naive = model.sample(2, aug=aug, method="naive", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.sample(2, aug=aug, generator=torch.Generator().manual_seed(0)), naive)
+
+
+def test_permute_embeddings_is_saved_and_needs_positional_embeddings(tmp_path):
+    spec = ImageSpec(3, 4, 4, 4)
+    model = make("sparse_transformer", spec, ["rot90"], permute_embeddings=True)
+    model.save(tmp_path / "m")
+    back = pixelar.load_model(tmp_path / "m")
+    assert back.permute_embeddings
+    x, a = torch.randint(0, 4, (2, *spec.shape)), torch.tensor([[1], [2]])
+    with torch.no_grad():
+        assert torch.equal(back.log_prob(x, aug=a), model.log_prob(x, aug=a))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["distaug"]["permute_embeddings"]  # a config written before the option
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    assert not pixelar.load_model(tmp_path / "m").permute_embeddings
+    with pytest.raises(ValueError, match="'pixelcnn_pp' has none; the transformers"):
+        create_distaug_model("pixelcnn_pp", spec, "tiny", ["rot90"], permute_embeddings=True)
+    with pytest.raises(NotImplementedError, match="embeds no coordinates"):
+        with create_model("pixelcnn", spec).positions_from(torch.zeros(1, 48, dtype=torch.long)):
+            pass
+
+
 def test_save_load_round_trip(tmp_path):
     spec = ImageSpec(3, 4, 4, 4)
     model = make("pixelsnail", spec, ["transpose", {"name": "randperm", "num": 2, "seed": 7}], num_classes=3)
@@ -264,8 +312,6 @@ def test_save_load_round_trip(tmp_path):
 
 # ----- command line ----------------------------------------------------------------------------------------------
 def test_cli_train_distaug_and_plain_then_eval_per_augmentation(tmp_path, capsys):
-    import json
-
     from pixelar.cli import main
 
     rng = np.random.default_rng(0)

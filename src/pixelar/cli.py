@@ -1249,8 +1249,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cv.add_argument(
         "--hps",
-        help="openai-vdvae: the hyperparameters the checkpoint was trained with, cifar10, imagenet32 or imagenet64 "
-        "(openai/vdvae's hps.py sets) or FILE.json of its hyperparameter names (width, zdim, enc_blocks, ...)",
+        help="the hyperparameters the checkpoint was trained with. openai-vdvae: cifar10, imagenet32 or imagenet64 "
+        "(openai/vdvae's hps.py sets) or FILE.json of its hyperparameter names (width, zdim, enc_blocks, ...); "
+        "openai-distaug: a hyperparams.py set (c10_15m, c10-150m-rot-tr, ...; default: the one eval.sh gives a "
+        "published file's name) or FILE.json of its names (n_head, attention_layers, ...)",
     )
     cv.add_argument("--force", action="store_true", help="replace --out if it exists")
     cv.set_defaults(func=cmd_convert)

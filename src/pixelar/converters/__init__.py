@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_FILES = ("config.json", WEIGHTS_NAME, CARD_NAME)  # what a converted model directory holds
 
 # the modules that register a source each (imported when a source is first looked up)
-_MODULES = ("hf_imagegpt", "openai_vdvae", "pclucas14_pixelcnn_pp")
+_MODULES = ("hf_imagegpt", "openai_distaug", "openai_vdvae", "pclucas14_pixelcnn_pp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +140,7 @@ def convert(source_name: str, path, **options):
 
 def card(src: Source, path: Path, model, notes: list[str], options: dict, weights_sha256: str) -> dict:
     """The card of a converted model (card.json)."""
-    shown = {k: (v.to_dict() if isinstance(v, ImageSpec) else v) for k, v in options.items()}
+    shown = {k: _shown(v) for k, v in options.items()}
     if src.files is None:
         hashes = {"source_sha256": file_sha256(path)}
     else:  # a directory: each file read, by its name there
@@ -159,6 +160,13 @@ def card(src: Source, path: Path, model, notes: list[str], options: dict, weight
         "conversion": notes,
         "sha256": weights_sha256,
     }
+
+
+def _shown(value):
+    """An option as the card's JSON holds it: an ImageSpec as its dict, a path as its text."""
+    if isinstance(value, ImageSpec):
+        return value.to_dict()
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def convert_to_dir(source_name: str, path, out, overwrite: bool = False, **options):

@@ -2,18 +2,23 @@
 
 `read_torch_state` reads a torch.save file with `torch.load(weights_only=True)`: tensors, numbers, strings and
 containers of them, never an object whose unpickling runs code (a file that needs one is refused, naming it).
-`Tensors` hands a converter the tensors of a file one name at a time and, at the end, refuses a file that
-holds tensors the converter did not use (another layout, or a model this converter would convert only in
-part). `fold_weight_norm` turns weight normalisation's (g, v) into the plain weight it stands for, and
-`output_rows` reorders a discretized logistic mixture's output rows from the TF PixelCNN++ layout.
+`NpzArrays` reads a numpy .npz archive (TensorFlow-era checkpoints) with allow_pickle=False, one array at a
+time as it is asked for. `Tensors` hands a converter the tensors of a file one name at a time and, at the end,
+refuses a file that holds tensors the converter did not use (another layout, or a model this converter would
+convert only in part); entries it knowingly leaves out (an optimizer's state) it names with `skip`.
+`fold_weight_norm` turns weight normalisation's (g, v) into the plain weight it stands for, and `output_rows`
+reorders a discretized logistic mixture's output rows from the TF PixelCNN++ layout.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -39,6 +44,68 @@ def read_torch_state(path) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a dictionary of tensors (a state dict)")
     return obj
+
+
+class NpzArrays(Mapping):
+    """The arrays of a numpy .npz archive by name, each read only when asked for (a float16 array stays float16:
+    the converter decides what to upcast), as a torch tensor; `shape` and `dtype` read only an array's header.
+    numpy reads with allow_pickle=False: an object array (whose unpickling could run code) is refused, naming
+    the file and the entry. ValueError naming the file for a file that is no .npz archive."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            npz = np.load(self.path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{self.path} is not a readable .npz archive ({str(e).splitlines()[0]})") from None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{self.path} holds a single array, not an .npz archive of named arrays")
+        self._npz = npz
+        self._headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+
+    def __iter__(self):
+        return iter(self._npz.files)
+
+    def __len__(self) -> int:
+        return len(self._npz.files)
+
+    def __contains__(self, key) -> bool:
+        return key in self._npz.files
+
+    def _header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        if key not in self._headers:
+            if key not in self:
+                raise KeyError(key)
+            try:
+                with self._npz.zip.open(f"{key}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                    if version not in readers:  # 3.0 only differs for structured dtypes' field names
+                        raise ValueError(f".npy format version {version}, not 1.0 or 2.0")
+                    shape, _, dtype = readers[version](f)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{self.path}: entry {key!r} is not a readable array ({e})") from None
+            self._headers[key] = (tuple(shape), dtype)
+        return self._headers[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._header(key)[0]
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._header(key)[1]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self:
+            raise KeyError(key)
+        try:
+            arr = self._npz[key]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(
+                f"{self.path}: entry {key!r} cannot be read without running code or at all ({e})"
+            ) from None
+        if arr.dtype.kind not in "fiub":
+            raise ValueError(f"{self.path}: entry {key!r} holds {arr.dtype} values, not numbers")
+        return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def strip_prefix(state: dict, prefix: str) -> tuple[dict, bool]:
@@ -86,13 +153,15 @@ WEIGHT_FORMS = {
 class Tensors:
     """The tensors of a checkpoint, taken by name; `finish()` refuses tensors left untaken.
 
-    `what` names the file in every message ("checkpoint pcnn.pth")."""
+    state: a dict of tensors, or a mapping that reads each one when asked (NpzArrays). `what` names the file
+    in every message ("checkpoint pcnn.pth")."""
 
-    def __init__(self, state: dict, what: str):
+    def __init__(self, state: Mapping, what: str):
         self.state, self.what, self.taken = state, what, set()
-        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise ValueError(f"{what}: entry {bad[0]!r} is a {type(state[bad[0]]).__name__}, not a tensor")
+        if isinstance(state, dict):  # read already: check every entry now (a lazy mapping checks its own)
+            bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+            if bad:
+                raise ValueError(f"{what}: entry {bad[0]!r} is a {type(state[bad[0]]).__name__}, not a tensor")
 
     def has(self, key: str) -> bool:
         return key in self.state
@@ -102,6 +171,13 @@ class Tensors:
             raise ValueError(f"{self.what} has no tensor {key!r}: it is not a checkpoint of this layout")
         self.taken.add(key)
         return self.state[key]
+
+    def skip(self, key: str) -> None:
+        """Count `key` as used without reading it: an entry the converter knowingly leaves out (it says so in its
+        notes), e.g. an optimizer's moments beside the weights."""
+        if key not in self.state:
+            raise ValueError(f"{self.what} has no tensor {key!r}: it is not a checkpoint of this layout")
+        self.taken.add(key)
 
     def weight(self, prefix: str, dim: int = 0) -> tuple[torch.Tensor, str]:
         """The plain weight of module `prefix` in whichever form the file stores it (WEIGHT_FORMS; weight norm

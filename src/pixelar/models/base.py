@@ -58,6 +58,7 @@ class ImageModel(nn.Module):
     has_parts: bool = False  # whether log_prob_parts splits the likelihood into named parts
     num_feature_layers: int = 0  # layers whose features() a linear probe can read
     augmenter = None  # the transformations a Distribution Augmentation model is conditioned on
+    embeds_positions: bool = False  # whether learned embeddings of coordinates enter (positions_from works)
 
     def __init__(self, image: ImageSpec, num_classes: int = 0, cond_dim: int = 0, cond_channels: int = 0):
         super().__init__()
@@ -186,6 +187,16 @@ class ImageModel(nn.Module):
         (bool, True where given): generation_order(), the forward pass and begin_cache follow it. The default
         keeps the model's order (the samplers then keep the known pixels and draw the rest)."""
         return contextlib.nullcontext()
+
+    def positions_from(self, units: torch.Tensor):
+        """A context in which input sub-pixel d of image b gets the positional embeddings of sub-pixel
+        units[b, d] (int64 (B, C*H*W) flat indices) instead of its own, for everything the model computes
+        inside it (forward, log_prob, sampling): a wrapper that moves sub-pixels keeps their original
+        coordinates with it (DistAug's permute_embeddings). Only models with `embeds_positions` have it."""
+        raise NotImplementedError(
+            f"model {self.name!r} embeds no coordinates, so there is nothing to move; the transformers "
+            "(sparse_transformer, image_transformer, image_gpt) do"
+        )
 
     # ----- incremental evaluation (cached sampling, the codec) --------------------------------------------------
     def begin_cache(self, x: torch.Tensor, cond=None):

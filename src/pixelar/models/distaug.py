@@ -16,11 +16,14 @@ Since T_aug only moves sub-pixels, log p(x | aug) is a normalized distribution o
 per-sub-pixel conditionals are the base's mapped back through T_aug^-1, and its generation order is the base's
 order mapped back: a rotation is another generation order over the same image.
 
+permute_embeddings=True is the paper's `permute_embeddings`: a base that embeds coordinates (the transformers)
+gives every sub-pixel of T_aug(x) the positional embeddings of the place it had in x (ImageModel.positions_from),
+so the transformation is purely another generation order over x's own coordinates. Off (the default, and what
+configs saved before the option mean), the base embeds the coordinates of the transformed image.
+
 Differences from the paper: the conditioning of the transformers is added at every position (pixelar's
-transformers add cond there), not only to the start token (image_gpt: the start token only, as the paper);
-positional embeddings are those of the transformed
-image (the paper's `permute_embeddings` keeps the original coordinates); RandAugment and the dataset-indicator
-types are not included.
+transformers add cond there) unless the base is built with cond_at="start" (image_gpt always is; the paper
+sums it into the start token); RandAugment and the dataset-indicator types are not included.
 """
 
 from __future__ import annotations
@@ -50,9 +53,13 @@ class DistAugModel(ImageModel):
         transforms: the types (names or saved dicts), see pixelar.augment.parse_transforms.
         num_classes: class labels accepted as cond (0: none); passed to the base as one-hot blocks.
         cond_dim: size of a float cond vector (0: none); passed to the base in front of the one-hots.
+        permute_embeddings: the base's positional embeddings travel with the sub-pixels (see the module
+            docstring); needs a base that embeds positions.
     """
 
-    def __init__(self, base: ARImageModel, transforms, num_classes: int = 0, cond_dim: int = 0):
+    def __init__(
+        self, base: ARImageModel, transforms, num_classes: int = 0, cond_dim: int = 0, permute_embeddings=False
+    ):
         if isinstance(base, ImageModel) and base.likelihood == "bound":
             raise ValueError(
                 f"Distribution Augmentation wraps autoregressive models; {base.name!r} is a latent-variable model"
@@ -62,7 +69,15 @@ class DistAugModel(ImageModel):
         for key, v in (("num_classes", num_classes), ("cond_dim", cond_dim)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{key} must be an integer >= 0, got {v!r}")
+        if not isinstance(permute_embeddings, bool):
+            raise ValueError(f"permute_embeddings must be true or false, got {permute_embeddings!r}")
+        if permute_embeddings and not base.embeds_positions:
+            raise ValueError(
+                f"permute_embeddings moves the base's positional embeddings with the sub-pixels, and {base.name!r} "
+                "has none; the transformers (sparse_transformer, image_transformer, image_gpt) have"
+            )
         super().__init__(base.image, num_classes, cond_dim)
+        self.permute_embeddings = permute_embeddings
         self.base = base  # it owns the distribution and the weights; no second copy here
         self.augmenter = Augmenter(parse_transforms(base.image, transforms))
         self.user_dim = self.num_classes or self.cond_dim  # width of the user block of the base's cond vector
@@ -79,14 +94,25 @@ class DistAugModel(ImageModel):
 
     # ----- persistence: the base's config plus a "distaug" section ---------------------------------------------
     def config_section(self) -> dict:
-        return {"transforms": self.augmenter.to_list(), "num_classes": self.num_classes, "cond_dim": self.cond_dim}
+        return {
+            "transforms": self.augmenter.to_list(),
+            "num_classes": self.num_classes,
+            "cond_dim": self.cond_dim,
+            "permute_embeddings": self.permute_embeddings,
+        }
 
     @classmethod
     def from_config(cls, base: ARImageModel, section) -> DistAugModel:
         """The wrapper of `base` that config_section() describes (the base's hparams hold its cond_dim)."""
         if not isinstance(section, dict) or "transforms" not in section:
             raise ValueError(f"'distaug' must be an object with 'transforms', got {section!r}")
-        return cls(base, section["transforms"], section.get("num_classes", 0), section.get("cond_dim", 0))
+        return cls(
+            base,
+            section["transforms"],
+            section.get("num_classes", 0),
+            section.get("cond_dim", 0),
+            section.get("permute_embeddings", False),  # saved before the option: the transformed image's
+        )
 
     def config(self) -> dict:
         return {**self.base.config(), self.wrapper_key: self.config_section()}
@@ -171,6 +197,15 @@ class DistAugModel(ImageModel):
         device = next(self.base.parameters()).device
         return torch.cat([p.to(device) for p in parts], dim=1)
 
+    def _moved(self, aug: torch.Tensor):
+        """The context the base runs in for per-image indices aug (B, n_types): with permute_embeddings, every
+        sub-pixel of T_aug(x) keeps the positional embeddings of its place in x."""
+        if not self.permute_embeddings:
+            return contextlib.nullcontext()
+        B, D = aug.shape[0], self.image.dims
+        ids = torch.arange(D, device=aug.device).view(1, *self.image.shape).expand(B, *self.image.shape)
+        return self.base.positions_from(self.augmenter.apply(ids, aug).reshape(B, D))  # T(x).flat[d] = x.flat[.]
+
     # ----- likelihood ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond=None) -> torch.Tensor:
         raise NotImplementedError(
@@ -185,18 +220,23 @@ class DistAugModel(ImageModel):
         """
         x = self.check_input(x)
         aug = self._batch_aug(aug, x.shape[0]).to(x.device)
-        lp = self.base.log_prob(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]), reduce=reduce)
+        with self._moved(aug):
+            lp = self.base.log_prob(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]), reduce=reduce)
         return lp if reduce else self.augmenter.inverse(lp, aug)  # conditional of T(x)_k belongs to x_{table[k]}
 
     def log_prob_per_order(self, x: torch.Tensor, cond=None, aug=None, **kw) -> torch.Tensor:
         x = self.check_input(x)
         aug = self._batch_aug(aug, x.shape[0]).to(x.device)
-        return self.base.log_prob_per_order(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]), **kw)
+        with self._moved(aug):
+            return self.base.log_prob_per_order(
+                self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]), **kw
+            )
 
     def log_prob_parts(self, x: torch.Tensor, cond=None, aug=None) -> dict[str, torch.Tensor]:
         x = self.check_input(x)
         aug = self._batch_aug(aug, x.shape[0]).to(x.device)
-        return self.base.log_prob_parts(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]))
+        with self._moved(aug):
+            return self.base.log_prob_parts(self.augmenter.apply(x, aug), self.base_cond(cond, aug, x.shape[0]))
 
     def generation_order(self, aug=None) -> torch.Tensor:
         """The base's order mapped back through T_aug^-1: flat indices of x, (C*H*W,) int64. aug (n_types,);
@@ -228,7 +268,8 @@ class DistAugModel(ImageModel):
             k = known.long().unsqueeze(1).expand(n, C, *known.shape[1:])
             known = self.augmenter.apply(k, aug.to(known.device))[:, 0].bool()
         base_req = dataclasses.replace(req, cond=self.base_cond(req.cond, aug, n), x_known=x_known, known=known)
-        y = self.base._draw(base_req)
+        with self._moved(aug):
+            y = self.base._draw(base_req)
         return self.augmenter.inverse(y, aug.to(y.device))
 
     def num_parameters(self) -> int:
@@ -244,13 +285,14 @@ def distaug_cond_dim(image: ImageSpec, transforms, num_classes: int = 0, cond_di
 
 
 def create_distaug_model(
-    name: str, image: ImageSpec, size: str = "tiny", transforms=("rot90",), **overrides
+    name: str, image: ImageSpec, size: str = "tiny", transforms=("rot90",), permute_embeddings=False, **overrides
 ) -> DistAugModel:
     """A registered model wrapped with Distribution Augmentation.
 
     `create_distaug_model("pixelcnn_pp", ImageSpec(3, 32, 32), "small", ["rot90", "transpose"], num_classes=10)`
     builds PixelCNN++ with cond_dim = 10 + 4 + 2 (class one-hot + one block per type) and wraps it. Overrides
     are the model's options; num_classes / cond_dim are the user's conditioning (moved into the vector).
+    permute_embeddings: see DistAugModel (the paper's option; transformers only).
     """
     checked = check_hparams(name, merge_hparams(preset(name, size), overrides, name))  # before they are moved
     num_classes, cond_dim = checked["num_classes"], checked["cond_dim"]
@@ -259,4 +301,4 @@ def create_distaug_model(
         raise ValueError("a model takes either class labels (num_classes) or a vector (cond_dim) as cond, not both")
     dim = distaug_cond_dim(image, transforms, num_classes, cond_dim)
     base = create_model(name, image, size, num_classes=0, cond_dim=dim, **overrides)
-    return DistAugModel(base, transforms, num_classes=num_classes, cond_dim=cond_dim)
+    return DistAugModel(base, transforms, num_classes, cond_dim, permute_embeddings)

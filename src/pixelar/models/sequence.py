@@ -4,8 +4,12 @@ A *unit* is a sub-pixel (sequence length C*H*W; Sparse Transformer, Image Transf
 pixel (length H*W; Image Transformer DMOL, whose channels enter through one linear map of their
 embeddings, the paper's 1x3 strided convolution). Position t of the sequence holds the t-th unit of the
 generation order; its input is the embedding of unit t-1 (a learned start vector at t = 0) plus learned
-row / column / channel embeddings of unit t itself and the conditioning, so attention to positions <= t
-(nn.attention's causality rule) sees only units generated before t.
+row / column / channel embeddings of unit t itself (or, with position_of="read", of unit t-1, the one whose
+value it reads, and none at the start: the Sparse Transformer's released code) and the conditioning, so
+attention to positions <= t (nn.attention's causality rule) sees only units generated before t.
+
+`positions_from(units)` makes the positional embeddings those of other sub-pixels: a wrapper that moves
+sub-pixels (DistAug's permute_embeddings) lets each keep the coordinates it had in the untransformed image.
 
 Read-out to the (B, P, H, W) parameters every ARImageModel returns:
 
@@ -20,6 +24,7 @@ values (nn.attention.attend_step); see `_KVState`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -38,6 +43,7 @@ NORM_LAYERS = ("layer", "rms")  # nn.LayerNorm, or Image GPT's RMS-style norm (n
 ACTIVATIONS = ("gelu", "relu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x) (Image GPT)
 POSITIONS = ("grid", "sequence")  # summed row / column / channel embeddings, or one per sequence position
 COND_AT = ("all", "start")  # conditioning added at every position, or only to the start token
+POSITION_OF = ("predicted", "read")  # positional embeddings of the unit a position predicts, or of the one it reads
 
 
 class TransformerBlock(nn.Module):
@@ -85,8 +91,8 @@ class TransformerBlock(nn.Module):
         return self.ln2(x + self.drop(self._ff(x)))
 
 
-def _norm_layer(kind: str, d_model: int) -> nn.Module:
-    return nn.LayerNorm(d_model) if kind == "layer" else RMSNorm(d_model)
+def _norm_layer(kind: str, d_model: int, eps: float = 1e-5) -> nn.Module:
+    return nn.LayerNorm(d_model, eps=eps) if kind == "layer" else RMSNorm(d_model, eps)
 
 
 class SequenceTransformer(ARImageModel):
@@ -106,7 +112,13 @@ class SequenceTransformer(ARImageModel):
             or "sequence" (one learned embedding per sequence position, no 2D structure: Image GPT).
         cond_at: "all" (the conditioning embedding is added at every position) or "start" (only to the
             start token, which every position attends to: Image GPT's SOS).
+        position_of: "predicted" (position t embeds the coordinates of unit t, which it predicts) or "read"
+            (those of unit t-1, whose value it reads; the start token gets none: openai's Sparse Transformer
+            and DistAug code, which add the positional embeddings to the tokens before shifting them).
+        final_norm_eps: epsilon of the final norm (the blocks' norms use 1e-5).
     """
+
+    embeds_positions = True
 
     def __init__(
         self,
@@ -131,6 +143,8 @@ class SequenceTransformer(ARImageModel):
         bias: bool = True,
         positions: str = "grid",
         cond_at: str = "all",
+        position_of: str = "predicted",
+        final_norm_eps: float = 1e-5,
     ):
         for name, value, valid in (
             ("unit", unit, UNITS),
@@ -139,30 +153,28 @@ class SequenceTransformer(ARImageModel):
             ("norm_layer", norm_layer, NORM_LAYERS),
             ("positions", positions, POSITIONS),
             ("cond_at", cond_at, COND_AT),
+            ("position_of", position_of, POSITION_OF),
         ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
+        if not float(final_norm_eps) > 0:
+            raise ValueError(f"final_norm_eps must be > 0, got {final_norm_eps!r}")
         super().__init__(image, output, grouped=(unit == "subpixel"), num_classes=num_classes, cond_dim=cond_dim)
         C, H, W = image.shape
-        K, HW = image.num_values, H * W
+        K = image.num_values
         self.unit, self.use_checkpoint = unit, bool(checkpoint)
         N = len(unit_order)
         # unit_order (N,): flat unit index at each position; pos_of: the position of each unit
         self.register_buffer("unit_order", unit_order.clone(), persistent=False)
         self.register_buffer("pos_of", torch.argsort(unit_order), persistent=False)
-        pix = unit_order % HW
-        self.register_buffer(
-            "chan_at", unit_order // HW if unit == "subpixel" else torch.zeros_like(pix), persistent=False
-        )
-        self.register_buffer("row_at", pix // W, persistent=False)
-        self.register_buffer("col_at", pix % W, persistent=False)
         self.joint = self.distribution.joint
         P = self.distribution.num_params
         # value embeddings, one table per channel: row c*K + v
         self.value_emb = nn.Embedding(C * K, d_model)
         self.pixel_in = nn.Linear(C * d_model, d_model) if unit == "pixel" else None  # the 1x3 strided conv
         self.start = nn.Parameter(torch.zeros(d_model))
-        self.cond_at = cond_at
+        self.cond_at, self.position_of = cond_at, position_of
+        self._position_units: torch.Tensor | None = None  # positions_from's table, (B, C*H*W) or None
         if positions == "grid":
             self.row_emb, self.col_emb = nn.Embedding(H, d_model), nn.Embedding(W, d_model)
             self.chan_emb = nn.Embedding(C, d_model) if unit == "subpixel" else None
@@ -180,7 +192,7 @@ class SequenceTransformer(ARImageModel):
             TransformerBlock(d_model, n_head, qk_dim, v_dim, ff_dim, p, dropout, norm, activation, norm_layer, bias)
             for p in patterns
         )
-        self.ln_f = _norm_layer(norm_layer, d_model) if norm == "pre" else nn.Identity()
+        self.ln_f = _norm_layer(norm_layer, d_model, final_norm_eps) if norm == "pre" else nn.Identity()
         self.head = nn.Linear(d_model, P if (self.joint or unit == "pixel") else P // C, bias=bias)
         self._init_weights(d_model, len(patterns))
         if any(b.attn.length != N for b in self.blocks):
@@ -229,16 +241,43 @@ class SequenceTransformer(ARImageModel):
             e = self.pixel_in(e)  # (B, n, d)
         first = (positions == 0).view(1, -1, 1)
         e = torch.where(first, self.start.view(1, 1, -1).to(e.dtype), e)
-        if self.pos_emb is not None:  # one embedding per sequence position
-            e = e + self.pos_emb(positions)
-        else:  # positional embeddings of the unit predicted at each position
-            e = e + self.row_emb(self.row_at[positions]) + self.col_emb(self.col_at[positions])
-            if self.chan_emb is not None:
-                e = e + self.chan_emb(self.chan_at[positions])
+        pe = self._position_embedding(positions if self.position_of == "predicted" else prev, B)
+        e = e + (pe if self.position_of == "predicted" else pe * ~first)  # "read": none at the start token
         if self.cond_emb is not None:
             c = self.cond_emb(cond).unsqueeze(1)  # (B, 1, d)
             e = e + (c if self.cond_at == "all" else c * first.to(c.dtype))  # "start": the start token only
         return e
+
+    def _position_embedding(self, at: torch.Tensor, batch: int) -> torch.Tensor:
+        """Positional embeddings of the units at sequence positions `at` (n,): (n, d), or (B, n, d) inside
+        positions_from (each image's units carry the coordinates the table gives them)."""
+        C, H, W = self.image.shape
+        HW = H * W
+        units = self.unit_order[at]  # (n,): a sub-pixel (flat c*HW + pixel) or a pixel
+        if self._position_units is not None:
+            table = self._position_units
+            if table.shape[0] != batch:
+                raise ValueError(f"positions_from holds {table.shape[0]} images' positions, the input has {batch}")
+            # a pixel unit p is read as its channel-0 sub-pixel p; the table's sub-pixel gives the coordinates
+            units = table[:, units] if self.unit == "subpixel" else table[:, units] % HW  # (B, n)
+        if self.pos_emb is not None:  # one embedding per sequence position: the position of that unit
+            return self.pos_emb(self.pos_of[units])
+        pix = units % HW
+        e = self.row_emb(pix // W) + self.col_emb(pix % W)
+        return e + self.chan_emb(units // HW) if self.chan_emb is not None else e
+
+    @contextlib.contextmanager
+    def positions_from(self, units: torch.Tensor):
+        """Inside the block, input sub-pixel d of image b gets the positional embeddings of sub-pixel
+        units[b, d] (int64 (B, C*H*W), flat c*H*W + i*W + j) instead of its own (see ImageModel)."""
+        D = self.image.dims
+        if not isinstance(units, torch.Tensor) or units.dim() != 2 or units.shape[1] != D:
+            raise ValueError(f"positions_from takes int64 (B, {D}) flat sub-pixel indices, got {units!r}")
+        old, self._position_units = self._position_units, units.to(self.start.device).long()
+        try:
+            yield self
+        finally:
+            self._position_units = old
 
     # ----- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,6 +16,12 @@ Differences from the paper: plain PyTorch block-sparse computation (gathered blo
 custom GPU kernels; fp32 by default (no fp16 loss scaling); the fixed pattern's summary positions are the
 same for every head (the paper suggests different ones per head); any output distribution may be chosen
 (the paper: a 256-way softmax per sub-pixel).
+
+Options that openai's released Sparse Transformer code (openai/distribution_augmentation's train.py) needs,
+each defaulting to the model pixelar had before them (registry `added=`): activation "quick_gelu" (its
+blocksparse fast_gelu, x * sigmoid(1.702 x)); position_of "read" (its positional embeddings are added to the
+tokens before the shift, so position t carries the coordinates of sub-pixel t-1 and the start token none);
+cond_at "start" (DistAug's conditioning replaces the start token); final_norm_eps 1e-6 (its final norm).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ def _preset(n_layer, d_model, n_head, dropout, attention=("strided",), checkpoin
         output={"kind": "categorical"},
         num_classes=0,
         cond_dim=0,
+        activation="gelu",
+        position_of="predicted",
+        cond_at="all",
+        final_norm_eps=1e-5,
     )
 
 
@@ -54,6 +64,7 @@ def _preset(n_layer, d_model, n_head, dropout, attention=("strided",), checkpoin
         # CIFAR-10 (section 7.1): 128 layers, d = 256, 2 heads, half-size query/key and feed-forward, 59M
         "paper": _preset(128, 256, 2, 0.25, checkpoint=True),
     },
+    added={"activation": "gelu", "position_of": "predicted", "cond_at": "all", "final_norm_eps": 1e-5},
 )
 class SparseTransformer(SequenceTransformer):
     """Args:
@@ -66,6 +77,11 @@ class SparseTransformer(SequenceTransformer):
     summary: c, summary positions per block of the fixed pattern; 0 = min(8, l) (the paper: c = 8 to 32,
         fixed, so that the summaries grow like N / l * c = O(sqrt(N)) per position).
     dropout, checkpoint, output, num_classes, cond_dim.
+    activation: "gelu" (exact, the default), "quick_gelu" (x * sigmoid(1.702 x)) or "relu".
+    position_of: "predicted" (position t embeds the coordinates of the sub-pixel it predicts) or "read" (of
+        sub-pixel t-1, whose value it reads; none at the start token).
+    cond_at: "all" (the conditioning embedding at every position) or "start" (the start token only).
+    final_norm_eps: epsilon of the final layer norm.
     """
 
     def __init__(
@@ -84,6 +100,10 @@ class SparseTransformer(SequenceTransformer):
         output,
         num_classes=0,
         cond_dim=0,
+        activation="gelu",
+        position_of="predicted",
+        cond_at="all",
+        final_norm_eps=1e-5,
     ):
         if isinstance(attention, str):
             attention = [attention]
@@ -131,8 +151,11 @@ class SparseTransformer(SequenceTransformer):
             ff_dim=ff_dim,
             dropout=dropout,
             norm="pre",
-            activation="gelu",
+            activation=activation,
             checkpoint=checkpoint,
             num_classes=num_classes,
             cond_dim=cond_dim,
+            cond_at=cond_at,
+            position_of=position_of,
+            final_norm_eps=final_norm_eps,
         )
