@@ -1,13 +1,18 @@
 """LMConv (models/lmconv.py): likelihood checks in many orders, order ensembles, training orders, completion,
 conditional likelihood of a hidden region, and the sampler following model.generation_order()."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from likelihood_checks import all_images, causality_violations, conditional_sums, total_probability
 
+import pixelar
 from pixelar import ImageSpec, create_model
+from pixelar.nn import LocallyMaskedConv2d
+from pixelar.nn.norm import positional_norm
 from pixelar.nn.orders import dihedral_orders, generation_order, hidden_last_score
 from pixelar.sampling.naive import generate, generation_steps
 
@@ -262,3 +267,79 @@ def test_evaluate_reports_the_order_ensemble_and_the_single_order_beside_it():
     assert res["bpd"] <= min(res["bpd_per_order"]) + math.log(8) / (spec.dims * math.log(2)) + 1e-6
     one = evaluate(create_model("lmconv", spec, num_orders=1), ds)
     assert "num_orders" not in one
+
+
+# ----- the released code's options: positional normalisation (pono) and mask weights ----------------------------
+def test_positional_norm_normalises_each_pixel_over_the_channels():
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(2, 5, 3, 4, generator=g) + 1
+    y = positional_norm(x)
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 5).numpy()  # one row per pixel
+    want = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, ddof=1, keepdims=True) + 1e-5)  # unbiased
+    torch.testing.assert_close(y.permute(0, 2, 3, 1).reshape(-1, 5), torch.from_numpy(want))
+    moved = x.clone()
+    moved[:, :, 1, 2] += 5 * torch.rand(2, 5, generator=g)
+    changed = (positional_norm(moved) != y).any(1)  # (B, H, W): only the pixel that moved
+    assert changed[:, 1, 2].all() and int(changed.sum()) == 2
+    torch.testing.assert_close(positional_norm(x[:, :, 2, 3]), y[:, :, 2, 3])  # a (B, C) column as the maps' pixel
+    assert positional_norm(x.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("spec", [ImageSpec(1, 4, 4, 2), ImageSpec(3, 4, 4, 4)], ids=str)
+def test_pono_and_mask_weight_keep_every_order_normalised_causal_and_cached(spec):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(0, spec.num_values, (1, *spec.shape), generator=g)
+    model = make(spec, nr_resnet=1, normalization="pono", mask_weight=True)
+    convs = [m for m in model.modules() if isinstance(m, LocallyMaskedConv2d)]
+    assert convs and all(m.mask_weight is not None and torch.count_nonzero(m.mask_weight) for m in convs)
+    for k in (5, "perm"):  # a transposed S-curve and a random order (the base order: every other test)
+        model.set_order(torch.randperm(16, generator=g) if k == "perm" else k)
+        sums = conditional_sums(model, x)
+        assert torch.allclose(sums, torch.ones_like(sums), atol=1e-9), k
+        violations, later = causality_violations(model, x)
+        assert violations == [] and later > 0, (k, violations[:5])
+        # the column cache against the full forward pass at every pixel, other pixels holding garbage
+        final = torch.randint(0, spec.num_values, (2, *spec.shape), generator=g)
+        xg = torch.randint(0, spec.num_values, (2, *spec.shape), generator=g)
+        state = model.begin_cache(xg)
+        for p in model.current_order().tolist():
+            i, j = divmod(p, spec.width)
+            torch.testing.assert_close(state.params_at(i, j), model(xg)[:, :, i, j], atol=1e-10, rtol=1e-10)
+            xg[:, :, i, j] = final[:, :, i, j]
+        a = model.sample(2, generator=torch.Generator().manual_seed(1), method="naive")
+        assert torch.equal(a, model.sample(2, generator=torch.Generator().manual_seed(1)))  # cached, the default
+    known = torch.rand(2, 4, 4, generator=g) < 0.5
+    kw = dict(x_known=torch.randint(0, spec.num_values, (2, *spec.shape), generator=g), known=known)
+    a = model.sample(2, generator=torch.Generator().manual_seed(2), method="naive", **kw)
+    assert torch.equal(a, model.sample(2, generator=torch.Generator().manual_seed(2), method="cached", **kw))
+
+
+def test_each_option_changes_the_network_and_configs_saved_before_them_load_as_before(tmp_path):
+    spec = ImageSpec(3, 4, 5, 8)
+    model = make(spec, nr_resnet=1, normalization="pono", mask_weight=True)
+    x = torch.randint(0, 8, (2, *spec.shape), generator=torch.Generator().manual_seed(0))
+    plain = create_model("lmconv", spec, "tiny", nr_resnet=1, mask_weight=True).eval()
+    plain.load_state_dict(model.state_dict())  # the same weights without pono
+    with torch.no_grad():
+        out = model(x)
+        assert not torch.allclose(out, plain(x))
+        for m in model.modules():
+            if isinstance(m, LocallyMaskedConv2d):
+                m.mask_weight.zero_()
+        assert not torch.allclose(out, model(x))  # the mask weights feed the output
+    # a config written before the options existed loads as the model it described: neither option
+    old = make(spec)
+    old.save(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["hparams"]["normalization"], cfg["hparams"]["mask_weight"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded = pixelar.load_model(tmp_path / "old")
+    assert (loaded.hparams["normalization"], loaded.hparams["mask_weight"]) == ("none", False)
+    with torch.no_grad():
+        assert torch.equal(loaded.log_prob(x), old.log_prob(x))
+    with pytest.raises(ValueError, match="normalization must be one of none, pono"):
+        create_model("lmconv", spec, normalization="batch")
+    with pytest.raises(ValueError, match="nr_filters >= 2"):
+        create_model("lmconv", spec, normalization="pono", nr_filters=1)
+    with pytest.raises(ValueError, match="mask_weight must be true or false"):
+        create_model("lmconv", spec, mask_weight=1)

@@ -30,9 +30,18 @@ pixels: one "column" of small matrix products per pixel, read from per-map buffe
 padded; pixels not yet generated sit under closed taps). It works in any order, including completion
 orders, and draws exactly the naive sampler's images.
 
-Differences from the released code: no weight normalization and no positional normalization (plain
-convolutions, the last convolution of each resnet initialised 10x smaller); any output distribution may be
-chosen.
+Options of the released code: `normalization="pono"` is its `--normalization pono` (positional
+normalisation, pixelar.nn.norm.positional_norm: each pixel's features over the channels to zero mean, unit
+variance, no parameters), applied where the released model applies it: after the first layer, after each
+resnet's first convolution (before the short-cut is added), to the gated half `a` of each resnet's second
+convolution, and after each dilated layer. It reads one pixel, so it keeps the masks' causality, and the
+column cache applies it to each column. `mask_weight=True` is its `--learn_weight_for_masks`: every locally
+masked convolution also adds a learned W_m @ mask, conditioning the network on the order at each pixel
+(data-independent, so causal too).
+
+Differences from the released code: no weight normalization (plain convolutions, which a weight-normed
+checkpoint folds into exactly; the last convolution of each resnet initialised 10x smaller, the mask weights
+at zero); any output distribution may be chosen.
 """
 
 from __future__ import annotations
@@ -48,35 +57,54 @@ import torch.nn.functional as F
 from ..inference import require_eval
 from ..nn import Dropout, concat_elu
 from ..nn.lmconv import LocallyMaskedConv2d, MaskPlan, kernel_masks
+from ..nn.norm import positional_norm
 from ..nn.orders import check_order, dihedral_orders, hidden_last_score, move_to_end, ranks
 from .base import ARImageModel
 from .conditioning import maybe_bias
 from .registry import register_model
 
+NORMALIZATIONS = ("none", "pono")
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
 
 class LMGatedResnet(nn.Module):
-    """x + a * sigmoid(b), [a, b] = conv2(dropout(concat_elu(conv1(concat_elu(x)) + nin(concat_elu(skip)))));
-    conv1 and conv2 are mask-B locally masked convolutions (one mask for both, given at call time)."""
+    """x + norm(a) * sigmoid(b), [a, b] = conv2(dropout(concat_elu(norm(conv1(concat_elu(x))) +
+    nin(concat_elu(skip))))); conv1 and conv2 are mask-B locally masked convolutions (one mask for both, given
+    at call time); norm is positional_norm or the identity (the model's `normalization`)."""
 
-    def __init__(self, F_: int, kernel_size: int, skip_channels: int, dropout: float, num_classes: int, cond_dim: int):
+    def __init__(
+        self,
+        F_: int,
+        kernel_size: int,
+        skip_channels: int,
+        dropout: float,
+        num_classes: int,
+        cond_dim: int,
+        norm=_identity,
+        mask_weight: bool = False,
+    ):
         super().__init__()
-        self.conv1 = LocallyMaskedConv2d(2 * F_, F_, kernel_size)
+        self.norm = norm
+        self.conv1 = LocallyMaskedConv2d(2 * F_, F_, kernel_size, mask_weight=mask_weight)
         self.skip = nn.Conv2d(2 * skip_channels, F_, 1) if skip_channels else None
         self.dropout = Dropout(dropout)
-        self.conv2 = LocallyMaskedConv2d(2 * F_, 2 * F_, kernel_size)
+        self.conv2 = LocallyMaskedConv2d(2 * F_, 2 * F_, kernel_size, mask_weight=mask_weight)
         with torch.no_grad():
             self.conv2.weight.mul_(0.1)
         self.cond = maybe_bias(2 * F_, num_classes, cond_dim)
 
     def forward(self, x, mask, skip=None, cond=None):
-        c = self.conv1(concat_elu(x), mask)
+        c = self.norm(self.conv1(concat_elu(x), mask))
         if self.skip is not None:
             c = c + self.skip(concat_elu(skip))  # 1x1: reads position p only, causal as it is
         c = self.conv2(self.dropout(concat_elu(c)), mask)
         if self.cond is not None:
             c = c + self.cond(cond)
         a, b = c.chunk(2, dim=1)
-        return x + a * torch.sigmoid(b)
+        return x + self.norm(a) * torch.sigmoid(b)
 
 
 @register_model(
@@ -95,6 +123,8 @@ class LMGatedResnet(nn.Module):
             output={"kind": "logistic_mixture", "nr_mix": 2},
             num_classes=0,
             cond_dim=0,
+            normalization="none",
+            mask_weight=False,
         ),
         # small: the same budget as pixelcnn_pp small (a few minutes of CPU training on Fashion-MNIST)
         "small": dict(
@@ -108,8 +138,11 @@ class LMGatedResnet(nn.Module):
             output={"kind": "logistic_mixture", "nr_mix": 5},
             num_classes=0,
             cond_dim=0,
+            normalization="none",
+            mask_weight=False,
         ),
         # the released CIFAR-10 command (2.887 bpd with 8 S-curve orders): 160 filters, 5 resnets, 3x3, dropout 0
+        # (its --normalization pono is the option normalization="pono", which the lmconv-cifar10 recipe sets)
         "paper": dict(
             nr_filters=160,
             nr_resnet=5,
@@ -121,12 +154,18 @@ class LMGatedResnet(nn.Module):
             output={"kind": "logistic_mixture", "nr_mix": 10},
             num_classes=0,
             cond_dim=0,
+            normalization="none",
+            mask_weight=False,
         ),
     },
+    # configs saved before these options existed describe models without either
+    added={"normalization": "none", "mask_weight": False},
 )
 class LMConv(ARImageModel):
     """Args: nr_filters, nr_resnet (per stage), kernel_size (odd), dilation (of the 4 stage-joining convs),
-    dropout, order (base order name), num_orders (K dihedral variants, 1..8), output, num_classes, cond_dim."""
+    dropout, order (base order name), num_orders (K dihedral variants, 1..8), output, num_classes, cond_dim,
+    normalization ("none" or "pono": positional normalisation, see the module doc), mask_weight (every LMConv
+    also adds a learned weight times its mask: the network is told the order at each pixel)."""
 
     def __init__(
         self,
@@ -141,26 +180,35 @@ class LMConv(ARImageModel):
         output,
         num_classes=0,
         cond_dim=0,
+        normalization="none",
+        mask_weight=False,
     ):
         super().__init__(image, output, grouped=False, num_classes=num_classes, cond_dim=cond_dim)
         F_, R, C, k = nr_filters, nr_resnet, image.channels, kernel_size
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+        if normalization == "pono" and F_ < 2:
+            raise ValueError("normalization 'pono' divides by the unbiased variance over the filters: nr_filters >= 2")
         self.kernel_size, self.dilation = k, dilation
+        # per-pixel normalisation after the layers the released model normalises (the module doc)
+        self.norm = positional_norm if normalization == "pono" else _identity
         # (K, H*W) pixel orders; plain tensors (derived from the hparams, not saved with the weights)
         self.orders = dihedral_orders(order, image.height, image.width, num_orders)
         self._selected = self.orders[0]  # the eval-mode order (set_order)
         self._drawn: torch.Tensor | None = None  # the order drawn for the current training batch
         self._pinned = 0  # > 0 inside using_order(): training does not draw
         self._mask_cache: dict = {}
-        kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim)
+        kw = dict(dropout=dropout, num_classes=num_classes, cond_dim=cond_dim, norm=self.norm, mask_weight=mask_weight)
         # first layer: +1 input channel of ones so that zero padding is told apart from earlier pixels
-        self.init = LocallyMaskedConv2d(C + 1, F_, k)
+        self.init = LocallyMaskedConv2d(C + 1, F_, k, mask_weight=mask_weight)
         self.up = nn.ModuleList(nn.ModuleList(LMGatedResnet(F_, k, 0, **kw) for _ in range(R)) for _ in range(3))
         self.down = nn.ModuleList(
             nn.ModuleList(LMGatedResnet(F_, k, F_, **kw) for _ in range(R if s == 0 else R + 1)) for s in range(3)
         )
         # where PixelCNN++ strides down and up: dilated convolutions at full resolution
-        self.dilated_up = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, dilation=dilation) for _ in range(2))
-        self.dilated_down = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, dilation=dilation) for _ in range(2))
+        dilated = dict(dilation=dilation, mask_weight=mask_weight)
+        self.dilated_up = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, **dilated) for _ in range(2))
+        self.dilated_down = nn.ModuleList(LocallyMaskedConv2d(F_, F_, k, **dilated) for _ in range(2))
         self.out = nn.Conv2d(F_, self.distribution.num_params, 1)
 
     # ----- orders ------------------------------------------------------------------------------------------
@@ -233,18 +281,18 @@ class LMConv(ARImageModel):
         xs = self.scale_input(x)
         xp = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)  # (B, C+1, H, W)
         mask_a, mask_b, mask_d = self._masks(self.current_order(), xp.device, xp.dtype)
-        u_list = [self.init(xp, mask_a)]
+        u_list = [self.norm(self.init(xp, mask_a))]
         for stage in range(3):
             for res in self.up[stage]:
                 u_list.append(res(u_list[-1], mask_b, cond=cond))
             if stage < 2:
-                u_list.append(self.dilated_up[stage](u_list[-1], mask_d))
+                u_list.append(self.norm(self.dilated_up[stage](u_list[-1], mask_d)))
         u = u_list.pop()
         for stage in range(3):
             for res in self.down[stage]:
                 u = res(u, mask_b, skip=u_list.pop(), cond=cond)
             if stage < 2:
-                u = self.dilated_down[stage](u, mask_d)
+                u = self.norm(self.dilated_down[stage](u, mask_d))
         assert not u_list
         return self.out(F.elu(u))
 
@@ -417,15 +465,16 @@ class _LMConvCache:
         return out
 
     def _resnet(self, res: LMGatedResnet, slot: int, skip: torch.Tensor | None) -> int:
-        """The gated resnet at the current pixel (as LMGatedResnet.forward, eval mode); input map in `slot`."""
-        c = self._conv(res.conv1, slot, "B", concat_elu)
+        """The gated resnet at the current pixel (as LMGatedResnet.forward, eval mode); input map in `slot`.
+        res.norm works on the (n, C) column as on maps: it reads one pixel's channels."""
+        c = res.norm(self._conv(res.conv1, slot, "B", concat_elu))
         if res.skip is not None:
             c = c + concat_elu(skip[:, :, None, None]).flatten(1) @ res.skip.weight.flatten(1).t() + res.skip.bias
         c = self._conv(res.conv2, self._store(c), "B", concat_elu)  # dropout is the identity in eval mode
         if res.cond is not None:
             c = c + self.bias[id(res)]
         a, b = c.chunk(2, dim=1)
-        return self._store(self._value(slot) + a * torch.sigmoid(b))
+        return self._store(self._value(slot) + res.norm(a) * torch.sigmoid(b))
 
     def _value(self, slot: int) -> torch.Tensor:
         return self.buffers[slot][:, :, self.i + self.P, self.j + self.P]
@@ -443,18 +492,18 @@ class _LMConvCache:
             xbuf[:, :, qi + P, qj + P] = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)
         self._written = self.done
         self._slot = 1  # the maps computed at this pixel go to slots 1, 2, ... in forward's order
-        u_list = [self._store(self._conv(m.init, 0, "A"))]
+        u_list = [self._store(m.norm(self._conv(m.init, 0, "A")))]
         for stage in range(3):
             for res in m.up[stage]:
                 u_list.append(self._resnet(res, u_list[-1], None))
             if stage < 2:
-                u_list.append(self._store(self._conv(m.dilated_up[stage], u_list[-1], "D")))
+                u_list.append(self._store(m.norm(self._conv(m.dilated_up[stage], u_list[-1], "D"))))
         u = u_list.pop()
         for stage in range(3):
             for res in m.down[stage]:
                 u = self._resnet(res, u, self._value(u_list.pop()))
             if stage < 2:
-                u = self._store(self._conv(m.dilated_down[stage], u, "D"))
+                u = self._store(m.norm(self._conv(m.dilated_down[stage], u, "D")))
         return F.elu(self._value(u)) @ m.out.weight.flatten(1).t() + m.out.bias
 
     def params_at(self, i: int, j: int) -> torch.Tensor:
