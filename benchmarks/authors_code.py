@@ -4,6 +4,7 @@ checkout's path is given on the command line, and its modules are loaded from th
 
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
+    git clone https://github.com/ajayjain/lmconv /tmp/lmconv
 
 openai/distribution_augmentation cannot run on a CPU (TensorFlow 1 and blocksparse's GPU kernels): for it
 there is only its save format, transcribed from its train.py and utils.save_params (`distaug_variables`,
@@ -217,3 +218,115 @@ def write_distaug_npz(path, h: dict, rows: int, cols: int, chans: int, seed: int
             ("best_val_loss:0", np.float32(2.1)),
         ):
             put(name, np.asarray(value))
+
+
+def lmconv(path: Path):
+    """(model, layers, utils, masking) modules of ajayjain/lmconv, runnable on a CPU. Its files import each other
+    flatly (`from layers import *`); masking.py's hilbert_idx uses np.int (gone since numpy 1.24), read as int,
+    and its hilbertcurve import is stubbed where the package is missing (then only the hilbert order fails);
+    its loss puts a buffer on the GPU with .cuda(), made a no-op."""
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    stub_missing("hilbertcurve", "hilbertcurve.hilbertcurve")
+    names = ["utils", "layers", "locally_masked_convolution", "gilbert2d", "masking", "model"]
+    m = load_flat_modules(path, names, {"dtype=np.int)": "dtype=int)"})
+    return m["model"], m["layers"], m["utils"], m["masking"]
+
+
+def lmconv_args(path: Path, argv: list[str]) -> argparse.Namespace:
+    """main.py's arguments for the command line `argv`: its argument parser, read from the checkout's main.py (the
+    script does its work at import, so only the parser's lines run), then the one default main.py sets after
+    parsing and before it saves `vars(args)` with a checkpoint (the image sizes it trains at)."""
+    source = (Path(path) / "main.py").read_text()
+    start, end = source.index("parser = argparse.ArgumentParser()"), source.index("args = parser.parse_args()")
+    scope = {"argparse": argparse}
+    exec(compile(source[start:end], str(Path(path) / "main.py"), "exec"), scope)
+    args = scope["parser"].parse_args(argv)
+    size = {"mnist": 28, "cifar": 32, "celebahq": args.celeba_size}[args.dataset]
+    if not args.resize_sizes:  # main.py: "args.resize_sizes = [dataset_obs[1]]; args.resize_probs = [1.]"
+        args.resize_sizes, args.resize_probs = [size], [1.0]
+    return args
+
+
+def lmconv_model(model, layers, args) -> nn.Module:
+    """main.py's model for `args` (its `if args.ours:` construction; the baseline PixelCNN++ is not built here)."""
+    norm_op = {"order_rescale": lambda c: layers.OrderRescale(), "pono": lambda c: layers.PONO()}.get(
+        args.normalization
+    )
+    assert args.ours and not args.two_stream
+    return model.OurPixelCNN(
+        nr_resnet=args.nr_resnet,
+        nr_filters=args.nr_filters,
+        input_channels=1 if args.dataset == "mnist" else 3,
+        nr_logistic_mix=args.nr_logistic_mix,
+        kernel_size=(args.kernel_size, args.kernel_size),
+        max_dilation=args.max_dilation,
+        weight_norm=(args.normalization == "weight_norm"),
+        feature_norm_op=norm_op,
+        dropout_prob=args.dropout_prob,
+        conv_bias=(not args.no_bias),
+        conv_mask_weight=args.learn_weight_for_masks,
+        rematerialize=args.rematerialize,
+        binarize=args.binarize,
+    )
+
+
+def lmconv_orders(masking, args, rows: int, cols: int) -> list:
+    """main.py's generation orders for `args` (its loop over args.order: the base order, --base_order_transpose,
+    _reflect_rows, _reflect_cols, --randomize_order's 8 variants, --order_variants), each (rows*cols, 2) of
+    (row, col)."""
+    obs = (None, rows, cols)
+    out = []
+    for order in args.order:
+        idx = masking.get_generation_order_idx(order, rows, cols)
+        if args.base_order_transpose:
+            idx = masking.transpose(idx)
+        if args.base_order_reflect_rows:
+            idx = masking.reflect_rows(idx, obs)
+        if args.base_order_reflect_cols:
+            idx = masking.reflect_cols(idx, obs)
+        out.extend(masking.augment_orders(idx, obs) if args.randomize_order else [idx])
+    if args.order_variants:
+        out = [out[i] for i in args.order_variants]
+    return [np.asarray(o) for o in out]
+
+
+def lmconv_masks(masking, order, args, rows: int, cols: int) -> tuple:
+    """(mask_init, mask_undilated, mask_dilated) of one order, as masking.get_masks makes them for one device
+    (get_masks also moves them to the GPU and repeats them once per GPU for DataParallel)."""
+    k = args.kernel_size
+    init = masking.get_unfolded_masks(order, rows, cols, k=k, dilation=1, mask_type="A")
+    undilated = masking.get_unfolded_masks(order, rows, cols, k=k, dilation=1, mask_type="B")
+    if args.max_dilation == 1:
+        return init, undilated, undilated
+    return (
+        init,
+        undilated,
+        masking.get_unfolded_masks(order, rows, cols, k=k, dilation=args.max_dilation, mask_type="B"),
+    )
+
+
+def lmconv_losses(utils, args):
+    """main.py's (loss_op, loss_op_averaged) for `args`: summed nats of a batch under one output, and under the
+    uniform mixture of several outputs (one per order: utils.average_loss)."""
+    if args.dataset == "mnist":
+        if args.binarize:
+            return utils.binarized_loss, utils.binarized_loss_averaged
+        return utils.discretized_mix_logistic_loss_1d, utils.discretized_mix_logistic_loss_1d_averaged
+    return (
+        lambda x, l: utils.discretized_mix_logistic_loss(x, l, n_bits=args.n_bits),
+        lambda x, ls: utils.discretized_mix_logistic_loss_averaged(x, ls, n_bits=args.n_bits),
+    )
+
+
+def lmconv_checkpoint(args, net: nn.Module, optimizer, epoch: int, ema=None, test_bpd: float | None = None) -> dict:
+    """The dictionary main.py saves after an epoch: before its June 2020 "Add EMA" commit (the code the
+    published files come from) epoch, global_step, args, model_state_dict and optimizer_state_dict, with the
+    epoch's test loss where it tested; since then also ema_state_dict (with --ema < 1: otherwise its
+    `ema.state_dict()` raises NameError inside the try, and it saves nothing)."""
+    size = "x".join(map(str, (1 if args.dataset == "mnist" else 3, args.resize_sizes[0], args.resize_sizes[0])))
+    out = {} if test_bpd is None else {f"test_loss_{size}": test_bpd}
+    out |= {"epoch": epoch, "global_step": 0, "args": vars(args)}
+    out |= {"model_state_dict": net.state_dict(), "optimizer_state_dict": optimizer.state_dict()}
+    if ema is not None:
+        out["ema_state_dict"] = ema.state_dict()
+    return out
