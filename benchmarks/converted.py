@@ -9,7 +9,9 @@ ancestral sampling, one pass through its decoder, timed whole).
 
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
-    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae [--distaug] [--write]
+    git clone https://github.com/ajayjain/lmconv /tmp/lmconv
+    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae --lmconv /tmp/lmconv \
+        [--distaug] [--write]
 
 `--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
 its 150M rotation + transposition model (c10-150m-rot-tr-dist-aug.npz, hyperparams.py's c10-150m-rot-tr), in
@@ -34,6 +36,13 @@ import pixelar
 from pixelar.threads import step_work, threads_for
 
 from .authors_code import (
+    lmconv,
+    lmconv_args,
+    lmconv_checkpoint,
+    lmconv_losses,
+    lmconv_masks,
+    lmconv_model,
+    lmconv_orders,
     pclucas14,
     pclucas14_published_layout,
     perturb,
@@ -84,6 +93,28 @@ def distaug_checkpoint(_, tmp: Path) -> tuple[str, Path, list[str]]:
     return "openai-distaug", out, []
 
 
+def lmconv_checkpoint_file(code: Path, tmp: Path) -> tuple[str, Path, list[str]]:
+    """ajayjain/lmconv's CIFAR-10 model of its README command (160 filters, 5 resnets, 10 mixtures, pono, 8
+    S-curve orders), random, after one training step of its loop on a noise image (so the Adam state is in the
+    file, as in a published one), saved as its main.py saves an epoch (the layout before its EMA commit)."""
+    model_mod, layers, utils, masking = lmconv(code)
+    argv = "--ours -d cifar -b 32 -k 3 --normalization pono --order s_curve --randomize_order -dp 0 --disable_wandb"
+    args = lmconv_args(code, argv.split())
+    torch.manual_seed(0)
+    net = lmconv_model(model_mod, layers, args)
+    perturb_all(net, torch.Generator().manual_seed(0), 0.01)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    masks = lmconv_masks(masking, lmconv_orders(masking, args, 32, 32)[0], args, 32, 32)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    lmconv_losses(utils, args)[0](
+        x, net(x, mask_init=masks[0], mask_undilated=masks[1], mask_dilated=masks[2])
+    ).backward()
+    optimizer.step()
+    out = tmp / "cifar_s8.pth"
+    torch.save(lmconv_checkpoint(args, net.eval(), optimizer, epoch=0), out, _use_new_zipfile_serialization=False)
+    return "ajayjain-lmconv", out, []
+
+
 def convert_in_child(source: str, path: Path, out: Path, extra: list[str]) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of `pixelar convert` in a fresh process."""
     code = (
@@ -125,6 +156,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pclucas14", type=Path, help="checkout of pclucas14/pixel-cnn-pp")
     ap.add_argument("--vdvae", type=Path, help="checkout of openai/vdvae")
+    ap.add_argument("--lmconv", type=Path, help="checkout of ajayjain/lmconv")
     ap.add_argument("--distaug", action="store_true", help="openai-distaug's 150M model (no checkout needed)")
     ap.add_argument("--no-sampling", action="store_true", help="time the conversions only")
     ap.add_argument("--batches", default="1,16")
@@ -132,11 +164,15 @@ def main(argv=None) -> None:
     ap.add_argument("--cached-rows", type=int, default=4, help="rows measured per cached figure")
     ap.add_argument("--write", action="store_true", help="write the table into docs/converted.md")
     args = ap.parse_args(argv)
-    given = ((pclucas14_checkpoint, args.pclucas14), (vdvae_checkpoint, args.vdvae))
+    given = (
+        (pclucas14_checkpoint, args.pclucas14),
+        (vdvae_checkpoint, args.vdvae),
+        (lmconv_checkpoint_file, args.lmconv),
+    )
     makers = [(make, code) for make, code in given if code is not None]
     makers += [(distaug_checkpoint, None)] if args.distaug else []
     if not makers:
-        raise SystemExit("give at least one source (--pclucas14 PATH, --vdvae PATH, --distaug)")
+        raise SystemExit("give at least one source (--pclucas14 PATH, --vdvae PATH, --lmconv PATH, --distaug)")
     load_before, rows = load_average(), []
     for make, code in makers:
         with tempfile.TemporaryDirectory() as tmp:

@@ -506,6 +506,10 @@ class _LMConvCache:
                 u = self._store(m.norm(self._conv(m.dilated_down[stage], u, "D")))
         return F.elu(self._value(u)) @ m.out.weight.flatten(1).t() + m.out.bias
 
+    def memory_bytes(self) -> int:
+        """Bytes held by the map buffers (every map whole, as the raster caches' memory_bytes counts theirs)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers)
+
     def params_at(self, i: int, j: int) -> torch.Tensor:
         """(n, P) output at pixel (i, j); pixels before it in the order must be final in x."""
         p = i * self.W + j
