@@ -72,14 +72,14 @@ def test_lmconv_gives_the_authors_per_image_loss_in_every_order_and_their_mixtur
 @pytest.mark.parametrize("name", ["cifar_pono_s8", "celebahq8_5bit_hilbert"])
 def test_positional_normalisation_is_needed(name):
     """The same weights without pono are far off on every image: the fixtures tell the option apart (measured: per
-    image and order 3.7e-5 to 0.11 relative, at least 1.4e-3 for every image in some order)."""
+    image and order 3.7e-5 to 0.11 relative, at least 1.7e-2 for every image in some order)."""
     model = _convert(FIXTURES / f"{name}.pth")
     assert model.hparams["normalization"] == "pono"
     plain = pixelar.create_model("lmconv", model.image, "paper", **{**model.hparams, "normalization": "none"})
     plain.load_state_dict(model.state_dict())
     x, want_per, _, theirs = _expected(name)
     got_per, _ = _nats(plain.eval(), x, _pixelar_index(model, theirs))
-    assert np.abs(got_per / want_per - 1).max(1).min() > 1e-3
+    assert np.abs(got_per / want_per - 1).max(1).min() > 1e-2
 
 
 def test_the_published_layouts_and_the_weights_converted(tmp_path):
