@@ -10,8 +10,8 @@ ancestral sampling, one pass through its decoder, timed whole).
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
     git clone https://github.com/ajayjain/lmconv /tmp/lmconv
-    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae --lmconv /tmp/lmconv \
-        [--distaug] [--write]
+    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae --lmconv /tmp/lmconv [--write]
+    python -m benchmarks.converted --distaug --no-sampling     # any sources together, or one alone
 
 `--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
 its 150M rotation + transposition model (c10-150m-rot-tr-dist-aug.npz, hyperparams.py's c10-150m-rot-tr), in
