@@ -118,7 +118,7 @@ def test_convert_to_dir_writes_the_card(tmp_path):
     notes = " | ".join(card["conversion"])
     assert "gilbert2d -> pixelar's 'gilbert', 8 orders" in notes and "variants [4, 5, 6, 7, 0, 1, 2, 3]" in notes
     assert "set_order(4)" in notes and "ema_state_dict left alone" in notes and "weight norm folded" in notes
-    assert "--no_bias" in notes and "mask_weight" in notes and "mnist_dynamic" in notes
+    assert "args['no_bias']" in notes and "mask_weight" in notes and "mnist_dynamic" in notes
     assert model.hparams["mask_weight"] and model.hparams["output"] == {"kind": "categorical"}
     loaded = pixelar.load_model(out)
     x, _, want, _ = _expected("binary_mnist_gilbert8_wn")
@@ -162,7 +162,7 @@ def test_orders_that_are_the_same_set_in_another_numbering_convert(tmp_path):
         ({"order_variants": [1, 2]}, "variants \\[1, 2\\] .* in variants 0..1"),
         ({"train_masks": [0, 0, 1]}, "once each"),
         ({"order_variants": [8]}, "must name orders 0..7"),
-        ({"binarize": True}, "--binarize with dataset cifar"),
+        ({"binarize": True}, r"args\['binarize'\] with dataset cifar"),
         ({"dataset": "imagenet"}, "dataset 'imagenet' is none of main.py's"),
         ({"n_bits": 5}, "n_bits 5: main.py takes 8 bits for cifar"),
         ({"nr_filters": 8}, "does not fit its args: it has filters 6, .* the args give filters 8"),

@@ -113,7 +113,7 @@ def image_of(A: dict, what: str) -> ImageSpec:
     C, S = {"mnist": (1, 28), "cifar": (3, 32)}.get(dataset, (3, A["celeba_size"]))
     if A["binarize"] and dataset != "mnist":
         raise ValueError(
-            f"{what}: --binarize with dataset {dataset}: main.py binarizes only MNIST and scores the others with "
+            f"{what}: args['binarize'] with dataset {dataset}: main.py binarizes only MNIST and scores the others with "
             "the mixture loss, which a 2-logit output cannot feed"
         )
     if not 1 <= bits <= 8 or (dataset != "celebahq" and bits != 8):
@@ -162,7 +162,7 @@ def orders(A: dict, image: ImageSpec, what: str) -> tuple[str, int, list[int]]:
     does not depend on how they are numbered)."""
     given = A["order"]
     if not given:
-        raise ValueError(f"{what}: args['order'] is empty: main.py needs --order for its model (--ours)")
+        raise ValueError(f"{what}: args['order'] is empty: main.py needs an order for its model (args['ours'])")
     if len(given) > 1:
         raise ValueError(
             f"{what}: the run trains on the orders of {len(given)} base orders ({', '.join(given)}); pixelar's "
@@ -186,8 +186,8 @@ def orders(A: dict, image: ImageSpec, what: str) -> tuple[str, int, list[int]]:
         raise ValueError(
             f"{what}: the run trains on {K} order{'s' if K > 1 else ''}, pixelar's {name!r} variants [{shown}] "
             f"(nn/orders.py); pixelar's lmconv with {K} generates in {ours_k}, so it cannot match "
-            f"{'them' if K > 1 else 'it'} (--base_order_* without --randomize_order, --order_variants or "
-            "--train_masks choose other variants)"
+            f"{'them' if K > 1 else 'it'} (its args base_order_* without randomize_order, order_variants or "
+            "train_masks choose other variants)"
         )
     return name, K, index
 
@@ -334,12 +334,12 @@ def convert(path):
         + ", ".join(f"{n} convolutions {f.replace('_', ' ')}" for f, n in sorted(forms.items()))
         + (" (weight norm folded per output filter)" if "weight_norm" in forms else ""),
         "model_state_dict converted" + ("; ema_state_dict left alone (main.py never evaluates it)" if has_ema else ""),
-        *(["no convolution biases (--no_bias): pixelar's are zero"] if A["no_bias"] else []),
-        *(["mask weights (--learn_weight_for_masks) -> pixelar's mask_weight"] if A["learn_weight_for_masks"] else []),
+        *(["no convolution biases (args['no_bias']): pixelar's are zero"] if A["no_bias"] else []),
+        *(["mask weights (args['learn_weight_for_masks']) -> mask_weight"] if A["learn_weight_for_masks"] else []),
         *(["DataParallel's 'module.' prefix stripped"] if stripped else []),
         *(["mixture output rows permuted from the TF PixelCNN++ layout"] if C == 3 else []),
         *(
-            [f"trained at sizes {sizes} (--resize_sizes): converted at {image.height}x{image.width}"]
+            [f"trained at sizes {sizes} (args['resize_sizes']): converted at {image.height}x{image.width}"]
             if sizes and sizes != [image.height]
             else []
         ),
