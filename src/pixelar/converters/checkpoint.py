@@ -12,6 +12,7 @@ reorders a discretized logistic mixture's output rows from the TF PixelCNN++ lay
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import zipfile
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..io import read_json
 
 
 def read_torch_state(path) -> dict:
@@ -203,6 +206,27 @@ class Tensors:
                 f"{self.what} has tensors this converter does not map ({shown}): it is a checkpoint of another "
                 "layout or model, which would be converted only in part"
             )
+
+
+def named_hps(hps, named: dict, defaults: dict, hps_help: str, authors: str, what: str) -> tuple[dict, str]:
+    """The authors' hyperparameters that shape a model, over their `defaults`: a set of `named` by its name, a
+    .json file of their names, or a dict. A name that is not among `defaults` is refused, naming `authors`' code.
+    -> (the hyperparameters, how they were given, for messages)."""
+    if isinstance(hps, dict):
+        given, shown = dict(hps), "the hps given"
+    elif isinstance(hps, (str, os.PathLike)) and str(hps) in named:
+        given, shown = named[str(hps)], f"hps {hps}"
+    elif isinstance(hps, (str, os.PathLike)) and Path(hps).suffix.lower() == ".json":
+        given, shown = read_json(hps, "hps file"), f"hps file {hps}"
+    else:
+        raise ValueError(f"{what}: hps must be {hps_help}, got {hps!r}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"{shown}: {unknown[0]!r} is not one of {authors}'s hyperparameters that shape the model "
+            f"({', '.join(defaults)})"
+        )
+    return {**defaults, **given}, shown
 
 
 def load_weights(model, weights: dict[str, torch.Tensor], what: str) -> None:

@@ -48,19 +48,17 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from ..errors import ArgumentValueError
-from ..io import read_json
 from ..models import create_model
 from ..models.distaug import create_distaug_model
 from ..types import ImageSpec
 from . import register_source
-from .checkpoint import NpzArrays, Tensors, load_weights
+from .checkpoint import NpzArrays, Tensors, load_weights, named_hps
 
 # hyperparams.py's add_arguments defaults of the hyperparameters that shape the model (resid_pdrop: only its
 # dropout; dataset and rand_augment: informative, the file fixes the image)
@@ -183,22 +181,9 @@ def hyperparameters(hps, path: Path, what: str) -> tuple[dict, str]:
                 "not record the heads or the attention layout: pass ",
                 f" ({HPS_HELP})",
             )
-        given, shown = NAMED[name], f"hps {name} (eval.sh's for {path.name})"
-    elif isinstance(hps, dict):
-        given, shown = dict(hps), "the hps given"
-    elif isinstance(hps, (str, os.PathLike)) and str(hps) in NAMED:
-        given, shown = NAMED[str(hps)], f"hps {hps}"
-    elif isinstance(hps, (str, os.PathLike)) and Path(hps).suffix.lower() == ".json":
-        given, shown = read_json(hps, "hps file"), f"hps file {hps}"
+        H, shown = {**DEFAULTS, **NAMED[name]}, f"hps {name} (eval.sh's for {path.name})"
     else:
-        raise ValueError(f"{what}: hps must be {HPS_HELP}, got {hps!r}")
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"{shown}: {unknown[0]!r} is not one of openai/distribution_augmentation's hyperparameters that shape "
-            f"the model ({', '.join(DEFAULTS)})"
-        )
-    H = {**DEFAULTS, **given}
+        H, shown = named_hps(hps, NAMED, DEFAULTS, HPS_HELP, "openai/distribution_augmentation", what)
     for key, default in DEFAULTS.items():
         v = H[key]
         number = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)

@@ -27,19 +27,16 @@ exactly is refused: FFHQ-256's 5-bit loss (dataset ffhq_256) and per-resolution 
 from __future__ import annotations
 
 import numbers
-import os
 import re
-from pathlib import Path
 
 import torch
 
 from ..errors import ArgumentValueError
-from ..io import read_json
 from ..models import create_model
 from ..models.vdvae import resolutions
 from ..types import ImageSpec
 from . import register_source
-from .checkpoint import Tensors, load_weights, output_rows, read_torch_state, strip_prefix
+from .checkpoint import Tensors, load_weights, named_hps, output_rows, read_torch_state, strip_prefix
 
 # hps.py's defaults (add_vae_arguments) of the hyperparameters that shape the model; dataset, image_size and
 # image_channels are data.py's (set from the dataset there)
@@ -116,21 +113,7 @@ HPS_HELP = "cifar10, imagenet32 or imagenet64 (hps.py's sets), or a .json file o
 def hyperparameters(hps, what: str) -> tuple[dict, str]:
     """openai/vdvae's hyperparameters that shape the model, from a named set, a .json file or a dict, over hps.py's
     defaults, checked. -> (H, how they were given)."""
-    if isinstance(hps, dict):
-        given, shown = dict(hps), "the hps given"
-    elif isinstance(hps, (str, os.PathLike)) and str(hps) in NAMED:
-        given, shown = NAMED[str(hps)], f"hps {hps}"
-    elif isinstance(hps, (str, os.PathLike)) and Path(hps).suffix.lower() == ".json":
-        given, shown = read_json(hps, "hps file"), f"hps file {hps}"
-    else:
-        raise ValueError(f"{what}: hps must be {HPS_HELP}, got {hps!r}")
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"{shown}: {unknown[0]!r} is not one of openai/vdvae's hyperparameters that shape the model "
-            f"({', '.join(DEFAULTS)})"
-        )
-    H = {**DEFAULTS, **given}
+    H, shown = named_hps(hps, NAMED, DEFAULTS, HPS_HELP, "openai/vdvae", what)
     if H["dataset"] not in DATASETS:
         raise ValueError(f"{shown}: dataset {H['dataset']!r} is none of openai/vdvae's ({', '.join(DATASETS)})")
     if H["dataset"] == "ffhq_256":
