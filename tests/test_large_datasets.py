@@ -135,10 +135,9 @@ def test_imagenet_cache_is_built_once_and_memory_mapped(tmp_path, monkeypatch):
     ]
 
 
-def test_cache_is_built_by_one_of_several_processes(tmp_path, monkeypatch):
-    """Processes (here threads, each with its own lock file descriptor) that open a missing cache at once:
-    one converts, the others wait for it and map its file."""
-    write_imagenet(tmp_path, 32)
+def _load_at_once(data_dir, monkeypatch, processes: int = 4):
+    """imagenet32's training split opened by `processes` threads at once (each with its own lock descriptor,
+    as processes have): -> (the datasets they got, how many times the cache was built). Any error fails."""
     builds = []
     build = cache._build
     monkeypatch.setattr(cache, "_build", lambda *a: builds.append(1) or build(*a))
@@ -146,16 +145,25 @@ def test_cache_is_built_by_one_of_several_processes(tmp_path, monkeypatch):
 
     def load():
         try:
-            out.append(load_dataset("imagenet32", "full_train", data_dir=tmp_path))
+            out.append(load_dataset("imagenet32", "full_train", data_dir=data_dir))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
+    threads = [threading.Thread(target=load) for _ in range(processes)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and len(out) == 4 and len(builds) == 1
+    assert not errors, errors
+    return out, len(builds)
+
+
+def test_cache_is_built_by_one_of_several_processes(tmp_path, monkeypatch):
+    """Processes (here threads, each with its own lock file descriptor) that open a missing cache at once:
+    one converts, the others wait for it and map its file."""
+    write_imagenet(tmp_path, 32)
+    out, builds = _load_at_once(tmp_path, monkeypatch)
+    assert len(out) == 4 and builds == 1
     assert all(torch.equal(ds.images, out[0].images) for ds in out)
 
 
@@ -263,23 +271,8 @@ def test_a_damaged_cache_is_rebuilt_by_one_of_several_processes(tmp_path, monkey
     write_imagenet(tmp_path, 32)
     images = load_dataset("imagenet32", "full_train", data_dir=tmp_path).images.clone()
     _damage(_cache_file(tmp_path / "imagenet32"), 100)
-    builds = []
-    build = cache._build
-    monkeypatch.setattr(cache, "_build", lambda *a: builds.append(1) or build(*a))
-    out, errors = [], []
-
-    def load():
-        try:
-            out.append(load_dataset("imagenet32", "full_train", data_dir=tmp_path))
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(out) == 4 and len(builds) == 1
+    out, builds = _load_at_once(tmp_path, monkeypatch)
+    assert len(out) == 4 and builds == 1
     assert all(torch.equal(ds.images, images) for ds in out)
 
 
