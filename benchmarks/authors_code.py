@@ -5,6 +5,7 @@ checkout's path is given on the command line, and its modules are loaded from th
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
     git clone https://github.com/ajayjain/lmconv /tmp/lmconv
+    git clone https://github.com/openai/pixel-cnn /tmp/pixel-cnn      # needs TensorFlow (2.x, run as 1.x)
 
 openai/distribution_augmentation cannot run on a CPU (TensorFlow 1 and blocksparse's GPU kernels): for it
 there is only its save format, transcribed from its train.py and utils.save_params (`distaug_variables`,
@@ -51,6 +52,34 @@ def pclucas14(path: Path):
     torch.Tensor.cuda = lambda self, *a, **k: self
     m = load_flat_modules(path, ["utils", "layers", "model"], {"print e\n": "print(e)\n"})
     return m["model"], m["utils"]
+
+
+def openai_pixelcnn(path: Path):
+    """(model_spec, nn module) of openai/pixel-cnn, the original TF1 PixelCNN++, runnable on TensorFlow 2 in its
+    1.x mode: `import tensorflow as tf` is read as tensorflow.compat.v1, and tf.contrib's arg_scope (gone from
+    TensorFlow 2) as tf_slim's, the same decorator. Needs `pip install tensorflow tf_slim`; call
+    tf.compat.v1.disable_v2_behavior() before building graphs."""
+    fixes = {
+        "import tensorflow as tf\n": "import tensorflow.compat.v1 as tf\n",
+        "from tensorflow.contrib.framework.python.ops import add_arg_scope": "from tf_slim import add_arg_scope",
+        "from tensorflow.contrib.framework.python.ops import arg_scope": "from tf_slim import arg_scope",
+    }
+    package = types.ModuleType("pixel_cnn_pp")
+    package.__path__ = [str(Path(path) / "pixel_cnn_pp")]
+    sys.modules["pixel_cnn_pp"] = package
+    modules = {}
+    for name in ("nn", "model"):
+        file = Path(path) / "pixel_cnn_pp" / f"{name}.py"
+        source = file.read_text()
+        for old, new in fixes.items():
+            source = source.replace(old, new)
+        module = types.ModuleType(f"pixel_cnn_pp.{name}")
+        module.__file__ = str(file)
+        sys.modules[module.__name__] = module  # model.py's `import pixel_cnn_pp.nn as nn` finds it
+        setattr(package, name, module)
+        exec(compile(source, str(file), "exec"), module.__dict__)
+        modules[name] = module
+    return modules["model"].model_spec, modules["nn"]
 
 
 def perturb(model: nn.Module, gen: torch.Generator) -> None:
@@ -330,3 +359,35 @@ def lmconv_checkpoint(args, net: nn.Module, optimizer, epoch: int, ema=None, tes
     if ema is not None:
         out["ema_state_dict"] = ema.state_dict()
     return out
+
+
+def write_openai_pixelcnn(repo: Path, out: Path, nr_filters: int = 160, nr_resnet: int = 5, nr_mix: int = 10) -> None:
+    """A random openai/pixel-cnn CIFAR-10 model (default: the published 160 filters, 5 resnets, 10 mixtures)
+    saved as its train.py saves params_cifar.ckpt: tf.train.Saver in the V1 format, every weight, its EMA copy
+    and adam_updates' unnamed variables (made here from zero gradients: the same variables, without building
+    the gradient graph). Runs under TensorFlow (see openai_pixelcnn)."""
+    import tensorflow.compat.v1 as tf
+
+    tf.disable_v2_behavior()
+    model_spec, pnn = openai_pixelcnn(repo)
+    with tf.Graph().as_default():
+        x = tf.placeholder(tf.float32, (1, 32, 32, 3))
+        model = tf.make_template("model", model_spec)
+        model(x, None, init=False, dropout_p=0.5, nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_mix)
+        params = tf.trainable_variables()
+        tf.train.ExponentialMovingAverage(decay=0.9995).apply(params)
+        pnn.adam_updates(params, [tf.zeros_like(p) for p in params])
+        saver = tf.train.Saver(write_version=tf.train.SaverDef.V1)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            saver.save(sess, str(out), write_meta_graph=False)
+    (Path(out).parent / "checkpoint").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # python -m benchmarks.authors_code openai-pixelcnn REPO OUT (under TensorFlow)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["openai-pixelcnn"])
+    ap.add_argument("repo", type=Path)
+    ap.add_argument("out", type=Path)
+    a = ap.parse_args()
+    write_openai_pixelcnn(a.repo, a.out)

@@ -10,7 +10,10 @@ ancestral sampling, one pass through its decoder, timed whole).
     git clone https://github.com/pclucas14/pixel-cnn-pp /tmp/pixel-cnn-pp
     git clone https://github.com/openai/vdvae /tmp/vdvae
     git clone https://github.com/ajayjain/lmconv /tmp/lmconv
-    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae --lmconv /tmp/lmconv [--write]
+    git clone https://github.com/openai/pixel-cnn /tmp/pixel-cnn       # and a Python with TensorFlow to run it:
+    python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow==2.18.0 tf_slim torch==2.13.0
+    python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae --lmconv /tmp/lmconv \
+        --openai-pixelcnn /tmp/pixel-cnn --tf-python /tmp/tf/bin/python --distaug [--write]
     python -m benchmarks.converted --distaug --no-sampling     # any sources together, or one alone
 
 `--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
@@ -23,6 +26,7 @@ conversions alone (a naive pass of the 150M model over 3,072 positions takes min
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -67,6 +71,18 @@ def pclucas14_checkpoint(port: Path, tmp: Path) -> tuple[str, Path, list[str]]:
     out = tmp / "published.pth"
     torch.save(pclucas14_published_layout(net), out)
     return "pclucas14-pixelcnn_pp", out, []
+
+
+def openai_pixelcnn_checkpoint(code: Path, tmp: Path, tf_python: str) -> tuple[str, Path, list[str]]:
+    """openai/pixel-cnn's CIFAR-10 model (160 filters, 5 resnets, 10 mixtures), random, saved by its own Saver
+    in the published params_cifar.ckpt's format (V1: weights, EMA copies, Adam's variables), written by
+    benchmarks/authors_code.write_openai_pixelcnn under `tf_python` (TensorFlow does not run beside torch's
+    pinned CPU build in one environment)."""
+    out = tmp / "params_cifar.ckpt"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [tf_python, "-m", "benchmarks.authors_code", "openai-pixelcnn", str(code), str(out)]
+    subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return "openai-pixelcnn_pp", out, []
 
 
 def vdvae_checkpoint(code: Path, tmp: Path) -> tuple[str, Path, list[str]]:
@@ -162,6 +178,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pclucas14", type=Path, help="checkout of pclucas14/pixel-cnn-pp")
     ap.add_argument("--vdvae", type=Path, help="checkout of openai/vdvae")
     ap.add_argument("--lmconv", type=Path, help="checkout of ajayjain/lmconv")
+    ap.add_argument("--openai-pixelcnn", type=Path, help="checkout of openai/pixel-cnn (run by --tf-python)")
+    ap.add_argument("--tf-python", default="python3", help="a Python with tensorflow and tf_slim installed")
     ap.add_argument("--distaug", action="store_true", help="openai-distaug's 150M model (no checkout needed)")
     ap.add_argument("--no-sampling", action="store_true", help="time the conversions only")
     ap.add_argument("--batches", default="1,16")
@@ -173,11 +191,15 @@ def main(argv=None) -> None:
         (pclucas14_checkpoint, args.pclucas14),
         (vdvae_checkpoint, args.vdvae),
         (lmconv_checkpoint_file, args.lmconv),
+        (functools.partial(openai_pixelcnn_checkpoint, tf_python=args.tf_python), args.openai_pixelcnn),
     )
     makers = [(make, code) for make, code in given if code is not None]
     makers += [(distaug_checkpoint, None)] if args.distaug else []
     if not makers:
-        raise SystemExit("give at least one source (--pclucas14 PATH, --vdvae PATH, --lmconv PATH, --distaug)")
+        raise SystemExit(
+            "give at least one source (--pclucas14 PATH, --vdvae PATH, --lmconv PATH, --openai-pixelcnn PATH, "
+            "--distaug)"
+        )
     load_before, rows = load_average(), []
     for make, code in makers:
         with tempfile.TemporaryDirectory() as tmp:

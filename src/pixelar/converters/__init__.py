@@ -36,7 +36,14 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_FILES = ("config.json", WEIGHTS_NAME, CARD_NAME)  # what a converted model directory holds
 
 # the modules that register a source each (imported when a source is first looked up)
-_MODULES = ("ajayjain_lmconv", "hf_imagegpt", "openai_distaug", "openai_vdvae", "pclucas14_pixelcnn_pp")
+_MODULES = (
+    "ajayjain_lmconv",
+    "hf_imagegpt",
+    "openai_distaug",
+    "openai_pixelcnn_pp",
+    "openai_vdvae",
+    "pclucas14_pixelcnn_pp",
+)
 
 
 @dataclasses.dataclass(frozen=True)
