@@ -13,10 +13,10 @@ ancestral sampling, one pass through its decoder, timed whole).
     git clone https://github.com/openai/pixel-cnn /tmp/pixel-cnn       # and a Python with TensorFlow to run it:
     python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow==2.18.0 tf_slim torch==2.13.0
     python -m benchmarks.converted --pclucas14 /tmp/pixel-cnn-pp --vdvae /tmp/vdvae --lmconv /tmp/lmconv \
-        --openai-pixelcnn /tmp/pixel-cnn --tf-python /tmp/tf/bin/python --distaug [--write]
+        --openai-pixelcnn /tmp/pixel-cnn --tf-python /tmp/tf/bin/python --hf-imagegpt --distaug [--write]
     python -m benchmarks.converted --distaug --no-sampling     # any sources together, or one alone
 
-`--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
+`--hf-imagegpt` needs transformers (a test dependency), no checkout. `--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
 its 150M rotation + transposition model (c10-150m-rot-tr-dist-aug.npz, hyperparams.py's c10-150m-rot-tr), in
 the layout its utils.save_params writes (weights, moving averages, Adam's moments: about 1.8 GB in the
 temporary directory), written by benchmarks/authors_code.write_distaug_npz. `--no-sampling` times the
@@ -83,6 +83,26 @@ def openai_pixelcnn_checkpoint(code: Path, tmp: Path, tf_python: str) -> tuple[s
     cmd = [tf_python, "-m", "benchmarks.authors_code", "openai-pixelcnn", str(code), str(out)]
     subprocess.run(cmd, cwd=root, check=True, capture_output=True)
     return "openai-pixelcnn_pp", out, []
+
+
+def hf_imagegpt_checkpoint(_, tmp: Path) -> tuple[str, Path, list[str]]:
+    """iGPT-S as the Hub's openai/imagegpt-small holds it (n_embd 512, 24 layers, 8 heads, 32x32 tokens of a
+    512-colour palette, untied head), random weights from transformers' own initialisation, written by its
+    save_pretrained, with a preprocessor_config.json of 512 random clusters in [-1, 1]."""
+    import json
+
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.ImageGPTConfig(
+        vocab_size=513, n_positions=1024, n_embd=512, n_layer=24, n_head=8, tie_word_embeddings=False
+    )
+    out = tmp / "imagegpt-small"
+    transformers.ImageGPTForCausalImageModeling(config).eval().save_pretrained(out)
+    clusters = torch.rand(512, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    pre = {"clusters": clusters.tolist(), "do_normalize": True, "size": {"height": 32, "width": 32}}
+    (out / "preprocessor_config.json").write_text(json.dumps(pre))
+    return "hf-imagegpt", out, []
 
 
 def vdvae_checkpoint(code: Path, tmp: Path) -> tuple[str, Path, list[str]]:
@@ -180,6 +200,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lmconv", type=Path, help="checkout of ajayjain/lmconv")
     ap.add_argument("--openai-pixelcnn", type=Path, help="checkout of openai/pixel-cnn (run by --tf-python)")
     ap.add_argument("--tf-python", default="python3", help="a Python with tensorflow and tf_slim installed")
+    ap.add_argument("--hf-imagegpt", action="store_true", help="iGPT-S in the Hub's layout (needs transformers)")
     ap.add_argument("--distaug", action="store_true", help="openai-distaug's 150M model (no checkout needed)")
     ap.add_argument("--no-sampling", action="store_true", help="time the conversions only")
     ap.add_argument("--batches", default="1,16")
@@ -194,17 +215,19 @@ def main(argv=None) -> None:
         (functools.partial(openai_pixelcnn_checkpoint, tf_python=args.tf_python), args.openai_pixelcnn),
     )
     makers = [(make, code) for make, code in given if code is not None]
+    makers += [(hf_imagegpt_checkpoint, None)] if args.hf_imagegpt else []
     makers += [(distaug_checkpoint, None)] if args.distaug else []
     if not makers:
         raise SystemExit(
             "give at least one source (--pclucas14 PATH, --vdvae PATH, --lmconv PATH, --openai-pixelcnn PATH, "
-            "--distaug)"
+            "--hf-imagegpt, --distaug)"
         )
     load_before, rows = load_average(), []
     for make, code in makers:
         with tempfile.TemporaryDirectory() as tmp:
             source, path, extra = make(code, Path(tmp))
-            size_mb = os.path.getsize(path) / 2**20
+            files = [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]
+            size_mb = sum(os.path.getsize(f) for f in files) / 2**20
             seconds, peak = convert_in_child(source, path, Path(tmp) / "converted", extra)
             model = pixelar.load_model(Path(tmp) / "converted")
             speeds = []
