@@ -16,8 +16,9 @@ ancestral sampling, one pass through its decoder, timed whole).
         --openai-pixelcnn /tmp/pixel-cnn --tf-python /tmp/tf/bin/python --hf-imagegpt --distaug [--write]
     python -m benchmarks.converted --distaug --no-sampling     # any sources together, or one alone
 
-`--hf-imagegpt` needs transformers (a test dependency), no checkout. `--distaug` needs no checkout (openai/distribution_augmentation's code does not run on a CPU): a random file of
-its 150M rotation + transposition model (c10-150m-rot-tr-dist-aug.npz, hyperparams.py's c10-150m-rot-tr), in
+`--hf-imagegpt` needs transformers (a test dependency), no checkout. `--distaug` needs no checkout
+(openai/distribution_augmentation's code does not run on a CPU): a random file of its 150M rotation +
+transposition model (c10-150m-rot-tr-dist-aug.npz, hyperparams.py's c10-150m-rot-tr), in
 the layout its utils.save_params writes (weights, moving averages, Adam's moments: about 1.8 GB in the
 temporary directory), written by benchmarks/authors_code.write_distaug_npz. `--no-sampling` times the
 conversions alone (a naive pass of the 150M model over 3,072 positions takes minutes on a CPU).
