@@ -72,12 +72,12 @@ def convert(path, image: ImageSpec | None = None):
     if R < 1 or counts["conv2d"] != 24 * R + 15 or counts["dense"] != 9 * R + 5 or counts["deconv2d"] != 4:
         raise ValueError(
             f"{what}: {counts['conv2d']} conv2d, {counts['dense']} dense and {counts['deconv2d']} deconv2d layers "
-            "are not those of model_spec's likelihood model (an --energy_distance model, or another network)"
+            "are not those of model_spec's likelihood model (one of their energy_distance option, or another network)"
         )
     if ckpt.shape("model/conv2d_3/V")[2] != 2 * F_:
         raise ValueError(
             f"{what}: its resnets read {ckpt.shape('model/conv2d_3/V')[2]} channels, not 2 x {F_}: a model with "
-            "--resnet_nonlinearity elu or relu, which pixelar's pixelcnn_pp (concat_elu) does not have"
+            "resnet_nonlinearity elu or relu, which pixelar's pixelcnn_pp (concat_elu) does not have"
         )
     out_units = ckpt.shape(f"model/dense_{counts['dense'] - 1}/V")[1]
     if out_units % 10:
