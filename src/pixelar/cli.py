@@ -146,12 +146,18 @@ def _types(text: str | None) -> list[str]:
 
 
 # ----- options of every command that runs a long job: --threads N, --progress / --no-progress ----------------
-def _add_job_options(p: argparse.ArgumentParser, chooses_threads: bool = False, codes: bool = False) -> None:
+def _add_job_options(
+    p: argparse.ArgumentParser, chooses_threads: bool = False, codes: bool = False, probes: bool = False
+) -> None:
     """--threads and --progress/--no-progress, the same on every command that has a progress bar (codes: the
-    codec's commands, which code on one thread whatever --threads says)."""
+    codec's commands, which code on one thread whatever --threads says; probes: train and eval, which measure
+    the counts)."""
     default = (
         "chosen for the work: one thread for the small steps of cached sampling, torch's default for large ones"
         if chooses_threads
+        else "the fastest of torch's default, half of it and 1, measured on a few steps (a resumed run: the "
+        "count of its checkpoint)"
+        if probes
         else "torch's default"
     )
     threads_help = (
@@ -269,6 +275,7 @@ def cmd_train(args) -> int:
             progress=_progress(args),
             max_steps=args.steps,
             shard=args.shard,
+            threads=args.threads,
         )
     else:
         if args.minutes is not None and args.steps is not None:
@@ -290,7 +297,7 @@ def cmd_train(args) -> int:
             args.run_dir or f"runs/{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         print(f"run directory: {run_dir}")
-        result = train(cfg, run_dir, resume=False, progress=_progress(args), shard=args.shard)
+        result = train(cfg, run_dir, resume=False, progress=_progress(args), shard=args.shard, threads=args.threads)
     if result.get("tokenized"):
         print(
             f"test nats per token: {result['test_nats_per_token']:.4f}  ({result['run_dir']}); palette "
@@ -426,6 +433,7 @@ def cmd_eval(args) -> int:
         subset=args.subset,
         num_samples=args.num_samples,
         progress=_progress(args),
+        threads=args.threads,
     )
     res.update(dataset=dataset, split=args.split, run_dir=str(args.run_dir))
     if args.json:
@@ -1066,7 +1074,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write the metrics as TensorBoard events to RUN_DIR/tensorboard (pip install 'pixelar[tensorboard]')",
     )
-    _add_job_options(t)
+    _add_job_options(t, probes=True)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="exact test bits/dim of a trained run")
@@ -1092,7 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bits/dim for each transformation type and index, identity first (DistAug models: their "
         "own types; other models: the run's --augment types or the TYPES given)",
     )
-    _add_job_options(e)
+    _add_job_options(e, probes=True)
     e.set_defaults(func=cmd_eval)
 
     for name, helptext in (

@@ -10,7 +10,15 @@ full pass); below STEP_WORK_THRESHOLD one thread, else torch's setting is left a
 the measurements behind the threshold (`python -m benchmarks.sampling_threads`).
 
 `threads_for(threads, work, device)` applies the choice for a block and restores torch's thread count after
-it, also when the block raises; an explicit `threads` wins. The codec does not choose: its bytes must not
+it, also when the block raises; an explicit `threads` wins.
+
+A job of large steps (training, evaluation) cannot take torch's count on trust either: beside another busy
+process, two threads on two cores wait at every operation for the core the other process holds (the default
+training run: 0.24 of its idle speed on two threads, 0.76 on one). `probe(step, counts)` times a few of the
+job's own steps at each candidate count (`candidate_counts`: torch's, half of it, 1) and returns the fastest;
+the job then runs on it. It is chosen once per job, not re-checked while the job runs: the count changes the
+order of floating-point sums, and a training run must stay bitwise the same whatever the load (a resumed run
+reuses the count of its checkpoint; docs/training.md). The codec does not choose: its bytes must not
 depend on the count, so it codes on one thread whatever `threads` says (`num_threads`; codec/images.py). Lives
 below every package, like inference.py, so that models/ (sample), sampling/ and codec/ can use it.
 """
@@ -18,7 +26,9 @@ below every package, like inference.py, so that models/ (sample), sampling/ and 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -52,6 +62,49 @@ def check_threads(threads) -> int | None:
     return threads
 
 
+def candidate_counts() -> list[int]:
+    """The thread counts a probe tries, largest first: torch's current count, half of it, 1 (without repeats)."""
+    n = torch.get_num_threads()
+    return sorted({n, max(1, n // 2), 1}, reverse=True)
+
+
+def probe(step: Callable[[], object], counts: list[int], repeats: int = 2, max_first_s: float = 5.0) -> dict:
+    """Time `step` (one step of the job, with no lasting effect) at each thread count of `counts`: per count a
+    first untimed call (waking that many threads), then the best of `repeats`. A first call that takes longer
+    than max_first_s ends the probe with counts[0]: steps that large are worth their threads, and probing them
+    would cost minutes. torch's count is restored afterwards. -> {"threads": the fastest count, "seconds":
+    {count: seconds per step}} ("seconds" holds only the counts measured)."""
+    seconds: dict[int, float] = {}
+    before = torch.get_num_threads()
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            t = time.perf_counter()
+            step()
+            if time.perf_counter() - t > max_first_s:
+                return {"threads": counts[0], "seconds": seconds}
+            best = math.inf
+            for _ in range(repeats):
+                t = time.perf_counter()
+                step()
+                best = min(best, time.perf_counter() - t)
+            seconds[n] = best
+    finally:
+        torch.set_num_threads(before)
+    # the fastest; a count within 5% of a larger one's time loses to it (noise, and the idle machine's case)
+    fastest = min(seconds.values())
+    return {"threads": max(n for n, s in seconds.items() if s <= 1.05 * fastest), "seconds": seconds}
+
+
+def describe_probe(record: dict) -> str:
+    """ "1 thread (0.21 s/step; 2 threads: 1.87 s/step)" for a probe's record."""
+    chosen, seconds = record["threads"], record.get("seconds", {})
+    plural = lambda n: f"{n} thread{'s' if n != 1 else ''}"  # noqa: E731
+    others = "; ".join(f"{plural(n)}: {s:.3g} s/step" for n, s in seconds.items() if n != chosen)
+    mine = f"{seconds[chosen]:.3g} s/step" if chosen in seconds else "its first step too long to probe"
+    return f"{plural(chosen)} ({mine}{'; ' + others if others else ''})"
+
+
 @contextlib.contextmanager
 def num_threads(threads: int | None) -> Iterator[int]:
     """torch.set_num_threads(threads) for the block (None: leave it), the previous count restored after it,
@@ -77,4 +130,14 @@ def threads_for(threads: int | None, work: float, device: torch.device | str = "
         yield n
 
 
-__all__ = ["STEP_WORK_THRESHOLD", "auto_threads", "check_threads", "num_threads", "step_work", "threads_for"]
+__all__ = [
+    "STEP_WORK_THRESHOLD",
+    "auto_threads",
+    "candidate_counts",
+    "describe_probe",
+    "probe",
+    "check_threads",
+    "num_threads",
+    "step_work",
+    "threads_for",
+]

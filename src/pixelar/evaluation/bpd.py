@@ -28,6 +28,7 @@ from ..errors import ArgumentValueError
 from ..inference import inference
 from ..models.base import check_num_samples
 from ..progress import tracking
+from ..threads import STEP_WORK_THRESHOLD, candidate_counts, check_threads, num_threads, probe, step_work
 
 # Printed beside every likelihood of a tokenized model (Image GPT's palette)
 TOKEN_NOTE = (
@@ -139,6 +140,29 @@ def image_log_prob(model, x: torch.Tensor, cond=None, num_samples: int | None = 
         return model.log_prob(x, cond).double()
 
 
+PROBE_IMAGES = 32  # the batch a thread probe times (a few of them per candidate count)
+
+
+def _eval_threads(model, ds, batch_size: int, threads, device, autocast) -> int | None:
+    """The CPU thread count of an evaluation (see evaluate's `threads`); inside inference(model)."""
+    if threads is not None:
+        return check_threads(threads)
+    if device.type != "cpu" or distributed.active() or torch.get_num_threads() == 1 or len(ds) == 0:
+        return None
+    n = min(batch_size, PROBE_IMAGES, len(ds))
+    if step_work(model, min(batch_size, len(ds)), incremental=False) < STEP_WORK_THRESHOLD:
+        return 1
+    x, y = next(iterate_batches(select(ds, slice(0, n)), n, shuffle=False))
+    cond = y.to(device) if model.num_classes else None
+    x = (model.encode(x.to(device)) if model.tokenizer is not None else x).to(device)
+
+    def step():
+        with autocast:
+            image_log_prob(model, x, cond)
+
+    return probe(step, candidate_counts())["threads"]
+
+
 def evaluate(
     model,
     dataset: ImageDataset,
@@ -147,6 +171,7 @@ def evaluate(
     subset: int | None = None,
     progress=None,
     num_samples: int | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Negative log-likelihood of `dataset` (or its first `subset` images) under `model`.
 
@@ -182,9 +207,13 @@ def evaluate(
     for models with an exact likelihood and for a deterministic posterior (the VQ-VAE's), where it changes
     nothing.
 
-    The figures depend on the weights, the images, batch_size (float rounding) and the device, not on the
-    number of processes: the images are scored in chunks of batch_size by index, shared out as whole chunks,
-    and the chunks' sums added exactly (see the module docstring).
+    threads: CPU threads. None: on a CPU in one process, the fastest of torch's count, half of it and 1 for a
+    few batches of 32 images (pixelar.threads.probe; 1 without measuring where a batch is too small to gain
+    from threads); a GPU or torchrun's processes keep torch's count.
+
+    The figures depend on the weights, the images, batch_size and the CPU thread count (float rounding) and
+    the device, not on the number of processes: the images are scored in chunks of batch_size by index, shared
+    out as whole chunks, and the chunks' sums added exactly (see the module docstring).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -221,6 +250,7 @@ def evaluate(
     with (
         distributed.together("evaluating"),  # an error in one process stops all (none waits for it)
         inference(model),  # eval mode, no autograd (else every batch's graph stays alive through the sums)
+        num_threads(_eval_threads(model, mine, batch_size, threads, device, autocast)),
         tracking(progress, len(mine), "evaluating", "img") as bar,
     ):
         for x, y in iterate_batches(mine, batch_size, shuffle=False):

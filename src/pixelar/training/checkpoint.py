@@ -84,8 +84,9 @@ CONTENT_FINGERPRINT = re.compile(r"\d+-[0-9a-f]{32}")  # "<step>-<hash>"; older 
 class Checkpoint:
     """Everything a run needs to continue exactly.
 
-    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0), "elapsed_s" (float) and "window" (the
-        metrics window, {"steps": int, "bpd_sum": float, "norm_sum": float}; zeros when absent).
+    progress: {"step", "epoch", "batch", "bad_steps"} (ints >= 0), "elapsed_s" (float), "window" (the
+        metrics window, {"steps": int, "bpd_sum": float, "norm_sum": float}; zeros when absent) and "threads"
+        (the CPU thread count of the steps, int, or None).
     model, ema: state dicts (raw and averaged weights).
     optimizer: the "state" part of a torch optimizer's state_dict, {param index: {key: tensor or number}}.
     rng: generator states as uint8 tensors, {"torch", "cuda.<i>", "data"}.
@@ -208,6 +209,8 @@ class RunDir:
                 "norm_sum": float(window["norm_sum"]),
             },
         }
+        if ckpt.progress.get("threads") is not None:  # the CPU thread count of the steps (absent: torch's)
+            record["threads"] = int(ckpt.progress["threads"])
         fingerprint = _fingerprint(step, tensors, record)
         record.update(fingerprint=fingerprint, elapsed_s=float(ckpt.progress.get("elapsed_s", 0.0)))
         metadata = {STATE_FORMAT: fingerprint}  # one key: safetensors orders several differently in each process
@@ -266,6 +269,7 @@ class RunDir:
         progress = {k: record[k] for k in PROGRESS_KEYS}
         progress["elapsed_s"] = record["elapsed_s"]
         progress["window"] = record.get("metrics_window")  # absent in records of older versions
+        progress["threads"] = record.get("threads")  # likewise; and None where the run left torch's count
         return Checkpoint(progress, groups["model"], groups["ema"], optimizer, groups["rng"])
 
     def _tensors_fingerprint(self) -> str:
@@ -323,6 +327,9 @@ def _read_record(path: Path) -> dict:
         and all(isinstance(window[k], (int, float)) and math.isfinite(window[k]) for k in ("bpd_sum", "norm_sum"))
     ):
         raise ValueError(f"training state record {path} is corrupt: bad 'metrics_window' {window!r}")
+    threads = rec.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"training state record {path} is corrupt: 'threads' must be an integer >= 1, got {threads!r}")
     return rec
 
 

@@ -46,6 +46,15 @@ from ..models import compiled_objective, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
 from ..sampling import sample_seeded
+from ..threads import (
+    STEP_WORK_THRESHOLD,
+    candidate_counts,
+    check_threads,
+    describe_probe,
+    num_threads,
+    probe,
+    step_work,
+)
 from . import sharding
 from .budget import StepBudget
 from .checkpoint import CURVES_NAME, METRICS_NAME, SAMPLES_NAME, TENSORBOARD_DIR, Checkpoint, RunDir
@@ -79,8 +88,10 @@ def train(
     on_step=None,
     max_steps: int | None = None,
     shard: bool = False,
+    threads: int | None = None,
 ) -> dict:
-    """Train a model as `cfg` says, checkpointing into `run_dir`; returns {"test_bpd", "steps", "run_dir"}.
+    """Train a model as `cfg` says, checkpointing into `run_dir`; returns {"test_bpd", "steps", "run_dir",
+    "threads"}.
 
     Args:
         cfg: the settings. Ignored when resume is True: the run's own settings are read from
@@ -101,6 +112,12 @@ def train(
         shard: under torchrun, shard the model, its gradients, Adam state and EMA over the processes (FSDP2,
             see pixelar.training.sharding) instead of keeping a copy in each; how the run is computed, not
             part of its settings: a run may be resumed with or without it.
+        threads: CPU threads for the steps (and the final evaluation). None: a resumed run takes its
+            checkpoint's count; a new run on a CPU in one process measures a few forward and backward passes
+            at each candidate count (pixelar.threads.probe: torch's count, half of it, 1) and takes the fastest,
+            or 1 for steps too small to gain from threads. The count is logged and checkpointed. The weights
+            depend on it in their last bits: a run is bitwise reproducible, and a resume bitwise equal to an
+            uninterrupted run, at the same count.
 
     While it runs it holds run_dir's lock (see RunDir.lock), and first deletes the temporary files that
     killed runs left there.
@@ -142,6 +159,7 @@ def train(
                 with distributed.together("setting up the run"):
                     run = _setup(cfg, rundir, resume, max_steps, emit, shard)
                 held.callback(run.metrics.close)
+                held.enter_context(num_threads(_choose_threads(run, threads)))
                 with tqdm(
                     total=None if run.budget is not None else run.cfg.max_steps,
                     initial=run.step,
@@ -253,6 +271,8 @@ class _Run:
     session_start: float = dataclasses.field(default_factory=lambda: clock())
     train_s: float | None = None  # the training time at the end of the last step
     sharded: torch.nn.Module | None = None  # with shard=True: the FSDP root (an _Objective over the model)
+    threads: int | None = None  # the CPU thread count of the steps (None: torch's, left alone: GPU, torchrun)
+    saved_threads: int | None = None  # the count the checkpoint's run used (None: not recorded, or a new run)
 
     def elapsed(self) -> float:
         return self.elapsed_before + clock() - self.session_start
@@ -388,6 +408,7 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         bad=bad,
         elapsed_before=elapsed_before,
         budget=budget,
+        saved_threads=ckpt.progress.get("threads") if ckpt is not None else None,
     )
 
 
@@ -505,17 +526,7 @@ def _step(run: _Run) -> float:
     lr = learning_rate(run.step, cfg.lr, cfg.warmup_steps, cfg.lr_decay)
     set_lr(run.optimizer, lr)
     run.optimizer.zero_grad(set_to_none=True)
-    m = x.shape[0] // cfg.grad_accum
-    nats = torch.zeros((), dtype=torch.float64)  # -log p of this process's images
-    for k in range(cfg.grad_accum):
-        part = slice(k * m, (k + 1) * m)
-        last = k == cfg.grad_accum - 1
-        with contextlib.nullcontext() if last or run.ddp is None else run.ddp.no_sync():
-            with run.autocast:
-                lp = run.objective(x[part], None if cond is None else cond[part], **{a: v[part] for a, v in kw.items()})
-            loss = -lp.float().mean() / run.dims_ln2 * run.loss_scale  # bits/dim
-            loss.backward()
-        nats += -lp.detach().double().sum().cpu()
+    nats = _forward_backward(run, x, cond, kw)
     bpd = (distributed.all_sum(nats) / (cfg.batch_size * run.dims_ln2)).item()  # the whole batch's
     reason, grad_norm = None, None
     if not math.isfinite(bpd):
@@ -551,6 +562,61 @@ def _step(run: _Run) -> float:
                 "bf16 -> fp32 precision"
             )
     return lr
+
+
+def _forward_backward(run: _Run, x, cond, kw) -> torch.Tensor:
+    """The objective's forward and backward over this process's share of the batch, in grad_accum micro-batches
+    (gradients added up into .grad, averaged over the processes by DDP in the last one's backward).
+    -> -log p of the share's images, summed (float64 nats)."""
+    m = x.shape[0] // run.cfg.grad_accum
+    nats = torch.zeros((), dtype=torch.float64)
+    for k in range(run.cfg.grad_accum):
+        part = slice(k * m, (k + 1) * m)
+        last = k == run.cfg.grad_accum - 1
+        with contextlib.nullcontext() if last or run.ddp is None else run.ddp.no_sync():
+            with run.autocast:
+                lp = run.objective(x[part], None if cond is None else cond[part], **{a: v[part] for a, v in kw.items()})
+            loss = -lp.float().mean() / run.dims_ln2 * run.loss_scale  # bits/dim
+            loss.backward()
+        nats += -lp.detach().double().sum().cpu()
+    return nats
+
+
+def _choose_threads(run: _Run, threads: int | None) -> int | None:
+    """The CPU thread count of the run's steps (see train()'s `threads`); logs it when chosen or taken over."""
+    if threads is not None:
+        run.threads = check_threads(threads)
+        return run.threads
+    if run.saved_threads is not None:
+        run.threads = int(run.saved_threads)
+        run.emit(f"threads: {run.threads}, the count the run used before its checkpoint (its steps stay bitwise equal)")
+        return run.threads
+    if run.device.type != "cpu" or distributed.active() or torch.get_num_threads() == 1:
+        return None  # a GPU's kernels, torchrun's one thread per process, or a single thread: left alone
+    if step_work(run.model, run.cfg.batch_size, incremental=False) < STEP_WORK_THRESHOLD:
+        run.threads = 1  # steps this small lose more to waking threads than they gain
+        return run.threads
+    record = probe(lambda: _probe_step(run), candidate_counts())
+    run.threads = record["threads"]
+    run.emit(f"threads: {describe_probe(record)}, the fastest of a few forward and backward passes on each")
+    return run.threads
+
+
+def _probe_step(run: _Run) -> None:
+    """One step's forward and backward on a batch of the run's data that leaves no trace: the data drawn from a
+    copy of the run's stream, the augmentation generator and the torch RNG (dropout) restored, the gradients
+    dropped; weights, optimizer and EMA untouched."""
+    batches, aug_gen, rng, data_s = run.batches, run.aug_gen, torch.get_rng_state(), run.window.data_s
+    run.batches = _Batches(batches.ds, batches.batch_size, batches.seed, batches.epoch, batches.batch)
+    if aug_gen is not None:
+        run.aug_gen = torch.Generator().set_state(aug_gen.get_state())
+    try:
+        x, cond, kw = _inputs(run)
+        _forward_backward(run, x, cond, kw)
+    finally:
+        run.batches, run.aug_gen, run.window.data_s = batches, aug_gen, data_s
+        torch.set_rng_state(rng)
+        run.optimizer.zero_grad(set_to_none=True)
 
 
 def _inputs(run: _Run):
@@ -668,6 +734,7 @@ def _finish(run: _Run, log, progress: bool | str) -> dict:
         subset=cfg.test_subset,
         num_samples=cfg.eval_num_samples,
         progress=progress,  # a bar for the test images too: the default run's take a minute
+        threads=run.threads,  # the run's count: its final figure does not depend on a probe's timing
     )
     final = {
         "step": step,
@@ -677,6 +744,7 @@ def _finish(run: _Run, log, progress: bool | str) -> dict:
         "num_test_images": res["num_images"],
         "elapsed_s": run.elapsed(),
         "train_s": run.train_s,  # the time of the steps alone (a time budget counts it)
+        "threads": run.threads,  # the CPU thread count of the steps (None: torch's, on a GPU or under torchrun)
         **({"tokenized": True} if res.get("tokenized") else {}),  # test_bpd is then bits per token
         **({"budget_minutes": cfg.minutes} if cfg.minutes is not None else {}),
     }
@@ -706,7 +774,7 @@ def _finish(run: _Run, log, progress: bool | str) -> dict:
             _write_samples(model, cfg, run.device, run.dir.path / SAMPLES_NAME, progress)
     if distributed.is_main():
         _write_curves(run.dir.path, log)
-    out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path)}
+    out = {"test_bpd": res["bpd"], "steps": step, "run_dir": str(run.dir.path), "threads": run.threads}
     if res.get("bound"):
         out.update({k: v for k, v in final.items() if k in ("bound", "test_bpd_elbo", "test_bpd_iw", "num_samples")})
     if res.get("tokenized"):  # test_bpd is then bits per token
@@ -891,6 +959,7 @@ def _save(run: _Run) -> None:
         "bad_steps": run.bad,
         "elapsed_s": run.elapsed(),
         "window": run.window.state(),
+        "threads": run.threads,
     }
     checkpoint = Checkpoint(progress, weights, ema_state, opt_state, _rng_states(batches, run.aug_gen))
     if distributed.is_main():
