@@ -172,6 +172,7 @@ def test_the_published_layouts_and_the_card(tmp_path):
     assert "'module.' prefix stripped" in notes and "no learned constant at 8 px" in notes
     assert "(x - 116.2373) / 69.37404" in notes and "-> [3, 2, 2] per resolution from 8 down" in notes
     assert "-> [2, 1, 2] (5 latent layers)" in notes
+    assert "evaluate on pixelar's imagenet32_oord" in notes and "imagenet32_oord" in card["paper_bpd"]
     assert torch.count_nonzero(model.start[0]) == 0 and torch.count_nonzero(model.start[1]) > 0
     # the directory loads as the same model, normalisation included
     x, want_d, want_r, _ = _expected("imagenet32_tiny")

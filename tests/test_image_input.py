@@ -11,7 +11,7 @@ from png_helpers import write_png, write_png16
 
 from pixelar import ImageSpec
 from pixelar.errors import ArgumentValueError
-from pixelar.image_files import load_image
+from pixelar.image_files import load_image, open_image, read_pixels
 from pixelar.sampling.complete import keep_mask
 
 GREY, COLOUR = ImageSpec(1, 3, 4, 256), ImageSpec(3, 3, 4, 256)  # 4 wide, 3 high
@@ -144,3 +144,19 @@ def test_the_size_is_checked_before_decoding(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.raises(ValueError, match="cannot read image"):
         load_image(path, GREY)
+
+
+def test_an_image_is_read_from_bytes_already_read_named_by_its_path(tmp_path):
+    """open_image(data=...): the bytes of a file that is no file on disk (an archive's member); the path only names
+    it, in the same strict reading and the same messages."""
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    blob = (tmp_path / "a.png").read_bytes()
+    name = "archive.tar:folder/a.png"
+    with open_image(name, (5, 4), data=blob) as img:
+        got, notes = read_pixels(img, name, 3)
+    assert np.array_equal(got, rgb) and notes == []
+    with pytest.raises(ValueError, match=r"image archive.tar:folder/a.png is 5x4 \(WxH\) but the model expects 4x4"):
+        open_image(name, (4, 4), data=blob)
+    with pytest.raises(ValueError, match=r"cannot read image archive.tar:folder/a.png"):
+        open_image(name, data=blob[:30])

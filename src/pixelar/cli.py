@@ -978,8 +978,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", choices=["tiny", "small", "paper"])
     t.add_argument(
         "--dataset",
-        help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, imagenet32, imagenet64, celeba[R], celeba_hq[R], "
-        "npz:PATH, folder:PATH (folder+convert:PATH converts what the strict image reader refuses)",
+        help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, imagenet32, imagenet64 (the npz release), "
+        "imagenet32_oord, imagenet64_oord (van den Oord et al.'s, of the classic bits/dim tables), celeba[R], "
+        "celeba_hq[R], npz:PATH, folder:PATH (folder+convert:PATH converts what the strict image reader refuses)",
     )
     t.add_argument(
         "--data-dir", help="where dataset files are (else $PIXELAR_DATA, the user cache, /usr/share/datasets)"
@@ -1223,7 +1224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a dataset's images as PNG files (to try score, complete, compress)")
     x.add_argument(
-        "dataset", help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, npz:PATH, folder:PATH, folder+convert:PATH"
+        "dataset",
+        help="fashion_mnist, mnist, *_binary, *_dynamic, cifar10, imagenet32[_oord], imagenet64[_oord], celeba[R], "
+        "celeba_hq[R], npz:PATH, folder:PATH, folder+convert:PATH",
     )
     x.add_argument("--split", default="test", choices=["test", "train", "val"], help="default test")
     x.add_argument(

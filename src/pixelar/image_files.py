@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -147,20 +148,24 @@ _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 
 
-def open_image(path, size: tuple[int, int] | None = None, reader: str = "the model", remedy: str = "") -> Image.Image:
+def open_image(
+    path, size: tuple[int, int] | None = None, reader: str = "the model", remedy: str = "", data: bytes | None = None
+) -> Image.Image:
     """Open an image file, reading only its header: Pillow's image, no pixel decoded yet (use it in a `with` block
     and read it with read_pixels). Checked here, from the header: the file exists and Pillow reads its format, it
     is not too large for Pillow to open (its decompression-bomb limit), it is one frame, and where `size` (W, H) is
-    given it has that size. Errors: FileNotFoundError, or a ValueError naming the file (and the size `reader`
+    given it has that size. `data`: the file's bytes, already read (a member of an archive); `path` then only
+    names it in messages. Errors: FileNotFoundError, or a ValueError naming the file (and the size `reader`
     expects; `remedy` replaces "resize or crop it first")."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+    if data is None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
     expects = f"{reader} expects {size[0]}x{size[1]}" if size is not None else ""
     try:
         with warnings.catch_warnings():  # the size is checked below, before decoding
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path if data is None else BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ValueError(f"image {path} is too large to open ({e}); {expects or 'resize it first'}") from None
     except _UNREADABLE as e:
@@ -185,7 +190,12 @@ def image_channels(img: Image.Image) -> int:
 
 
 def read_pixels(
-    img: Image.Image, path: Path, channels: int, convert: bool = False, deep_ok: bool = True, reader: str = "the model"
+    img: Image.Image,
+    path: Path | str,
+    channels: int,
+    convert: bool = False,
+    deep_ok: bool = True,
+    reader: str = "the model",
 ) -> tuple[np.ndarray, list[str]]:
     """The pixels of an image opened by open_image as uint8 (H, W, channels), channels 1 or 3, and the conversions
     made: exact, or converted only with convert=True, else a ConversionNeeded (the rules: load_image). `reader`

@@ -161,7 +161,8 @@ def _preprocessor(directory: Path, k: int) -> tuple[torch.Tensor, int, int]:
     paper='Image GPT (Chen, Radford, Child, Wu, Jun, Luan, Sutskever 2020, "Generative Pretraining from Pixels"), '
     "the released checkpoints as converted to transformers' ImageGPT",
     paper_bpd="none in bits/dim (the 9-bit palette is lossy): 2.0895 / 2.0614 / 2.0466 nats per token for "
-    "iGPT-S / M / L on ImageNet 32x32 (the released code's README)",
+    "iGPT-S / M / L on ImageNet 32x32 (the released code's README; its own centre-cropped 32x32 ImageNet, in the "
+    "palette: neither downsampled ImageNet of pixelar's datasets)",
     reads="a transformers ImageGPT model directory: config.json, preprocessor_config.json (the colour clusters) "
     "and model.safetensors or pytorch_model.bin",
     download="https://huggingface.co/openai/imagegpt-small (also openai/imagegpt-medium, openai/imagegpt-large)",

@@ -212,7 +212,8 @@ def _custom_widths(text: str, shown: str) -> list[tuple[int, int]]:
     paper="Very Deep VAEs (Child 2021, 'Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on "
     "Images'), the authors' code openai/vdvae",
     paper_bpd="<= 2.87 on CIFAR-10 (mean of the four seeds, 2.879 / 2.842 / 2.898 / 2.864), <= 3.80 on ImageNet 32, "
-    "<= 3.52 on ImageNet 64 (ELBO; the README)",
+    "<= 3.52 on ImageNet 64 (ELBO; the README; ImageNet: van den Oord et al.'s old downsampled version, pixelar's "
+    "imagenet32_oord and imagenet64_oord)",
     reads="its *-model-ema.th (or *-model.th, with DistributedDataParallel's 'module.') state dict",
     download="https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/"
     "cifar10-seed0-iter-900000-model-ema.th and the others listed in the README of github.com/openai/vdvae",
@@ -325,4 +326,9 @@ def convert(path, hps=None):
         ),
         "mixture output rows permuted from the TF PixelCNN++ layout",
     ]
+    if H["dataset"] in ("imagenet32", "imagenet64"):  # setup_imagenet.sh fetches image-net.org/small's archives
+        notes.append(
+            f"openai/vdvae trains and scores {H['dataset']} on van den Oord et al.'s downsampled ImageNet: evaluate "
+            f"on pixelar's {H['dataset']}_oord (its {H['dataset']} is the other, npz release)"
+        )
     return model, notes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pixelar.data import celeba, folder, imagenet
+from pixelar.data import celeba, folder, imagenet, imagenet_oord
 from pixelar.data.cifar import load_cifar10
 from pixelar.data.dataset import ImageDataset, RawSplit
 from pixelar.data.mnist import MNIST_SOURCES, load_mnist_like
@@ -25,7 +25,9 @@ for _family in MNIST_SOURCES:
 _BUILTINS["cifar10"] = ("cifar10", None)
 # Memory-mapped sets (cache.py): the name gives the resolution (celeba128, celeba_hq512, ...).
 for _r in imagenet.RESOLUTIONS:
-    _BUILTINS[imagenet.folder(_r)] = ("imagenet", None)
+    _BUILTINS[imagenet.folder(_r)] = ("imagenet", None)  # Chrabaszcz et al. 2017's npz release
+for _r in imagenet_oord.RESOLUTIONS:
+    _BUILTINS[imagenet_oord.folder(_r)] = ("imagenet_oord", None)  # van den Oord et al. 2016's PNG archives
 _BUILTINS[celeba.CELEBA] = ("celeba", None)
 _BUILTINS[celeba.CELEBA_HQ] = ("celeba", None)
 
@@ -51,7 +53,8 @@ def load_dataset(
     val_size: int | None = None,
 ) -> ImageDataset:
     """Load one split of a dataset: into memory, or memory-mapped from a cache file for the large sets
-    (imagenet32/64, celeba, celeba_hq: see pixelar.data.cache), where every split is a view of the mapping.
+    (imagenet32/64, imagenet32_oord/64_oord, celeba, celeba_hq: see pixelar.data.cache), where every split is a
+    view of the mapping.
 
     Args:
         name: a name from :func:`list_datasets`, ``npz:PATH``, ``folder:PATH`` or ``folder+convert:PATH`` (an
@@ -82,6 +85,8 @@ def load_dataset(
             raw = load_cifar10(part, data_dir, download)
         elif family == "imagenet":
             raw = imagenet.load_imagenet(int(name.removeprefix("imagenet")), part, data_dir)
+        elif family == "imagenet_oord":
+            raw = imagenet_oord.load_imagenet_oord(imagenet_oord.resolution_of(name), part, data_dir)
         elif family == "celeba":
             raw = celeba.load_celeba(*celeba_kind, part, data_dir)  # type: ignore[misc]
         else:
