@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import pixelar
 from pixelar.codec import compress, decompress
+from pixelar.codec.coders import PRECISION
 from pixelar.codec.pixels import pixel_steps
+from pixelar.codec.tables import TOTAL
 from pixelar.threads import num_threads
 
 
@@ -60,3 +63,25 @@ def pixel_tables(model, params: torch.Tensor, x: torch.Tensor) -> list[torch.Ten
         tables.append(cum)
         work[:, c] = x[:, c]
     return tables
+
+
+def constriction_tables(cum) -> np.ndarray:
+    """The 24-bit frequencies (r, K) that constriction codes with for the integer tables cum (r, K + 1) of
+    total 2^16, as pixelar.codec.coders derives them (Categorical(perfect=False) on the rows frequency / 2^16,
+    exact in float64): value s gets floor(F_(s+1) * (2^24 - K)) - floor(F_s * (2^24 - K)) + 1 of 2^24, F the
+    row's cumulative probabilities. test_codec.py checks this against constriction's decoder."""
+    cum = np.asarray(cum.cpu() if isinstance(cum, torch.Tensor) else cum, dtype=np.int64)
+    K = cum.shape[1] - 1
+    edges = np.floor(cum / TOTAL * ((1 << PRECISION) - K)).astype(np.int64) + np.arange(K + 1)
+    return np.diff(edges, axis=1)
+
+
+def ideal_bits(cum, values, tables=constriction_tables) -> float:
+    """-log2 of the probabilities of values (r,) under the tables of cum (r, K + 1): the 24-bit ones the
+    coders use, or (tables=None) the integer tables' own."""
+    cum = np.asarray(cum.cpu() if isinstance(cum, torch.Tensor) else cum, dtype=np.int64)
+    v = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).reshape(-1)
+    rows = np.arange(len(v))
+    if tables is None:
+        return float(-np.log2((cum[rows, v + 1] - cum[rows, v]) / TOTAL).sum())
+    return float(-np.log2(tables(cum)[rows, v] / (1 << PRECISION)).sum())

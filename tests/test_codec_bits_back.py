@@ -1,7 +1,8 @@
-"""Bits-back coding (pixelar.codec, coding scheme "bits-back", vdvae) and its rANS stack: exact round trips
-(1 and 3 channels, 256/8/2 values, class labels, several segments), a cost that is the discretised negative
-ELBO per image plus a one-off start-up (the bits popped for the first image), every pushed and popped symbol
-at its ideal length, and damaged streams refused."""
+"""Bits-back coding (pixelar.codec, coding scheme "bits-back", vdvae) and its ANS stack (constriction's,
+coders.Stack; the pure-Python rANS stack of ans.py as the oracle): exact round trips (1 and 3 channels,
+256/8/2 values, class labels, several segments), a cost that is the discretised negative ELBO per image plus
+a one-off start-up (the bits popped for the first image), every pushed and popped symbol at its ideal length,
+and damaged streams refused."""
 
 import math
 
@@ -10,18 +11,19 @@ import pytest
 import torch
 from codec_helpers import (
     differs_on_two_threads,
+    ideal_bits,
     perturbed,
     random_images,
     round_trip_across_thread_counts,
 )
 
-import pixelar.codec.ans as ans_module
 from pixelar import ImageSpec
 from pixelar.codec import compress, decompress, images, stream_info
 from pixelar.codec.ans import ANS, StackEmpty
-from pixelar.codec.arithmetic import TOTAL
 from pixelar.codec.bits_back import LATENT_BITS, _posterior_table, _values
+from pixelar.codec.coders import Stack, pool_words
 from pixelar.codec.pixels import pixel_steps
+from pixelar.codec.tables import TOTAL
 from pixelar.models.base import LatentImageModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -37,7 +39,7 @@ def random_tables(rng, rows, K, prec):
     return cum, values, -np.log2(freq[np.arange(rows), values] / (1 << prec)).sum()
 
 
-# ----- the rANS stack -----------------------------------------------------------------------------------------------
+# ----- the rANS stack (the oracle) ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("prec", [8, 16, 24])
 def test_ans_round_trips_at_the_ideal_length(prec):
     rng = np.random.default_rng(prec)
@@ -80,6 +82,68 @@ def test_ans_decoder_refuses_damaged_stacks():
     dec = ANS.from_bytes(ANS().to_bytes())  # nothing below the head: a pop past it cannot read the pool
     with pytest.raises(StackEmpty, match="truncated or damaged"):
         dec.pop_uniform(40, 16)
+
+
+# ----- constriction's ANS stack (what bits-back coding runs on) ----------------------------------------------------
+def test_stack_round_trips_at_the_ideal_length_of_the_oracle():
+    """Rows of 2^16 tables and 5-bit uniform values pushed, popped back in order: the bytes are the head and
+    words of the 24-bit tables' ideal length, within a word or two of the pure-Python stack's."""
+    rng = np.random.default_rng(16)
+    cum, values, _ = random_tables(rng, 3000, 12, 16)
+    uniform = rng.integers(0, 1 << 5, 700)
+    enc = Stack()
+    enc.push(cum, values)
+    enc.push_uniform(uniform, 5)
+    data = enc.to_bytes()
+    ideal = ideal_bits(cum, values) + 5 * len(uniform)
+    assert ideal <= 8 * len(data) <= ideal + 64 + 32  # the head's 64 bits, the last partial word
+    assert enc.num_bits() == 8 * len(data) and enc.pool_used == 0
+    oracle = ANS()
+    oracle.push_rows(cum, values, 16)
+    oracle.push_uniform(uniform, 5)
+    assert abs(len(data) - len(oracle.to_bytes())) <= 8
+    dec = Stack(data)
+    assert np.array_equal(dec.pop_uniform(700, 5), uniform)
+    assert np.array_equal(dec.pop(cum), values)
+    assert dec.check_start()  # back at the start: the head, nothing below it
+
+
+def test_stack_pops_from_the_pool_and_gives_it_back():
+    """Pops from a new stack read the pool (deepened under the stack as they need: 5,000 rows need more than
+    the first 1,024 words); pushing the values back regenerates exactly the pool words read, and the stream
+    leaves out the pool words never read."""
+    rng = np.random.default_rng(0)
+    cum, _, _ = random_tables(rng, 5000, 40, 16)
+    enc = Stack()
+    drawn = enc.pop(cum)  # from an empty stack: the pseudo-random pool
+    assert enc.pool_used > 1024 // 2
+    # the pool's bits are (pseudo-)uniform, so the draws follow the tables: most values land on likely symbols
+    freq = np.diff(cum, axis=1)
+    assert np.mean(freq[np.arange(5000), drawn] / TOTAL) > np.mean(1 / 40) * 2
+    # the bits drawn are the values' information under their tables, up to the word the head holds
+    assert abs(32 * enc.pool_used - ideal_bits(cum, drawn)) <= 64
+    enc.push(cum, drawn)
+    data = enc.to_bytes()
+    assert len(data) == 4 * (enc.pool_used + 2)  # the head and the words read, regenerated
+    assert enc.check_start() and Stack(data).check_start()
+    words = np.frombuffer(data, ">u4")
+    assert np.array_equal(words[:-2][::-1], pool_words(2, enc.pool_used))  # pool word 2 on top, then 3 ...
+    damaged = bytearray(data)
+    damaged[0] ^= 1
+    assert not Stack(bytes(damaged)).check_start()
+
+
+def test_stack_decoder_refuses_damaged_stacks():
+    with pytest.raises(ValueError, match="not a whole number of 32-bit words"):
+        Stack(b"\x80" * 10)
+    with pytest.raises(ValueError, match="2-word head"):
+        Stack(b"\x80" * 4)
+    with pytest.raises(ValueError, match="head is out of range"):
+        Stack(bytes(8))
+    dec = Stack(Stack().to_bytes())  # the start head alone: pops past it read nothing, and it is not restored
+    assert dec.check_start()
+    dec.pop_uniform(40, 16)
+    assert not dec.check_start()
 
 
 # ----- bits-back coding of a VDVAE -----------------------------------------------------------------------------------
@@ -175,39 +239,33 @@ def test_cost_is_the_discretised_negative_elbo_plus_a_start_up(monkeypatch):
     n = 60
     x = random_images(spec, n, seed=2)
     ideal, pool = {"bits": 0.0}, {"words": 0}
-    pop_rows, push_rows, push_uniform = ANS.pop_rows, ANS.push_rows, ANS.push_uniform
+    pop, push, push_uniform, to_bytes = Stack.pop, Stack.push, Stack.push_uniform, Stack.to_bytes
 
-    def bits(cum, v, prec):
-        r = np.arange(len(v))
-        return -np.log2((cum[r, v + 1] - cum[r, v]) / (1 << prec)).sum()
-
-    def wrapped_pop_rows(self, cum, prec):
-        v = pop_rows(self, cum, prec)
-        ideal["bits"] -= bits(cum, v, prec)
+    def wrapped_pop(self, cum):
+        v = pop(self, cum)
+        ideal["bits"] -= ideal_bits(cum, v)  # under the 24-bit tables the stack codes with
         return v
 
-    def wrapped_push_rows(self, cum, v, prec):
-        ideal["bits"] += bits(cum, v, prec)
-        push_rows(self, cum, v, prec)
+    def wrapped_push(self, cum, v):
+        ideal["bits"] += ideal_bits(cum, v)
+        push(self, cum, v)
 
     def wrapped_push_uniform(self, v, b):
         ideal["bits"] += b * len(v)
         push_uniform(self, v, b)
 
-    monkeypatch.setattr(ANS, "pop_rows", wrapped_pop_rows)
-    monkeypatch.setattr(ANS, "push_rows", wrapped_push_rows)
-    monkeypatch.setattr(ANS, "push_uniform", wrapped_push_uniform)
-    underflow = ANS._underflow
-
     def counted(self):
-        pool["words"] += 1
-        return underflow(self)
+        pool["words"] += self.pool_used
+        return to_bytes(self)
 
-    monkeypatch.setattr(ans_module.ANS, "_underflow", counted)
+    monkeypatch.setattr(Stack, "pop", wrapped_pop)
+    monkeypatch.setattr(Stack, "push", wrapped_push)
+    monkeypatch.setattr(Stack, "push_uniform", wrapped_push_uniform)
+    monkeypatch.setattr(Stack, "to_bytes", counted)
     data = compress(model, x)
     coded = 8 * info_bytes(data)
     start_up = 32 * pool["words"]
-    assert 0 < start_up <= LATENT_BITS * latent_dims(model) * 2 + 64  # the first image's pops, at most ~16 bits each
+    assert 0 < start_up <= LATENT_BITS * latent_dims(model) * 3 + 64  # the first image's pops, at most ~24 bits each
     # the coder realises its ideal lengths: head (64 bits) and the last partial word aside
     assert ideal["bits"] + start_up <= coded + 1 <= ideal["bits"] + start_up + 64 + 32 + 1
     monkeypatch.undo()

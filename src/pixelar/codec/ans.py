@@ -1,12 +1,16 @@
-"""Range asymmetric numeral systems (rANS; Duda 2013, "Asymmetric numeral systems"), a stack-like entropy coder:
-the last symbol pushed is the first popped. That is what bits-back coding needs (Townsend, Bird and Barber
-2019, "Practical lossless compression with latent variables using bits back coding"): popping a symbol with
-a distribution q *decodes* it from the bits on the stack, i.e. draws it from q with those bits, and pushing it
-back restores them exactly.
+"""Range asymmetric numeral systems (rANS; Duda 2013, "Asymmetric numeral systems"), a stack-like entropy coder
+in pure Python: the last symbol pushed is the first popped.
+
+A test oracle only: no user path runs it (bits-back coding runs on constriction's compiled ANS stack,
+coders.Stack, over the same pool); the tests compare that stack's lengths against this one's.
+
+A stack is what bits-back coding needs (Townsend, Bird and Barber 2019, "Practical lossless compression with
+latent variables using bits back coding"): popping a symbol with a distribution q *decodes* it from the bits
+on the stack, i.e. draws it from q with those bits, and pushing it back restores them exactly.
 
 The state is a 64-bit head in [2^32, 2^64) over a stack of 32-bit words. A symbol is coded with its integer
 frequency interval [start, start + freq) out of 2^prec (prec <= 32): pushing costs -log2(freq / 2^prec) bits,
-popping gains them. Encoder and decoder must use identical tables (see arithmetic.quantize).
+popping gains them. Encoder and decoder must use identical tables (see tables.quantize).
 
 The stack may start empty. Popping past its bottom takes words from a fixed pseudo-random pool (SHA-256 in
 counter mode, the same on every platform), which a receiver never needs: its pushes regenerate them, and
@@ -16,10 +20,11 @@ popped from the pool are the one-off start-up cost of bits-back coding.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 import numpy as np
+
+from .coders import pool_words
 
 WORD_BITS = 32
 _WORD_MASK = (1 << WORD_BITS) - 1
@@ -29,9 +34,7 @@ _HEAD_BYTES = 8
 
 def pool_word(i: int) -> int:
     """Word i of the fixed pseudo-random pool below every stack (32 bits)."""
-    block, k = divmod(i, 8)
-    digest = hashlib.sha256(b"pixelar ans pool" + block.to_bytes(8, "big")).digest()
-    return int.from_bytes(digest[4 * k : 4 * k + 4], "big")
+    return int(pool_words(i, 1)[0])
 
 
 def _start_head() -> int:

@@ -1,38 +1,23 @@
 """Binary arithmetic coding with integer frequency tables (Witten, Neal and Cleary 1987, "Arithmetic coding for
-data compression", CACM 30(6)), 32-bit registers.
+data compression", CACM 30(6)), 32-bit registers, in pure Python.
+
+A test oracle only: no user path runs it (the codec codes with constriction's compiled range coder,
+coders.py); the tests compare that coder's rates against this one's.
 
 A symbol is coded with its cumulative frequency interval [lo, hi) out of `total`; totals up to 2**16 keep the
 interval arithmetic exact (the range never drops below a quarter of 2**32). The encoder's output is within
 2 bits plus the byte padding of the ideal -log2(freq / total) summed over the symbols.
-`quantize` turns probabilities into such tables; encoder and decoder must build identical tables.
+`tables.quantize` turns probabilities into such tables; encoder and decoder must build identical tables.
 """
 
 from __future__ import annotations
 
-import torch
+from .tables import TOTAL
 
 BITS = 32
 _FULL = (1 << BITS) - 1
 _HALF = 1 << (BITS - 1)
 _QUARTER = 1 << (BITS - 2)
-TOTAL_BITS = 16
-TOTAL = 1 << TOTAL_BITS  # frequency total of `quantize`'s tables
-
-
-def quantize(probs: torch.Tensor) -> torch.Tensor:
-    """Integer frequencies (..., K) summing to TOTAL, every symbol at least 1 (so any value stays codable).
-
-    probs (..., K) non-negative, summing to about 1 (float64 recommended). Deterministic given the input:
-    floor(p * (TOTAL - K)) + 1, the remainder given to the most probable symbol. Returns cumulative
-    frequencies (..., K + 1) int64, starting at 0 and ending at TOTAL.
-    """
-    K = probs.shape[-1]
-    if K > TOTAL // 2:
-        raise ValueError(f"at most {TOTAL // 2} symbols per table, got {K}")
-    freq = torch.floor(probs.double().clamp(min=0) * (TOTAL - K)).long() + 1
-    rest = TOTAL - freq.sum(-1, keepdim=True)  # >= 0: the floors lose at most TOTAL - K in all
-    freq = freq.scatter_add(-1, probs.argmax(-1, keepdim=True), rest)
-    return torch.cat([torch.zeros_like(freq[..., :1]), freq.cumsum(-1)], dim=-1)
 
 
 class Encoder:

@@ -1,4 +1,4 @@
-"""Lossless image compression with a model's conditionals: arithmetic coding of every sub-pixel in the model's
+"""Lossless image compression with a model's conditionals: entropy coding of every sub-pixel in the model's
 generation order, with the probabilities the model gives it (so an image costs about its -log2 p(x) bits).
 
     data = compress(model, x)          # x int64 (n, C, H, W) -> bytes
@@ -9,40 +9,46 @@ The decoder must see exactly the probabilities the encoder used, so both run one
 values, the decoder with the decoded ones), each step's parameters come from the model's incremental forward
 (the cached sampler's; naive forward passes where a model has none), and the distribution's log-probabilities
 of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are turned into an integer
-frequency table (`arithmetic.quantize`). Coding computes on CODING_THREADS CPU threads whatever the caller's
-count (see there), so the bytes do not depend on the thread count nor on the number of torchrun processes.
-Decode with the same model, weights, device and precision settings: another platform may round the network's
-floats differently (the error then names the settings); the header's fingerprint catches another model or
-other weights.
+frequency table (`tables.quantize`), one row per image of the step. The rows are range-coded by
+constriction's compiled coder (coders.py), one call per step for all of a segment's images, from
+probabilities that are an exact function of the integer tables (so both directions quantise them alike).
+Coding computes on CODING_THREADS CPU threads whatever the caller's count (see there), so the bytes do not
+depend on the thread count nor on the number of torchrun processes. Decode with the same model, weights,
+device and precision settings: another platform may round the network's floats differently (the error then
+names the settings); the header's fingerprint catches another model or other weights.
 
-The stream (version 2): a 33-byte header (magic, version, image count n and shape, number of values, the
+The stream (version 3): a 33-byte header (magic, version, image count n and shape, number of values, the
 model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
-then the segments: images 0..S-1 arithmetic-coded together (per step the segment's images in turn), then the
-next S, and so on (S = 16 when compressing). The model runs on one segment's images at a time, so compression
-and decompression memory stay those of a batch of S images however many images a stream holds: compress
-checks and checksums its input a segment at a time (uint8 input holds the images in an eighth of int64's
-memory), and `decompress_segments` hands the decoded images over segment by segment (to be written out as
-they come) where `decompress` returns them all. Under torchrun the segments are coded (decoded) in rounds,
-segment k by rank k % N, and every process gets the whole stream (all images): the bytes are those of one
-process, since a segment depends only on its images.
+then the segments: images 0..S-1 range-coded together (per step the segment's images in turn), then the
+next S, and so on (S = 16 when compressing); a segment is the coder's 32-bit words, big-endian. The model
+runs on one segment's images at a time, so compression and decompression memory stay those of a batch of S
+images however many images a stream holds: compress checks and checksums its input a segment at a time
+(uint8 input holds the images in an eighth of int64's memory), and `decompress_segments` hands the decoded
+images over segment by segment (to be written out as they come) where `decompress` returns them all. Under
+torchrun the segments are coded (decoded) in rounds, segment k by rank k % N, and every process gets the whole
+stream (all images): the bytes are those of one process, since a segment depends only on its images.
 
-The lengths make the stream's end exact: trailing bytes (two files concatenated) or a truncated file are
-errors, and a decoder that ends inside its segment or short of its end is one too. They also bound the image
-count by the stream's length before anything is decoded: every segment costs at least 5 bytes (its length and
-at least one coded byte), so n <= S * (bytes - 33) / 5, and a segment is decoded only once its bytes are there.
-The coded bits alone bound nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the
-likeliest value up to 1 - (K - 1) / 2^16 of the total: 2e-5 bits for K = 2), so a few bytes could claim billions
-of images. A segment costs its 4-byte length and the coder's last byte or two, about 0.4 bytes per image.
-Version 1 streams (one segment, no lengths) are refused. A damaged stream, or probabilities computed
-differently at decode time, fail the checksum with a clear error instead of returning wrong images. Class
+The lengths make the stream's end exact: trailing bytes (two files concatenated), a truncated file or a
+length that is not a whole number of words are errors, and so is a segment that is not exactly the code of
+what it decodes to (the range decoder cannot tell where its data end: a twin encoder re-codes what it
+decodes, and the two must agree word for word). They also bound the image count by the stream's length
+before anything is decoded: every segment costs at least 8 bytes (its length and at least one coded word), so
+n <= S * (bytes - 33) / 8, and a segment is decoded only once its bytes are there. The coded bits alone bound
+nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the likeliest value up to
+1 - (K - 1) / 2^16 of the total: 2e-5 bits for K = 2), so a few bytes could claim billions of images. A
+segment costs its 4-byte length and the range coder's seal, one or two words (up to 64 bits over the ideal),
+about 0.5 to 0.75 bytes per image. Streams of versions 1 and 2 (written with pure-Python coders) are refused,
+naming the version and what to do. A damaged stream, or probabilities computed differently at decode time,
+fail with a clear error instead of returning wrong images (the segment's code, else the checksum). Class
 labels or cond vectors are side information: pass the same `cond` to both calls. Models with palette tokens
 (image_gpt) code the tokens, when their palette reproduces the images exactly.
 
 The model says how it is coded (`coding_scheme()`): "stepwise" as above, or "latent" (VQ-VAE): a two-part code,
 exact for a deterministic posterior z(x): each segment codes its images' latents with their priors' stepwise
 conditionals (the loop above), then x given them with the output distribution's per-channel conditionals
-(`_pixel_steps`, one channel of all pixels per step); the decoder's parameters are computed once per segment
-from the coded latents, in the same batch when coding and decoding. The stream format is the same.
+(`pixel_steps`, one channel of all pixels per step); the decoder's parameters are computed once per segment
+from the coded latents, in the same batch when coding and decoding. The stream format is the same; or
+"bits-back" (VDVAE, bits_back.py), whose segments are constriction's ANS stack, 32-bit words too.
 """
 
 from __future__ import annotations
@@ -61,14 +67,16 @@ from ..progress import tracking
 from ..sampling.naive import generation_steps
 from ..threads import check_threads, num_threads
 from . import bits_back
-from .arithmetic import TOTAL, Decoder, Encoder, quantize
+from .coders import DamagedCode, RangeDecoder, RangeEncoder
 from .pixels import pixel_steps
+from .tables import quantize
 
 MAGIC = b"PXAR"
-VERSION = 2
+VERSION = 3
 # magic, version, n, C, H, W, num_values, fingerprint, CRC-32 of the images, images per segment
 _HEADER = struct.Struct(">4sBIHHHI8sIH")
 _LENGTH = 4  # bytes of each segment's length (big-endian unsigned), after the header
+_WORD = 4  # both coders write 32-bit words: a segment is a whole number of them, at least one
 SEGMENT_IMAGES = 16  # images coded together: the model's batch when coding, and what one length covers
 # bits-back coding chains a segment's images (each takes back bits the one before left): a segment pays the
 # start-up cost once (bits_back.py), so it holds many images; the model still runs on one image at a time
@@ -240,13 +248,6 @@ def _part(cond, part: slice):
     return None if cond is None else cond[part]
 
 
-def _encode_symbols(enc: Encoder, cum: torch.Tensor, v: torch.Tensor) -> None:
-    """Code the values v (r,) int64 with the frequency tables cum (r, K + 1), row by row."""
-    v = v[:, None]
-    for a, b in zip(cum.gather(1, v).squeeze(1).tolist(), cum.gather(1, v + 1).squeeze(1).tolist()):
-        enc.encode(a, b, TOTAL)
-
-
 def _encode_segment(model, stages, images: torch.Tensor, cond, part: slice, bar) -> bytes:
     """One segment: the model's inputs `images` (m, C, H, W) of the stream's images `part`, coded together; bar
     (a pixelar.progress.Progress) counts the sub-pixels coded. Stepwise: per step each image in turn. Latent:
@@ -257,12 +258,12 @@ def _encode_segment(model, stages, images: torch.Tensor, cond, part: slice, bar)
         return bits_back.encode_segment(model, images, _part(cond, part), bar)
     latent = model.coding_scheme() == "latent"
     targets = model.coding_latents(images, _part(cond, part)) if latent else [images]
-    enc = Encoder()
+    enc = RangeEncoder()
     for k, ((coder, _), target) in enumerate(zip(stages, targets)):
         work = torch.zeros_like(target)  # filled step by step, exactly as the decoder fills its images
         coder_cond = _stage_cond(model, stages, k, targets[:k], cond, part, m)
         for i, j, c, cum in _coding_steps(coder, work, coder_cond):
-            _encode_symbols(enc, cum, target[:, c, i, j])
+            enc.encode(cum, target[:, c, i, j])  # the step's m images in one call
             work[:, c, i, j] = target[:, c, i, j]
             bar.advance(m)
     if latent:
@@ -270,7 +271,7 @@ def _encode_segment(model, stages, images: torch.Tensor, cond, part: slice, bar)
         params = model.coding_params([t.clone() for t in targets], _part(cond, part))
         work = torch.zeros_like(images)
         for c, cum in pixel_steps(model.distribution, params, work):
-            _encode_symbols(enc, cum, images[:, c].reshape(-1))
+            enc.encode(cum, images[:, c].reshape(-1))
             work[:, c] = images[:, c]
             bar.advance(m * images[0, 0].numel())
     return enc.finish()
@@ -284,8 +285,7 @@ def stream_info(data: bytes) -> dict:
         raise ValueError("not a pixelar compressed stream (it does not start with the PXAR header)")
     version = data[4]
     if version != VERSION:
-        old = " (written by an older pixelar, without segment lengths)" if version < VERSION else ""
-        raise ValueError(f"stream version {version}{old} is not supported: this pixelar reads version {VERSION}")
+        raise ValueError(_version_error(version))
     _, _, n, C, H, W, K, fp, crc, S = _HEADER.unpack(data[: _HEADER.size])
     if n == 0 or S == 0:
         raise ValueError(
@@ -294,9 +294,10 @@ def stream_info(data: bytes) -> dict:
         )
     count = -(-n // S)
     table = _HEADER.size + _LENGTH * count
-    if len(data) < table + count:  # before reading the lengths: every segment takes its length and a byte
+    least = table + _WORD * count  # before reading the lengths: every segment takes its length and a word
+    if len(data) < least:
         raise ValueError(
-            f"the stream's header claims {n:,} images, which need at least {table + count:,} bytes, "
+            f"the stream's header claims {n:,} images, which need at least {least:,} bytes, "
             f"but the stream has {len(data):,}: it is truncated or its header is damaged"
         )
     lengths = struct.unpack_from(f">{count}I", data, _HEADER.size)
@@ -311,6 +312,12 @@ def stream_info(data: bytes) -> dict:
             f"{len(data) - end:,} bytes follow the end of the stream (several files concatenated?): "
             "decompress each file on its own"
         )
+    odd = next((k for k, length in enumerate(lengths) if length % _WORD), None)
+    if odd is not None:
+        raise ValueError(
+            f"segment {odd}'s length, {lengths[odd]:,} bytes, is not a whole number of 32-bit words (what the "
+            "coders write): the stream is damaged"
+        )
     return {
         "n": n,
         "channels": C,
@@ -322,6 +329,27 @@ def stream_info(data: bytes) -> dict:
         "segment_images": S,
         "segments": list(lengths),
     }
+
+
+# what wrote the streams of earlier versions, which this pixelar no longer reads
+_OLD_VERSIONS = {
+    1: "in one segment, without segment lengths, by the pure-Python arithmetic coder",
+    2: "by the pure-Python arithmetic coder (bits-back: its rANS stack)",
+}
+
+
+def _version_error(version: int) -> str:
+    if version < VERSION:
+        what = _OLD_VERSIONS.get(version, "")
+        return (
+            f"stream version {version} was written by an older pixelar{' (' + what + ')' if what else ''}: this "
+            f"pixelar reads version {VERSION} (constriction's coders) only; decode it with the pixelar release "
+            f"that wrote it (and compress the images again with this one to have a version {VERSION} stream)"
+        )
+    return (
+        f"stream version {version} was written by a newer pixelar: this pixelar reads version {VERSION}; "
+        "decode it with that release or a later one"
+    )
 
 
 def decompress(model, data: bytes, cond=None, progress=None, threads: int | None = None) -> torch.Tensor:
@@ -360,25 +388,36 @@ def _decode_segment(model, stages, segment: bytes, cond, part: slice, device, k:
             return bits_back.decode_segment(model, segment, m, _part(cond, part), device, bar)
         except ValueError as e:
             raise _undecodable(model, f"segment {k}'s bits-back coding fails ({e})") from None
-    dec = Decoder(segment)
+    dec = RangeDecoder(segment)
+    try:
+        x = _decode_symbols(model, stages, dec, cond, part, device, bar)
+    except DamagedCode as e:  # constriction found the data invalid
+        raise _undecodable(model, f"segment {k} does not decode: {e}") from None
+    if not dec.exact():  # the segment must be exactly the code of what it decoded to, not a word more or less
+        raise _undecodable(
+            model,
+            f"segment {k}'s coded data ({len(segment)} bytes) is not the code of the sub-pixels it decodes to "
+            f"({dec.coded_bytes()} bytes)",
+        )
+    return x
+
+
+def _decode_symbols(model, stages, dec: RangeDecoder, cond, part: slice, device, bar) -> torch.Tensor:
+    """The range-coded images of a segment, stage by stage (_encode_segment's steps, decoded)."""
+    m = part.stop - part.start
     decoded = []
-    for stage, (coder, _) in enumerate(stages):  # (k is the segment's index, which the errors name)
+    for stage, (coder, _) in enumerate(stages):
         x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
         for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, stage, decoded, cond, part, m)):
-            x[:, c, i, j] = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
+            x[:, c, i, j] = torch.from_numpy(dec.decode(cum)).to(device)  # the step's m images in one call
             bar.advance(m)
         decoded.append(x)
     if model.coding_scheme() == "latent":
         params = model.coding_params(decoded, _part(cond, part))  # the latents' batch, as when coding
         x = torch.zeros(m, *model.image.shape, dtype=torch.long, device=device)
         for c, cum in pixel_steps(model.distribution, params, x):
-            values = torch.tensor([dec.decode(r, TOTAL) for r in cum.tolist()], device=device)
-            x[:, c] = values.view(m, *model.image.shape[1:])
+            x[:, c] = torch.from_numpy(dec.decode(cum)).to(device).view(m, *model.image.shape[1:])
             bar.advance(m * model.image.height * model.image.width)
-    if dec.bytes_used() != len(segment):  # the encoder wrote exactly these bytes for the symbols decoded
-        raise _undecodable(
-            model, f"segment {k}'s coded data is {len(segment)} bytes, but its sub-pixels end after {dec.bytes_used()}"
-        )
     return x
 
 

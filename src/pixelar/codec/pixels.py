@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .arithmetic import quantize
+from .tables import quantize
 
 
 def pixel_steps(dist, params: torch.Tensor, x: torch.Tensor):
