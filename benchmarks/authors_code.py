@@ -15,6 +15,7 @@ there is only its save format, transcribed from its train.py and utils.save_para
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.machinery
 import math
@@ -120,6 +121,19 @@ def stub_missing(*names: str) -> None:
             module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # what importlib asks a module for
             module.__getattr__ = _placeholder
             sys.modules[name] = module
+
+
+@contextlib.contextmanager
+def without_stubs():
+    """sys.modules without stub_missing's empty modules for the block (a library that probes for an optional
+    package, as transformers does for torchvision, would take a stub for the package), restored after it."""
+    stubs = {k: m for k, m in sys.modules.items() if getattr(m, "__getattr__", None) is _placeholder}
+    for k in stubs:
+        del sys.modules[k]
+    try:
+        yield
+    finally:
+        sys.modules.update(stubs)
 
 
 def vdvae(path: Path):

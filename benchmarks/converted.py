@@ -54,6 +54,7 @@ from .authors_code import (
     perturb_all,
     vdvae,
     vdvae_hyperparameters,
+    without_stubs,
     write_distaug_npz,
 )
 from .sampling_speed import cached_image_time, naive_step_time
@@ -92,14 +93,15 @@ def hf_imagegpt_checkpoint(_, tmp: Path) -> tuple[str, Path, list[str]]:
     save_pretrained, with a preprocessor_config.json of 512 random clusters in [-1, 1]."""
     import json
 
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.ImageGPTConfig(
-        vocab_size=513, n_positions=1024, n_embd=512, n_layer=24, n_head=8, tie_word_embeddings=False
-    )
     out = tmp / "imagegpt-small"
-    transformers.ImageGPTForCausalImageModeling(config).eval().save_pretrained(out)
+    with without_stubs():  # the other sources' checkouts stub torchvision, which transformers would then import
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.ImageGPTConfig(
+            vocab_size=513, n_positions=1024, n_embd=512, n_layer=24, n_head=8, tie_word_embeddings=False
+        )
+        transformers.ImageGPTForCausalImageModeling(config).eval().save_pretrained(out)
     clusters = torch.rand(512, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
     pre = {"clusters": clusters.tolist(), "do_normalize": True, "size": {"height": 32, "width": 32}}
     (out / "preprocessor_config.json").write_text(json.dumps(pre))
