@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     model = pixelar.load_model("fashion_mnist-pixelcnn_pp")
     test = load_dataset("fashion_mnist", "test")
     ds = first_images(test, args.eval_images)
-    x = torch.stack([test[i][0] for i in range(16)])
+    x = torch.as_tensor(first_images(test, 16).images).long()
     load_before = load_average()
     rows = []
     for state in ("idle", "busy"):
