@@ -19,18 +19,24 @@ from ..tracing import is_tracing
 
 
 class _MaskedScale(torch.autograd.Function):
-    """out = x * scale where not dropped, 0 where dropped; saves only the bool mask."""
+    """out = x * scale where kept, 0 where dropped; saves only the bool mask. The mask is applied as a product
+    with a float copy of it (the bool's bytes read as uint8 and converted: a vectorised cast), several times
+    faster on the CPU than masked_fill; a dropped element is then x * 0, a zero that keeps x's sign."""
 
     @staticmethod
-    def forward(ctx, x, drop, scale: float):
-        ctx.save_for_backward(drop)
+    def forward(ctx, x, keep, scale: float):
+        ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x.masked_fill(drop, 0.0).mul_(scale)
+        return x * _scaled(keep, x.dtype, scale)
 
     @staticmethod
     def backward(ctx, grad):
-        (drop,) = ctx.saved_tensors
-        return grad.masked_fill(drop, 0.0).mul_(ctx.scale), None, None
+        (keep,) = ctx.saved_tensors
+        return grad * _scaled(keep, grad.dtype, ctx.scale), None, None
+
+
+def _scaled(keep: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    return keep.view(torch.uint8).to(dtype).mul_(scale)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -44,8 +50,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     n = x.numel()
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
     u = words.view(torch.int16)[:n].view(x.shape)  # four uniforms on [-32768, 32768) per draw
-    drop = u < int(round(p * 65536)) - 32768  # P(drop) = p, to 1/65536
-    return _MaskedScale.apply(x, drop, 1.0 / (1.0 - p))
+    keep = u >= int(round(p * 65536)) - 32768  # P(drop) = p, to 1/65536
+    return _MaskedScale.apply(x, keep, 1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
