@@ -77,3 +77,24 @@ def test_bad_probability():
         Dropout(1.0)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         dropout(torch.ones(3), -0.1)
+
+
+def test_concat_elu_equals_the_plain_form_with_its_gradient():
+    """nn.concat_elu (one autograd node, elu in place, gradient from the output) against elu(cat([x, -x])):
+    the same values bitwise, gradients to float rounding, and torch's gradcheck in float64."""
+    from pixelar.nn import concat_elu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, 6, generator=g)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-30])  # around elu's kink
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = concat_elu(a), torch.nn.functional.elu(torch.cat([b, -b], dim=1))
+    assert ya.shape == (3, 10, 4, 6) and torch.equal(ya, yb)
+    w = torch.randn(ya.shape, generator=g)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+    x64 = torch.randn(2, 3, 3, 3, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(concat_elu, (x64,))
+    with torch.no_grad():  # the cached sampler's use: no graph
+        assert torch.equal(concat_elu(x), yb.detach())
