@@ -134,3 +134,18 @@ def test_evaluation_probes_and_gives_the_figures_of_the_chosen_count(npz_data, m
     with threads.num_threads(2):
         given = evaluate(model, ds, batch_size=4, threads=1)
     assert probed["bpd"] == given["bpd"]
+
+
+def test_the_evaluation_batch_size_has_one_default():
+    import inspect
+
+    from pixelar.cli import build_parser
+    from pixelar.config import TrainConfig
+    from pixelar.evaluation import EVAL_BATCH_SIZE
+    from pixelar.evaluation.probe import linear_probe
+
+    assert inspect.signature(evaluate).parameters["batch_size"].default == EVAL_BATCH_SIZE
+    assert inspect.signature(linear_probe).parameters["batch_size"].default == EVAL_BATCH_SIZE
+    assert TrainConfig().eval_batch_size == EVAL_BATCH_SIZE
+    parser = build_parser()
+    assert parser.parse_args(["eval", "run"]).batch_size == EVAL_BATCH_SIZE

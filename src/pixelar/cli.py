@@ -26,7 +26,7 @@ from .augment import Augmenter, parse_transforms
 from .config import MAX_SEED, TrainConfig
 from .data import export_images, load_dataset
 from .errors import SHORT_LIMIT, ArgumentValueError, NamesArgument, shown
-from .evaluation import TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
+from .evaluation import EVAL_BATCH_SIZE, TOKEN_NOTE, describe, evaluate, evaluate_per_augmentation, image_log_prob
 from .evaluation.probe import linear_probe
 from .image_files import Grid, image_format, load_image, save_grid, save_image
 from .inference import inference
@@ -972,7 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
-        "train", help="train a model (default: small PixelCNN++ on Fashion-MNIST, ~5 min on 2 CPU cores)"
+        "train", help="train a model (default: small PixelCNN++ on Fashion-MNIST, about 3 min on 2 CPU cores)"
     )
     t.add_argument("--model", help="registered model name (see `pixelar models`)")
     t.add_argument("--size", choices=["tiny", "small", "paper"])
@@ -1083,7 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--dataset", help="default: the dataset the run was trained on")
     e.add_argument("--data-dir")
-    e.add_argument("--batch-size", type=positive_int, default=100)
+    e.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--subset", type=positive_int, help="score only the first N images of the split (quick checks)")
@@ -1168,7 +1168,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--weight-decay", type=nonnegative_float, default=1e-3, help="L2 penalty of the logistic regression"
     )
-    pr.add_argument("--batch-size", type=positive_int, default=100)
+    pr.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     _add_job_options(pr)
     pr.set_defaults(func=cmd_probe)

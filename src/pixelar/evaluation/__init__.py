@@ -2,9 +2,10 @@
 linear probes (probe.py)."""
 
 from .augment import evaluate_per_augmentation
-from .bpd import TOKEN_NOTE, describe, evaluate, image_log_prob, order_mixture
+from .bpd import EVAL_BATCH_SIZE, TOKEN_NOTE, describe, evaluate, image_log_prob, order_mixture
 
 __all__ = [
+    "EVAL_BATCH_SIZE",
     "TOKEN_NOTE",
     "describe",
     "evaluate",

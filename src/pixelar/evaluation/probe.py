@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..data import ImageDataset, first_images, iterate_batches
 from ..inference import inference
 from ..progress import tracking
+from .bpd import EVAL_BATCH_SIZE
 
 
 def _check_model(model) -> None:
@@ -30,7 +31,7 @@ def extract_features(
     model,
     dataset: ImageDataset,
     layers: list[int],
-    batch_size: int = 100,
+    batch_size: int = EVAL_BATCH_SIZE,
     subset: int | None = None,
     progress=None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -103,7 +104,7 @@ def linear_probe(
     train: ImageDataset,
     test: ImageDataset,
     layers: list[int] | None = None,
-    batch_size: int = 100,
+    batch_size: int = EVAL_BATCH_SIZE,
     train_subset: int | None = None,
     test_subset: int | None = None,
     weight_decay: float = 1e-3,
