@@ -17,7 +17,8 @@ likelihood, config, sample and state dicts only.
 Code layout: train() holds the run directory's lock and calls _setup (everything before the first step, into
 a _Run), then per step _step (the step above), _choose_steps (while a time budget measures the speed: see
 budget.py), _report (progress bar, metrics line) and _checkpoint, and finally _finish (EMA weights, test
-evaluation, samples).
+evaluation, samples). The data stream, the seeds and the restoring of a checkpoint are in resume.py, the
+metrics window and log in metrics.py.
 """
 
 from __future__ import annotations
@@ -25,23 +26,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, image_files, pretrained  # image_files.save_grid: looked up at each call (tests replace it)
 from ..augment import Augmenter, parse_transforms
 from ..config import TrainConfig
-from ..data import ImageDataset, first_images, iterate_batches, load_dataset
+from ..data import ImageDataset, first_images, load_dataset
 from ..errors import ArgumentValueError
 from ..evaluation import TOKEN_NOTE, describe, evaluate
-from ..io import DISK_FULL_ERRNOS, DiskFullError, append_text, disk_full, write_text
+from ..io import DISK_FULL_ERRNOS, DiskFullError, disk_full
 from ..models import compiled_objective, create_model
 from ..models.distaug import create_distaug_model
 from ..models.persistence import model_from_config
@@ -60,7 +59,9 @@ from .budget import StepBudget
 from .checkpoint import CURVES_NAME, METRICS_NAME, SAMPLES_NAME, TENSORBOARD_DIR, Checkpoint, RunDir
 from .curves import plot_runs
 from .ema import EMA
+from .metrics import MetricsLog, Window, tensorboard_writer
 from .optim import learning_rate, make_optimizer, set_lr
+from .resume import Batches, augment_seed, rank_seed, restore, rng_states
 
 # the clock of the training time (elapsed_s, the time budget); a module attribute so that tests can replace it
 clock = time.perf_counter
@@ -253,10 +254,10 @@ class _Run:
     ema: EMA
     augmenter: Augmenter | None
     aug_gen: torch.Generator | None  # the augmentation indices' generator (checkpointed as rng.augment)
-    batches: _Batches
+    batches: Batches
     test_ds: ImageDataset
-    metrics: _MetricsLog
-    window: _Window
+    metrics: MetricsLog
+    window: Window
     objective: Callable  # model.objective, or its compiled version; under torchrun through DistributedDataParallel
     ddp: torch.nn.parallel.DistributedDataParallel | None  # None in one process
     share: slice  # this process's images of each global batch
@@ -315,17 +316,17 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
         if cfg.distaug
         else None
     )
-    aug_gen = torch.Generator().manual_seed(_augment_seed(cfg.seed)) if augmenter is not None else None
+    aug_gen = torch.Generator().manual_seed(augment_seed(cfg.seed)) if augmenter is not None else None
 
     if ckpt is None:
-        batches = _Batches(train_ds, cfg.batch_size, cfg.seed)
+        batches = Batches(train_ds, cfg.batch_size, cfg.seed)
         step, bad, elapsed_before = 0, 0, 0.0
         if main:
             rundir.write_config(model.config(), cfg.to_dict())
         if distributed.rank():  # the other processes' dropout and order draws: streams of their own
-            torch.manual_seed(_rank_seed(cfg.seed, distributed.rank(), 0))
+            torch.manual_seed(rank_seed(cfg.seed, distributed.rank(), 0))
     else:
-        batches = _restore(rundir, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen, root)
+        batches = restore(rundir, ckpt, model, optimizer, ema, train_ds, cfg, aug_gen, root)
         step, bad, elapsed_before = ckpt.progress["step"], ckpt.progress["bad_steps"], ckpt.progress["elapsed_s"]
         if main:
             rundir.write_weights(ckpt.ema)  # heals a crash between a checkpoint and its model.safetensors
@@ -333,14 +334,14 @@ def _setup(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | None
                 rundir.write_config(model.config(), cfg.to_dict())
     # a time budget whose number of steps is not chosen yet (a new run, or one interrupted while measuring)
     budget = StepBudget(cfg.minutes) if cfg.minutes is not None and cfg.budget is None else None
-    metrics = _MetricsLog(
+    metrics = MetricsLog(
         rundir.path / METRICS_NAME,
         keep_through=step if ckpt is not None else None,
         enabled=main,
         tensorboard=rundir.path / TENSORBOARD_DIR if cfg.tensorboard and main else None,
     )
     # a resumed run continues the metrics window of its checkpoint, so its lines equal an uninterrupted run's
-    window = _Window(**(ckpt.progress["window"] or {})) if ckpt is not None else _Window()
+    window = Window.from_state_dict(ckpt.progress["window"] if ckpt is not None else None)
 
     emit(
         f"{'resuming at step ' + str(step) + ': ' if ckpt is not None else ''}{cfg.model} ({cfg.size}, "
@@ -447,22 +448,8 @@ def _settings(cfg: TrainConfig, rundir: RunDir, resume: bool, max_steps: int | N
         ckpt = model_config = None
     cfg.validate()
     if cfg.tensorboard:
-        _tensorboard_writer()  # refused now, not after the data are loaded
+        tensorboard_writer()  # refused now, not after the data are loaded
     return cfg, ckpt, model_config
-
-
-def _tensorboard_writer():
-    """torch's SummaryWriter class, or an error saying how to install the tensorboard package it needs."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ArgumentValueError(
-            "tensorboard",
-            "tensorboard=True",
-            "",
-            f" needs the tensorboard package ({e}): pip install 'pixelar[tensorboard]'",
-        ) from None
-    return SummaryWriter
 
 
 def _datasets(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -607,7 +594,7 @@ def _probe_step(run: _Run) -> None:
     copy of the run's stream, the augmentation generator and the torch RNG (dropout) restored, the gradients
     dropped; weights, optimizer and EMA untouched."""
     batches, aug_gen, rng, data_s = run.batches, run.aug_gen, torch.get_rng_state(), run.window.data_s
-    run.batches = _Batches(batches.ds, batches.batch_size, batches.seed, batches.epoch, batches.batch)
+    run.batches = batches.copy()
     if aug_gen is not None:
         run.aug_gen = torch.Generator().set_state(aug_gen.get_state())
     try:
@@ -704,7 +691,7 @@ def _report(run: _Run, lr: float, bar, progress: bool) -> None:
                 f"step {run.step}/{cfg.max_steps if run.budget is None else '?'}: train "
                 f"{line['train_bpd']:.4f} {unit}, {line['images_per_s']:.0f} images/s"
             )
-        run.window = _Window()
+        run.window = Window()
 
 
 def _checkpoint(run: _Run, progress: bool) -> None:
@@ -790,151 +777,6 @@ def _write_curves(run_dir: Path, log) -> None:
         log(f"warning: {CURVES_NAME} not written ({type(e).__name__}: {e})")
 
 
-class _Batches:
-    """An endless stream of training batches, positioned by (epoch, batch index within the epoch).
-
-    Epoch e's order and dynamic binarization come from a torch.Generator seeded from (seed, e), so any epoch
-    can be rebuilt from its start; resuming at batch b draws batches 0..b-1 again (indexing only, no model)
-    to bring the generator to the exact state it had. Full batches only (drop_last), so every step sees
-    batch_size images.
-    """
-
-    def __init__(self, ds: ImageDataset, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
-        if len(ds) < batch_size:
-            raise ValueError(
-                f"the training split of {ds.name!r} has {len(ds)} images, fewer than batch_size="
-                f"{batch_size}: use a smaller batch size or more training images"
-            )
-        self.ds, self.batch_size, self.seed = ds, batch_size, seed
-        self._start(epoch)
-        for _ in range(batch):
-            if next(self._it, None) is None:
-                raise ValueError(
-                    f"checkpoint position (epoch {epoch}, batch {batch}) is past the end of an epoch "
-                    f"of {len(ds) // batch_size} batches: the training data changed"
-                )
-        self.batch = batch
-
-    def _start(self, epoch: int) -> None:
-        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0])
-        self.epoch, self.batch = epoch, 0
-        self.generator = torch.Generator().manual_seed(seed)
-        self._it = iterate_batches(self.ds, self.batch_size, shuffle=True, generator=self.generator, drop_last=True)
-
-    def next(self):
-        """The next (x int64 (B, C, H, W), y int64 (B,) or None), starting a new epoch when one ends."""
-        item = next(self._it, None)
-        if item is None:
-            self._start(self.epoch + 1)
-            item = next(self._it)
-        self.batch += 1
-        return item
-
-
-class _Window:
-    """Running sums over the steps since the last metrics line (steps and the sums are checkpointed; the
-    rest is wall-clock and starts afresh)."""
-
-    def __init__(self, steps: int = 0, bpd_sum: float = 0.0, norm_sum: float = 0.0):
-        self.start = time.perf_counter()
-        self.steps, self.bpd_sum, self.norm_sum = steps, bpd_sum, norm_sum
-        self.images = 0
-        self.last_bpd = 0.0
-        self.data_s = 0.0  # time spent waiting for batches (data loading runs in the training thread)
-
-    def add(self, bpd: float, grad_norm: float, images: int) -> None:
-        self.steps += 1
-        self.images += images
-        self.bpd_sum += bpd
-        self.norm_sum += grad_norm
-        self.last_bpd = bpd
-
-    def rate(self) -> float:
-        return self.images / max(time.perf_counter() - self.start, 1e-9)
-
-    def data_fraction(self) -> float:
-        """Fraction of the window's wall time spent getting batches (near 0: the step is never starved)."""
-        return self.data_s / max(time.perf_counter() - self.start, 1e-9)
-
-    def state(self) -> dict:
-        return {"steps": self.steps, "bpd_sum": self.bpd_sum, "norm_sum": self.norm_sum}
-
-
-class _MetricsLog:
-    """metrics.jsonl: one JSON object per line, appended as training goes.
-
-    A new run starts it empty; a resumed run first drops the lines written after its checkpoint (they are
-    about to be recomputed) and a final line of an earlier end, so each step appears once.
-
-    With `tensorboard` (a directory) every number of a line is also a TensorBoard scalar, tagged train/KEY,
-    test/KEY (the final line) or skipped/KEY; a resumed run purges the events after its checkpoint, as it
-    drops those lines.
-    """
-
-    def __init__(self, path: Path, keep_through: int | None, enabled: bool = True, tensorboard: Path | None = None):
-        self.path, self.enabled = path, enabled  # disabled: a process other than rank 0, which writes nothing
-        self.writer = None
-        if not enabled:
-            return
-        if tensorboard is not None:
-            purge = {} if keep_through is None else {"purge_step": keep_through + 1}
-            self.writer = _tensorboard_writer()(str(tensorboard), **purge)
-        kept = []
-        if keep_through is not None and path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a crash
-                    continue
-                if isinstance(rec, dict) and not rec.get("final") and rec.get("step", math.inf) <= keep_through:
-                    kept.append(line + "\n")
-        write_text(path, "".join(kept))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            append_text(self.path, json.dumps(record) + "\n")
-        if self.writer is not None:
-            group = "test" if record.get("final") else "skipped" if record.get("skipped") else "train"
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"{group}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-def _augment_seed(seed: int) -> int:
-    """The seed of the augmentation-index generator: derived from the run's seed, apart from the data's."""
-    return int(np.random.SeedSequence([seed, 0xA06]).generate_state(1, np.uint64)[0])
-
-
-def _rank_seed(seed: int, rank: int, step: int) -> int:
-    """The seed of process `rank`'s own random stream (dropout, order draws) from `step` on: rank 0 keeps the
-    stream of a single process, the others start their own (at step 0, or when a resume finds none saved)."""
-    return int(np.random.SeedSequence([seed, 0xD1, rank, step]).generate_state(1, np.uint64)[0])
-
-
-def _rng_states(batches: _Batches, aug_gen: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """The generator states to checkpoint: the data's and augmentation's (the same in every process), the torch
-    (and CUDA) streams of rank 0 as "torch" ("cuda.<i>"), those of rank r > 0 as "rank<r>.torch" ("rank<r>.cuda").
-    Every process must call it (the states are gathered)."""
-    rng = {"torch": torch.get_rng_state(), "data": batches.generator.get_state()}
-    if aug_gen is not None:
-        rng["augment"] = aug_gen.get_state()
-    if torch.cuda.is_available() and not distributed.active():
-        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    if distributed.active():
-        streams = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            streams["cuda"] = torch.cuda.get_rng_state()
-        for name, state in streams.items():
-            for r, s in enumerate(distributed.gather_tensors(state)):
-                rng[name if r == 0 and name == "torch" else f"rank{r}.{name}"] = s
-    return rng
-
-
 def _save(run: _Run) -> None:
     """Write a checkpoint, refusing (TrainingDiverged) if any weight or optimizer tensor is not finite."""
     model, ema, batches, step = run.model, run.ema, run.batches, run.step
@@ -954,76 +796,15 @@ def _save(run: _Run) -> None:
         )
     progress = {
         "step": step,
-        "epoch": batches.epoch,
-        "batch": batches.batch,
+        **batches.state_dict(),
         "bad_steps": run.bad,
         "elapsed_s": run.elapsed(),
-        "window": run.window.state(),
+        "window": run.window.state_dict(),
         "threads": run.threads,
     }
-    checkpoint = Checkpoint(progress, weights, ema_state, opt_state, _rng_states(batches, run.aug_gen))
+    checkpoint = Checkpoint(progress, weights, ema_state, opt_state, rng_states(batches, run.aug_gen))
     if distributed.is_main():
         run.dir.save(checkpoint)
-
-
-def _restore(
-    run: RunDir,
-    ckpt: Checkpoint,
-    model,
-    optimizer,
-    ema: EMA,
-    train_ds: ImageDataset,
-    cfg: TrainConfig,
-    aug_gen: torch.Generator | None = None,
-    sharded: torch.nn.Module | None = None,
-):
-    """Load the checkpoint's state into the fresh objects; return the data stream at the saved position."""
-    where = run.tensors_path
-    try:
-        if sharded is not None:  # the full tensors, each process keeping its shards
-            sharding.load_full_states(sharded, optimizer, ema, ckpt.model, ckpt.ema, ckpt.optimizer)
-        else:
-            model.load_state_dict(ckpt.model)
-            ema.load_state_dict(ckpt.ema)
-            # hyperparameters come from the config; only the per-parameter state is restored
-            optimizer.load_state_dict({"state": ckpt.optimizer, "param_groups": optimizer.state_dict()["param_groups"]})
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ValueError(f"training state {where} does not match the model in {run.config_path}: {e}") from None
-    batches = _Batches(train_ds, cfg.batch_size, cfg.seed, ckpt.progress["epoch"], ckpt.progress["batch"])
-    if not torch.equal(batches.generator.get_state(), ckpt.rng["data"]):
-        raise ValueError(
-            f"the training data differ from those of the checkpoint {where}: replaying epoch "
-            f"{batches.epoch} to batch {batches.batch} does not reproduce the saved data generator "
-            f"state (was dataset {cfg.dataset!r} or its files changed?)"
-        )
-    rank = distributed.rank()
-    if rank == 0:
-        torch.set_rng_state(ckpt.rng["torch"])
-    elif f"rank{rank}.torch" in ckpt.rng:  # this process's own stream, saved by a run with as many processes
-        torch.set_rng_state(ckpt.rng[f"rank{rank}.torch"])
-    else:  # more processes than the checkpoint's run had: a new stream (docs/training.md)
-        torch.manual_seed(_rank_seed(cfg.seed, rank, ckpt.progress["step"]))
-    if aug_gen is not None:
-        if "augment" not in ckpt.rng:
-            raise ValueError(
-                f"training state {where} has no augmentation generator state ('rng.augment'), but the "
-                "run augments its images: it was not written by this run's configuration"
-            )
-        aug_gen.set_state(ckpt.rng["augment"])
-    if torch.cuda.is_available():
-        if distributed.active():
-            key = "rank0.cuda" if rank == 0 else f"rank{rank}.cuda"
-            if key in ckpt.rng:
-                torch.cuda.set_rng_state(ckpt.rng[key])
-            elif rank == 0 and "cuda.0" in ckpt.rng:  # a single-process run's checkpoint
-                torch.cuda.set_rng_state(ckpt.rng["cuda.0"])
-            else:
-                torch.cuda.manual_seed(_rank_seed(cfg.seed, rank, ckpt.progress["step"]))
-        else:
-            for i in range(torch.cuda.device_count()):
-                if f"cuda.{i}" in ckpt.rng:
-                    torch.cuda.set_rng_state(ckpt.rng[f"cuda.{i}"], i)
-    return batches
 
 
 def _write_samples(model, cfg: TrainConfig, device: torch.device, path: Path, progress: bool | str = False) -> None:
