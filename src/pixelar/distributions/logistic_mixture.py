@@ -118,17 +118,36 @@ class DiscretizedLogisticMixture(OutputDistribution):
         table of 2^16 counts keeps. A few operations per step, against the log-space
         form's dozen (a step of coding then costs about what a step of sampling does)."""
         logits, means, log_scales, coeffs = self._split(params)  # (B, M), (B, C, M), ...
-        w = logits
+        w, edges = logits, self._edges(means.dtype, means.device)  # (K - 1,)
+        mean = means[:, channel]  # (B, M)
         if channel:  # the earlier channels' bin masses at their true values (channel 0 couples to nothing)
-            x3 = x.unsqueeze(2)  # (B, C, 1)
-            means = self._coupled_means(means, coeffs, self._to_unit(x3, means.dtype))  # (B, C, M)
-            w = w + self._bin_log_prob(x3[:, :channel], means[:, :channel], log_scales[:, :channel]).sum(1)
-        edges = self._edges(means.dtype, means.device)  # (K - 1,)
-        cdf = torch.sigmoid((edges - means[:, channel, :, None]) * torch.exp(-log_scales[:, channel, :, None]))
+            mean, w = self._earlier_channels(means, log_scales, coeffs, x, channel, w)
+        cdf = torch.sigmoid((edges - mean[:, :, None]) * torch.exp(-log_scales[:, channel, :, None]))
         cdf = torch.bmm(torch.softmax(w, dim=1)[:, None, :], cdf)[:, 0]  # (B, K - 1): the mixture's CDF
         ends = cdf.new_zeros(1).expand(cdf.shape[0], 1)
         # (B, K); the mixture's sums may round a vanishing mass a hair below 0: none is taken as 0
         return torch.diff(cdf, dim=-1, prepend=ends, append=ends + 1).clamp_(min=0)
+
+    def _earlier_channels(self, means, log_scales, coeffs, x, channel: int, w):
+        """For value_probs of `channel` > 0: its mean coupled to the true earlier values x (B, C), and the
+        weights w (B, M) plus each earlier channel's log bin mass at its value (with its own coupled mean), as
+        _interval_log_mass computes it, with the end bins' infinite edges read from a table.
+        -> (mean (B, M), weights (B, M))."""
+        edges = self._edges(means.dtype, means.device)
+        inf = edges.new_full((1,), float("inf"))
+        values = x[:, :channel]  # (B, c)
+        xs = self._to_unit(values, means.dtype)  # (B, c)
+        mus = list(means[:, : channel + 1].unbind(1))
+        for k, (c, p) in enumerate(self.pairs):
+            if c <= channel:
+                mus[c] = mus[c] + coeffs[:, k] * xs[:, p, None]
+        mu = torch.stack(mus[:channel], 1)  # (B, c, M)
+        hi = torch.cat([edges, inf])[values][..., None]  # (B, c, 1): the bin's upper edge, +inf for K - 1
+        lo = torch.cat([-inf, edges])[values][..., None]  # its lower edge, -inf for 0
+        inv_s = torch.exp(-log_scales[:, :channel])
+        a, b = inv_s * (hi - mu), inv_s * (lo - mu)
+        log_mass = -F.softplus(-a) - F.softplus(b) + torch.log(-torch.expm1((b - a).clamp(max=-1e-12)))
+        return mus[channel], w + log_mass.sum(1)
 
     def _edges(self, dtype, device) -> torch.Tensor:
         """The K - 1 inner bin edges in [-1, 1] (upper edge of value v, v < K - 1), made once per dtype and
