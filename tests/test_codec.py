@@ -25,7 +25,7 @@ from pixelar.codec.ans import ANS
 from pixelar.codec.arithmetic import Decoder, Encoder
 from pixelar.codec.coders import PRECISION, RangeDecoder, RangeEncoder, Stack, probabilities
 from pixelar.codec.images import _HEADER, SEGMENT_IMAGES, _coding_steps
-from pixelar.codec.tables import TOTAL, quantize
+from pixelar.codec.tables import TOTAL, coder_rows, frequencies, quantize
 from pixelar.errors import ArgumentValueError
 from pixelar.models.distaug import create_distaug_model
 
@@ -266,8 +266,8 @@ def test_bad_streams_and_models_are_refused():
 def first_tables(model, x: torch.Tensor, steps: int) -> list[torch.Tensor]:
     """The frequency tables of the first `steps` coding steps of the images x, as the coder builds them."""
     work, tables = torch.zeros_like(x), []
-    for _, (i, j, c, cum) in zip(range(steps), _coding_steps(model, work, None)):
-        tables.append(cum)
+    for _, (i, j, c, p) in zip(range(steps), _coding_steps(model, work, None)):
+        tables.append(torch.from_numpy(p))  # the coder's rows: frequencies / 2^16
         work[:, c, i, j] = x[:, c, i, j]
     return tables
 
@@ -329,11 +329,11 @@ def test_the_stream_knows_its_end_and_its_count():
         stream_info(_with_count(data, SEGMENT_IMAGES * most))
     with pytest.raises(ValueError, match="claims 0 images"):
         stream_info(_with_count(data, 0))
-    for old in (1, 2):  # the pure-Python arithmetic coder's streams
+    for old in (1, 2, 3):  # the pure-Python coders' streams; version 3's tables of the softmax of log-probs
         with pytest.raises(ValueError, match=f"version {old} .*older pixelar.*decode it with the pixelar release"):
             stream_info(data[:4] + bytes([old]) + data[5:])
-    with pytest.raises(ValueError, match="version 4 .*newer pixelar"):
-        stream_info(data[:4] + b"\x04" + data[5:])
+    with pytest.raises(ValueError, match="version 5 .*newer pixelar"):
+        stream_info(data[:4] + b"\x05" + data[5:])
     with pytest.raises(ValueError, match="damaged|checksum"):  # more images than the stream codes
         decompress(model, _with_count(data, 48))
     # a segment length moved from one segment to the next (total unchanged): by a byte, refused from the
@@ -351,7 +351,7 @@ def test_the_stream_knows_its_end_and_its_count():
 
 def test_no_user_path_runs_the_pure_python_coders(monkeypatch):
     """The pure-Python arithmetic coder and rANS stack are the tests' oracle only: compress and decompress of
-    every scheme (stepwise, latent: VQ-VAE, bits-back: VDVAE) run constriction's coders, in version 3 streams."""
+    every scheme (stepwise, latent: VQ-VAE, bits-back: VDVAE) run constriction's coders, in version 4 streams."""
 
     def oracle(*args, **kw):
         raise AssertionError("a user path ran a pure-Python coder")
@@ -366,4 +366,22 @@ def test_no_user_path_runs_the_pure_python_coders(monkeypatch):
     ):
         x = random_images(model.image, 3)
         data = compress(model, x)
-        assert data[4] == 3 and torch.equal(decompress(model, data), x)
+        assert data[4] == 4 and torch.equal(decompress(model, data), x)
+
+
+def test_frequencies_are_quantize_of_the_old_torch_formula_and_the_coder_rows_of_it():
+    """tables.frequencies (numpy) is floor(p (TOTAL - K)) + 1 with the rest on the first likeliest value, the
+    formula quantize always had (written out here in torch); coders.rows of it is probabilities(quantize)."""
+    from pixelar.codec.coders import rows
+
+    g = torch.Generator().manual_seed(3)
+    for K in (2, 16, 256):
+        probs = torch.softmax(4 * torch.randn(50, K, generator=g, dtype=torch.float64), -1)
+        probs[0] = 0.0
+        probs[0, K // 2] = 1.0  # one certain value
+        probs[1] = 1.0 / K  # all tied: the rest goes to value 0
+        freq = torch.floor(probs * (TOTAL - K)).long() + 1
+        freq = freq.scatter_add(-1, probs.argmax(-1, keepdim=True), TOTAL - freq.sum(-1, keepdim=True))
+        assert np.array_equal(frequencies(probs), freq.numpy())
+        assert np.array_equal(rows(frequencies(probs)), probabilities(quantize(probs)))
+        assert np.array_equal(coder_rows(probs), rows(frequencies(probs)))

@@ -39,8 +39,12 @@ def probabilities(cum) -> np.ndarray:
     """The rows constriction quantises, (r, K) float64, for cumulative tables cum (r, K + 1) of total TOTAL
     (tensor or array): frequency / TOTAL, exact. Refuses a table that would leave a value uncodable."""
     cum = cum.cpu().numpy() if isinstance(cum, torch.Tensor) else np.asarray(cum)
-    freq = np.diff(cum, axis=1)
-    if freq.size and (freq.min() < 1 or (cum[:, -1] != TOTAL).any()):
+    return rows(np.diff(cum, axis=1))
+
+
+def rows(freq: np.ndarray) -> np.ndarray:
+    """probabilities() of the frequencies freq (r, K) int (tables.frequencies) themselves."""
+    if freq.size and (freq.min() < 1 or (freq.sum(1) != TOTAL).any()):
         raise ValueError(f"a frequency table must give every value at least 1 of {TOTAL} and total {TOTAL}")
     return freq / TOTAL  # float64, C-contiguous: what constriction reads
 
@@ -73,7 +77,11 @@ class RangeEncoder:
 
     def encode(self, cum, values) -> None:
         """Code values (r,) int with the tables cum (r, K + 1), row 0 first."""
-        self._coder.encode(_symbols(values), _CATEGORICAL, probabilities(cum))
+        self.encode_rows(probabilities(cum), values)
+
+    def encode_rows(self, p: np.ndarray, values) -> None:
+        """Code values (r,) with the rows p (r, K) of `probabilities` or `rows`."""
+        self._coder.encode(_symbols(values), _CATEGORICAL, p)
 
     def finish(self) -> bytes:
         return _to_bytes(self._coder.get_compressed())
@@ -92,7 +100,10 @@ class RangeDecoder:
 
     def decode(self, cum) -> np.ndarray:
         """Values (r,) int64 of the next r symbols, coded with the tables cum (r, K + 1)."""
-        p = probabilities(cum)
+        return self.decode_rows(probabilities(cum))
+
+    def decode_rows(self, p: np.ndarray) -> np.ndarray:
+        """decode() with the rows p (r, K) of `probabilities` or `rows`."""
         try:
             values = self._coder.decode(_CATEGORICAL, p)
         except (AssertionError, ValueError) as e:  # constriction's "invalid data" is an AssertionError

@@ -7,9 +7,11 @@ generation order, with the probabilities the model gives it (so an image costs a
 The decoder must see exactly the probabilities the encoder used, so both run one shared loop
 (`_coding_steps`): the image is filled step by step from zeros in generation order (the encoder with the true
 values, the decoder with the decoded ones), each step's parameters come from the model's incremental forward
-(the cached sampler's; naive forward passes where a model has none), and the distribution's log-probabilities
-of all K values of the sub-pixel, given the earlier sub-pixels of its pixel, are turned into an integer
-frequency table (`tables.quantize`), one row per image of the step. The rows are range-coded by
+(the cached sampler's; naive forward passes where a model has none), and the distribution's probabilities
+of all K values of the sub-pixel, given the earlier sub-pixels of its pixel (`value_probs`), are turned into
+an integer frequency table (`tables.coder_rows`, as `tables.quantize`), one row per image of the step. A
+row depends on the other images of its batch (the network's matrix products round otherwise at another batch
+size), so decoding runs the network on exactly the coder's batch, a segment's images. The rows are range-coded by
 constriction's compiled coder (coders.py), one call per step for all of a segment's images, from
 probabilities that are an exact function of the integer tables (so both directions quantise them alike).
 Coding computes on CODING_THREADS CPU threads whatever the caller's count (see there), so the bytes do not
@@ -17,7 +19,7 @@ depend on the thread count nor on the number of torchrun processes. Decode with 
 device and precision settings: another platform may round the network's floats differently (the error then
 names the settings); the header's fingerprint catches another model or other weights.
 
-The stream (version 3): a 33-byte header (magic, version, image count n and shape, number of values, the
+The stream (version 4): a 33-byte header (magic, version, image count n and shape, number of values, the
 model's fingerprint, a CRC-32 of the images, and S, the images per segment), one 4-byte length per segment,
 then the segments: images 0..S-1 range-coded together (per step the segment's images in turn), then the
 next S, and so on (S = 16 when compressing); a segment is the coder's 32-bit words, big-endian. The model
@@ -37,11 +39,12 @@ n <= S * (bytes - 33) / 8, and a segment is decoded only once its bytes are ther
 nothing useful: a near-certain sub-pixel costs almost no bits (quantize leaves the likeliest value up to
 1 - (K - 1) / 2^16 of the total: 2e-5 bits for K = 2), so a few bytes could claim billions of images. A
 segment costs its 4-byte length and the range coder's seal, one or two words (up to 64 bits over the ideal),
-about 0.5 to 0.75 bytes per image. Streams of versions 1 and 2 (written with pure-Python coders) are refused,
-naming the version and what to do. A damaged stream, or probabilities computed differently at decode time,
-fail with a clear error instead of returning wrong images (the segment's code, else the checksum). Class
-labels or cond vectors are side information: pass the same `cond` to both calls. Models with palette tokens
-(image_gpt) code the tokens, when their palette reproduces the images exactly.
+about 0.5 to 0.75 bytes per image. Streams of versions 1 and 2 (written with pure-Python coders) and 3
+(other tables: the softmax of the log-probabilities) are refused, naming the version and what to do. A
+damaged stream, or probabilities computed differently at decode time, fail with a clear error instead of
+returning wrong images (the segment's code, else the checksum). Class labels or cond vectors are side
+information: pass the same `cond` to both calls. Models with palette tokens (image_gpt) code the tokens,
+when their palette reproduces the images exactly.
 
 The model says how it is coded (`coding_scheme()`): "stepwise" as above, or "latent" (VQ-VAE): a two-part code,
 exact for a deterministic posterior z(x): each segment codes its images' latents with their priors' stepwise
@@ -69,10 +72,10 @@ from ..threads import check_threads, num_threads
 from . import bits_back
 from .coders import DamagedCode, RangeDecoder, RangeEncoder
 from .pixels import pixel_steps
-from .tables import quantize
+from .tables import coder_rows
 
 MAGIC = b"PXAR"
-VERSION = 3
+VERSION = 4
 # magic, version, n, C, H, W, num_values, fingerprint, CRC-32 of the images, images per segment
 _HEADER = struct.Struct(">4sBIHHHI8sIH")
 _LENGTH = 4  # bytes of each segment's length (big-endian unsigned), after the header
@@ -148,8 +151,9 @@ def _step_params(model, x: torch.Tensor, cond):
 
 
 def _coding_steps(model, x: torch.Tensor, cond):
-    """Yield (i, j, c, cum) in generation order: cum (n, K + 1) int64 cumulative frequencies of sub-pixel
-    (c, i, j) of each image, given what x holds. The caller writes x[:, c, i, j] before the next step."""
+    """Yield (i, j, c, p) in generation order: p (n, K) the coder's rows (tables.coder_rows: the integer
+    frequencies / 2^16) of sub-pixel (c, i, j) of each image, given what x holds. The caller writes x[:, c, i, j]
+    before the next step."""
     dist = model.distribution
     params_at = _step_params(model, x, cond)
     for i, j, channels in generation_steps(model):
@@ -157,8 +161,8 @@ def _coding_steps(model, x: torch.Tensor, cond):
         for c in channels:
             if not dist.joint:
                 params = params_at(i, j)  # per channel: it may read the channels < c just written
-            lp = dist.value_log_probs(params, x[:, :, i, j], c)  # (n, K): every value given the channels < c
-            yield i, j, c, quantize(torch.softmax(lp.double(), dim=-1))
+            probs = dist.value_probs(params, x[:, :, i, j], c)  # (n, K): every value given the channels < c
+            yield i, j, c, coder_rows(probs)
 
 
 def _model_input(model, images: torch.Tensor) -> torch.Tensor:
@@ -262,8 +266,8 @@ def _encode_segment(model, stages, images: torch.Tensor, cond, part: slice, bar)
     for k, ((coder, _), target) in enumerate(zip(stages, targets)):
         work = torch.zeros_like(target)  # filled step by step, exactly as the decoder fills its images
         coder_cond = _stage_cond(model, stages, k, targets[:k], cond, part, m)
-        for i, j, c, cum in _coding_steps(coder, work, coder_cond):
-            enc.encode(cum, target[:, c, i, j])  # the step's m images in one call
+        for i, j, c, p in _coding_steps(coder, work, coder_cond):
+            enc.encode_rows(p, target[:, c, i, j])  # the step's m images in one call
             work[:, c, i, j] = target[:, c, i, j]
             bar.advance(m)
     if latent:
@@ -335,6 +339,7 @@ def stream_info(data: bytes) -> dict:
 _OLD_VERSIONS = {
     1: "in one segment, without segment lengths, by the pure-Python arithmetic coder",
     2: "by the pure-Python arithmetic coder (bits-back: its rANS stack)",
+    3: "with the tables of the log-probabilities' softmax, which the logistic mixture now computes otherwise",
 }
 
 
@@ -343,7 +348,7 @@ def _version_error(version: int) -> str:
         what = _OLD_VERSIONS.get(version, "")
         return (
             f"stream version {version} was written by an older pixelar{' (' + what + ')' if what else ''}: this "
-            f"pixelar reads version {VERSION} (constriction's coders) only; decode it with the pixelar release "
+            f"pixelar reads version {VERSION} only; decode it with the pixelar release "
             f"that wrote it (and compress the images again with this one to have a version {VERSION} stream)"
         )
     return (
@@ -408,8 +413,8 @@ def _decode_symbols(model, stages, dec: RangeDecoder, cond, part: slice, device,
     decoded = []
     for stage, (coder, _) in enumerate(stages):
         x = torch.zeros(m, *coder.image.shape, dtype=torch.long, device=device)
-        for i, j, c, cum in _coding_steps(coder, x, _stage_cond(model, stages, stage, decoded, cond, part, m)):
-            x[:, c, i, j] = torch.from_numpy(dec.decode(cum)).to(device)  # the step's m images in one call
+        for i, j, c, p in _coding_steps(coder, x, _stage_cond(model, stages, stage, decoded, cond, part, m)):
+            x[:, c, i, j] = torch.from_numpy(dec.decode_rows(p)).to(device)  # the step's m images in one call
             bar.advance(m)
         decoded.append(x)
     if model.coding_scheme() == "latent":

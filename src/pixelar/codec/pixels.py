@@ -18,5 +18,4 @@ def pixel_steps(dist, params: torch.Tensor, x: torch.Tensor):
     flat = params.permute(0, 2, 3, 1).reshape(-1, P)  # (n*H*W, P)
     for c in range(x.shape[1]):
         pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # (n*H*W, C): channels < c set, the rest zeros
-        lp = dist.value_log_probs(flat, pixels, c)  # (n*H*W, K)
-        yield c, quantize(torch.softmax(lp.double(), dim=-1))
+        yield c, quantize(dist.value_probs(flat, pixels, c))  # (n*H*W, K + 1)

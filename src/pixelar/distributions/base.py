@@ -60,6 +60,13 @@ class OutputDistribution(nn.Module):
         lp = self.log_prob(params.repeat_interleave(K, dim=0)[:, :, None, None], cand[:, :, None, None])
         return lp[:, channel, 0, 0].view(-1, K)
 
+    def value_probs(self, params: torch.Tensor, x: torch.Tensor, channel: int) -> torch.Tensor:
+        """The probabilities of `value_log_probs` (B, K), summing to 1 to rounding (at least float32): what the
+        codec turns into frequency tables at every step. This version is the softmax of value_log_probs in
+        float64; a subclass may compute them more cheaply (a step of coding should cost what a step of sampling
+        does)."""
+        return torch.softmax(self.value_log_probs(params, x, channel).double(), dim=-1)
+
     def interval_log_prob(
         self, params: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
     ) -> torch.Tensor:
